@@ -1,0 +1,101 @@
+//! Who is connecting, and what they may do.
+
+use std::fmt;
+
+use async_trait::async_trait;
+
+/// What a client presented when it connected.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credentials {
+    /// Nothing (MQTT without username, Kafka without SASL, ...).
+    Anonymous,
+    /// A user name and password; the password may be a token
+    /// (`token:<jwt>` or the bare JWT).
+    UsernamePassword { username: String, password: String },
+    /// A bearer token (WebSocket `?token=` or `Authorization: Bearer`).
+    Token(String),
+}
+
+impl fmt::Debug for Credentials {
+    /// Never prints a secret.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Credentials::Anonymous => f.write_str("Anonymous"),
+            Credentials::UsernamePassword { username, .. } => {
+                write!(f, "UsernamePassword({username}, <redacted>)")
+            }
+            Credentials::Token(_) => f.write_str("Token(<redacted>)"),
+        }
+    }
+}
+
+/// An authenticated identity; `role` is Pulsar's role (a JWT's `sub`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Principal {
+    /// The role grants are written for.
+    pub role: String,
+    /// The token to forward to Pulsar so the cluster's own ACLs apply,
+    /// when forwarding is on.
+    pub forward_token: Option<String>,
+}
+
+impl Principal {
+    /// The identity of a client when authentication is off.
+    pub fn anonymous() -> Principal {
+        Principal {
+            role: "anonymous".into(),
+            forward_token: None,
+        }
+    }
+}
+
+/// An action on a topic, checked by the router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// Publish to a topic.
+    Produce,
+    /// Subscribe to or read a topic.
+    Consume,
+    /// Create, delete or reconfigure a topic.
+    Admin,
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Action::Produce => "produce",
+            Action::Consume => "consume",
+            Action::Admin => "administer",
+        })
+    }
+}
+
+/// Why authentication failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("credentials required")]
+    Missing,
+    #[error("bad credentials: {0}")]
+    Invalid(String),
+    #[error("authentication service unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Turns credentials into a principal. One implementation serves every
+/// protocol, so the same token works everywhere.
+#[async_trait]
+pub trait Authenticator: Send + Sync + 'static {
+    /// Checks the credentials.
+    async fn authenticate(&self, credentials: &Credentials) -> Result<Principal, AuthError>;
+}
+
+/// Authentication off: everyone is [`Principal::anonymous`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AllowAll;
+
+#[async_trait]
+impl Authenticator for AllowAll {
+    async fn authenticate(&self, _: &Credentials) -> Result<Principal, AuthError> {
+        Ok(Principal::anonymous())
+    }
+}

@@ -1,0 +1,246 @@
+//! The backend contract: publish, subscribe, read, manage topics.
+//!
+//! Two implementations exist: the embedded durable store and Apache Pulsar.
+//! One conformance suite (`tests/conformance.rs`) holds both to this text.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::error::BackendError;
+use crate::message::{Message, MessageId, NewMessage};
+use crate::metadata::MetadataStore;
+use crate::topic::{Namespace, TopicName};
+
+/// Pulsar's subscription types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SubscriptionKind {
+    /// One consumer; a second one is refused with
+    /// [`BackendError::ConsumerBusy`].
+    Exclusive,
+    /// Many consumers; messages go round-robin to those with room; order
+    /// is not kept across consumers.
+    Shared,
+    /// Many consumers; one is active and receives everything, the others
+    /// take over, in the order they joined, when it leaves.
+    Failover,
+    /// Many consumers; all messages of one key go to the same consumer, in
+    /// order.
+    KeyShared,
+}
+
+/// Where a subscription starts (when it is new), a reader starts, or a seek
+/// moves to. Positions are inclusive: the message at the position is the
+/// first one delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartPosition {
+    /// The oldest retained message.
+    Earliest,
+    /// The next message published after the call.
+    Latest,
+    /// The message with this id (it must name a partition of the topic).
+    Id(MessageId),
+    /// The message at this offset of a partition.
+    Offset(u64),
+    /// The first message published at or after this time (ms since epoch).
+    Timestamp(u64),
+}
+
+/// Which topics a subscription covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicSelector {
+    /// These topics; a partitioned topic's base name means all its
+    /// partitions.
+    Topics(Vec<TopicName>),
+    /// Every topic of `namespace` whose full base name
+    /// (`persistent://tenant/ns/local`) the regular expression matches
+    /// entirely, including topics created after the subscription.
+    Pattern {
+        /// Where to look.
+        namespace: Namespace,
+        /// Regular expression in the `regex` crate's syntax, anchored at
+        /// both ends by the backend.
+        regex: String,
+    },
+}
+
+/// What a consumer asks for.
+#[derive(Debug, Clone)]
+pub struct SubscribeRequest {
+    /// The topics.
+    pub topics: TopicSelector,
+    /// Subscription name: durable state (cursor, acks) is kept under it.
+    pub subscription: String,
+    /// How messages are spread over the subscription's consumers.
+    pub kind: SubscriptionKind,
+    /// Where a new subscription starts; an existing one resumes where its
+    /// acknowledgements left it.
+    pub initial_position: StartPosition,
+    /// False for a subscription that disappears with its last consumer.
+    pub durable: bool,
+    /// The consumer's name, for logs and Failover ordering.
+    pub consumer_name: String,
+    /// How many unacknowledged messages may be buffered toward this consumer
+    /// (Pulsar's receiver queue size): the consumer's flow-control window.
+    pub receive_queue: usize,
+}
+
+impl SubscribeRequest {
+    /// A durable Exclusive subscription of one topic from the earliest
+    /// message, with a receive queue of 1000.
+    pub fn new(topic: TopicName, subscription: impl Into<String>) -> SubscribeRequest {
+        SubscribeRequest {
+            topics: TopicSelector::Topics(vec![topic]),
+            subscription: subscription.into(),
+            kind: SubscriptionKind::Exclusive,
+            initial_position: StartPosition::Earliest,
+            durable: true,
+            consumer_name: String::new(),
+            receive_queue: 1000,
+        }
+    }
+
+    /// Sets the subscription kind.
+    pub fn kind(mut self, kind: SubscriptionKind) -> SubscribeRequest {
+        self.kind = kind;
+        self
+    }
+
+    /// Sets where a new subscription starts.
+    pub fn initial_position(mut self, position: StartPosition) -> SubscribeRequest {
+        self.initial_position = position;
+        self
+    }
+
+    /// Sets the consumer's name.
+    pub fn consumer_name(mut self, name: impl Into<String>) -> SubscribeRequest {
+        self.consumer_name = name.into();
+        self
+    }
+}
+
+/// One consumer attached to a subscription. Dropping it (or
+/// [`Subscription::close`]) detaches the consumer; messages it had not
+/// acknowledged are redelivered to the subscription's other consumers, or
+/// to the next one to attach.
+#[async_trait]
+pub trait Subscription: Send + Sync {
+    /// The next message. Waits until one is available. Cancel-safe: a
+    /// message is never lost when the future is dropped before completion.
+    async fn receive(&self) -> Result<Message, BackendError>;
+
+    /// Acknowledges one message of `topic` (the message's own topic).
+    async fn ack(&self, topic: &TopicName, id: MessageId) -> Result<(), BackendError>;
+
+    /// Acknowledges every message of `topic` up to and including `id`.
+    /// Refused on Shared and KeyShared subscriptions, as Pulsar does.
+    async fn ack_cumulative(&self, topic: &TopicName, id: MessageId) -> Result<(), BackendError>;
+
+    /// Negative acknowledgement: the message is redelivered (to any
+    /// consumer) with its redelivery count raised by one.
+    async fn nack(&self, topic: &TopicName, id: MessageId) -> Result<(), BackendError>;
+
+    /// Moves the subscription's cursor on every topic it covers; messages
+    /// buffered toward consumers are discarded and redelivered from there.
+    async fn seek(&self, position: StartPosition) -> Result<(), BackendError>;
+
+    /// Detaches this consumer and deletes the subscription with its cursor.
+    async fn unsubscribe(&self) -> Result<(), BackendError>;
+
+    /// Detaches this consumer; the subscription stays (if durable).
+    async fn close(&self) -> Result<(), BackendError>;
+}
+
+/// Reads one topic partition from a position, without a subscription.
+#[async_trait]
+pub trait Reader: Send + Sync {
+    /// The next message. Waits until one is published. Cancel-safe.
+    async fn next(&self) -> Result<Message, BackendError>;
+
+    /// Moves the reader.
+    async fn seek(&self, position: StartPosition) -> Result<(), BackendError>;
+
+    /// Whether a message is available now at the reader's position.
+    async fn has_message_available(&self) -> Result<bool, BackendError>;
+}
+
+/// The offsets bounding a partition's retained messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OffsetRange {
+    /// Offset of the oldest retained message (equal to `next` when empty).
+    pub earliest: u64,
+    /// Offset the next published message will get.
+    pub next: u64,
+}
+
+/// Where messages are stored: the embedded store or a Pulsar cluster.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// Stores a message and returns its id only once it is persisted (after
+    /// fsync, or Pulsar's acknowledgement). On a partitioned topic's base
+    /// name the partition is chosen by key hash (round-robin when no key);
+    /// the id says which.
+    async fn publish(
+        &self,
+        topic: &TopicName,
+        message: NewMessage,
+    ) -> Result<MessageId, BackendError>;
+
+    /// Attaches a consumer to a subscription, creating it if needed.
+    async fn subscribe(
+        &self,
+        request: SubscribeRequest,
+    ) -> Result<Box<dyn Subscription>, BackendError>;
+
+    /// Opens a reader on one partition (or non-partitioned topic).
+    async fn reader(
+        &self,
+        topic: &TopicName,
+        start: StartPosition,
+    ) -> Result<Box<dyn Reader>, BackendError>;
+
+    /// `None` if the topic does not exist, `Some(0)` if it exists and is not
+    /// partitioned, `Some(n)` for `n` partitions.
+    async fn partitions(&self, topic: &TopicName) -> Result<Option<u32>, BackendError>;
+
+    /// Creates a topic with `partitions` partitions (0: not partitioned).
+    async fn create_topic(&self, topic: &TopicName, partitions: u32) -> Result<(), BackendError>;
+
+    /// Raises a partitioned topic's partition count.
+    async fn update_partitions(
+        &self,
+        topic: &TopicName,
+        partitions: u32,
+    ) -> Result<(), BackendError>;
+
+    /// Deletes a topic (all partitions) with its subscriptions.
+    async fn delete_topic(&self, topic: &TopicName) -> Result<(), BackendError>;
+
+    /// The base topics of a namespace.
+    async fn list_topics(&self, namespace: &Namespace) -> Result<Vec<TopicName>, BackendError>;
+
+    /// The id of the last message of a partition, if it has any.
+    async fn last_message_id(&self, topic: &TopicName) -> Result<Option<MessageId>, BackendError>;
+
+    /// The retained offsets of a partition.
+    async fn offsets(&self, topic: &TopicName)
+        -> Result<crate::backend::OffsetRange, BackendError>;
+
+    /// Offset of the first message of a partition published at or after
+    /// `timestamp` (ms since epoch), `None` if there is none.
+    async fn offset_for_timestamp(
+        &self,
+        topic: &TopicName,
+        timestamp: u64,
+    ) -> Result<Option<u64>, BackendError>;
+
+    /// The durable key-value store shared by all gateway instances.
+    fn metadata(&self) -> Arc<dyn MetadataStore>;
+
+    /// `Ok` when the backend can serve requests (for `/readyz`).
+    async fn ready(&self) -> Result<(), BackendError>;
+
+    /// Flushes and releases everything; called once at shutdown after every
+    /// connection is done.
+    async fn close(&self) -> Result<(), BackendError>;
+}

@@ -1,0 +1,27 @@
+//! What every handler receives.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Authenticator;
+use crate::backend::Backend;
+use crate::metrics::Metrics;
+use crate::router::Router;
+
+/// The gateway's shared services, the same for every protocol. Cheap to
+/// clone: each connection task holds one.
+#[derive(Clone)]
+pub struct Context {
+    /// Where messages are published and consumed.
+    pub backend: Arc<dyn Backend>,
+    /// Checks credentials; [`crate::AllowAll`] when auth is off.
+    pub auth: Arc<dyn Authenticator>,
+    /// Resolves names to topics and authorizes actions.
+    pub router: Arc<dyn Router>,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+    /// Cancelled when the gateway shuts down: stop reading new requests,
+    /// finish in-flight acknowledgements, close.
+    pub shutdown: CancellationToken,
+}

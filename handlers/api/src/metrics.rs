@@ -1,0 +1,161 @@
+//! The gateway's Prometheus metrics, shared by every handler and backend.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::router::Protocol;
+use crate::topic::TopicName;
+
+/// Labels of per-protocol metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtocolLabels {
+    /// `kafka`, `mqtt`, `amqp`, `websocket`.
+    pub protocol: String,
+}
+
+/// Labels of per-protocol, per-topic metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TopicLabels {
+    /// `kafka`, `mqtt`, `amqp`, `websocket`.
+    pub protocol: String,
+    /// Full Pulsar topic name.
+    pub topic: String,
+}
+
+/// Labels of backend error counts.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// The operation that failed (`publish`, `subscribe`, ...).
+    pub operation: String,
+}
+
+/// Every metric the gateway exports. Cloning shares the same series.
+#[derive(Clone)]
+pub struct Metrics {
+    /// Open client connections by protocol.
+    pub connections: Family<ProtocolLabels, Gauge>,
+    /// Messages clients published, by protocol and topic.
+    pub messages_in: Family<TopicLabels, Counter>,
+    /// Payload bytes clients published.
+    pub bytes_in: Family<TopicLabels, Counter>,
+    /// Messages delivered to clients.
+    pub messages_out: Family<TopicLabels, Counter>,
+    /// Payload bytes delivered to clients.
+    pub bytes_out: Family<TopicLabels, Counter>,
+    /// Time from a publish call to the backend's acknowledgement, seconds.
+    pub publish_latency: Family<ProtocolLabels, Histogram>,
+    /// Errors returned by the backend, by operation.
+    pub backend_errors: Family<ErrorLabels, Counter>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs .. ~26 s.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them under `pulsar_gateway_`.
+    pub fn new(registry: &mut Registry) -> Metrics {
+        let m = Metrics {
+            connections: Family::default(),
+            messages_in: Family::default(),
+            bytes_in: Family::default(),
+            messages_out: Family::default(),
+            bytes_out: Family::default(),
+            publish_latency: Family::new_with_constructor(latency_histogram),
+            backend_errors: Family::default(),
+        };
+        let r = registry.sub_registry_with_prefix("pulsar_gateway");
+        r.register(
+            "connections",
+            "Open client connections",
+            m.connections.clone(),
+        );
+        r.register(
+            "messages_in",
+            "Messages published by clients",
+            m.messages_in.clone(),
+        );
+        r.register(
+            "bytes_in",
+            "Payload bytes published by clients",
+            m.bytes_in.clone(),
+        );
+        r.register(
+            "messages_out",
+            "Messages delivered to clients",
+            m.messages_out.clone(),
+        );
+        r.register(
+            "bytes_out",
+            "Payload bytes delivered to clients",
+            m.bytes_out.clone(),
+        );
+        r.register(
+            "publish_latency_seconds",
+            "Time from publish to the backend's acknowledgement",
+            m.publish_latency.clone(),
+        );
+        r.register(
+            "backend_errors",
+            "Errors returned by the backend",
+            m.backend_errors.clone(),
+        );
+        m
+    }
+
+    /// Metrics registered nowhere, for tests and tools.
+    pub fn unregistered() -> Metrics {
+        Metrics::new(&mut Registry::default())
+    }
+
+    /// Counts one published message.
+    pub fn published(&self, protocol: Protocol, topic: &TopicName, bytes: usize, took: Duration) {
+        let labels = topic_labels(protocol, topic);
+        self.messages_in.get_or_create(&labels).inc();
+        self.bytes_in.get_or_create(&labels).inc_by(bytes as u64);
+        self.publish_latency
+            .get_or_create(&ProtocolLabels {
+                protocol: protocol.as_str().into(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Counts one delivered message.
+    pub fn delivered(&self, protocol: Protocol, topic: &TopicName, bytes: usize) {
+        let labels = topic_labels(protocol, topic);
+        self.messages_out.get_or_create(&labels).inc();
+        self.bytes_out.get_or_create(&labels).inc_by(bytes as u64);
+    }
+
+    /// Counts a backend error.
+    pub fn backend_error(&self, operation: &str) {
+        self.backend_errors
+            .get_or_create(&ErrorLabels {
+                operation: operation.into(),
+            })
+            .inc();
+    }
+
+    /// The gauge of open connections for `protocol`.
+    pub fn connection_gauge(&self, protocol: Protocol) -> Gauge {
+        self.connections
+            .get_or_create(&ProtocolLabels {
+                protocol: protocol.as_str().into(),
+            })
+            .clone()
+    }
+}
+
+fn topic_labels(protocol: Protocol, topic: &TopicName) -> TopicLabels {
+    TopicLabels {
+        protocol: protocol.as_str().into(),
+        topic: topic.as_str().into(),
+    }
+}

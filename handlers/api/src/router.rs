@@ -1,0 +1,135 @@
+//! From a protocol's name to a topic, with authorization, in one place.
+
+use std::fmt;
+
+use crate::auth::{Action, Principal};
+use crate::topic::{NameError, Namespace, TopicName};
+
+/// The protocols a name can come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Kafka,
+    Mqtt,
+    Amqp,
+    WebSocket,
+    Pulsar,
+}
+
+impl Protocol {
+    /// Lower-case name, as used in metric labels and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Kafka => "kafka",
+            Protocol::Mqtt => "mqtt",
+            Protocol::Amqp => "amqp",
+            Protocol::WebSocket => "websocket",
+            Protocol::Pulsar => "pulsar",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a name did not resolve.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error(transparent)]
+    InvalidName(#[from] NameError),
+    #[error("{role} is not authorized to {action} on {topic}")]
+    NotAuthorized {
+        role: String,
+        action: Action,
+        topic: TopicName,
+    },
+}
+
+/// Applies naming rules and authorization together, so no handler can do
+/// one without the other.
+pub trait Router: Send + Sync + 'static {
+    /// The topic a protocol's `name` stands for, if `principal` may perform
+    /// `action` on it.
+    fn resolve(
+        &self,
+        protocol: Protocol,
+        name: &str,
+        principal: &Principal,
+        action: Action,
+    ) -> Result<TopicName, RouteError>;
+
+    /// The namespace short names resolve into for this principal (where
+    /// pattern subscriptions look).
+    fn namespace(&self, protocol: Protocol, principal: &Principal) -> Namespace;
+}
+
+/// Every name maps into one namespace and every action is allowed: the
+/// router when no rules or grants are configured.
+#[derive(Debug, Clone, Default)]
+pub struct DefaultRouter {
+    /// Where short names live (`public/default` unless configured).
+    pub namespace: Namespace,
+}
+
+impl Router for DefaultRouter {
+    fn resolve(
+        &self,
+        protocol: Protocol,
+        name: &str,
+        _principal: &Principal,
+        _action: Action,
+    ) -> Result<TopicName, RouteError> {
+        // Fully-qualified Pulsar names are accepted wherever the protocol's
+        // grammar allows them.
+        if name.contains("://") {
+            return Ok(TopicName::parse(name, &self.namespace)?);
+        }
+        let topic = match protocol {
+            Protocol::Kafka => TopicName::from_kafka(name, &self.namespace)?,
+            Protocol::Mqtt => TopicName::from_mqtt(name, &self.namespace)?,
+            Protocol::Amqp => TopicName::from_amqp_key(name, &self.namespace)?,
+            Protocol::WebSocket => TopicName::from_websocket_path(name)?,
+            Protocol::Pulsar => TopicName::parse(name, &self.namespace)?,
+        };
+        Ok(topic)
+    }
+
+    fn namespace(&self, _: Protocol, _: &Principal) -> Namespace {
+        self.namespace.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_protocol_reaches_the_same_topic() {
+        let r = DefaultRouter::default();
+        let p = Principal::anonymous();
+        let want: TopicName = "persistent://public/default/plant.line1.temp"
+            .parse()
+            .unwrap();
+        for (proto, name) in [
+            (Protocol::Kafka, "plant.line1.temp"),
+            (Protocol::Mqtt, "plant/line1/temp"),
+            (Protocol::Amqp, "plant.line1.temp"),
+            (
+                Protocol::WebSocket,
+                "persistent/public/default/plant.line1.temp",
+            ),
+            (
+                Protocol::Pulsar,
+                "persistent://public/default/plant.line1.temp",
+            ),
+        ] {
+            assert_eq!(
+                r.resolve(proto, name, &p, Action::Produce).unwrap(),
+                want,
+                "{proto}"
+            );
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! The segmented, checksummed, group-committed log of one topic partition.

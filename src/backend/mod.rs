@@ -1,0 +1,3 @@
+//! The implementations of the handler contract's `Backend`.
+
+pub mod embedded;

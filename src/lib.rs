@@ -1,0 +1,5 @@
+//! The `pulsar-gateway` runtime: configuration, listeners, shared auth and
+//! routing, the backends, and the admin HTTP server. The binary in
+//! `main.rs` wires them together; tests and benchmarks use them directly.
+
+pub mod backend;
