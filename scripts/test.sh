@@ -1,0 +1,163 @@
+#!/usr/bin/env bash
+# The one test command: sets up everything it needs on a fresh machine (Debian
+# packages, a Python virtualenv with the pinned clients), reuses caches when
+# they are there, then runs formatting, lints, every Rust test and the Python
+# tests. Stops at the first failure with a non-zero exit.
+#
+# Caches (all under ${XDG_CACHE_HOME:-$HOME/.cache}/pulsar-gateway/):
+#   target/             cargo build output, unless CARGO_TARGET_DIR is set
+#   venv-<hash>/        virtualenv keyed on tests/python/requirements.txt
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+CACHE_ROOT="${XDG_CACHE_HOME:-$HOME/.cache}/pulsar-gateway"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE_ROOT/target}"
+REQUIREMENTS="tests/python/requirements.txt"
+PYTHON="${PYTHON:-python3}"
+
+START_ALL=$SECONDS
+SECTION_NAME=""
+SECTION_START=$SECONDS
+
+end_section() {
+    if [[ -n "$SECTION_NAME" ]]; then
+        printf '    (%s: %ds)\n' "$SECTION_NAME" "$((SECONDS - SECTION_START))"
+    fi
+}
+
+section() {
+    end_section
+    SECTION_NAME="$1"
+    SECTION_START=$SECONDS
+    printf '\n==== %s ====\n' "$1"
+}
+
+die() {
+    printf '\nerror: %s\n' "$*" >&2
+    exit 1
+}
+
+on_exit() {
+    local rc=$?
+    if [[ $rc -ne 0 ]]; then
+        printf '\n==== FAILED in step "%s" (exit %d) after %ds ====\n' \
+            "${SECTION_NAME:-setup}" "$rc" "$((SECONDS - START_ALL))" >&2
+    fi
+}
+trap on_exit EXIT
+
+# --- Debian packages ---------------------------------------------------------
+# command-that-must-exist:debian-package
+DEBIAN_NEEDS=(
+    "protoc:protobuf-compiler" # Pulsar's protobuf definitions (Pulsar backend)
+)
+
+ensure_debian_packages() {
+    local missing=() entry cmd pkg
+    for entry in "${DEBIAN_NEEDS[@]}"; do
+        cmd="${entry%%:*}"
+        pkg="${entry#*:}"
+        if ! command -v "$cmd" >/dev/null 2>&1; then
+            missing+=("$pkg")
+        fi
+    done
+    if [[ ${#missing[@]} -eq 0 ]]; then
+        echo "all present: ${DEBIAN_NEEDS[*]}"
+        return
+    fi
+    command -v apt-get >/dev/null 2>&1 ||
+        die "missing ${missing[*]} and no apt-get here: install them with your package manager"
+    local sudo=()
+    if [[ $(id -u) -ne 0 ]]; then
+        command -v sudo >/dev/null 2>&1 ||
+            die "missing Debian packages ${missing[*]}: not root and no sudo; run as root: apt-get install -y ${missing[*]}"
+        sudo=(sudo)
+    fi
+    echo "installing: ${missing[*]}"
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+}
+
+# --- Rust toolchain ----------------------------------------------------------
+check_rust() {
+    command -v cargo >/dev/null 2>&1 || die "cargo not found: install Rust (rustup) first"
+    cargo fmt --version >/dev/null 2>&1 || die "rustfmt missing: rustup component add rustfmt"
+    cargo clippy --version >/dev/null 2>&1 || die "clippy missing: rustup component add clippy"
+    cargo --version
+    echo "CARGO_TARGET_DIR=$CARGO_TARGET_DIR"
+}
+
+# --- Python virtualenv -------------------------------------------------------
+ensure_venv() {
+    command -v "$PYTHON" >/dev/null 2>&1 || die "$PYTHON not found"
+    local hash py_version
+    hash="$(sha256sum "$REQUIREMENTS" | cut -c1-16)"
+    py_version="$("$PYTHON" -c 'import sys; print(sys.version.split()[0])')"
+    VENV="$CACHE_ROOT/venv-$hash"
+    mkdir -p "$CACHE_ROOT"
+
+    # Serialise concurrent runs that would build the same venv.
+    exec 9>"$CACHE_ROOT/venv.lock"
+    if command -v flock >/dev/null 2>&1; then
+        flock 9
+    fi
+
+    # The stamp is written only after a complete install; it also records the
+    # interpreter, so a changed python3 rebuilds the venv.
+    local stamp="$VENV/.installed"
+    if [[ -f "$stamp" && "$(cat "$stamp")" == "$py_version" ]] &&
+        "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1; then
+        echo "reusing $VENV (Python $py_version)"
+    else
+        echo "creating $VENV with $PYTHON (Python $py_version)"
+        rm -rf "$VENV"
+        "$PYTHON" -m venv "$VENV"
+        "$VENV/bin/python" -m pip install --disable-pip-version-check --no-input -q \
+            -r "$REQUIREMENTS"
+        printf '%s\n' "$py_version" >"$stamp"
+    fi
+    exec 9>&-
+    export PULSAR_GATEWAY_PYTHON="$VENV/bin/python"
+    echo "PULSAR_GATEWAY_PYTHON=$PULSAR_GATEWAY_PYTHON"
+}
+
+# --- Steps -------------------------------------------------------------------
+section "setup: Debian packages"
+ensure_debian_packages
+protoc --version
+
+section "setup: Rust toolchain"
+check_rust
+
+section "setup: Python virtualenv"
+ensure_venv
+
+# A real Apache Pulsar standalone for the Pulsar-backend tests will be started
+# here (deploy/pulsar-standalone.sh fetch + start, stopped by an EXIT trap) once
+# a test needs it.
+
+section "cargo fmt --all -- --check"
+cargo fmt --all -- --check
+
+section "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+section "cargo test --workspace"
+cargo test --workspace
+
+section "pytest tests/python"
+set +e
+"$PULSAR_GATEWAY_PYTHON" -m pytest -p no:cacheprovider tests/python
+rc=$?
+set -e
+case $rc in
+    0) ;;
+    5) echo "pytest: no Python tests were collected, none ran" ;;
+    *) exit "$rc" ;;
+esac
+
+end_section
+SECTION_NAME=""
+printf '\n==== all checks passed in %ds ====\n' "$((SECONDS - START_ALL))"
