@@ -14,11 +14,14 @@
 //! - [`router`]: [`Router`], which resolves a protocol's name to a topic and
 //!   authorizes the action in one place.
 //! - [`context`]: the [`Context`] every handler receives.
+//! - [`handler`]: [`ProtocolHandler`], the trait a protocol implements, and
+//!   the [`ClientStream`] it serves.
 
 pub mod auth;
 pub mod backend;
 pub mod context;
 pub mod error;
+pub mod handler;
 pub mod message;
 pub mod metadata;
 pub mod metrics;
@@ -32,6 +35,7 @@ pub use backend::{
 };
 pub use context::Context;
 pub use error::BackendError;
+pub use handler::{ClientStream, HandlerError, ProtocolHandler};
 pub use message::{Message, MessageId, NewMessage};
 pub use metadata::{ExpectedVersion, MetadataStore, Versioned};
 pub use metrics::Metrics;
