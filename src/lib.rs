@@ -2,4 +2,8 @@
 //! routing, the backends, and the admin HTTP server. The binary in
 //! `main.rs` wires them together; tests and benchmarks use them directly.
 
+pub mod admin;
 pub mod backend;
+pub mod config;
+pub mod listener;
+pub mod shutdown;

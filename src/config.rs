@@ -1,0 +1,676 @@
+//! The gateway's configuration: one [`Config`] struct, filled from (lowest
+//! to highest precedence) its defaults, a TOML file (`--config FILE`),
+//! `PULSAR_GATEWAY_*` environment variables, and command-line flags.
+//!
+//! Every key is both a TOML key and a flag: `http_addr` in the file,
+//! `--http-addr` on the command line, `PULSAR_GATEWAY_HTTP_ADDR` in the
+//! environment. Keys of the `[embedded]` table keep their name
+//! (`segment_bytes` = `--segment-bytes` = `PULSAR_GATEWAY_SEGMENT_BYTES`).
+//! `gateway.example.toml` documents every key and holds the defaults; a
+//! test keeps the two equal.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
+use gateway_api::topic::Namespace;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file named by `--config` could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML for [`Config`].
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The TOML parser's explanation, with line and column.
+        message: String,
+    },
+    /// A value is well-formed but unusable.
+    #[error("invalid {key}: {message}")]
+    Invalid {
+        /// The key (as written in the TOML file).
+        key: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+/// Which store serves the topics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// The embedded durable store under `data_dir`: no cluster needed.
+    #[default]
+    Embedded,
+    /// An Apache Pulsar cluster at `pulsar_url` (not built yet).
+    Pulsar,
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendKind::Embedded => "embedded",
+            BackendKind::Pulsar => "pulsar",
+        })
+    }
+}
+
+/// Where a listener listens: an `IP:PORT`, or `off` for no listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// The protocol is disabled.
+    Off,
+    /// Bind this address.
+    On(SocketAddr),
+}
+
+impl ListenAddr {
+    /// The address, unless the listener is off.
+    pub fn addr(self) -> Option<SocketAddr> {
+        match self {
+            ListenAddr::Off => None,
+            ListenAddr::On(a) => Some(a),
+        }
+    }
+}
+
+impl FromStr for ListenAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(ListenAddr::Off);
+        }
+        s.parse()
+            .map(ListenAddr::On)
+            .map_err(|_| format!("'{s}' is neither IP:PORT (e.g. 0.0.0.0:9092) nor 'off'"))
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Off => f.write_str("off"),
+            ListenAddr::On(a) => a.fmt(f),
+        }
+    }
+}
+
+impl Serialize for ListenAddr {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ListenAddr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A span of time written with a unit: `90s`, `30m`, `12h`, `7d`; `0`
+/// means "no limit" where the key says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl FromStr for HumanDuration {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s == "0" {
+            return Ok(HumanDuration(Duration::ZERO));
+        }
+        let split = s
+            .find(|c: char| !c.is_ascii_digit())
+            .ok_or_else(|| format!("'{s}' has no unit (use s, m, h or d, e.g. 7d)"))?;
+        let (digits, unit) = s.split_at(split);
+        let n: u64 = digits
+            .parse()
+            .map_err(|_| format!("'{s}' does not start with a number"))?;
+        let secs_per = match unit {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            _ => return Err(format!("'{s}': unknown unit '{unit}' (use s, m, h or d)")),
+        };
+        n.checked_mul(secs_per)
+            .map(|secs| HumanDuration(Duration::from_secs(secs)))
+            .ok_or_else(|| format!("'{s}' is too long"))
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.0.as_secs();
+        if secs == 0 {
+            return f.write_str("0");
+        }
+        for (unit, per) in [("d", 86_400), ("h", 3600), ("m", 60)] {
+            if secs % per == 0 {
+                return write!(f, "{}{unit}", secs / per);
+            }
+        }
+        write!(f, "{secs}s")
+    }
+}
+
+impl Serialize for HumanDuration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The defaults, shared by [`Config::default`] and the `--help` text so the
+/// two cannot disagree.
+mod defaults {
+    use super::*;
+
+    pub fn data_dir() -> PathBuf {
+        PathBuf::from("./data")
+    }
+    pub fn kafka_addr() -> ListenAddr {
+        ListenAddr::On(SocketAddr::from(([0, 0, 0, 0], 9092)))
+    }
+    pub fn mqtt_addr() -> ListenAddr {
+        ListenAddr::On(SocketAddr::from(([0, 0, 0, 0], 1883)))
+    }
+    pub fn amqp_addr() -> ListenAddr {
+        ListenAddr::On(SocketAddr::from(([0, 0, 0, 0], 5672)))
+    }
+    pub fn http_addr() -> ListenAddr {
+        ListenAddr::On(SocketAddr::from(([0, 0, 0, 0], 8080)))
+    }
+    pub fn tenant() -> String {
+        "public".into()
+    }
+    pub fn namespace() -> String {
+        "default".into()
+    }
+    pub const MAX_CONNECTIONS: usize = 10_000;
+    pub fn log_level() -> String {
+        "info".into()
+    }
+    pub const AUTO_CREATE_TOPICS: bool = true;
+    /// 128 MiB: small enough that retention frees space in useful steps on
+    /// an edge box, large enough to keep the file count low.
+    pub const SEGMENT_BYTES: u64 = 128 * 1024 * 1024;
+    pub const RETENTION_MAX_BYTES: u64 = 0;
+    /// Kafka's default (`log.retention.hours=168`).
+    pub fn retention_max_age() -> HumanDuration {
+        HumanDuration(Duration::from_secs(7 * 86_400))
+    }
+}
+
+/// Everything the gateway can be told. Field names are the TOML keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Which store serves the topics.
+    pub backend: BackendKind,
+    /// Where the embedded store keeps its files (and where start-up proves
+    /// it can write).
+    pub data_dir: PathBuf,
+    /// The Pulsar cluster's service URL, for `backend = "pulsar"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pulsar_url: Option<String>,
+    /// Kafka clients connect here (`off`: no Kafka listener).
+    pub kafka_addr: ListenAddr,
+    /// MQTT clients connect here (`off`: no MQTT listener).
+    pub mqtt_addr: ListenAddr,
+    /// AMQP 0-9-1 clients connect here (`off`: no AMQP listener).
+    pub amqp_addr: ListenAddr,
+    /// The HTTP server: `/metrics`, `/healthz`, `/readyz`, later the
+    /// WebSocket API (`off`: no HTTP server).
+    pub http_addr: ListenAddr,
+    /// HS256 secret key verifying clients' JWTs; auth is off when neither
+    /// key file is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_token_secret_file: Option<PathBuf>,
+    /// RS256/ES256 public key (PEM) verifying clients' JWTs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_token_public_key_file: Option<PathBuf>,
+    /// The Pulsar tenant that short topic names belong to.
+    pub tenant: String,
+    /// The Pulsar namespace (within `tenant`) that short topic names belong
+    /// to.
+    pub namespace: String,
+    /// The most connections each listener holds open at once; further
+    /// clients wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// Log filter when `RUST_LOG` is unset: a level (`info`) or
+    /// tracing-subscriber directives (`info,pulsar_gateway=debug`).
+    pub log_level: String,
+    /// Settings of the embedded store.
+    pub embedded: EmbeddedSettings,
+}
+
+/// Settings of the embedded store (`[embedded]` in the TOML file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmbeddedSettings {
+    /// Create a topic when a client first publishes to or subscribes to it,
+    /// as Kafka and MQTT clients expect.
+    pub auto_create_topics: bool,
+    /// A partition's log rolls to a new segment file at this size; retention
+    /// deletes whole segments.
+    pub segment_bytes: u64,
+    /// Oldest segments are deleted once a partition holds more than this
+    /// (0: no size limit).
+    pub retention_max_bytes: u64,
+    /// Segments whose newest message is older than this are deleted (`0`:
+    /// kept forever).
+    pub retention_max_age: HumanDuration,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            backend: BackendKind::default(),
+            data_dir: defaults::data_dir(),
+            pulsar_url: None,
+            kafka_addr: defaults::kafka_addr(),
+            mqtt_addr: defaults::mqtt_addr(),
+            amqp_addr: defaults::amqp_addr(),
+            http_addr: defaults::http_addr(),
+            auth_token_secret_file: None,
+            auth_token_public_key_file: None,
+            tenant: defaults::tenant(),
+            namespace: defaults::namespace(),
+            max_connections: defaults::MAX_CONNECTIONS,
+            log_level: defaults::log_level(),
+            embedded: EmbeddedSettings::default(),
+        }
+    }
+}
+
+impl Default for EmbeddedSettings {
+    fn default() -> EmbeddedSettings {
+        EmbeddedSettings {
+            auto_create_topics: defaults::AUTO_CREATE_TOPICS,
+            segment_bytes: defaults::SEGMENT_BYTES,
+            retention_max_bytes: defaults::RETENTION_MAX_BYTES,
+            retention_max_age: defaults::retention_max_age(),
+        }
+    }
+}
+
+/// The command line. Each flag also reads `PULSAR_GATEWAY_<FLAG>`; a flag or
+/// variable that is given overrides the config file, one that is not leaves
+/// the file's value (or the default) alone.
+#[derive(Debug, Parser)]
+#[command(name = "pulsar-gateway", version, about, max_term_width = 100)]
+struct Cli {
+    /// TOML config file (see gateway.example.toml).
+    #[arg(long, env = "PULSAR_GATEWAY_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Where topics are stored (the Pulsar backend is not built yet).
+    #[arg(long, env = "PULSAR_GATEWAY_BACKEND", value_enum, default_value_t)]
+    backend: BackendKind,
+    /// Directory of the embedded store.
+    #[arg(long, env = "PULSAR_GATEWAY_DATA_DIR", value_name = "DIR", default_value_os_t = defaults::data_dir())]
+    data_dir: PathBuf,
+    /// Pulsar service URL, for --backend pulsar.
+    #[arg(long, env = "PULSAR_GATEWAY_PULSAR_URL", value_name = "URL")]
+    pulsar_url: Option<String>,
+    /// Kafka listener address, or `off`.
+    #[arg(long, env = "PULSAR_GATEWAY_KAFKA_ADDR", value_name = "ADDR", default_value_t = defaults::kafka_addr())]
+    kafka_addr: ListenAddr,
+    /// MQTT listener address, or `off`.
+    #[arg(long, env = "PULSAR_GATEWAY_MQTT_ADDR", value_name = "ADDR", default_value_t = defaults::mqtt_addr())]
+    mqtt_addr: ListenAddr,
+    /// AMQP 0-9-1 listener address, or `off`.
+    #[arg(long, env = "PULSAR_GATEWAY_AMQP_ADDR", value_name = "ADDR", default_value_t = defaults::amqp_addr())]
+    amqp_addr: ListenAddr,
+    /// HTTP address (/metrics, /healthz, /readyz), or `off`.
+    #[arg(long, env = "PULSAR_GATEWAY_HTTP_ADDR", value_name = "ADDR", default_value_t = defaults::http_addr())]
+    http_addr: ListenAddr,
+    /// HS256 secret key file for client JWTs.
+    #[arg(long, env = "PULSAR_GATEWAY_AUTH_TOKEN_SECRET_FILE", value_name = "FILE")]
+    auth_token_secret_file: Option<PathBuf>,
+    /// RS256/ES256 public key file (PEM) for client JWTs.
+    #[arg(
+        long,
+        env = "PULSAR_GATEWAY_AUTH_TOKEN_PUBLIC_KEY_FILE",
+        value_name = "FILE"
+    )]
+    auth_token_public_key_file: Option<PathBuf>,
+    /// Pulsar tenant of short topic names.
+    #[arg(long, env = "PULSAR_GATEWAY_TENANT", default_value_t = defaults::tenant())]
+    tenant: String,
+    /// Pulsar namespace of short topic names.
+    #[arg(long, env = "PULSAR_GATEWAY_NAMESPACE", default_value_t = defaults::namespace())]
+    namespace: String,
+    /// Most open connections per listener.
+    #[arg(long, env = "PULSAR_GATEWAY_MAX_CONNECTIONS", value_name = "N", default_value_t = defaults::MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Log filter used when RUST_LOG is unset.
+    #[arg(long, env = "PULSAR_GATEWAY_LOG_LEVEL", value_name = "FILTER", default_value_t = defaults::log_level())]
+    log_level: String,
+    /// Embedded store: create topics on first use.
+    #[arg(long, env = "PULSAR_GATEWAY_AUTO_CREATE_TOPICS", value_name = "BOOL", action = clap::ArgAction::Set, default_value_t = defaults::AUTO_CREATE_TOPICS)]
+    auto_create_topics: bool,
+    /// Embedded store: segment file size in bytes.
+    #[arg(long, env = "PULSAR_GATEWAY_SEGMENT_BYTES", value_name = "BYTES", default_value_t = defaults::SEGMENT_BYTES)]
+    segment_bytes: u64,
+    /// Embedded store: bytes kept per partition (0: unlimited).
+    #[arg(long, env = "PULSAR_GATEWAY_RETENTION_MAX_BYTES", value_name = "BYTES", default_value_t = defaults::RETENTION_MAX_BYTES)]
+    retention_max_bytes: u64,
+    /// Embedded store: age of messages kept, e.g. 7d, 12h (0: forever).
+    #[arg(long, env = "PULSAR_GATEWAY_RETENTION_MAX_AGE", value_name = "AGE", default_value_t = defaults::retention_max_age())]
+    retention_max_age: HumanDuration,
+}
+
+/// Overwrites `target` with the argument `id` if it came from the command
+/// line or the environment (not from its default).
+fn overlay<T: Clone + Send + Sync + 'static>(m: &ArgMatches, id: &str, target: &mut T) {
+    let given = matches!(
+        m.value_source(id),
+        Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+    );
+    if given {
+        if let Some(v) = m.get_one::<T>(id) {
+            *target = v.clone();
+        }
+    }
+}
+
+/// Like [`overlay`], for keys without a default.
+fn overlay_opt<T: Clone + Send + Sync + 'static>(m: &ArgMatches, id: &str, target: &mut Option<T>) {
+    if let Some(v) = m.get_one::<T>(id) {
+        *target = Some(v.clone());
+    }
+}
+
+impl Config {
+    /// Loads the configuration from the process's arguments and environment
+    /// (and the file they name). Prints usage and exits on a bad command
+    /// line, as command-line tools do.
+    pub fn load() -> Result<Config, ConfigError> {
+        Config::load_from(std::env::args_os())
+    }
+
+    /// Like [`Config::load`] with explicit arguments (the first one is the
+    /// program name). Environment variables are still read.
+    pub fn load_from<I, T>(args: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let matches = Cli::command().get_matches_from(args);
+        // The derive and the matches come from the same definition, so this
+        // only fails on a programming error; report it instead of panicking.
+        let cli = Cli::from_arg_matches(&matches).map_err(|e| ConfigError::Invalid {
+            key: "command line",
+            message: e.to_string(),
+        })?;
+        let mut config = match &cli.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        config.apply_args(&matches);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads a TOML file; keys it leaves out keep their defaults.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.message().to_owned() + &line_of(&text, e.span()),
+        })
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<Config, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    fn apply_args(&mut self, m: &ArgMatches) {
+        overlay(m, "backend", &mut self.backend);
+        overlay(m, "data_dir", &mut self.data_dir);
+        overlay_opt(m, "pulsar_url", &mut self.pulsar_url);
+        overlay(m, "kafka_addr", &mut self.kafka_addr);
+        overlay(m, "mqtt_addr", &mut self.mqtt_addr);
+        overlay(m, "amqp_addr", &mut self.amqp_addr);
+        overlay(m, "http_addr", &mut self.http_addr);
+        overlay_opt(m, "auth_token_secret_file", &mut self.auth_token_secret_file);
+        overlay_opt(
+            m,
+            "auth_token_public_key_file",
+            &mut self.auth_token_public_key_file,
+        );
+        overlay(m, "tenant", &mut self.tenant);
+        overlay(m, "namespace", &mut self.namespace);
+        overlay(m, "max_connections", &mut self.max_connections);
+        overlay(m, "log_level", &mut self.log_level);
+        let e = &mut self.embedded;
+        overlay(m, "auto_create_topics", &mut e.auto_create_topics);
+        overlay(m, "segment_bytes", &mut e.segment_bytes);
+        overlay(m, "retention_max_bytes", &mut e.retention_max_bytes);
+        overlay(m, "retention_max_age", &mut e.retention_max_age);
+    }
+
+    /// Checks what types alone do not.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.default_namespace()?;
+        if self.max_connections == 0 {
+            return Err(ConfigError::Invalid {
+                key: "max_connections",
+                message: "must be at least 1".into(),
+            });
+        }
+        if self.embedded.segment_bytes < 1024 {
+            return Err(ConfigError::Invalid {
+                key: "embedded.segment_bytes",
+                message: format!("{} is below the minimum of 1024", self.embedded.segment_bytes),
+            });
+        }
+        Ok(())
+    }
+
+    /// The namespace short topic names resolve into.
+    pub fn default_namespace(&self) -> Result<Namespace, ConfigError> {
+        Namespace::new(&self.tenant, &self.namespace).map_err(|e| ConfigError::Invalid {
+            key: "tenant/namespace",
+            message: e.to_string(),
+        })
+    }
+}
+
+/// " (line N)" for an error span, to keep TOML errors on one line.
+fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    match span {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!(" (line {line})")
+        }
+        None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../gateway.example.toml");
+
+    /// `key = value`, as opposed to prose that happens to hold ` = `.
+    fn is_key_line(line: &str) -> bool {
+        line.split_once(" = ").is_some_and(|(key, _)| {
+            !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+        })
+    }
+
+    #[test]
+    fn the_example_file_holds_the_defaults() {
+        let parsed = Config::from_toml(EXAMPLE).unwrap();
+        assert_eq!(parsed, Config::default());
+    }
+
+    /// The commented-out keys of the example (`# key = value`) are valid
+    /// too, so uncommenting one never surprises.
+    #[test]
+    fn the_example_files_commented_keys_parse() {
+        let uncommented: String = EXAMPLE
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest) if is_key_line(rest) => rest,
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let parsed = Config::from_toml(&uncommented).unwrap();
+        assert!(parsed.pulsar_url.is_some());
+        assert!(parsed.auth_token_secret_file.is_some());
+        assert!(parsed.auth_token_public_key_file.is_some());
+    }
+
+    /// Every key of `Config` appears in the example file.
+    #[test]
+    fn the_example_file_documents_every_key() {
+        let full = Config {
+            pulsar_url: Some("x".into()),
+            auth_token_secret_file: Some("x".into()),
+            auth_token_public_key_file: Some("x".into()),
+            ..Config::default()
+        };
+        let table: toml::Table = toml::from_str(&toml::to_string(&full).unwrap()).unwrap();
+        let mut keys = Vec::new();
+        for (k, v) in &table {
+            match v.as_table() {
+                Some(sub) => {
+                    keys.push(format!("[{k}]"));
+                    keys.extend(sub.keys().cloned());
+                }
+                None => keys.push(k.clone()),
+            }
+        }
+        for key in keys {
+            let documented = EXAMPLE.lines().any(|l| {
+                let l = l.strip_prefix("# ").filter(|l| is_key_line(l)).unwrap_or(l);
+                l.starts_with(&format!("{key} = ")) || l == key
+            });
+            assert!(documented, "{key} is missing from gateway.example.toml");
+        }
+    }
+
+    #[test]
+    fn no_arguments_means_defaults() {
+        // Only meaningful when no PULSAR_GATEWAY_* variable is set.
+        if std::env::vars().any(|(k, _)| k.starts_with("PULSAR_GATEWAY_")) {
+            return;
+        }
+        assert_eq!(
+            Config::load_from(["pulsar-gateway"]).unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn flags_override_the_file_and_the_file_overrides_defaults() {
+        if std::env::vars().any(|(k, _)| k.starts_with("PULSAR_GATEWAY_")) {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gw.toml");
+        std::fs::write(
+            &file,
+            "http_addr = \"127.0.0.1:1\"\nmqtt_addr = \"off\"\n[embedded]\nretention_max_age = \"12h\"\n",
+        )
+        .unwrap();
+        let config = Config::load_from([
+            "pulsar-gateway".as_ref(),
+            "--config".as_ref(),
+            file.as_os_str(),
+            "--http-addr".as_ref(),
+            "127.0.0.1:2".as_ref(),
+            "--auto-create-topics".as_ref(),
+            "false".as_ref(),
+        ])
+        .unwrap();
+        assert_eq!(config.http_addr, "127.0.0.1:2".parse().unwrap());
+        assert_eq!(config.mqtt_addr, ListenAddr::Off);
+        assert_eq!(config.kafka_addr, defaults::kafka_addr());
+        assert_eq!(
+            config.embedded.retention_max_age,
+            HumanDuration(Duration::from_secs(12 * 3600))
+        );
+        assert!(!config.embedded.auto_create_topics);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused_with_their_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gw.toml");
+        std::fs::write(&file, "backend = \"embedded\"\nhttp_adr = \"off\"\n").unwrap();
+        let err = Config::from_file(&file).unwrap_err().to_string();
+        assert!(err.contains("http_adr") && err.contains("line 2"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+
+        std::fs::write(&file, "kafka_addr = \"localhost\"\n").unwrap();
+        let err = Config::from_file(&file).unwrap_err().to_string();
+        assert!(err.contains("neither IP:PORT"), "{err}");
+    }
+
+    #[test]
+    fn listen_addresses_and_durations_round_trip() {
+        for s in ["off", "0.0.0.0:9092", "[::1]:80"] {
+            assert_eq!(s.parse::<ListenAddr>().unwrap().to_string(), s);
+        }
+        assert_eq!("OFF".parse::<ListenAddr>().unwrap(), ListenAddr::Off);
+        for s in ["0", "7d", "12h", "30m", "90s"] {
+            assert_eq!(s.parse::<HumanDuration>().unwrap().to_string(), s);
+        }
+        assert_eq!(
+            "168h".parse::<HumanDuration>().unwrap(),
+            defaults::retention_max_age()
+        );
+        assert!("7".parse::<HumanDuration>().is_err());
+        assert!("7w".parse::<HumanDuration>().is_err());
+        assert!("99999999999999999999d".parse::<HumanDuration>().is_err());
+    }
+
+    #[test]
+    fn bad_namespaces_and_limits_are_refused() {
+        let c = Config {
+            tenant: "a/b".into(),
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+        let c = Config {
+            max_connections: 0,
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+    }
+}
