@@ -217,9 +217,10 @@ mod defaults {
         "info".into()
     }
     pub const AUTO_CREATE_TOPICS: bool = true;
-    /// 128 MiB: small enough that retention frees space in useful steps on
-    /// an edge box, large enough to keep the file count low.
-    pub const SEGMENT_BYTES: u64 = 128 * 1024 * 1024;
+    /// 64 MiB, the embedded store's own default: small enough that
+    /// retention frees space in useful steps on an edge box, large enough to
+    /// keep the file count low.
+    pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
     pub const RETENTION_MAX_BYTES: u64 = 0;
     /// Kafka's default (`log.retention.hours=168`).
     pub fn retention_max_age() -> HumanDuration {
@@ -351,7 +352,11 @@ struct Cli {
     #[arg(long, env = "PULSAR_GATEWAY_HTTP_ADDR", value_name = "ADDR", default_value_t = defaults::http_addr())]
     http_addr: ListenAddr,
     /// HS256 secret key file for client JWTs.
-    #[arg(long, env = "PULSAR_GATEWAY_AUTH_TOKEN_SECRET_FILE", value_name = "FILE")]
+    #[arg(
+        long,
+        env = "PULSAR_GATEWAY_AUTH_TOKEN_SECRET_FILE",
+        value_name = "FILE"
+    )]
     auth_token_secret_file: Option<PathBuf>,
     /// RS256/ES256 public key file (PEM) for client JWTs.
     #[arg(
@@ -463,7 +468,11 @@ impl Config {
         overlay(m, "mqtt_addr", &mut self.mqtt_addr);
         overlay(m, "amqp_addr", &mut self.amqp_addr);
         overlay(m, "http_addr", &mut self.http_addr);
-        overlay_opt(m, "auth_token_secret_file", &mut self.auth_token_secret_file);
+        overlay_opt(
+            m,
+            "auth_token_secret_file",
+            &mut self.auth_token_secret_file,
+        );
         overlay_opt(
             m,
             "auth_token_public_key_file",
@@ -492,7 +501,10 @@ impl Config {
         if self.embedded.segment_bytes < 1024 {
             return Err(ConfigError::Invalid {
                 key: "embedded.segment_bytes",
-                message: format!("{} is below the minimum of 1024", self.embedded.segment_bytes),
+                message: format!(
+                    "{} is below the minimum of 1024",
+                    self.embedded.segment_bytes
+                ),
             });
         }
         Ok(())

@@ -1,1 +1,327 @@
-fn main() {}
+//! The `pulsar-gateway` binary: reads the configuration, checks the data
+//! directory, binds every listener, opens the backend, serves until SIGTERM
+//! or SIGINT, then shuts down gracefully.
+//!
+//! Start-up errors end the process with one line, `error: <what>`, and exit
+//! status 1.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gateway_api::{
+    AllowAll, Backend, BackendError, Context, DefaultRouter, Metrics, Protocol, ProtocolHandler,
+};
+use prometheus_client::registry::Registry;
+use pulsar_gateway::admin::{self, AdminState};
+use pulsar_gateway::config::{BackendKind, Config, ConfigError, ListenAddr};
+use pulsar_gateway::listener::{Acceptor, Listener};
+use pulsar_gateway::shutdown::{Shutdown, StopSignals};
+use tokio::net::TcpListener;
+use tracing::{error, info, warn};
+use tracing_subscriber::filter::{EnvFilter, LevelFilter};
+
+/// How long shutdown waits for open connections to finish.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// How long shutdown waits for the backend to flush and close.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long the async runtime may take to drop what is left at exit.
+const RUNTIME_EXIT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Why the gateway could not start, or could not stop cleanly.
+#[derive(Debug, thiserror::Error)]
+enum StartupError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr} ({listener}): {source}")]
+    Bind {
+        listener: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("data directory {path} is not usable: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the Pulsar backend is not built yet; use --backend embedded")]
+    PulsarNotBuilt,
+    #[error("token authentication is not built yet; remove --auth-token-secret-file and --auth-token-public-key-file (or the config keys) to run without it")]
+    AuthNotBuilt,
+    #[error("cannot open the embedded store in {path}: {source}")]
+    Backend { path: PathBuf, source: BackendError },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("the HTTP server stopped unexpectedly: {0}")]
+    HttpServer(String),
+    #[error("{0} received during shutdown; exiting without waiting for connections")]
+    Forced(&'static str),
+    #[error("closing the backend failed: {0}")]
+    Close(BackendError),
+    #[error("the backend did not close within {} s", CLOSE_TIMEOUT.as_secs())]
+    CloseTimeout,
+}
+
+fn main() -> ExitCode {
+    let config = match Config::load() {
+        Ok(config) => config,
+        Err(e) => return fail(&e.into()),
+    };
+    if let Err(e) = init_logging(&config.log_level) {
+        return fail(&e);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(&StartupError::Runtime(e)),
+    };
+    let result = runtime.block_on(run(config));
+    // Connections that ignored shutdown, and blocking tasks, must not hold
+    // the exit up.
+    runtime.shutdown_timeout(RUNTIME_EXIT_TIMEOUT);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+/// Prints the one-line error and picks the exit status.
+fn fail(e: &StartupError) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::FAILURE
+}
+
+/// One human-readable line per event on stderr. `RUST_LOG`, when set,
+/// wins over `log_level`.
+fn init_logging(log_level: &str) -> Result<(), StartupError> {
+    let (key, filter) = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.trim().is_empty() => ("RUST_LOG", v),
+        _ => ("log_level", log_level.to_owned()),
+    };
+    let invalid = |message: String| {
+        StartupError::Config(ConfigError::Invalid {
+            key: if key == "RUST_LOG" {
+                "RUST_LOG"
+            } else {
+                "log_level"
+            },
+            message,
+        })
+    };
+    // A bare word is a level; EnvFilter would take a typo for a target name
+    // and silently log nothing.
+    for directive in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        if !directive.contains(['=', '[']) && LevelFilter::from_str(directive).is_err() {
+            return Err(invalid(format!(
+                "'{directive}' is not a level (error, warn, info, debug, trace, off)"
+            )));
+        }
+    }
+    let filter = EnvFilter::try_new(&filter).map_err(|e| invalid(e.to_string()))?;
+    // Fails only if a subscriber is already installed, which is harmless.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+    Ok(())
+}
+
+/// The protocol handlers of this build, with the address each listens on.
+/// Adding a protocol is one line here: its address key and its handler
+/// (`None`: not built yet; the address is kept in `Config` for later).
+fn protocol_handlers(config: &Config) -> Vec<(Protocol, ListenAddr, Option<Arc<dyn ProtocolHandler>>)> {
+    vec![
+        (Protocol::Kafka, config.kafka_addr, None),
+        (Protocol::Mqtt, config.mqtt_addr, None),
+        (Protocol::Amqp, config.amqp_addr, None),
+    ]
+}
+
+/// Starts everything, serves until a stop signal, then shuts down.
+async fn run(config: Config) -> Result<(), StartupError> {
+    if config.backend == BackendKind::Pulsar {
+        return Err(StartupError::PulsarNotBuilt);
+    }
+    if config.auth_token_secret_file.is_some() || config.auth_token_public_key_file.is_some() {
+        return Err(StartupError::AuthNotBuilt);
+    }
+    let namespace = config.default_namespace()?;
+    check_data_dir(&config.data_dir)?;
+    let mut signals = StopSignals::install().map_err(StartupError::Signals)?;
+
+    // Bind every socket before opening the store: a busy port fails fast
+    // and leaves the data directory untouched.
+    let http_socket = match config.http_addr.addr() {
+        Some(addr) => Some(bind("http", addr).await?),
+        None => None,
+    };
+    let mut protocol_sockets = Vec::new();
+    for (protocol, addr, handler) in protocol_handlers(&config) {
+        match (addr.addr(), handler) {
+            (None, _) => info!("{protocol} listener is off"),
+            (Some(addr), None) => {
+                info!("{protocol}: no handler in this build yet; {addr} is not bound")
+            }
+            (Some(addr), Some(handler)) => {
+                protocol_sockets.push((handler, bind(protocol.as_str(), addr).await?))
+            }
+        }
+    }
+
+    let backend = open_backend(&config).await?;
+    let mut registry = Registry::default();
+    let metrics = Metrics::new(&mut registry);
+    let shutdown = Shutdown::new();
+    let ctx = Context {
+        backend: backend.clone(),
+        auth: Arc::new(AllowAll),
+        router: Arc::new(DefaultRouter { namespace }),
+        metrics,
+        shutdown: shutdown.token(),
+    };
+
+    for (handler, socket) in protocol_sockets {
+        let protocol = handler.protocol();
+        let listener = Listener::new(
+            socket,
+            handler,
+            ctx.clone(),
+            config.max_connections,
+            shutdown.running(),
+        );
+        log_listening(protocol.as_str(), listener.local_addr(), "");
+        tokio::spawn(listener.run());
+    }
+
+    let mut http_server = None;
+    if let Some(socket) = http_socket {
+        let acceptor = Acceptor::new(
+            socket,
+            "http",
+            config.max_connections,
+            None,
+            shutdown.running(),
+        );
+        log_listening(
+            "http",
+            acceptor.local_addr(),
+            " (/healthz, /readyz, /metrics)",
+        );
+        let app = admin::router(AdminState {
+            backend: backend.clone(),
+            registry: Arc::new(registry),
+            shutdown: shutdown.token(),
+        });
+        http_server = Some(tokio::spawn(admin::serve(
+            acceptor,
+            app,
+            shutdown.token(),
+        )));
+    }
+    info!(
+        "pulsar-gateway {} started (backend: {}, data dir: {})",
+        env!("CARGO_PKG_VERSION"),
+        config.backend,
+        config.data_dir.display()
+    );
+
+    let signal = tokio::select! {
+        signal = signals.recv() => signal,
+        ended = async {
+            match http_server.as_mut() {
+                Some(task) => task.await,
+                None => std::future::pending().await,
+            }
+        } => {
+            let why = match ended {
+                Ok(Ok(())) => "it returned".to_owned(),
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => e.to_string(),
+            };
+            error!("the HTTP server stopped unexpectedly: {why}");
+            shutdown.drain(DRAIN_TIMEOUT).await.ok();
+            close_backend(&*backend).await.ok();
+            return Err(StartupError::HttpServer(why));
+        }
+    };
+
+    info!("{signal} received: no longer accepting connections, waiting for open ones to finish");
+    let drained = tokio::select! {
+        drained = shutdown.drain(DRAIN_TIMEOUT) => drained,
+        again = signals.recv() => return Err(StartupError::Forced(again)),
+    };
+    match drained {
+        Ok(()) => info!("all connections finished"),
+        Err(left) => warn!(
+            "{left} listeners or connections still open after {} s; closing the store anyway",
+            DRAIN_TIMEOUT.as_secs()
+        ),
+    }
+    close_backend(&*backend).await?;
+    info!("stopped");
+    Ok(())
+}
+
+/// Logs the one start-up line of a listener.
+fn log_listening(name: &str, addr: std::io::Result<SocketAddr>, note: &str) {
+    match addr {
+        Ok(addr) => info!("{name} listening on {addr}{note}"),
+        Err(e) => info!("{name} listening (address unknown: {e}){note}"),
+    }
+}
+
+/// Binds a listener's socket.
+async fn bind(listener: &'static str, addr: SocketAddr) -> Result<TcpListener, StartupError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartupError::Bind {
+            listener,
+            addr,
+            source,
+        })
+}
+
+/// Proves the data directory can be written: creates it, writes and
+/// removes a probe file, so the error names the path, not a store internal.
+fn check_data_dir(path: &Path) -> Result<(), StartupError> {
+    let error = |source| StartupError::DataDir {
+        path: path.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(path).map_err(error)?;
+    let probe = path.join(format!(".write-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"pulsar-gateway write probe\n").map_err(error)?;
+    std::fs::remove_file(&probe).map_err(error)?;
+    Ok(())
+}
+
+/// Opens the configured backend.
+async fn open_backend(config: &Config) -> Result<Arc<dyn Backend>, StartupError> {
+    match config.backend {
+        BackendKind::Pulsar => Err(StartupError::PulsarNotBuilt),
+        BackendKind::Embedded => Err(StartupError::Backend {
+            path: config.data_dir.clone(),
+            source: BackendError::Unavailable("the embedded store is not built yet".into()),
+        }),
+    }
+}
+
+/// Flushes and closes the backend, bounded in time.
+async fn close_backend(backend: &dyn Backend) -> Result<(), StartupError> {
+    match tokio::time::timeout(CLOSE_TIMEOUT, backend.close()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(StartupError::Close(e)),
+        Err(_) => Err(StartupError::CloseTimeout),
+    }
+}
