@@ -1,0 +1,551 @@
+//! One subscription on one partition: its cursor, the messages delivered and
+//! not yet acknowledged, and the task that hands messages to its consumers.
+//!
+//! Dispatch follows Pulsar's subscription types:
+//! - Exclusive: one consumer; another is refused.
+//! - Failover: consumers sorted by name; for partition `p` of a partitioned
+//!   topic the active one is number `p mod n` (number 0 for a topic without
+//!   partitions); the others wait and take over when it leaves.
+//! - Shared: round-robin over the consumers that have room.
+//! - KeyShared: a message goes to the consumer its key hashes to (messages
+//!   without a key hash as the empty key), so each key keeps its order while
+//!   the consumer set is stable.
+//!
+//! The dispatcher waits on consumer room (bounded channels, the consumers'
+//! receive queues), so a slow consumer slows its dispatcher, never the
+//! memory: the backlog stays on disk.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use gateway_api::{BackendError, Message, MessageId, SubscriptionKind, TopicName};
+use tokio::sync::{mpsc, Notify};
+
+use super::cursor::Cursor;
+use super::log::{PartitionLog, Record};
+
+/// Records read from the log in one go when dispatching forward.
+const READ_AHEAD_RECORDS: usize = 256;
+/// Bytes read from the log in one go when dispatching forward.
+const READ_AHEAD_BYTES: usize = 1 << 20;
+
+/// A message on its way to a consumer, tagged so that a seek can discard
+/// what was buffered before it.
+pub struct Delivery {
+    /// The message itself.
+    pub message: Message,
+    /// The subscription it came from, to check the epoch on receipt.
+    pub from: Arc<PartitionSubscription>,
+    /// The subscription's epoch when it was sent.
+    pub epoch: u64,
+}
+
+/// One consumer's place in a subscription.
+struct ConsumerSlot {
+    /// Unique per backend, to find the slot again.
+    id: u64,
+    /// Failover order.
+    name: String,
+    /// The consumer's bounded receive queue.
+    tx: mpsc::Sender<Delivery>,
+}
+
+/// Everything that changes under the subscription's lock.
+struct State {
+    /// The type the current consumers agreed on.
+    kind: SubscriptionKind,
+    /// Whether the cursor outlives the last consumer.
+    durable: bool,
+    /// Acknowledged positions.
+    cursor: Cursor,
+    /// Next offset to deliver for the first time.
+    read_position: u64,
+    /// Offsets to deliver again (nacked, or their consumer left).
+    redeliver: BTreeSet<u64>,
+    /// Delivered and not acknowledged: offset -> consumer id.
+    pending: HashMap<u64, u64>,
+    /// Redelivery counts of messages delivered more than once.
+    redelivery_counts: HashMap<u64, u32>,
+    /// Attached consumers, in join order.
+    consumers: Vec<ConsumerSlot>,
+    /// Shared dispatch: where round-robin resumes.
+    next_shared: usize,
+    /// A dispatcher task runs (at most one).
+    dispatching: bool,
+    /// The cursor changed since it was last persisted.
+    dirty: bool,
+    /// Bumped by every change a dispatcher must re-read the state for.
+    version: u64,
+    /// The subscription was deleted (unsubscribe, topic deletion).
+    deleted: bool,
+}
+
+/// What the dispatcher decided to deliver next.
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    offset: u64,
+    redelivery: bool,
+}
+
+/// A subscription's state on one partition, shared by its consumers.
+pub struct PartitionSubscription {
+    /// The partition (or non-partitioned topic).
+    pub topic: TopicName,
+    /// The subscription's name.
+    pub name: String,
+    /// Where the messages are read from.
+    log: PartitionLog,
+    /// Cursor, pending messages, consumers.
+    state: Mutex<State>,
+    /// Wakes the dispatcher after any change to `state`.
+    wake: Notify,
+    /// Bumped by seeks; deliveries of an older epoch are discarded.
+    epoch: AtomicU64,
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    // A panic while holding this lock cannot leave the state half-updated
+    // in a way later calls would misread (each update is a few field writes),
+    // so a poisoned lock is used as is.
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl PartitionSubscription {
+    /// A subscription positioned by `cursor`.
+    pub fn new(
+        topic: TopicName,
+        name: String,
+        log: PartitionLog,
+        cursor: Cursor,
+        durable: bool,
+    ) -> Arc<PartitionSubscription> {
+        let read_position = cursor.mark_delete();
+        Arc::new(PartitionSubscription {
+            topic,
+            name,
+            log,
+            state: Mutex::new(State {
+                kind: SubscriptionKind::Exclusive,
+                durable,
+                cursor,
+                read_position,
+                redeliver: BTreeSet::new(),
+                pending: HashMap::new(),
+                redelivery_counts: HashMap::new(),
+                consumers: Vec::new(),
+                next_shared: 0,
+                dispatching: false,
+                dirty: durable,
+                version: 0,
+                deleted: false,
+            }),
+            wake: Notify::new(),
+            epoch: AtomicU64::new(0),
+        })
+    }
+
+    /// The current epoch (see [`Delivery::epoch`]).
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Attaches a consumer and starts dispatching if needed.
+    pub fn attach(
+        self: &Arc<Self>,
+        id: u64,
+        name: &str,
+        kind: SubscriptionKind,
+        tx: mpsc::Sender<Delivery>,
+    ) -> Result<(), BackendError> {
+        let mut st = lock(&self.state);
+        if st.deleted {
+            return Err(BackendError::SubscriptionNotFound {
+                topic: self.topic.clone(),
+                subscription: self.name.clone(),
+            });
+        }
+        if !st.consumers.is_empty() {
+            if st.kind == SubscriptionKind::Exclusive || kind == SubscriptionKind::Exclusive {
+                return Err(BackendError::ConsumerBusy {
+                    topic: self.topic.clone(),
+                    subscription: self.name.clone(),
+                });
+            }
+            if st.kind != kind {
+                return Err(BackendError::InvalidRequest(format!(
+                    "subscription {} on {} is {:?}, not {:?}",
+                    self.name, self.topic, st.kind, kind
+                )));
+            }
+        }
+        st.kind = kind;
+        st.consumers.push(ConsumerSlot {
+            id,
+            name: name.to_owned(),
+            tx,
+        });
+        st.version += 1;
+        if !st.dispatching {
+            st.dispatching = true;
+            tokio::spawn(self.clone().dispatch());
+        }
+        drop(st);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Detaches a consumer; what it had not acknowledged is redelivered.
+    /// Returns true when no consumer is left.
+    pub fn detach(&self, id: u64) -> bool {
+        let mut st = lock(&self.state);
+        st.consumers.retain(|c| c.id != id);
+        let orphaned: Vec<u64> = st
+            .pending
+            .iter()
+            .filter(|(_, &c)| c == id)
+            .map(|(&o, _)| o)
+            .collect();
+        for offset in orphaned {
+            st.pending.remove(&offset);
+            st.redeliver.insert(offset);
+            *st.redelivery_counts.entry(offset).or_insert(0) += 1;
+        }
+        st.version += 1;
+        let empty = st.consumers.is_empty();
+        drop(st);
+        self.wake.notify_one();
+        empty
+    }
+
+    /// Acknowledges one message.
+    pub fn ack(&self, offset: u64) {
+        let mut st = lock(&self.state);
+        st.pending.remove(&offset);
+        st.redeliver.remove(&offset);
+        st.redelivery_counts.remove(&offset);
+        st.cursor.ack(offset);
+        st.dirty = true;
+    }
+
+    /// Acknowledges every message up to and including `offset`.
+    pub fn ack_cumulative(&self, offset: u64) -> Result<(), BackendError> {
+        let mut st = lock(&self.state);
+        if matches!(
+            st.kind,
+            SubscriptionKind::Shared | SubscriptionKind::KeyShared
+        ) {
+            return Err(BackendError::InvalidRequest(
+                "cumulative acknowledgement is not allowed on Shared or KeyShared subscriptions"
+                    .into(),
+            ));
+        }
+        st.pending.retain(|&o, _| o > offset);
+        st.redeliver = st.redeliver.split_off(&(offset + 1));
+        st.redelivery_counts.retain(|&o, _| o > offset);
+        st.cursor.ack_cumulative(offset);
+        st.dirty = true;
+        Ok(())
+    }
+
+    /// Negative acknowledgement: deliver again, with the count raised.
+    pub fn nack(&self, offset: u64) {
+        let mut st = lock(&self.state);
+        if st.pending.remove(&offset).is_some() {
+            st.redeliver.insert(offset);
+            *st.redelivery_counts.entry(offset).or_insert(0) += 1;
+            st.version += 1;
+            drop(st);
+            self.wake.notify_one();
+        }
+    }
+
+    /// Moves the cursor to `offset`: everything from there is delivered
+    /// again, everything before counts as acknowledged.
+    pub fn seek(&self, offset: u64) {
+        let mut st = lock(&self.state);
+        st.cursor.reset(offset);
+        st.read_position = offset;
+        st.redeliver.clear();
+        st.pending.clear();
+        st.redelivery_counts.clear();
+        st.dirty = true;
+        st.version += 1;
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        drop(st);
+        self.wake.notify_one();
+    }
+
+    /// Marks the subscription deleted and stops its dispatcher.
+    pub fn delete(&self) {
+        let mut st = lock(&self.state);
+        st.deleted = true;
+        st.consumers.clear();
+        st.version += 1;
+        drop(st);
+        self.wake.notify_one();
+    }
+
+    /// Number of attached consumers.
+    pub fn consumer_count(&self) -> usize {
+        lock(&self.state).consumers.len()
+    }
+
+    /// Whether the cursor outlives its consumers.
+    pub fn is_durable(&self) -> bool {
+        lock(&self.state).durable
+    }
+
+    /// The lowest offset this subscription still needs (for retention).
+    pub fn keep_from(&self) -> u64 {
+        lock(&self.state).cursor.mark_delete()
+    }
+
+    /// The cursor's stored form if it changed since the last call.
+    pub fn take_dirty(&self) -> Option<Vec<u8>> {
+        let mut st = lock(&self.state);
+        if !st.dirty || !st.durable || st.deleted {
+            return None;
+        }
+        st.dirty = false;
+        Some(st.cursor.encode())
+    }
+
+    /// Marks the cursor as needing to be written again (a write failed).
+    pub fn mark_dirty(&self) {
+        lock(&self.state).dirty = true;
+    }
+
+    /// The dispatcher: runs while consumers are attached.
+    async fn dispatch(self: Arc<Self>) {
+        let mut appends = self.log.subscribe_appends();
+        let mut read_ahead: VecDeque<Record> = VecDeque::new();
+        loop {
+            let (version, candidate) = {
+                let mut st = lock(&self.state);
+                if st.consumers.is_empty() {
+                    st.dispatching = false;
+                    return;
+                }
+                (st.version, next_candidate(&mut st, self.log.next_offset()))
+            };
+            let Some(candidate) = candidate else {
+                tokio::select! {
+                    changed = appends.changed() => {
+                        if changed.is_err() {
+                            // The log closed: nothing more will arrive.
+                            let mut st = lock(&self.state);
+                            st.dispatching = false;
+                            return;
+                        }
+                    }
+                    () = self.wake.notified() => {}
+                }
+                continue;
+            };
+            let record = match self.fetch(&mut read_ahead, candidate).await {
+                Ok(Some(record)) => record,
+                Ok(None) => {
+                    // Removed by retention: nothing to deliver there.
+                    self.skip(candidate, version);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(topic = %self.topic, subscription = %self.name, "cannot read offset {}: {e}", candidate.offset);
+                    self.skip(candidate, version);
+                    continue;
+                }
+            };
+            let Some(targets) = self.targets(version, record.key.as_deref()) else {
+                continue;
+            };
+            let permit = tokio::select! {
+                permit = reserve_any(targets) => permit,
+                () = self.wake.notified() => continue,
+            };
+            let Some((consumer, permit)) = permit else {
+                // Every target's queue closed: its detach is on the way.
+                tokio::task::yield_now().await;
+                continue;
+            };
+            let message = {
+                let mut st = lock(&self.state);
+                if st.version != version {
+                    continue;
+                }
+                if candidate.redelivery {
+                    st.redeliver.remove(&candidate.offset);
+                } else {
+                    st.read_position = candidate.offset + 1;
+                }
+                st.pending.insert(candidate.offset, consumer);
+                let count = st
+                    .redelivery_counts
+                    .get(&candidate.offset)
+                    .copied()
+                    .unwrap_or(0);
+                to_message(&self.topic, &record, count)
+            };
+            permit.send(Delivery {
+                message,
+                from: self.clone(),
+                epoch: self.epoch(),
+            });
+        }
+    }
+
+    /// Moves past a candidate that cannot be delivered.
+    fn skip(&self, candidate: Candidate, version: u64) {
+        let mut st = lock(&self.state);
+        if st.version != version {
+            return;
+        }
+        if candidate.redelivery {
+            st.redeliver.remove(&candidate.offset);
+        } else {
+            st.read_position = candidate.offset + 1;
+        }
+    }
+
+    /// The record at the candidate's offset; `None` if retention removed it.
+    async fn fetch(
+        &self,
+        read_ahead: &mut VecDeque<Record>,
+        candidate: Candidate,
+    ) -> Result<Option<Record>, BackendError> {
+        while read_ahead
+            .front()
+            .is_some_and(|r| r.offset < candidate.offset)
+        {
+            read_ahead.pop_front();
+        }
+        if let Some(front) = read_ahead.front() {
+            if front.offset == candidate.offset {
+                return Ok(read_ahead.pop_front());
+            }
+        }
+        let (records, bytes) = if candidate.redelivery {
+            (1, 1)
+        } else {
+            (READ_AHEAD_RECORDS, READ_AHEAD_BYTES)
+        };
+        let batch = self
+            .log
+            .read(candidate.offset, records, bytes)
+            .await
+            .map_err(|e| BackendError::Storage(e.to_string()))?;
+        let mut batch = VecDeque::from(batch);
+        match batch.front() {
+            Some(first) if first.offset == candidate.offset => {
+                let record = batch.pop_front();
+                if !candidate.redelivery {
+                    *read_ahead = batch;
+                }
+                Ok(record)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The consumers a message may go to, in the order to try them.
+    fn targets(
+        &self,
+        version: u64,
+        key: Option<&[u8]>,
+    ) -> Option<Vec<(u64, mpsc::Sender<Delivery>)>> {
+        let mut st = lock(&self.state);
+        if st.version != version || st.consumers.is_empty() {
+            return None;
+        }
+        let n = st.consumers.len();
+        let slot = |c: &ConsumerSlot| (c.id, c.tx.clone());
+        let targets = match st.kind {
+            SubscriptionKind::Exclusive => vec![slot(&st.consumers[0])],
+            SubscriptionKind::Failover => {
+                let mut order: Vec<&ConsumerSlot> = st.consumers.iter().collect();
+                order.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+                let index = self.topic.partition_index().unwrap_or(0) as usize % n;
+                vec![slot(order[index])]
+            }
+            SubscriptionKind::KeyShared => {
+                let mut order: Vec<&ConsumerSlot> = st.consumers.iter().collect();
+                order.sort_by_key(|c| c.id);
+                let index = (key_hash(key.unwrap_or_default()) % n as u64) as usize;
+                vec![slot(order[index])]
+            }
+            SubscriptionKind::Shared => {
+                let start = st.next_shared % n;
+                st.next_shared = start + 1;
+                (0..n)
+                    .map(|i| slot(&st.consumers[(start + i) % n]))
+                    .collect()
+            }
+        };
+        Some(targets)
+    }
+}
+
+/// The next offset to deliver: redeliveries first, then new messages below
+/// the log's high watermark, skipping what is already acknowledged.
+fn next_candidate(st: &mut State, high_watermark: u64) -> Option<Candidate> {
+    if let Some(&offset) = st.redeliver.first() {
+        return Some(Candidate {
+            offset,
+            redelivery: true,
+        });
+    }
+    st.read_position = st.cursor.next_unacked(st.read_position);
+    while st.pending.contains_key(&st.read_position) {
+        st.read_position = st.cursor.next_unacked(st.read_position + 1);
+    }
+    (st.read_position < high_watermark).then_some(Candidate {
+        offset: st.read_position,
+        redelivery: false,
+    })
+}
+
+/// Room in the first of `targets` that has it, waiting if none has.
+/// `None` when every target's consumer is gone.
+async fn reserve_any(
+    targets: Vec<(u64, mpsc::Sender<Delivery>)>,
+) -> Option<(u64, mpsc::OwnedPermit<Delivery>)> {
+    let mut waiting = Vec::with_capacity(targets.len());
+    for (id, tx) in targets {
+        match tx.try_reserve_owned() {
+            Ok(permit) => return Some((id, permit)),
+            Err(mpsc::error::TrySendError::Full(tx)) => waiting.push((id, tx)),
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+    if waiting.is_empty() {
+        return None;
+    }
+    let futures = waiting
+        .into_iter()
+        .map(|(id, tx)| Box::pin(async move { tx.reserve_owned().await.ok().map(|p| (id, p)) }));
+    futures::future::select_all(futures).await.0
+}
+
+/// FNV-1a: stable across builds and restarts, so a key keeps its consumer,
+/// its partition, and a long topic name its directory.
+pub fn key_hash(key: &[u8]) -> u64 {
+    key.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// A log record as the contract's message.
+pub fn to_message(topic: &TopicName, record: &Record, redelivery_count: u32) -> Message {
+    Message {
+        topic: topic.clone(),
+        id: MessageId::from_offset(record.offset, topic.partition_index()),
+        payload: record.payload.clone(),
+        key: record.key.clone(),
+        properties: record.properties.clone(),
+        event_time: record.event_time,
+        publish_time: record.publish_time,
+        redelivery_count,
+    }
+}
