@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use gateway_api::Backend;
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
@@ -36,6 +37,15 @@ pub struct AdminState {
     /// Cancelled when the gateway stops; `/readyz` then answers 503 so that
     /// load balancers stop sending clients here.
     pub shutdown: CancellationToken,
+}
+
+/// Registers the gateway's own metrics (`pulsar_gateway_build_info`, with
+/// the version as a label) next to those of [`gateway_api::Metrics`].
+pub fn register_build_info(registry: &mut Registry) {
+    let info = Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]);
+    registry
+        .sub_registry_with_prefix("pulsar_gateway")
+        .register("build", "The running gateway's version", info);
 }
 
 /// The admin routes, ready to be merged with other HTTP routes.
@@ -89,10 +99,6 @@ async fn metrics(State(state): State<AdminState>) -> Response {
     let mut body = String::new();
     match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
         Ok(()) => ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], body).into_response(),
-        Err(_) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "cannot encode metrics\n",
-        )
-            .into_response(),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n").into_response(),
     }
 }

@@ -325,7 +325,13 @@ impl Default for EmbeddedSettings {
 /// variable that is given overrides the config file, one that is not leaves
 /// the file's value (or the default) alone.
 #[derive(Debug, Parser)]
-#[command(name = "pulsar-gateway", version, about, max_term_width = 100)]
+#[command(
+    name = "pulsar-gateway",
+    version,
+    about,
+    max_term_width = 100,
+    args_override_self = true
+)]
 struct Cli {
     /// TOML config file (see gateway.example.toml).
     #[arg(long, env = "PULSAR_GATEWAY_CONFIG", value_name = "FILE")]

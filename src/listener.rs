@@ -144,7 +144,9 @@ impl Acceptor {
         Acceptor {
             socket,
             name,
-            limit: Arc::new(Semaphore::new(max_connections.clamp(1, Semaphore::MAX_PERMITS))),
+            limit: Arc::new(Semaphore::new(
+                max_connections.clamp(1, Semaphore::MAX_PERMITS),
+            )),
             gauge,
             running,
         }
@@ -197,7 +199,13 @@ impl Acceptor {
             gauge: self.gauge.clone(),
             _running: self.running.clone(),
         };
-        (Admitted { stream, _slot: slot }, peer)
+        (
+            Admitted {
+                stream,
+                _slot: slot,
+            },
+            peer,
+        )
     }
 }
 

@@ -18,6 +18,8 @@ use gateway_api::{
 };
 use prometheus_client::registry::Registry;
 use pulsar_gateway::admin::{self, AdminState};
+use pulsar_gateway::backend::embedded::log::RetentionPolicy;
+use pulsar_gateway::backend::embedded::{EmbeddedBackend, EmbeddedConfig};
 use pulsar_gateway::config::{BackendKind, Config, ConfigError, ListenAddr};
 use pulsar_gateway::listener::{Acceptor, Listener};
 use pulsar_gateway::shutdown::{Shutdown, StopSignals};
@@ -137,10 +139,14 @@ fn init_logging(log_level: &str) -> Result<(), StartupError> {
     Ok(())
 }
 
+/// One row of the wiring table: a protocol, the address its listener binds
+/// (from the config), and its handler (`None`: not built yet).
+type Wiring = (Protocol, ListenAddr, Option<Arc<dyn ProtocolHandler>>);
+
 /// The protocol handlers of this build, with the address each listens on.
 /// Adding a protocol is one line here: its address key and its handler
-/// (`None`: not built yet; the address is kept in `Config` for later).
-fn protocol_handlers(config: &Config) -> Vec<(Protocol, ListenAddr, Option<Arc<dyn ProtocolHandler>>)> {
+/// (`None` keeps the address in `Config` for the handler to come).
+fn protocol_handlers(config: &Config) -> Vec<Wiring> {
     vec![
         (Protocol::Kafka, config.kafka_addr, None),
         (Protocol::Mqtt, config.mqtt_addr, None),
@@ -182,6 +188,7 @@ async fn run(config: Config) -> Result<(), StartupError> {
     let backend = open_backend(&config).await?;
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
+    admin::register_build_info(&mut registry);
     let shutdown = Shutdown::new();
     let ctx = Context {
         backend: backend.clone(),
@@ -223,11 +230,7 @@ async fn run(config: Config) -> Result<(), StartupError> {
             registry: Arc::new(registry),
             shutdown: shutdown.token(),
         });
-        http_server = Some(tokio::spawn(admin::serve(
-            acceptor,
-            app,
-            shutdown.token(),
-        )));
+        http_server = Some(tokio::spawn(admin::serve(acceptor, app, shutdown.token())));
     }
     info!(
         "pulsar-gateway {} started (backend: {}, data dir: {})",
@@ -310,10 +313,24 @@ fn check_data_dir(path: &Path) -> Result<(), StartupError> {
 async fn open_backend(config: &Config) -> Result<Arc<dyn Backend>, StartupError> {
     match config.backend {
         BackendKind::Pulsar => Err(StartupError::PulsarNotBuilt),
-        BackendKind::Embedded => Err(StartupError::Backend {
-            path: config.data_dir.clone(),
-            source: BackendError::Unavailable("the embedded store is not built yet".into()),
-        }),
+        BackendKind::Embedded => {
+            let settings = &config.embedded;
+            let mut embedded = EmbeddedConfig::new(&config.data_dir);
+            embedded.auto_create_topics = settings.auto_create_topics;
+            embedded.log.segment_bytes = settings.segment_bytes;
+            embedded.retention = RetentionPolicy {
+                max_bytes: Some(settings.retention_max_bytes).filter(|&b| b > 0),
+                max_age: Some(settings.retention_max_age.0).filter(|a| !a.is_zero()),
+            };
+            let backend =
+                EmbeddedBackend::open(embedded)
+                    .await
+                    .map_err(|source| StartupError::Backend {
+                        path: config.data_dir.clone(),
+                        source,
+                    })?;
+            Ok(Arc::new(backend))
+        }
     }
 }
 

@@ -1,0 +1,426 @@
+//! The end-to-end helper: runs the real `pulsar-gateway` binary with a
+//! temporary data directory, finds the addresses it bound in its log, and
+//! waits (with a deadline, never a fixed sleep) until it is ready.
+//!
+//! ```ignore
+//! mod common;
+//! use common::{BackendKind, Gateway};
+//!
+//! let gw = Gateway::start(BackendKind::Embedded).await;
+//! assert_eq!(gw.get("/healthz").await.status, 200);
+//! ```
+//!
+//! Every listener is given `127.0.0.1:0`, so parallel tests never fight
+//! over ports; the gateway logs `<name> listening on <addr>` per listener and
+//! the helper reads the addresses from there. The process is killed when the
+//! [`Gateway`] is dropped.
+
+#![allow(dead_code)] // Each test binary uses a different part.
+
+use std::ffi::OsString;
+use std::future::Future;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How long a gateway may take to become ready.
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The gateway logs this once every listener is up.
+pub const STARTED_MARKER: &str = " started (backend: ";
+
+/// The interval at which [`eventually`] re-checks its condition.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Which backend the gateway runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// The embedded store, in a temporary directory.
+    Embedded,
+}
+
+/// Waits until `condition` holds, re-checking it every 20 ms; false if it
+/// still does not hold after `within`.
+pub async fn eventually<F, Fut>(within: Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// An HTTP response, read whole.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    /// The status code.
+    pub status: u16,
+    /// The `Content-Type` header, if any.
+    pub content_type: Option<String>,
+    /// The body as text.
+    pub body: String,
+}
+
+/// Sends a GET and reads the whole response, whatever its status.
+pub async fn http_get(url: String) -> Result<HttpResponse, String> {
+    tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(5)))
+            .build()
+            .into();
+        let mut response = agent.get(&url).call().map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = response
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| e.to_string())?;
+        Ok(HttpResponse {
+            status,
+            content_type,
+            body,
+        })
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// Everything the process wrote to stdout and stderr so far, interleaved
+/// line by line as it arrived.
+#[derive(Debug, Clone, Default)]
+pub struct Output(Arc<Mutex<String>>);
+
+impl Output {
+    /// A copy of the text so far.
+    pub fn text(&self) -> String {
+        self.0.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Whether some line contains `needle`.
+    pub fn contains(&self, needle: &str) -> bool {
+        self.text().contains(needle)
+    }
+
+    /// Starts copying `source` into this buffer on a thread of its own,
+    /// which ends when `source` closes.
+    fn capture(&self, mut source: impl Read + Send + 'static) -> JoinHandle<()> {
+        let sink = self.0.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = source.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                if let Ok(mut text) = sink.lock() {
+                    text.push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            }
+        })
+    }
+}
+
+/// How a gateway process ended, for the tests of failed start-ups.
+#[derive(Debug)]
+pub struct Exited {
+    /// Its exit status.
+    pub status: ExitStatus,
+    /// Everything it printed.
+    pub output: String,
+}
+
+impl Exited {
+    /// The lines starting with `error:`.
+    pub fn error_lines(&self) -> Vec<&str> {
+        self.output
+            .lines()
+            .filter(|l| l.starts_with("error:"))
+            .collect()
+    }
+}
+
+/// Sets up a gateway process before it starts.
+#[derive(Debug)]
+pub struct GatewayBuilder {
+    /// Which backend to run on.
+    backend: BackendKind,
+    /// Extra command-line arguments, after the helper's own (so they win).
+    args: Vec<OsString>,
+    /// Extra environment variables.
+    env: Vec<(OsString, OsString)>,
+    /// Whether the helper passes `--http-addr 127.0.0.1:0`.
+    default_http: bool,
+    /// The data directory, if not a fresh temporary one.
+    data_dir: Option<PathBuf>,
+}
+
+impl GatewayBuilder {
+    /// Adds a command-line argument.
+    pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    /// Sets an environment variable of the process.
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Leaves `--http-addr` to the test (flag, env or config file).
+    pub fn no_default_http(mut self) -> Self {
+        self.default_http = false;
+        self
+    }
+
+    /// Uses this data directory instead of a temporary one.
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
+    fn spawn(&self) -> (Child, Output, Vec<JoinHandle<()>>, tempfile::TempDir) {
+        let temp = tempfile::tempdir().expect("create a temporary directory");
+        let data_dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| temp.path().join("data"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pulsar-gateway"));
+        // The test's own environment must not leak into the gateway's config.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("PULSAR_GATEWAY_") {
+                cmd.env_remove(&key);
+            }
+        }
+        cmd.env_remove("RUST_LOG")
+            .arg("--backend")
+            .arg(match self.backend {
+                BackendKind::Embedded => "embedded",
+            })
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .arg("--log-level")
+            .arg("info");
+        for flag in ["--kafka-addr", "--mqtt-addr", "--amqp-addr"] {
+            cmd.arg(flag).arg("127.0.0.1:0");
+        }
+        if self.default_http {
+            cmd.arg("--http-addr").arg("127.0.0.1:0");
+        }
+        cmd.args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(temp.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("run the pulsar-gateway binary");
+        let output = Output::default();
+        let mut readers = Vec::new();
+        if let Some(out) = child.stdout.take() {
+            readers.push(output.capture(out));
+        }
+        if let Some(err) = child.stderr.take() {
+            readers.push(output.capture(err));
+        }
+        (child, output, readers, temp)
+    }
+
+    /// Starts the gateway and waits until it logged its start and, when it
+    /// serves HTTP, `/readyz` answers 200. Panics with the gateway's output
+    /// if it exits or is not ready within [`START_TIMEOUT`].
+    pub async fn start(self) -> Gateway {
+        let (child, output, _readers, temp) = self.spawn();
+        let mut gw = Gateway {
+            child,
+            output,
+            _temp: temp,
+            http_addr: None,
+            kafka_addr: None,
+            mqtt_addr: None,
+            amqp_addr: None,
+        };
+        let started = eventually(START_TIMEOUT, || {
+            let done = gw.output.contains(STARTED_MARKER);
+            let exited = matches!(gw.child.try_wait(), Ok(Some(_)));
+            async move { done || exited }
+        })
+        .await;
+        if let Ok(Some(status)) = gw.child.try_wait() {
+            panic!(
+                "the gateway exited during start-up ({status}):\n{}",
+                gw.output()
+            );
+        }
+        assert!(started, "no start-up line in time:\n{}", gw.output());
+        gw.http_addr = gw.logged_addr("http");
+        gw.kafka_addr = gw.logged_addr("kafka");
+        gw.mqtt_addr = gw.logged_addr("mqtt");
+        gw.amqp_addr = gw.logged_addr("amqp");
+        if gw.http_addr.is_some() {
+            let url = gw.url("/readyz");
+            let ready = eventually(START_TIMEOUT, || {
+                let url = url.clone();
+                async move { matches!(http_get(url).await, Ok(r) if r.status == 200) }
+            })
+            .await;
+            assert!(ready, "/readyz never answered 200:\n{}", gw.output());
+        }
+        gw
+    }
+
+    /// Runs the gateway expecting it to exit by itself (a failed start-up),
+    /// within `within`; panics if it is still running then.
+    pub async fn run_to_exit(self, within: Duration) -> Exited {
+        let (mut child, output, readers, _temp) = self.spawn();
+        let mut status = None;
+        eventually(within, || {
+            if let Ok(Some(s)) = child.try_wait() {
+                status = Some(s);
+            }
+            let done = status.is_some();
+            async move { done }
+        })
+        .await;
+        let Some(status) = status else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "the gateway did not exit within {within:?}:\n{}",
+                output.text()
+            );
+        };
+        // The pipes close at exit: the readers finish once they drained them.
+        for reader in readers {
+            let _ = reader.join();
+        }
+        Exited {
+            status,
+            output: output.text(),
+        }
+    }
+}
+
+/// A running gateway process. Killed on drop.
+#[derive(Debug)]
+pub struct Gateway {
+    /// The process.
+    child: Child,
+    /// What it printed.
+    output: Output,
+    /// Holds the data directory (and the working directory) until the end.
+    _temp: tempfile::TempDir,
+    /// The HTTP address it listens on, if it serves HTTP.
+    pub http_addr: Option<SocketAddr>,
+    /// The Kafka address, once a Kafka handler exists.
+    pub kafka_addr: Option<SocketAddr>,
+    /// The MQTT address, once an MQTT handler exists.
+    pub mqtt_addr: Option<SocketAddr>,
+    /// The AMQP address, once an AMQP handler exists.
+    pub amqp_addr: Option<SocketAddr>,
+}
+
+impl Gateway {
+    /// Starts a gateway with the defaults of the helper.
+    pub async fn start(backend: BackendKind) -> Gateway {
+        Gateway::builder(backend).start().await
+    }
+
+    /// Prepares a gateway to adjust before starting it.
+    pub fn builder(backend: BackendKind) -> GatewayBuilder {
+        GatewayBuilder {
+            backend,
+            args: Vec::new(),
+            env: Vec::new(),
+            default_http: true,
+            data_dir: None,
+        }
+    }
+
+    /// The URL of `path` on the HTTP listener.
+    pub fn url(&self, path: &str) -> String {
+        match self.http_addr {
+            Some(addr) => format!("http://{addr}{path}"),
+            None => panic!("this gateway has no HTTP listener"),
+        }
+    }
+
+    /// GETs `path` from the HTTP listener; panics if the request fails.
+    pub async fn get(&self, path: &str) -> HttpResponse {
+        match http_get(self.url(path)).await {
+            Ok(response) => response,
+            Err(e) => panic!("GET {path} failed: {e}\n{}", self.output()),
+        }
+    }
+
+    /// Everything the process printed so far.
+    pub fn output(&self) -> String {
+        self.output.text()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The data directory (a temporary one unless the builder set it).
+    pub fn temp_dir(&self) -> &Path {
+        self._temp.path()
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        let pid = Pid::from_raw(self.child.id() as i32);
+        kill(pid, Signal::SIGTERM).expect("send SIGTERM to the gateway");
+    }
+
+    /// Waits up to `within` for the process to exit.
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let mut status = None;
+        let child = &mut self.child;
+        eventually(within, || {
+            if let Ok(Some(s)) = child.try_wait() {
+                status = Some(s);
+            }
+            let done = status.is_some();
+            async move { done }
+        })
+        .await;
+        status
+    }
+
+    /// The address logged as `<name> listening on <addr>`.
+    fn logged_addr(&self, name: &str) -> Option<SocketAddr> {
+        let marker = format!(" {name} listening on ");
+        self.output().lines().find_map(|line| {
+            let rest = &line[line.find(&marker)? + marker.len()..];
+            rest.split_whitespace().next()?.parse().ok()
+        })
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
