@@ -216,6 +216,10 @@ mod defaults {
     pub fn log_level() -> String {
         "info".into()
     }
+    /// With the backend's close, shutdown stays under 10 s.
+    pub fn drain_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(8))
+    }
     pub const AUTO_CREATE_TOPICS: bool = true;
     /// 64 MiB, the embedded store's own default: small enough that
     /// retention frees space in useful steps on an edge box, large enough to
@@ -267,6 +271,9 @@ pub struct Config {
     /// Log filter when `RUST_LOG` is unset: a level (`info`) or
     /// tracing-subscriber directives (`info,pulsar_gateway=debug`).
     pub log_level: String,
+    /// On SIGTERM/SIGINT, how long to wait for open connections to finish
+    /// before closing the store anyway; bounds the time to exit.
+    pub drain_timeout: HumanDuration,
     /// Settings of the embedded store.
     pub embedded: EmbeddedSettings,
 }
@@ -305,6 +312,7 @@ impl Default for Config {
             namespace: defaults::namespace(),
             max_connections: defaults::MAX_CONNECTIONS,
             log_level: defaults::log_level(),
+            drain_timeout: defaults::drain_timeout(),
             embedded: EmbeddedSettings::default(),
         }
     }
@@ -383,6 +391,9 @@ struct Cli {
     /// Log filter used when RUST_LOG is unset.
     #[arg(long, env = "PULSAR_GATEWAY_LOG_LEVEL", value_name = "FILTER", default_value_t = defaults::log_level())]
     log_level: String,
+    /// How long shutdown waits for open connections, e.g. 8s.
+    #[arg(long, env = "PULSAR_GATEWAY_DRAIN_TIMEOUT", value_name = "DURATION", default_value_t = defaults::drain_timeout())]
+    drain_timeout: HumanDuration,
     /// Embedded store: create topics on first use.
     #[arg(long, env = "PULSAR_GATEWAY_AUTO_CREATE_TOPICS", value_name = "BOOL", action = clap::ArgAction::Set, default_value_t = defaults::AUTO_CREATE_TOPICS)]
     auto_create_topics: bool,
@@ -488,6 +499,7 @@ impl Config {
         overlay(m, "namespace", &mut self.namespace);
         overlay(m, "max_connections", &mut self.max_connections);
         overlay(m, "log_level", &mut self.log_level);
+        overlay(m, "drain_timeout", &mut self.drain_timeout);
         let e = &mut self.embedded;
         overlay(m, "auto_create_topics", &mut e.auto_create_topics);
         overlay(m, "segment_bytes", &mut e.segment_bytes);

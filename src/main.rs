@@ -27,47 +27,68 @@ use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 use tracing_subscriber::filter::{EnvFilter, LevelFilter};
 
-/// How long shutdown waits for open connections to finish.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(8);
-
 /// How long shutdown waits for the backend to flush and close.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How long the async runtime may take to drop what is left at exit.
 const RUNTIME_EXIT_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// Why the gateway could not start, or could not stop cleanly.
+/// Why the gateway could not start, or could not stop cleanly. Each message
+/// is one line that names what to fix.
 #[derive(Debug, thiserror::Error)]
 enum StartupError {
+    /// The command line, environment or config file is unusable.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A listener's address is taken or not ours to bind.
     #[error("cannot listen on {addr} ({listener}): {source}")]
     Bind {
+        /// Which listener, so the operator knows which key to change.
         listener: &'static str,
+        /// The address from the configuration.
         addr: SocketAddr,
+        /// What the OS said.
         source: std::io::Error,
     },
+    /// The data directory cannot be created or written.
     #[error("data directory {path} is not usable: {source}")]
     DataDir {
+        /// The configured directory.
         path: PathBuf,
+        /// What the OS said.
         source: std::io::Error,
     },
+    /// `--backend pulsar` was asked for before it exists.
     #[error("the Pulsar backend is not built yet; use --backend embedded")]
     PulsarNotBuilt,
+    /// A token key was configured, but nothing would check tokens: refuse
+    /// rather than run open while the operator believes it is protected.
     #[error("token authentication is not built yet; remove --auth-token-secret-file and --auth-token-public-key-file (or the config keys) to run without it")]
     AuthNotBuilt,
+    /// The embedded store refused to open.
     #[error("cannot open the embedded store in {path}: {source}")]
-    Backend { path: PathBuf, source: BackendError },
+    Backend {
+        /// The data directory.
+        path: PathBuf,
+        /// The store's reason.
+        source: BackendError,
+    },
+    /// SIGTERM/SIGINT handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    /// The async runtime could not start (threads, epoll).
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
+    /// The HTTP server ended without being asked to.
     #[error("the HTTP server stopped unexpectedly: {0}")]
     HttpServer(String),
+    /// A second stop signal arrived while connections were draining.
     #[error("{0} received during shutdown; exiting without waiting for connections")]
     Forced(&'static str),
+    /// The backend failed to flush or close.
     #[error("closing the backend failed: {0}")]
     Close(BackendError),
+    /// The backend did not finish closing in time.
     #[error("the backend did not close within {} s", CLOSE_TIMEOUT.as_secs())]
     CloseTimeout,
 }
@@ -165,6 +186,7 @@ async fn run(config: Config) -> Result<(), StartupError> {
     let namespace = config.default_namespace()?;
     check_data_dir(&config.data_dir)?;
     let mut signals = StopSignals::install().map_err(StartupError::Signals)?;
+    let drain_timeout = config.drain_timeout.0;
 
     // Bind every socket before opening the store: a busy port fails fast
     // and leaves the data directory untouched.
@@ -253,7 +275,7 @@ async fn run(config: Config) -> Result<(), StartupError> {
                 Err(e) => e.to_string(),
             };
             error!("the HTTP server stopped unexpectedly: {why}");
-            shutdown.drain(DRAIN_TIMEOUT).await.ok();
+            shutdown.drain(drain_timeout).await.ok();
             close_backend(&*backend).await.ok();
             return Err(StartupError::HttpServer(why));
         }
@@ -261,14 +283,14 @@ async fn run(config: Config) -> Result<(), StartupError> {
 
     info!("{signal} received: no longer accepting connections, waiting for open ones to finish");
     let drained = tokio::select! {
-        drained = shutdown.drain(DRAIN_TIMEOUT) => drained,
+        drained = shutdown.drain(drain_timeout) => drained,
         again = signals.recv() => return Err(StartupError::Forced(again)),
     };
     match drained {
         Ok(()) => info!("all connections finished"),
         Err(left) => warn!(
-            "{left} listeners or connections still open after {} s; closing the store anyway",
-            DRAIN_TIMEOUT.as_secs()
+            "{left} listeners or connections still open after {}; closing the store anyway",
+            config.drain_timeout
         ),
     }
     close_backend(&*backend).await?;

@@ -209,3 +209,246 @@ async fn environment_beats_the_config_file_and_flags_beat_the_environment() {
         .await;
     assert_eq!(gw.http_addr, None, "{}", gw.output());
 }
+
+/// The shared listener, driven directly with a toy protocol: echo every
+/// read, panic on `panic`, say `bye` and close when the gateway stops.
+mod listener {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use gateway_api::{
+        AllowAll, ClientStream, Context, DefaultRouter, HandlerError, Metrics, Protocol,
+        ProtocolHandler,
+    };
+    use prometheus_client::registry::Registry;
+    use pulsar_gateway::backend::embedded::{EmbeddedBackend, EmbeddedConfig};
+    use pulsar_gateway::listener::Listener;
+    use pulsar_gateway::shutdown::Shutdown;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::common::eventually;
+
+    struct Echo;
+
+    #[async_trait]
+    impl ProtocolHandler for Echo {
+        fn protocol(&self) -> Protocol {
+            Protocol::Mqtt
+        }
+
+        async fn serve(
+            &self,
+            mut stream: Box<dyn ClientStream>,
+            _peer: std::net::SocketAddr,
+            ctx: Context,
+        ) -> Result<(), HandlerError> {
+            let mut buf = [0u8; 64];
+            loop {
+                tokio::select! {
+                    _ = ctx.shutdown.cancelled() => {
+                        stream.write_all(b"bye").await?;
+                        return Ok(());
+                    }
+                    n = stream.read(&mut buf) => {
+                        let n = n?;
+                        if n == 0 {
+                            return Ok(());
+                        }
+                        if &buf[..n] == b"panic" {
+                            panic!("a handler bug");
+                        }
+                        stream.write_all(&buf[..n]).await?;
+                    }
+                }
+            }
+        }
+    }
+
+    struct Harness {
+        shutdown: Shutdown,
+        metrics: Metrics,
+        addr: std::net::SocketAddr,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn start(max_connections: usize) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = EmbeddedBackend::open(EmbeddedConfig::new(dir.path()))
+            .await
+            .unwrap();
+        let metrics = Metrics::new(&mut Registry::default());
+        let shutdown = Shutdown::new();
+        let ctx = Context {
+            backend: Arc::new(backend),
+            auth: Arc::new(AllowAll),
+            router: Arc::new(DefaultRouter::default()),
+            metrics: metrics.clone(),
+            shutdown: shutdown.token(),
+        };
+        let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = Listener::new(
+            socket,
+            Arc::new(Echo),
+            ctx,
+            max_connections,
+            shutdown.running(),
+        );
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(listener.run());
+        Harness {
+            shutdown,
+            metrics,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    async fn echo(conn: &mut TcpStream, msg: &[u8]) -> Vec<u8> {
+        conn.write_all(msg).await.unwrap();
+        let mut buf = vec![0u8; msg.len()];
+        conn.read_exact(&mut buf).await.unwrap();
+        buf
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_limit_wait_and_a_panicking_handler_frees_its_slot() {
+        let h = start(2).await;
+        let gauge = h.metrics.connection_gauge(Protocol::Mqtt);
+        let mut c1 = TcpStream::connect(h.addr).await.unwrap();
+        let mut c2 = TcpStream::connect(h.addr).await.unwrap();
+        assert_eq!(echo(&mut c1, b"one").await, b"one");
+        assert_eq!(echo(&mut c2, b"two").await, b"two");
+        assert_eq!(gauge.get(), 2);
+
+        // The third client is left in the backlog while two are open.
+        let mut c3 = TcpStream::connect(h.addr).await.unwrap();
+        let early = tokio::time::timeout(Duration::from_millis(300), echo(&mut c3, b"3")).await;
+        assert!(early.is_err(), "served over the limit");
+
+        // A handler that panics takes only its own connection down, and its
+        // slot comes back: the third client is served.
+        c2.write_all(b"panic").await.unwrap();
+        let mut rest = Vec::new();
+        let _ = c2.read_to_end(&mut rest).await;
+        let mut late = [0u8; 1];
+        tokio::time::timeout(Duration::from_secs(5), c3.read_exact(&mut late))
+            .await
+            .expect("served once a slot was free")
+            .unwrap();
+        assert_eq!(&late, b"3");
+        assert!(eventually(Duration::from_secs(5), || async { gauge.get() == 2 }).await);
+
+        drop(c1);
+        assert!(eventually(Duration::from_secs(5), || async { gauge.get() == 1 }).await);
+        assert_eq!(echo(&mut c3, b"still here").await, b"still here");
+    }
+
+    #[tokio::test]
+    async fn shutdown_stops_accepting_and_waits_for_connections_to_finish() {
+        let h = start(8).await;
+        let gauge = h.metrics.connection_gauge(Protocol::Mqtt);
+        let mut conn = TcpStream::connect(h.addr).await.unwrap();
+        assert_eq!(echo(&mut conn, b"hi").await, b"hi");
+
+        assert_eq!(h.shutdown.drain(Duration::from_secs(5)).await, Ok(()));
+        // The handler saw the token, said goodbye and closed.
+        let mut rest = Vec::new();
+        conn.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, b"bye");
+        assert_eq!(gauge.get(), 0);
+        // And nobody listens any more.
+        assert!(TcpStream::connect(h.addr).await.is_err());
+    }
+}
+
+#[tokio::test]
+async fn a_connection_that_never_finishes_delays_exit_only_by_the_drain_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let mut gw = Gateway::builder(BackendKind::Embedded)
+        .arg("--drain-timeout")
+        .arg("1s")
+        .start()
+        .await;
+    let mut stuck = tokio::net::TcpStream::connect(gw.http_addr.expect("http"))
+        .await
+        .unwrap();
+    // Half a request, which the server can neither answer nor close.
+    stuck
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // Connections are accepted in order: once a later one is served, the
+    // server holds the stuck one.
+    assert_eq!(gw.get("/healthz").await.status, 200);
+
+    gw.terminate();
+    let asked = Instant::now();
+    let status = gw.wait_exit(Duration::from_secs(10)).await;
+    let took = asked.elapsed();
+    let out = gw.output();
+    assert!(
+        matches!(status, Some(s) if s.success()),
+        "{status:?}:\n{out}"
+    );
+    assert!(out.contains("still open after 1s"), "{out}");
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+}
+
+/// The admin server driven directly, with a backend the test controls.
+mod admin {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use axum::routing::get;
+    use gateway_api::Backend;
+    use prometheus_client::registry::Registry;
+    use pulsar_gateway::admin::{self, AdminState};
+    use pulsar_gateway::backend::embedded::{EmbeddedBackend, EmbeddedConfig};
+    use pulsar_gateway::listener::Acceptor;
+    use pulsar_gateway::shutdown::Shutdown;
+    use tokio::net::TcpListener;
+
+    use super::common::http_get;
+
+    #[tokio::test]
+    async fn readyz_reports_the_backend_error_and_other_routes_mount_on_the_same_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend: Arc<dyn Backend> = Arc::new(
+            EmbeddedBackend::open(EmbeddedConfig::new(dir.path()))
+                .await
+                .unwrap(),
+        );
+        let shutdown = Shutdown::new();
+        let app = admin::router(AdminState {
+            backend: backend.clone(),
+            registry: Arc::new(Registry::default()),
+            shutdown: shutdown.token(),
+        })
+        // What the WebSocket API will do: merge its routes.
+        .merge(axum::Router::new().route("/ws/hello", get(|| async { "hello" })));
+        let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let acceptor = Acceptor::new(socket, "http", 16, None, shutdown.running());
+        let base = format!("http://{}", acceptor.local_addr().unwrap());
+        let server = tokio::spawn(admin::serve(acceptor, app, shutdown.token()));
+
+        let ready = http_get(format!("{base}/readyz")).await.unwrap();
+        assert_eq!(ready.status, 200);
+        let hello = http_get(format!("{base}/ws/hello")).await.unwrap();
+        assert_eq!((hello.status, hello.body.as_str()), (200, "hello"));
+
+        backend.close().await.unwrap();
+        let ready = http_get(format!("{base}/readyz")).await.unwrap();
+        assert_eq!(ready.status, 503);
+        let expected = backend.ready().await.unwrap_err().to_string();
+        assert!(ready.body.contains(&expected), "{ready:?}");
+
+        assert_eq!(shutdown.drain(Duration::from_secs(5)).await, Ok(()));
+        server.await.unwrap().unwrap();
+        assert!(http_get(format!("{base}/healthz")).await.is_err());
+    }
+}
