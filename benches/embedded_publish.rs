@@ -1,0 +1,180 @@
+//! Publish throughput of the embedded partition log against the raw limit
+//! of the same disk.
+//!
+//! For 1, 16 and 256 concurrent publishers (tokio tasks appending 1 KiB
+//! messages in a loop for a few seconds), it measures the log's msg/s and the
+//! mean group-commit size it reached. It then measures what the disk itself
+//! does with that batch size: sequential writes of the same number of bytes,
+//! each followed by fdatasync, into a file in the same directory. The ratio
+//! says how much of the disk's synchronous-write capacity the log turns into
+//! acknowledged messages.
+//!
+//! ```text
+//! cargo bench --bench embedded_publish
+//! BENCH_DIR=/data/scratch BENCH_SECONDS=5 cargo bench --bench embedded_publish
+//! ```
+//!
+//! `BENCH_DIR` picks the file system (default: the target dir's scratch
+//! space, never /tmp, which may be tmpfs); `BENCH_SECONDS` the time per
+//! measurement (default 4).
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use gateway_api::NewMessage;
+use pulsar_gateway::backend::embedded::log::{LogConfig, PartitionLog};
+
+const PAYLOAD_BYTES: usize = 1024;
+const PUBLISHERS: [usize; 3] = [1, 16, 256];
+
+/// What one run of the log achieved.
+struct LogRun {
+    /// Acknowledged messages per second.
+    msgs_per_sec: f64,
+    /// Mean bytes per group commit, replayed by the raw test.
+    batch_bytes: u64,
+    /// Mean records per group commit.
+    batch_records: f64,
+}
+
+fn main() {
+    let base = std::env::var_os("BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")));
+    std::fs::create_dir_all(&base).expect("create BENCH_DIR");
+    let scratch = tempfile::Builder::new()
+        .prefix("embedded-publish-")
+        .tempdir_in(&base)
+        .expect("scratch dir");
+    let seconds: u64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4);
+    let duration = Duration::from_secs(seconds);
+
+    println!(
+        "embedded_publish: {PAYLOAD_BYTES} B payloads, {seconds} s per measurement, in {}",
+        scratch.path().display()
+    );
+    println!("file system: {}", describe_fs(scratch.path()));
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+
+    let mut rows = Vec::new();
+    for publishers in PUBLISHERS {
+        let dir = scratch.path().join(format!("log-{publishers}"));
+        let run = runtime.block_on(publish(&dir, publishers, duration));
+        let raw_path = scratch.path().join(format!("raw-{publishers}"));
+        let raw_fsyncs = raw_fsyncs_per_sec(&raw_path, run.batch_bytes, duration);
+        let raw_msgs = raw_fsyncs * run.batch_records;
+        rows.push((publishers, run, raw_msgs));
+    }
+
+    println!();
+    println!(
+        "{:>10}  {:>14}  {:>14}  {:>6}  {:>16}  {:>14}",
+        "publishers", "gateway msg/s", "raw msg/s", "ratio", "msgs per fsync", "bytes per fsync"
+    );
+    for (publishers, run, raw) in rows {
+        println!(
+            "{:>10}  {:>14.0}  {:>14.0}  {:>6.2}  {:>16.1}  {:>14}",
+            publishers,
+            run.msgs_per_sec,
+            raw,
+            run.msgs_per_sec / raw,
+            run.batch_records,
+            run.batch_bytes
+        );
+    }
+}
+
+/// `publishers` tasks append 1 KiB messages to a fresh log for `duration`.
+async fn publish(dir: &Path, publishers: usize, duration: Duration) -> LogRun {
+    let log = PartitionLog::open(dir, LogConfig::default())
+        .await
+        .expect("open log");
+    let payload = Bytes::from(vec![0xA5u8; PAYLOAD_BYTES]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicU64::new(0));
+    let before = log.stats();
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..publishers)
+        .map(|_| {
+            let (log, payload) = (log.clone(), payload.clone());
+            let (stop, acked) = (stop.clone(), acked.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    log.append(NewMessage::new(payload.clone()))
+                        .await
+                        .expect("append");
+                    acked.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.expect("publisher task");
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let stats = log.stats();
+    log.delete().await.expect("delete log");
+    let commits = (stats.group_commits - before.group_commits).max(1);
+    let records = stats.records - before.records;
+    LogRun {
+        msgs_per_sec: acked.load(Ordering::Relaxed) as f64 / elapsed,
+        batch_bytes: (stats.bytes - before.bytes) / commits,
+        batch_records: records as f64 / commits as f64,
+    }
+}
+
+/// Sequential writes of `batch_bytes` each followed by fdatasync, appended to
+/// a fresh file, for `duration`: the disk's own rate for that batch size.
+fn raw_fsyncs_per_sec(path: &Path, batch_bytes: u64, duration: Duration) -> f64 {
+    let file = OpenOptions::new()
+        .create_new(true)
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("raw file");
+    let batch = vec![0x5Au8; batch_bytes.max(1) as usize];
+    let mut position = 0u64;
+    let mut fsyncs = 0u64;
+    let started = Instant::now();
+    while started.elapsed() < duration {
+        file.write_all_at(&batch, position).expect("raw write");
+        file.sync_data().expect("raw fdatasync");
+        position += batch.len() as u64;
+        fsyncs += 1;
+    }
+    let rate = fsyncs as f64 / started.elapsed().as_secs_f64();
+    drop(file);
+    let _ = std::fs::remove_file(path);
+    rate
+}
+
+/// The file system type and device holding `path`, from `df`, so the table
+/// says which disk it measured.
+fn describe_fs(path: &Path) -> String {
+    std::process::Command::new("df")
+        .arg("-T")
+        .arg(path)
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| {
+            s.lines()
+                .nth(1)
+                .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
