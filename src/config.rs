@@ -128,7 +128,10 @@ impl<'de> Deserialize<'de> for ListenAddr {
 /// A span of time written with a unit: `90s`, `30m`, `12h`, `7d`; `0`
 /// means "no limit" where the key says so.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HumanDuration(pub Duration);
+pub struct HumanDuration(
+    /// The span; zero where a key reads it as "no limit".
+    pub Duration,
+);
 
 impl FromStr for HumanDuration {
     type Err = String;
