@@ -284,7 +284,12 @@ async fn run(config: Config) -> Result<(), StartupError> {
     info!("{signal} received: no longer accepting connections, waiting for open ones to finish");
     let drained = tokio::select! {
         drained = shutdown.drain(drain_timeout) => drained,
-        again = signals.recv() => return Err(StartupError::Forced(again)),
+        again = signals.recv() => {
+            // Acknowledged messages are already durable; still try to leave
+            // cursors flushed.
+            close_backend(&*backend).await.ok();
+            return Err(StartupError::Forced(again));
+        }
     };
     match drained {
         Ok(()) => info!("all connections finished"),
