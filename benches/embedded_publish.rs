@@ -7,7 +7,8 @@
 //! does with that batch size: sequential writes of the same number of bytes,
 //! each followed by fdatasync, into a file in the same directory. The ratio
 //! says how much of the disk's synchronous-write capacity the log turns into
-//! acknowledged messages.
+//! acknowledged messages. The disk's speed drifts, so the two take turns in
+//! four short rounds per row and each column sums its rounds.
 //!
 //! ```text
 //! cargo bench --bench embedded_publish
@@ -21,7 +22,7 @@
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,15 +32,38 @@ use pulsar_gateway::backend::embedded::log::{LogConfig, PartitionLog};
 
 const PAYLOAD_BYTES: usize = 1024;
 const PUBLISHERS: [usize; 3] = [1, 16, 256];
+const ROUNDS: u32 = 4;
 
-/// What one run of the log achieved.
-struct LogRun {
+/// What one slice of publishing achieved.
+struct Slice {
+    /// Appends acknowledged.
+    acked: u64,
+    /// How long it ran.
+    seconds: f64,
+    /// Group commits the log made meanwhile.
+    commits: u64,
+    /// Records those commits covered.
+    records: u64,
+    /// Bytes those commits wrote.
+    bytes: u64,
+}
+
+/// A row of the table for the log.
+struct LogRow {
     /// Acknowledged messages per second.
     msgs_per_sec: f64,
-    /// Mean bytes per group commit, replayed by the raw test.
+    /// Mean bytes per group commit.
     batch_bytes: u64,
     /// Mean records per group commit.
     batch_records: f64,
+}
+
+fn log_stats_row(acked: u64, seconds: f64, commits: u64, bytes: u64) -> LogRow {
+    LogRow {
+        msgs_per_sec: acked as f64 / seconds,
+        batch_bytes: bytes / commits.max(1),
+        batch_records: acked as f64 / commits.max(1) as f64,
+    }
 }
 
 fn main() {
@@ -68,14 +92,34 @@ fn main() {
         .build()
         .expect("runtime");
 
+    // The disk's speed drifts over seconds (a shared virtual disk more so),
+    // so the log and the raw test take turns in short rounds and each row
+    // sums its rounds.
+    let slice = duration / ROUNDS;
     let mut rows = Vec::new();
     for publishers in PUBLISHERS {
         let dir = scratch.path().join(format!("log-{publishers}"));
-        let run = runtime.block_on(publish(&dir, publishers, duration));
-        let raw_path = scratch.path().join(format!("raw-{publishers}"));
-        let raw_fsyncs = raw_fsyncs_per_sec(&raw_path, run.batch_bytes, duration);
-        let raw_msgs = raw_fsyncs * run.batch_records;
-        rows.push((publishers, run, raw_msgs));
+        let log = runtime
+            .block_on(PartitionLog::open(&dir, LogConfig::default()))
+            .expect("open log");
+        let (mut acked, mut log_secs, mut commits, mut bytes) = (0u64, 0f64, 0u64, 0u64);
+        let (mut raw_msgs, mut raw_secs) = (0f64, 0f64);
+        for round in 0..ROUNDS {
+            let run = runtime.block_on(publish(&log, publishers, slice));
+            acked += run.acked;
+            log_secs += run.seconds;
+            commits += run.commits;
+            bytes += run.bytes;
+            let records_per_fsync = run.records as f64 / run.commits.max(1) as f64;
+            let raw_path = scratch.path().join(format!("raw-{publishers}-{round}"));
+            let batch_bytes = run.bytes / run.commits.max(1);
+            let (fsyncs, secs) = raw_fsyncs(&raw_path, batch_bytes, slice);
+            raw_msgs += fsyncs as f64 * records_per_fsync;
+            raw_secs += secs;
+        }
+        runtime.block_on(log.delete()).expect("delete log");
+        let stats = log_stats_row(acked, log_secs, commits, bytes);
+        rows.push((publishers, stats, raw_msgs / raw_secs));
     }
 
     println!();
@@ -96,50 +140,48 @@ fn main() {
     }
 }
 
-/// `publishers` tasks append 1 KiB messages to a fresh log for `duration`.
-async fn publish(dir: &Path, publishers: usize, duration: Duration) -> LogRun {
-    let log = PartitionLog::open(dir, LogConfig::default())
-        .await
-        .expect("open log");
+/// `publishers` tasks append 1 KiB messages to `log` for `duration`.
+async fn publish(log: &PartitionLog, publishers: usize, duration: Duration) -> Slice {
     let payload = Bytes::from(vec![0xA5u8; PAYLOAD_BYTES]);
     let stop = Arc::new(AtomicBool::new(false));
-    let acked = Arc::new(AtomicU64::new(0));
     let before = log.stats();
     let started = Instant::now();
     let tasks: Vec<_> = (0..publishers)
         .map(|_| {
-            let (log, payload) = (log.clone(), payload.clone());
-            let (stop, acked) = (stop.clone(), acked.clone());
+            let (log, payload, stop) = (log.clone(), payload.clone(), stop.clone());
             tokio::spawn(async move {
+                let mut acked = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     log.append(NewMessage::new(payload.clone()))
                         .await
                         .expect("append");
-                    acked.fetch_add(1, Ordering::Relaxed);
+                    acked += 1;
                 }
+                acked
             })
         })
         .collect();
     tokio::time::sleep(duration).await;
     stop.store(true, Ordering::Relaxed);
+    let mut acked = 0;
     for t in tasks {
-        t.await.expect("publisher task");
+        acked += t.await.expect("publisher task");
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    let stats = log.stats();
-    log.delete().await.expect("delete log");
-    let commits = (stats.group_commits - before.group_commits).max(1);
-    let records = stats.records - before.records;
-    LogRun {
-        msgs_per_sec: acked.load(Ordering::Relaxed) as f64 / elapsed,
-        batch_bytes: (stats.bytes - before.bytes) / commits,
-        batch_records: records as f64 / commits as f64,
+    let seconds = started.elapsed().as_secs_f64();
+    let after = log.stats();
+    Slice {
+        acked,
+        seconds,
+        commits: after.group_commits - before.group_commits,
+        records: after.records - before.records,
+        bytes: after.bytes - before.bytes,
     }
 }
 
 /// Sequential writes of `batch_bytes` each followed by fdatasync, appended to
 /// a fresh file, for `duration`: the disk's own rate for that batch size.
-fn raw_fsyncs_per_sec(path: &Path, batch_bytes: u64, duration: Duration) -> f64 {
+/// Returns (fsyncs, seconds).
+fn raw_fsyncs(path: &Path, batch_bytes: u64, duration: Duration) -> (u64, f64) {
     let file = OpenOptions::new()
         .create_new(true)
         .read(true)
@@ -156,10 +198,10 @@ fn raw_fsyncs_per_sec(path: &Path, batch_bytes: u64, duration: Duration) -> f64 
         position += batch.len() as u64;
         fsyncs += 1;
     }
-    let rate = fsyncs as f64 / started.elapsed().as_secs_f64();
+    let seconds = started.elapsed().as_secs_f64();
     drop(file);
     let _ = std::fs::remove_file(path);
-    rate
+    (fsyncs, seconds)
 }
 
 /// The file system type and device holding `path`, from `df`, so the table

@@ -352,7 +352,7 @@ impl PartitionLog {
             failed: OnceLock::new(),
         });
         let writer = match recovered.last() {
-            Some(active) => Writer::new(inner.clone(), rx, active, last_publish_time),
+            Some(active) => Writer::new(inner.clone(), rx, active, last_publish_time)?,
             None => {
                 return Err(LogError::Failed {
                     reason: "recovery produced no segment".into(),
