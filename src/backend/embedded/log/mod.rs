@@ -13,16 +13,16 @@
 //! # Layout
 //!
 //! A directory per partition holding `{base_offset:020}.log` segments (see
-//! [`record`] for the frame format). The newest segment is the active one;
+//! `record.rs` for the frame format). The newest segment is the active one;
 //! when appending a batch would take it past `segment_bytes` a new one is
 //! started at the next offset and the old one is sealed: its sparse
 //! `.index` (offset -> byte) and `.timeindex` (publish time -> offset) are
-//! written and fsynced beside it (see [`index`]). Creating, rolling and
+//! written and fsynced beside it (see `index.rs`). Creating, rolling and
 //! deleting segment files fsyncs the directory.
 //!
 //! Offsets are contiguous from 0; publish times are milliseconds since the
-//! epoch, made non-decreasing. Appends go through one writer task (see
-//! [`writer`]); an append resolves only after the fdatasync that covers it,
+//! epoch, made non-decreasing. Appends go through one writer task and one
+//! dedicated I/O thread per open log (see `writer.rs`); an append resolves only after the fdatasync that covers it,
 //! and readers only see records below the high watermark, which advances
 //! after each fsync.
 //!

@@ -484,3 +484,11 @@ async fn subscribers_see_the_high_watermark_move_and_delete_removes_the_dir() {
     log.delete().await.unwrap();
     assert!(!path.exists());
 }
+
+#[test]
+fn handles_records_and_errors_can_cross_tasks() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Record>();
+    send_sync::<LogError>();
+    send_sync::<PartitionLog>();
+}
