@@ -22,9 +22,9 @@
 //!
 //! Offsets are contiguous from 0; publish times are milliseconds since the
 //! epoch, made non-decreasing. Appends go through one writer task and one
-//! dedicated I/O thread per open log (see `writer.rs`); an append resolves only after the fdatasync that covers it,
-//! and readers only see records below the high watermark, which advances
-//! after each fsync.
+//! dedicated I/O thread per open log (see `writer.rs`); an append resolves
+//! only after the fdatasync that covers it, and readers only see records
+//! below the high watermark, which advances after each fsync.
 //!
 //! # Recovery
 //!
