@@ -254,6 +254,12 @@ impl EmbeddedBackend {
         Ok(EmbeddedBackend { inner })
     }
 
+    /// Group-commit counters of one partition's log (for benchmarks and
+    /// diagnostics).
+    pub async fn log_stats(&self, topic: &TopicName) -> Result<log::LogStats, BackendError> {
+        Ok(self.inner.partition_log(topic, false).await?.log.stats())
+    }
+
     /// Runs retention on every partition now (also runs periodically).
     pub async fn enforce_retention(&self) -> Result<u64, BackendError> {
         self.inner.enforce_retention().await
