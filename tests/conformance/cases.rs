@@ -241,6 +241,56 @@ pub async fn key_shared_keeps_each_key_on_one_consumer_in_order(b: TestBackend) 
     assert_eq!(consumers.len(), 2, "ten keys spread over both consumers");
 }
 
+pub async fn key_shared_keeps_key_order_when_a_consumer_joins(b: TestBackend) {
+    let topic = b.topic("keyshared-join");
+    let req = SubscribeRequest::new(topic.clone(), "ks").kind(SubscriptionKind::KeyShared);
+    let first = b
+        .backend
+        .subscribe(req.clone().consumer_name("first"))
+        .await
+        .unwrap();
+    let publish = |range: std::ops::Range<usize>| {
+        let (backend, topic) = (b.backend.clone(), topic.clone());
+        async move {
+            for i in range {
+                let msg = NewMessage::new(format!("{i}")).with_key(format!("k{}", i % 10));
+                backend.publish(&topic, msg).await.unwrap();
+            }
+        }
+    };
+    publish(0..50).await;
+    let held = recv_n(&*first, 50).await;
+    let second = b
+        .backend
+        .subscribe(req.consumer_name("second"))
+        .await
+        .unwrap();
+    publish(50..100).await;
+    // Every key has unacknowledged messages on `first`: its new ones follow.
+    let more = recv_n(&*first, 50).await;
+    assert_eq!(
+        payloads(&more),
+        (50..100).map(|i| i.to_string()).collect::<Vec<_>>()
+    );
+    assert_quiet(&*second).await;
+    for m in held.iter().chain(&more) {
+        first.ack(&m.topic, m.id).await.unwrap();
+    }
+    // Drained: keys spread over both consumers again.
+    publish(100..200).await;
+    let mut seen = 0;
+    let mut on_second = 0;
+    while seen < 100 {
+        tokio::select! {
+            m = first.receive() => { let m = m.unwrap(); first.ack(&m.topic, m.id).await.unwrap(); }
+            m = second.receive() => { let m = m.unwrap(); second.ack(&m.topic, m.id).await.unwrap(); on_second += 1; }
+            () = tokio::time::sleep(DEADLINE) => panic!("only {seen} of 100 arrived"),
+        }
+        seen += 1;
+    }
+    assert!(on_second > 0, "the new consumer gets keys once they drain");
+}
+
 pub async fn acknowledged_messages_are_not_delivered_again(b: TestBackend) {
     let topic = b.topic("acks");
     publish_n(&b, &topic, 10).await;

@@ -92,6 +92,7 @@ macro_rules! all_cases {
             shared_subscription_spreads_messages_over_consumers,
             failover_standby_takes_over_unacked_messages,
             key_shared_keeps_each_key_on_one_consumer_in_order,
+            key_shared_keeps_key_order_when_a_consumer_joins,
             acknowledged_messages_are_not_delivered_again,
             cumulative_ack_moves_the_cursor,
             nack_redelivers_with_a_higher_redelivery_count,

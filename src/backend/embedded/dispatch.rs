@@ -8,8 +8,9 @@
 //!   partitions); the others wait and take over when it leaves.
 //! - Shared: round-robin over the consumers that have room.
 //! - KeyShared: a message goes to the consumer its key hashes to (messages
-//!   without a key hash as the empty key), so each key keeps its order while
-//!   the consumer set is stable.
+//!   without a key hash as the empty key). While a key has messages delivered
+//!   and unacknowledged on one consumer, its next messages follow them there,
+//!   so a consumer joining or leaving never reorders a key.
 //!
 //! The dispatcher waits on consumer room (bounded channels, the consumers'
 //! receive queues), so a slow consumer slows its dispatcher, never the
@@ -63,8 +64,11 @@ struct State {
     read_position: u64,
     /// Offsets to deliver again (nacked, or their consumer left).
     redeliver: BTreeSet<u64>,
-    /// Delivered and not acknowledged: offset -> consumer id.
-    pending: HashMap<u64, u64>,
+    /// Delivered and not acknowledged: offset -> consumer and key hash.
+    pending: HashMap<u64, Pending>,
+    /// Keys with unacknowledged messages: key hash -> (consumer, count).
+    /// KeyShared sends a key's next messages to that consumer.
+    key_owners: HashMap<u64, (u64, u32)>,
     /// Redelivery counts of messages delivered more than once.
     redelivery_counts: HashMap<u64, u32>,
     /// Attached consumers, in join order.
@@ -79,6 +83,44 @@ struct State {
     version: u64,
     /// The subscription was deleted (unsubscribe, topic deletion).
     deleted: bool,
+}
+
+/// A delivered, unacknowledged message.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    /// The consumer holding it.
+    consumer: u64,
+    /// Hash of its key (of the empty key when it has none).
+    key: u64,
+}
+
+impl State {
+    /// Records a delivery.
+    fn hold(&mut self, offset: u64, pending: Pending) {
+        self.pending.insert(offset, pending);
+        self.key_owners
+            .entry(pending.key)
+            .or_insert((pending.consumer, 0))
+            .1 += 1;
+    }
+
+    /// Forgets a delivery (acknowledged, nacked, or its consumer left).
+    fn release(&mut self, offset: u64) -> Option<Pending> {
+        let pending = self.pending.remove(&offset)?;
+        if let Some(owner) = self.key_owners.get_mut(&pending.key) {
+            owner.1 -= 1;
+            if owner.1 == 0 {
+                self.key_owners.remove(&pending.key);
+            }
+        }
+        Some(pending)
+    }
+
+    /// Forgets every delivery.
+    fn release_all(&mut self) {
+        self.pending.clear();
+        self.key_owners.clear();
+    }
 }
 
 /// What the dispatcher decided to deliver next.
@@ -134,6 +176,7 @@ impl PartitionSubscription {
                 read_position,
                 redeliver: BTreeSet::new(),
                 pending: HashMap::new(),
+                key_owners: HashMap::new(),
                 redelivery_counts: HashMap::new(),
                 consumers: Vec::new(),
                 next_shared: 0,
@@ -205,11 +248,11 @@ impl PartitionSubscription {
         let orphaned: Vec<u64> = st
             .pending
             .iter()
-            .filter(|(_, &c)| c == id)
+            .filter(|(_, p)| p.consumer == id)
             .map(|(&o, _)| o)
             .collect();
         for offset in orphaned {
-            st.pending.remove(&offset);
+            st.release(offset);
             st.redeliver.insert(offset);
             *st.redelivery_counts.entry(offset).or_insert(0) += 1;
         }
@@ -223,7 +266,7 @@ impl PartitionSubscription {
     /// Acknowledges one message.
     pub fn ack(&self, offset: u64) {
         let mut st = lock(&self.state);
-        st.pending.remove(&offset);
+        st.release(offset);
         st.redeliver.remove(&offset);
         st.redelivery_counts.remove(&offset);
         st.cursor.ack(offset);
@@ -242,7 +285,15 @@ impl PartitionSubscription {
                     .into(),
             ));
         }
-        st.pending.retain(|&o, _| o > offset);
+        let done: Vec<u64> = st
+            .pending
+            .keys()
+            .filter(|&&o| o <= offset)
+            .copied()
+            .collect();
+        for o in done {
+            st.release(o);
+        }
         st.redeliver = st.redeliver.split_off(&(offset + 1));
         st.redelivery_counts.retain(|&o, _| o > offset);
         st.cursor.ack_cumulative(offset);
@@ -253,7 +304,7 @@ impl PartitionSubscription {
     /// Negative acknowledgement: deliver again, with the count raised.
     pub fn nack(&self, offset: u64) {
         let mut st = lock(&self.state);
-        if st.pending.remove(&offset).is_some() {
+        if st.release(offset).is_some() {
             st.redeliver.insert(offset);
             *st.redelivery_counts.entry(offset).or_insert(0) += 1;
             st.version += 1;
@@ -269,7 +320,7 @@ impl PartitionSubscription {
         st.cursor.reset(offset);
         st.read_position = offset;
         st.redeliver.clear();
-        st.pending.clear();
+        st.release_all();
         st.redelivery_counts.clear();
         st.dirty = true;
         st.version += 1;
@@ -380,7 +431,8 @@ impl PartitionSubscription {
                 } else {
                     st.read_position = candidate.offset + 1;
                 }
-                st.pending.insert(candidate.offset, consumer);
+                let key = key_hash(record.key.as_deref().unwrap_or_default());
+                st.hold(candidate.offset, Pending { consumer, key });
                 let count = st
                     .redelivery_counts
                     .get(&candidate.offset)
@@ -470,10 +522,17 @@ impl PartitionSubscription {
                 vec![slot(order[index])]
             }
             SubscriptionKind::KeyShared => {
-                let mut order: Vec<&ConsumerSlot> = st.consumers.iter().collect();
-                order.sort_by_key(|c| c.id);
-                let index = (key_hash(key.unwrap_or_default()) % n as u64) as usize;
-                vec![slot(order[index])]
+                let hash = key_hash(key.unwrap_or_default());
+                let owner = st
+                    .key_owners
+                    .get(&hash)
+                    .and_then(|&(id, _)| st.consumers.iter().find(|c| c.id == id));
+                let chosen = owner.unwrap_or_else(|| {
+                    let mut order: Vec<&ConsumerSlot> = st.consumers.iter().collect();
+                    order.sort_by_key(|c| c.id);
+                    order[(hash % n as u64) as usize]
+                });
+                vec![slot(chosen)]
             }
             SubscriptionKind::Shared => {
                 let start = st.next_shared % n;
