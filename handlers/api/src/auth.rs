@@ -11,7 +11,12 @@ pub enum Credentials {
     Anonymous,
     /// A user name and password; the password may be a token
     /// (`token:<jwt>` or the bare JWT).
-    UsernamePassword { username: String, password: String },
+    UsernamePassword {
+        /// The user name as the client sent it.
+        username: String,
+        /// The password or token; never logged (see the `Debug` impl).
+        password: String,
+    },
     /// A bearer token (WebSocket `?token=` or `Authorization: Bearer`).
     Token(String),
 }
@@ -73,10 +78,16 @@ impl fmt::Display for Action {
 /// Why authentication failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
+    /// The client presented no credentials where some are required.
     #[error("credentials required")]
     Missing,
+    /// The credentials were checked and refused (wrong password, bad
+    /// signature, expired token); holds the reason, never the secret.
     #[error("bad credentials: {0}")]
     Invalid(String),
+    /// The credentials could not be checked (for example, a key or
+    /// identity service did not answer); holds the cause. The client may
+    /// retry later.
     #[error("authentication service unavailable: {0}")]
     Unavailable(String),
 }

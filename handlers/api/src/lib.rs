@@ -17,6 +17,8 @@
 //! - [`handler`]: [`ProtocolHandler`], the trait a protocol implements, and
 //!   the [`ClientStream`] it serves.
 
+#![deny(missing_docs)]
+
 pub mod auth;
 pub mod backend;
 pub mod context;

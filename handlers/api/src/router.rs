@@ -8,10 +8,15 @@ use crate::topic::{NameError, Namespace, TopicName};
 /// The protocols a name can come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Protocol {
+    /// A Kafka topic name.
     Kafka,
+    /// An MQTT topic name.
     Mqtt,
+    /// An AMQP routing key.
     Amqp,
+    /// The topic part of a Pulsar WebSocket API path.
     WebSocket,
+    /// A Pulsar topic name, in any form Pulsar accepts.
     Pulsar,
 }
 
@@ -37,12 +42,18 @@ impl fmt::Display for Protocol {
 /// Why a name did not resolve.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
+    /// The name does not make a valid topic in the protocol's grammar.
     #[error(transparent)]
     InvalidName(#[from] NameError),
+    /// The name resolved, but the principal may not perform the action on
+    /// the topic.
     #[error("{role} is not authorized to {action} on {topic}")]
     NotAuthorized {
+        /// The principal's role, the one grants are written for.
         role: String,
+        /// The action that was refused.
         action: Action,
+        /// The topic the name resolved to.
         topic: TopicName,
     },
 }

@@ -48,12 +48,25 @@ pub const MAX_KAFKA_NAME_LEN: usize = 249;
 /// Why a name could not be turned into a topic.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
+    /// The name, or one of its parts (tenant, namespace, local name), is
+    /// empty.
     #[error("topic name is empty")]
     Empty,
+    /// The name, or one of its parts, is longer than its limit.
     #[error("topic name is longer than {max} bytes")]
-    TooLong { max: usize },
+    TooLong {
+        /// The limit that was passed, in bytes (for example
+        /// [`MAX_LOCAL_NAME_LEN`] or [`MAX_KAFKA_NAME_LEN`]).
+        max: usize,
+    },
+    /// The name breaks a rule of its grammar.
     #[error("invalid topic name {name:?}: {reason}")]
-    Invalid { name: String, reason: &'static str },
+    Invalid {
+        /// The name (or part of one) as given.
+        name: String,
+        /// Which rule it breaks.
+        reason: &'static str,
+    },
 }
 
 fn invalid(name: &str, reason: &'static str) -> NameError {
