@@ -132,10 +132,8 @@ pub async fn concurrent_publishers_get_contiguous_offsets(b: TestBackend) {
 pub async fn exclusive_subscription_refuses_a_second_consumer(b: TestBackend) {
     let topic = b.topic("exclusive");
     let _first = b
-        .backend
         .subscribe(SubscribeRequest::new(topic.clone(), "sub"))
-        .await
-        .unwrap();
+        .await;
     let second = b
         .backend
         .subscribe(SubscribeRequest::new(topic.clone(), "sub"))
@@ -153,12 +151,8 @@ pub async fn shared_subscription_spreads_messages_over_consumers(b: TestBackend)
     let req = SubscribeRequest::new(topic.clone(), "workers")
         .kind(SubscriptionKind::Shared)
         .consumer_name("w");
-    let c1 = b
-        .backend
-        .subscribe(req.clone().consumer_name("w1"))
-        .await
-        .unwrap();
-    let c2 = b.backend.subscribe(req.consumer_name("w2")).await.unwrap();
+    let c1 = b.subscribe(req.clone().consumer_name("w1")).await;
+    let c2 = b.subscribe(req.consumer_name("w2")).await;
     publish_n(&b, &topic, 100).await;
     let mut seen = Vec::new();
     let (mut n1, mut n2) = (0, 0);
@@ -182,12 +176,8 @@ pub async fn shared_subscription_spreads_messages_over_consumers(b: TestBackend)
 pub async fn failover_standby_takes_over_unacked_messages(b: TestBackend) {
     let topic = b.topic("failover");
     let req = SubscribeRequest::new(topic.clone(), "fo").kind(SubscriptionKind::Failover);
-    let a = b
-        .backend
-        .subscribe(req.clone().consumer_name("a"))
-        .await
-        .unwrap();
-    let z = b.backend.subscribe(req.consumer_name("z")).await.unwrap();
+    let a = b.subscribe(req.clone().consumer_name("a")).await;
+    let z = b.subscribe(req.consumer_name("z")).await;
     publish_n(&b, &topic, 10).await;
     let first = recv_n(&*a, 10).await;
     assert_eq!(
@@ -206,12 +196,8 @@ pub async fn failover_standby_takes_over_unacked_messages(b: TestBackend) {
 pub async fn key_shared_keeps_each_key_on_one_consumer_in_order(b: TestBackend) {
     let topic = b.topic("keyshared");
     let req = SubscribeRequest::new(topic.clone(), "ks").kind(SubscriptionKind::KeyShared);
-    let c1 = b
-        .backend
-        .subscribe(req.clone().consumer_name("c1"))
-        .await
-        .unwrap();
-    let c2 = b.backend.subscribe(req.consumer_name("c2")).await.unwrap();
+    let c1 = b.subscribe(req.clone().consumer_name("c1")).await;
+    let c2 = b.subscribe(req.consumer_name("c2")).await;
     for i in 0..200 {
         let key = format!("k{}", i % 10);
         let msg = NewMessage::new(format!("{i}")).with_key(key);
@@ -244,11 +230,7 @@ pub async fn key_shared_keeps_each_key_on_one_consumer_in_order(b: TestBackend) 
 pub async fn key_shared_keeps_key_order_when_a_consumer_joins(b: TestBackend) {
     let topic = b.topic("keyshared-join");
     let req = SubscribeRequest::new(topic.clone(), "ks").kind(SubscriptionKind::KeyShared);
-    let first = b
-        .backend
-        .subscribe(req.clone().consumer_name("first"))
-        .await
-        .unwrap();
+    let first = b.subscribe(req.clone().consumer_name("first")).await;
     let publish = |range: std::ops::Range<usize>| {
         let (backend, topic) = (b.backend.clone(), topic.clone());
         async move {
@@ -260,11 +242,7 @@ pub async fn key_shared_keeps_key_order_when_a_consumer_joins(b: TestBackend) {
     };
     publish(0..50).await;
     let held = recv_n(&*first, 50).await;
-    let second = b
-        .backend
-        .subscribe(req.consumer_name("second"))
-        .await
-        .unwrap();
+    let second = b.subscribe(req.consumer_name("second")).await;
     publish(50..100).await;
     // Every key has unacknowledged messages on `first`: its new ones follow.
     let more = recv_n(&*first, 50).await;
@@ -294,11 +272,7 @@ pub async fn key_shared_keeps_key_order_when_a_consumer_joins(b: TestBackend) {
 pub async fn acknowledged_messages_are_not_delivered_again(b: TestBackend) {
     let topic = b.topic("acks");
     publish_n(&b, &topic, 10).await;
-    let sub = b
-        .backend
-        .subscribe(SubscribeRequest::new(topic.clone(), "s"))
-        .await
-        .unwrap();
+    let sub = b.subscribe(SubscribeRequest::new(topic.clone(), "s")).await;
     let got = recv_n(&*sub, 10).await;
     for m in got.iter().filter(|m| m.id.offset % 2 == 0) {
         sub.ack(&m.topic, m.id).await.unwrap();
@@ -306,11 +280,7 @@ pub async fn acknowledged_messages_are_not_delivered_again(b: TestBackend) {
     sub.close().await.unwrap();
     drop(sub);
     let b = b.restart().await;
-    let sub = b
-        .backend
-        .subscribe(SubscribeRequest::new(topic.clone(), "s"))
-        .await
-        .unwrap();
+    let sub = b.subscribe(SubscribeRequest::new(topic.clone(), "s")).await;
     let again = recv_n(&*sub, 5).await;
     assert_eq!(payloads(&again), vec!["m1", "m3", "m5", "m7", "m9"]);
     assert_quiet(&*sub).await;
@@ -319,19 +289,11 @@ pub async fn acknowledged_messages_are_not_delivered_again(b: TestBackend) {
 pub async fn cumulative_ack_moves_the_cursor(b: TestBackend) {
     let topic = b.topic("cumulative");
     publish_n(&b, &topic, 10).await;
-    let sub = b
-        .backend
-        .subscribe(SubscribeRequest::new(topic.clone(), "s"))
-        .await
-        .unwrap();
+    let sub = b.subscribe(SubscribeRequest::new(topic.clone(), "s")).await;
     let got = recv_n(&*sub, 10).await;
     sub.ack_cumulative(&topic, got[5].id).await.unwrap();
     drop(sub);
-    let sub = b
-        .backend
-        .subscribe(SubscribeRequest::new(topic.clone(), "s"))
-        .await
-        .unwrap();
+    let sub = b.subscribe(SubscribeRequest::new(topic.clone(), "s")).await;
     assert_eq!(
         payloads(&recv_n(&*sub, 4).await),
         expected(10)[6..].to_vec()
@@ -342,10 +304,8 @@ pub async fn nack_redelivers_with_a_higher_redelivery_count(b: TestBackend) {
     let topic = b.topic("nack");
     publish_n(&b, &topic, 3).await;
     let sub = b
-        .backend
         .subscribe(SubscribeRequest::new(topic.clone(), "s").kind(SubscriptionKind::Shared))
-        .await
-        .unwrap();
+        .await;
     let got = recv_n(&*sub, 3).await;
     sub.ack(&topic, got[0].id).await.unwrap();
     sub.ack(&topic, got[2].id).await.unwrap();
@@ -361,11 +321,11 @@ pub async fn unacked_messages_go_to_the_next_consumer(b: TestBackend) {
     let topic = b.topic("disconnect");
     publish_n(&b, &topic, 5).await;
     let req = SubscribeRequest::new(topic.clone(), "s").kind(SubscriptionKind::Shared);
-    let first = b.backend.subscribe(req.clone()).await.unwrap();
+    let first = b.subscribe(req.clone()).await;
     let got = recv_n(&*first, 2).await;
     first.ack(&topic, got[0].id).await.unwrap();
     drop(first);
-    let second = b.backend.subscribe(req).await.unwrap();
+    let second = b.subscribe(req).await;
     let rest = recv_n(&*second, 4).await;
     let mut names = payloads(&rest);
     names.sort();
@@ -378,22 +338,18 @@ pub async fn new_subscription_starts_where_asked(b: TestBackend) {
     let topic = b.topic("initial");
     publish_n(&b, &topic, 3).await;
     let latest = b
-        .backend
         .subscribe(
             SubscribeRequest::new(topic.clone(), "late").initial_position(StartPosition::Latest),
         )
-        .await
-        .unwrap();
+        .await;
     b.backend
         .publish(&topic, NewMessage::new("after"))
         .await
         .unwrap();
     assert_eq!(payloads(&[recv(&*latest).await]), vec!["after"]);
     let earliest = b
-        .backend
         .subscribe(SubscribeRequest::new(topic.clone(), "early"))
-        .await
-        .unwrap();
+        .await;
     assert_eq!(
         payloads(&recv_n(&*earliest, 4).await),
         vec!["m0", "m1", "m2", "after"]
@@ -476,11 +432,7 @@ pub async fn readers_start_at_every_kind_of_position(b: TestBackend) {
 pub async fn subscription_seek_rewinds_and_skips(b: TestBackend) {
     let topic = b.topic("seek");
     publish_n(&b, &topic, 6).await;
-    let sub = b
-        .backend
-        .subscribe(SubscribeRequest::new(topic.clone(), "s"))
-        .await
-        .unwrap();
+    let sub = b.subscribe(SubscribeRequest::new(topic.clone(), "s")).await;
     let got = recv_n(&*sub, 6).await;
     sub.ack_cumulative(&topic, got[5].id).await.unwrap();
     sub.seek(StartPosition::Offset(2)).await.unwrap();
@@ -523,10 +475,8 @@ pub async fn partitioned_topics_route_by_key_and_subscribe_as_one(b: TestBackend
         .unwrap();
     assert_eq!(direct.partition, 2);
     let sub = b
-        .backend
         .subscribe(SubscribeRequest::new(topic.clone(), "all"))
-        .await
-        .unwrap();
+        .await;
     let got = recv_n(&*sub, 31).await;
     let partitions: HashSet<Option<u32>> = got.iter().map(|m| m.topic.partition_index()).collect();
     assert!(
@@ -549,11 +499,7 @@ pub async fn partitioned_topics_route_by_key_and_subscribe_as_one(b: TestBackend
 pub async fn added_partitions_reach_existing_subscribers(b: TestBackend) {
     let topic = b.topic("grow");
     b.backend.create_topic(&topic, 1).await.unwrap();
-    let sub = b
-        .backend
-        .subscribe(SubscribeRequest::new(topic.clone(), "s"))
-        .await
-        .unwrap();
+    let sub = b.subscribe(SubscribeRequest::new(topic.clone(), "s")).await;
     b.backend.update_partitions(&topic, 3).await.unwrap();
     assert_eq!(b.backend.partitions(&topic).await.unwrap(), Some(3));
     assert!(
@@ -583,7 +529,6 @@ pub async fn pattern_subscriptions_pick_up_topics_created_later(b: TestBackend) 
         .unwrap();
     let prefix = regex::escape(&early.as_str().replace("pattern.early", "pattern."));
     let sub = b
-        .backend
         .subscribe(SubscribeRequest {
             topics: TopicSelector::Pattern {
                 namespace: ns,
@@ -591,8 +536,7 @@ pub async fn pattern_subscriptions_pick_up_topics_created_later(b: TestBackend) 
             },
             ..SubscribeRequest::new(early.clone(), "pat")
         })
-        .await
-        .unwrap();
+        .await;
     assert_eq!(payloads(&[recv(&*sub).await]), vec!["one"]);
     let late = b.topic("pattern.late");
     b.backend
@@ -614,11 +558,11 @@ pub async fn non_durable_subscriptions_leave_nothing_behind(b: TestBackend) {
         durable: false,
         ..SubscribeRequest::new(topic.clone(), "tmp")
     };
-    let sub = b.backend.subscribe(req.clone()).await.unwrap();
+    let sub = b.subscribe(req.clone()).await;
     let got = recv_n(&*sub, 3).await;
     sub.ack_cumulative(&topic, got[2].id).await.unwrap();
     drop(sub);
-    let sub = b.backend.subscribe(req).await.unwrap();
+    let sub = b.subscribe(req).await;
     assert_eq!(
         recv(&*sub).await.id.offset,
         0,
@@ -629,20 +573,12 @@ pub async fn non_durable_subscriptions_leave_nothing_behind(b: TestBackend) {
 pub async fn unsubscribe_deletes_the_cursor(b: TestBackend) {
     let topic = b.topic("unsubscribe");
     publish_n(&b, &topic, 3).await;
-    let sub = b
-        .backend
-        .subscribe(SubscribeRequest::new(topic.clone(), "s"))
-        .await
-        .unwrap();
+    let sub = b.subscribe(SubscribeRequest::new(topic.clone(), "s")).await;
     let got = recv_n(&*sub, 3).await;
     sub.ack_cumulative(&topic, got[2].id).await.unwrap();
     sub.unsubscribe().await.unwrap();
     drop(sub);
-    let sub = b
-        .backend
-        .subscribe(SubscribeRequest::new(topic.clone(), "s"))
-        .await
-        .unwrap();
+    let sub = b.subscribe(SubscribeRequest::new(topic.clone(), "s")).await;
     assert_eq!(
         recv(&*sub).await.id.offset,
         0,
@@ -705,11 +641,7 @@ pub async fn deleted_topics_are_gone(b: TestBackend) {
         .unwrap();
     let ns = topic.namespace().clone();
     assert!(b.backend.list_topics(&ns).await.unwrap().contains(&topic));
-    let sub = b
-        .backend
-        .subscribe(SubscribeRequest::new(topic.clone(), "s"))
-        .await
-        .unwrap();
+    let sub = b.subscribe(SubscribeRequest::new(topic.clone(), "s")).await;
     assert!(
         b.backend.delete_topic(&topic).await.is_err(),
         "consumers are connected"
@@ -738,11 +670,7 @@ pub async fn restart_keeps_messages_topics_and_cursors(b: TestBackend) {
             .await
             .unwrap();
     }
-    let sub = b
-        .backend
-        .subscribe(SubscribeRequest::new(topic.clone(), "s"))
-        .await
-        .unwrap();
+    let sub = b.subscribe(SubscribeRequest::new(topic.clone(), "s")).await;
     let got = recv_n(&*sub, 20).await;
     for m in &got[..10] {
         sub.ack(&m.topic, m.id).await.unwrap();
@@ -755,11 +683,7 @@ pub async fn restart_keeps_messages_topics_and_cursors(b: TestBackend) {
         total += b.backend.offsets(&topic.partition(p)).await.unwrap().next;
     }
     assert_eq!(total, 20);
-    let sub = b
-        .backend
-        .subscribe(SubscribeRequest::new(topic.clone(), "s"))
-        .await
-        .unwrap();
+    let sub = b.subscribe(SubscribeRequest::new(topic.clone(), "s")).await;
     let rest = recv_n(&*sub, 10).await;
     let acked: HashSet<_> = got[..10].iter().map(|m| (m.topic.clone(), m.id)).collect();
     assert!(rest

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use gateway_api::topic::Namespace;
-use gateway_api::{Backend, TopicName};
+use gateway_api::{Backend, SubscribeRequest, Subscription, TopicName};
 use pulsar_gateway::backend::embedded::{EmbeddedBackend, EmbeddedConfig};
 
 /// Which backend a case runs against.
@@ -47,6 +47,11 @@ impl TestBackend {
     /// A topic name unique to this case.
     pub fn topic(&self, name: &str) -> TopicName {
         TopicName::from_kafka(&format!("{}-{name}", self.run_id), &Namespace::default()).unwrap()
+    }
+
+    /// Attaches a consumer, failing the case if the backend refuses.
+    pub async fn subscribe(&self, request: SubscribeRequest) -> Box<dyn Subscription> {
+        self.backend.subscribe(request).await.unwrap()
     }
 
     /// Closes the backend and opens it again on the same data.

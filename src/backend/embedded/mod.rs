@@ -249,8 +249,20 @@ impl EmbeddedBackend {
             }
         }
         *write_lock(&inner.topics) = topics;
-        tokio::spawn(inner.clone().flush_cursors_periodically());
-        tokio::spawn(inner.clone().retain_periodically());
+        let (flush, retain) = (
+            inner.config.cursor_flush_interval,
+            inner.config.retention_check_interval,
+        );
+        tokio::spawn(
+            inner
+                .clone()
+                .every(flush, "writing cursors", |i| async move {
+                    i.flush_cursors().await
+                }),
+        );
+        tokio::spawn(inner.clone().every(retain, "retention", |i| async move {
+            i.enforce_retention().await
+        }));
         Ok(EmbeddedBackend { inner })
     }
 
@@ -523,16 +535,21 @@ impl Inner {
         result
     }
 
-    async fn flush_cursors_periodically(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(self.config.cursor_flush_interval);
+    /// Runs `job` every `period` until the backend closes, logging failures.
+    async fn every<F, Fut, T>(self: Arc<Self>, period: Duration, what: &'static str, job: F)
+    where
+        F: Fn(Arc<Self>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, BackendError>>,
+    {
+        let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = self.stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            if let Err(e) = self.flush_cursors().await {
-                tracing::error!("cannot write cursors: {e}");
+            if let Err(e) = job(self.clone()).await {
+                tracing::error!("{what} failed: {e}");
             }
         }
     }
@@ -557,20 +574,6 @@ impl Inner {
                 .map_err(log_error)?;
         }
         Ok(deleted)
-    }
-
-    async fn retain_periodically(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(self.config.retention_check_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = self.stop.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            if let Err(e) = self.enforce_retention().await {
-                tracing::error!("retention failed: {e}");
-            }
-        }
     }
 }
 

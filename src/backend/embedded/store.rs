@@ -202,6 +202,24 @@ fn keys_with_prefix<T: ReadableTable<&'static str, &'static [u8]>>(
     Ok(keys)
 }
 
+/// The key's current version, if `expected` holds for it; a
+/// `VersionConflict` otherwise.
+fn check_version<T: ReadableTable<&'static str, &'static [u8]>>(
+    table: &T,
+    key: &str,
+    expected: ExpectedVersion,
+) -> Result<Option<u64>, BackendError> {
+    let current = match table.get(key).map_err(storage)? {
+        Some(v) => Some(decode_versioned(v.value())?.version),
+        None => None,
+    };
+    if expected.matches(current) {
+        Ok(current)
+    } else {
+        Err(BackendError::VersionConflict(key.to_owned()))
+    }
+}
+
 fn decode_versioned(raw: &[u8]) -> Result<Versioned, BackendError> {
     let (version, value) = raw
         .split_first_chunk::<8>()
@@ -236,13 +254,7 @@ impl MetadataStore for MetaDb {
             let txn = db.begin_write().map_err(storage)?;
             let version = {
                 let mut table = txn.open_table(KV).map_err(storage)?;
-                let current = match table.get(key.as_str()).map_err(storage)? {
-                    Some(v) => Some(decode_versioned(v.value())?.version),
-                    None => None,
-                };
-                if !expected.matches(current) {
-                    return Err(BackendError::VersionConflict(key));
-                }
+                let current = check_version(&table, &key, expected)?;
                 let version = current.unwrap_or(0) + 1;
                 let mut raw = Vec::with_capacity(8 + value.len());
                 raw.extend_from_slice(&version.to_be_bytes());
@@ -264,13 +276,7 @@ impl MetadataStore for MetaDb {
             let txn = db.begin_write().map_err(storage)?;
             {
                 let mut table = txn.open_table(KV).map_err(storage)?;
-                let current = match table.get(key.as_str()).map_err(storage)? {
-                    Some(v) => Some(decode_versioned(v.value())?.version),
-                    None => None,
-                };
-                if !expected.matches(current) {
-                    return Err(BackendError::VersionConflict(key));
-                }
+                check_version(&table, &key, expected)?;
                 table.remove(key.as_str()).map_err(storage)?;
             }
             txn.commit().map_err(storage)
