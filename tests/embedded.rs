@@ -162,3 +162,37 @@ async fn a_corrupt_record_mid_segment_stops_the_open_naming_file_and_offset() {
     assert!(error.contains(&segment.display().to_string()), "{error}");
     assert!(error.contains("byte 0"), "{error}");
 }
+
+#[tokio::test]
+async fn a_consumer_at_its_unacked_limit_gets_more_only_after_acking() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = EmbeddedConfig::new(dir.path());
+    config.max_unacked_per_consumer = 10;
+    let backend = EmbeddedBackend::open(config).await.unwrap();
+    let t = topic("unacked-limit");
+    for i in 0..20 {
+        backend
+            .publish(&t, NewMessage::new(format!("{i}")))
+            .await
+            .unwrap();
+    }
+    let sub = backend
+        .subscribe(SubscribeRequest::new(t.clone(), "s"))
+        .await
+        .unwrap();
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        held.push(sub.receive().await.unwrap());
+    }
+    let more = tokio::time::timeout(Duration::from_millis(500), sub.receive()).await;
+    assert!(
+        more.is_err(),
+        "an 11th unacknowledged message was delivered"
+    );
+    sub.ack(&t, held[0].id).await.unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(10), sub.receive())
+        .await
+        .expect("an ack makes room")
+        .unwrap();
+    assert_eq!(next.id.offset, 10);
+}

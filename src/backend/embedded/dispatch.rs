@@ -14,7 +14,10 @@
 //!
 //! The dispatcher waits on consumer room (bounded channels, the consumers'
 //! receive queues), so a slow consumer slows its dispatcher, never the
-//! memory: the backlog stays on disk.
+//! memory: the backlog stays on disk. A consumer holding
+//! `max_unacked_per_consumer` unacknowledged messages gets no more until it
+//! acknowledges some (Pulsar's `maxUnackedMessagesPerConsumer`), which bounds
+//! what a subscription tracks in memory.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -69,6 +72,11 @@ struct State {
     /// Keys with unacknowledged messages: key hash -> (consumer, count).
     /// KeyShared sends a key's next messages to that consumer.
     key_owners: HashMap<u64, (u64, u32)>,
+    /// Unacknowledged messages per consumer, for the per-consumer limit.
+    unacked: HashMap<u64, u32>,
+    /// The dispatcher waits for a consumer under its unacked limit: an
+    /// acknowledgement must wake it.
+    blocked_on_unacked: bool,
     /// Redelivery counts of messages delivered more than once.
     redelivery_counts: HashMap<u64, u32>,
     /// Attached consumers, in join order.
@@ -102,6 +110,7 @@ impl State {
             .entry(pending.key)
             .or_insert((pending.consumer, 0))
             .1 += 1;
+        *self.unacked.entry(pending.consumer).or_insert(0) += 1;
     }
 
     /// Forgets a delivery (acknowledged, nacked, or its consumer left).
@@ -113,6 +122,12 @@ impl State {
                 self.key_owners.remove(&pending.key);
             }
         }
+        if let Some(count) = self.unacked.get_mut(&pending.consumer) {
+            *count -= 1;
+            if *count == 0 {
+                self.unacked.remove(&pending.consumer);
+            }
+        }
         Some(pending)
     }
 
@@ -120,6 +135,12 @@ impl State {
     fn release_all(&mut self) {
         self.pending.clear();
         self.key_owners.clear();
+        self.unacked.clear();
+    }
+
+    /// Whether a dispatcher waits on the unacked limit (and must be woken).
+    fn take_unblock(&mut self) -> bool {
+        std::mem::take(&mut self.blocked_on_unacked)
     }
 }
 
@@ -144,6 +165,8 @@ pub struct PartitionSubscription {
     wake: Notify,
     /// Bumped by seeks; deliveries of an older epoch are discarded.
     epoch: AtomicU64,
+    /// Most unacknowledged messages one consumer may hold.
+    max_unacked: u32,
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -163,6 +186,7 @@ impl PartitionSubscription {
         log: PartitionLog,
         cursor: Cursor,
         durable: bool,
+        max_unacked: u32,
     ) -> Arc<PartitionSubscription> {
         let read_position = cursor.mark_delete();
         Arc::new(PartitionSubscription {
@@ -177,6 +201,8 @@ impl PartitionSubscription {
                 redeliver: BTreeSet::new(),
                 pending: HashMap::new(),
                 key_owners: HashMap::new(),
+                unacked: HashMap::new(),
+                blocked_on_unacked: false,
                 redelivery_counts: HashMap::new(),
                 consumers: Vec::new(),
                 next_shared: 0,
@@ -187,6 +213,7 @@ impl PartitionSubscription {
             }),
             wake: Notify::new(),
             epoch: AtomicU64::new(0),
+            max_unacked: max_unacked.max(1),
         })
     }
 
@@ -271,6 +298,10 @@ impl PartitionSubscription {
         st.redelivery_counts.remove(&offset);
         st.cursor.ack(offset);
         st.dirty = true;
+        if st.take_unblock() {
+            drop(st);
+            self.wake.notify_one();
+        }
     }
 
     /// Acknowledges every message up to and including `offset`.
@@ -298,6 +329,10 @@ impl PartitionSubscription {
         st.redelivery_counts.retain(|&o, _| o > offset);
         st.cursor.ack_cumulative(offset);
         st.dirty = true;
+        if st.take_unblock() {
+            drop(st);
+            self.wake.notify_one();
+        }
         Ok(())
     }
 
@@ -412,6 +447,11 @@ impl PartitionSubscription {
             let Some(targets) = self.targets(version, record.key.as_deref()) else {
                 continue;
             };
+            if targets.is_empty() {
+                // Every eligible consumer is at its unacked limit.
+                self.wake.notified().await;
+                continue;
+            }
             let permit = tokio::select! {
                 permit = reserve_any(targets) => permit,
                 () = self.wake.notified() => continue,
@@ -542,7 +582,13 @@ impl PartitionSubscription {
                     .collect()
             }
         };
-        Some(targets)
+        let max = self.max_unacked;
+        let open: Vec<_> = targets
+            .into_iter()
+            .filter(|(id, _)| st.unacked.get(id).copied().unwrap_or(0) < max)
+            .collect();
+        st.blocked_on_unacked = open.is_empty();
+        Some(open)
     }
 }
 

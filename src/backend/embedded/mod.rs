@@ -58,6 +58,9 @@ pub struct EmbeddedConfig {
     pub retention_check_interval: Duration,
     /// How often changed cursors are written.
     pub cursor_flush_interval: Duration,
+    /// Most unacknowledged messages one consumer may hold before it gets no
+    /// more (Pulsar's `maxUnackedMessagesPerConsumer`, same default).
+    pub max_unacked_per_consumer: u32,
 }
 
 impl EmbeddedConfig {
@@ -73,6 +76,7 @@ impl EmbeddedConfig {
             },
             retention_check_interval: Duration::from_secs(60),
             cursor_flush_interval: Duration::from_millis(100),
+            max_unacked_per_consumer: 50_000,
         }
     }
 }
@@ -303,8 +307,14 @@ impl Inner {
                     "cursor of subscription {name} on {topic} is corrupt"
                 )));
             };
-            let sub =
-                PartitionSubscription::new(topic.clone(), name.clone(), log.clone(), cursor, true);
+            let sub = PartitionSubscription::new(
+                topic.clone(),
+                name.clone(),
+                log.clone(),
+                cursor,
+                true,
+                self.config.max_unacked_per_consumer,
+            );
             subscriptions.insert(name, sub);
         }
         let partition = Arc::new(Partition {
@@ -444,6 +454,7 @@ impl Inner {
                     partition.log.clone(),
                     Cursor::at(start),
                     request.durable,
+                    self.config.max_unacked_per_consumer,
                 );
                 partition
                     .subscriptions()
