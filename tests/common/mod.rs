@@ -288,15 +288,7 @@ impl GatewayBuilder {
     /// within `within`; panics if it is still running then.
     pub async fn run_to_exit(self, within: Duration) -> Exited {
         let (mut child, output, readers, _temp) = self.spawn();
-        let mut status = None;
-        eventually(within, || {
-            if let Ok(Some(s)) = child.try_wait() {
-                status = Some(s);
-            }
-            let done = status.is_some();
-            async move { done }
-        })
-        .await;
+        let status = exit_within(&mut child, within).await;
         let Some(status) = status else {
             let _ = child.kill();
             let _ = child.wait();
@@ -393,17 +385,7 @@ impl Gateway {
 
     /// Waits up to `within` for the process to exit.
     pub async fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
-        let mut status = None;
-        let child = &mut self.child;
-        eventually(within, || {
-            if let Ok(Some(s)) = child.try_wait() {
-                status = Some(s);
-            }
-            let done = status.is_some();
-            async move { done }
-        })
-        .await;
-        status
+        exit_within(&mut self.child, within).await
     }
 
     /// The address logged as `<name> listening on <addr>`.
@@ -423,4 +405,18 @@ impl Drop for Gateway {
         }
         let _ = self.child.wait();
     }
+}
+
+/// Waits up to `within` for `child` to exit; its status if it did.
+async fn exit_within(child: &mut std::process::Child, within: Duration) -> Option<ExitStatus> {
+    let mut status = None;
+    eventually(within, || {
+        if let Ok(Some(s)) = child.try_wait() {
+            status = Some(s);
+        }
+        let done = status.is_some();
+        async move { done }
+    })
+    .await;
+    status
 }

@@ -138,6 +138,16 @@ impl State {
         self.unacked.clear();
     }
 
+    /// Moves past a candidate: out of the redelivery set, or the read
+    /// position beyond it.
+    fn advance(&mut self, candidate: Candidate) {
+        if candidate.redelivery {
+            self.redeliver.remove(&candidate.offset);
+        } else {
+            self.read_position = candidate.offset + 1;
+        }
+    }
+
     /// Whether a dispatcher waits on the unacked limit (and must be woken).
     fn take_unblock(&mut self) -> bool {
         std::mem::take(&mut self.blocked_on_unacked)
@@ -466,11 +476,7 @@ impl PartitionSubscription {
                 if st.version != version {
                     continue;
                 }
-                if candidate.redelivery {
-                    st.redeliver.remove(&candidate.offset);
-                } else {
-                    st.read_position = candidate.offset + 1;
-                }
+                st.advance(candidate);
                 let key = key_hash(record.key.as_deref().unwrap_or_default());
                 st.hold(candidate.offset, Pending { consumer, key });
                 let count = st
@@ -491,13 +497,8 @@ impl PartitionSubscription {
     /// Moves past a candidate that cannot be delivered.
     fn skip(&self, candidate: Candidate, version: u64) {
         let mut st = lock(&self.state);
-        if st.version != version {
-            return;
-        }
-        if candidate.redelivery {
-            st.redeliver.remove(&candidate.offset);
-        } else {
-            st.read_position = candidate.offset + 1;
+        if st.version == version {
+            st.advance(candidate);
         }
     }
 
