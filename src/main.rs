@@ -20,6 +20,7 @@ use prometheus_client::registry::Registry;
 use pulsar_gateway::admin::{self, AdminState};
 use pulsar_gateway::backend::embedded::log::RetentionPolicy;
 use pulsar_gateway::backend::embedded::{EmbeddedBackend, EmbeddedConfig};
+use pulsar_gateway::backend::metered::Metered;
 use pulsar_gateway::config::{BackendKind, Config, ConfigError, ListenAddr};
 use pulsar_gateway::listener::{Acceptor, Listener};
 use pulsar_gateway::shutdown::{Shutdown, StopSignals};
@@ -207,9 +208,10 @@ async fn run(config: Config) -> Result<(), StartupError> {
         }
     }
 
-    let backend = open_backend(&config).await?;
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
+    let backend: Arc<dyn Backend> =
+        Arc::new(Metered::new(open_backend(&config).await?, metrics.clone()));
     admin::register_build_info(&mut registry);
     let shutdown = Shutdown::new();
     let ctx = Context {

@@ -60,6 +60,12 @@ async fn metrics_are_prometheus_text_with_gateway_names() {
             )),
         "{body}"
     );
+    // The backend's publish latency shows from the start, empty.
+    assert!(
+        body.contains("# TYPE pulsar_gateway_backend_publish_latency_seconds histogram")
+            && body.contains("pulsar_gateway_backend_publish_latency_seconds_count 0"),
+        "{body}"
+    );
     // Every line is a comment or `name{labels} value`.
     for line in body.lines().filter(|l| !l.is_empty()) {
         if line.starts_with('#') {

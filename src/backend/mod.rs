@@ -1,3 +1,5 @@
-//! The implementations of the handler contract's `Backend`.
+//! The implementations of the handler contract's `Backend`, and
+//! [`metered::Metered`], which wraps whichever one runs.
 
 pub mod embedded;
+pub mod metered;

@@ -75,6 +75,24 @@ pub enum BackendError {
 }
 
 impl BackendError {
+    /// A short, stable name of the variant, for metric labels and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BackendError::TopicNotFound(_) => "topic_not_found",
+            BackendError::TopicExists(_) => "topic_exists",
+            BackendError::NotAuthorized { .. } => "not_authorized",
+            BackendError::InvalidName(_) => "invalid_name",
+            BackendError::InvalidRequest(_) => "invalid_request",
+            BackendError::ConsumerBusy { .. } => "consumer_busy",
+            BackendError::SubscriptionNotFound { .. } => "subscription_not_found",
+            BackendError::MessageTooLarge { .. } => "message_too_large",
+            BackendError::VersionConflict(_) => "version_conflict",
+            BackendError::Closed => "closed",
+            BackendError::Unavailable(_) => "unavailable",
+            BackendError::Storage(_) => "storage",
+        }
+    }
+
     /// True when the client may retry the same request and expect success
     /// once the backend recovers (maps to each protocol's retriable codes).
     pub fn is_retriable(&self) -> bool {

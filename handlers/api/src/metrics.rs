@@ -33,6 +33,8 @@ pub struct TopicLabels {
 pub struct ErrorLabels {
     /// The operation that failed (`publish`, `subscribe`, ...).
     pub operation: String,
+    /// What went wrong ([`crate::BackendError::kind`]).
+    pub kind: String,
 }
 
 /// Every metric the gateway exports. Cloning shares the same series.
@@ -50,8 +52,12 @@ pub struct Metrics {
     pub bytes_out: Family<TopicLabels, Counter>,
     /// Time from a publish call to the backend's acknowledgement, seconds.
     pub publish_latency: Family<ProtocolLabels, Histogram>,
-    /// Errors returned by the backend, by operation.
+    /// Errors returned by the backend, by operation and kind.
     pub backend_errors: Family<ErrorLabels, Counter>,
+    /// Time the backend took to persist a publish, whatever the protocol,
+    /// seconds: set against `publish_latency` it tells the gateway's own
+    /// share from the store's.
+    pub backend_publish_latency: Histogram,
 }
 
 fn latency_histogram() -> Histogram {
@@ -70,6 +76,7 @@ impl Metrics {
             bytes_out: Family::default(),
             publish_latency: Family::new_with_constructor(latency_histogram),
             backend_errors: Family::default(),
+            backend_publish_latency: latency_histogram(),
         };
         let r = registry.sub_registry_with_prefix("pulsar_gateway");
         r.register(
@@ -107,6 +114,11 @@ impl Metrics {
             "Errors returned by the backend",
             m.backend_errors.clone(),
         );
+        r.register(
+            "backend_publish_latency_seconds",
+            "Time the backend took to persist a published message",
+            m.backend_publish_latency.clone(),
+        );
         m
     }
 
@@ -134,11 +146,12 @@ impl Metrics {
         self.bytes_out.get_or_create(&labels).inc_by(bytes as u64);
     }
 
-    /// Counts a backend error.
-    pub fn backend_error(&self, operation: &str) {
+    /// Counts an error the backend returned to `operation`.
+    pub fn backend_error(&self, operation: &str, error: &crate::BackendError) {
         self.backend_errors
             .get_or_create(&ErrorLabels {
                 operation: operation.into(),
+                kind: error.kind().into(),
             })
             .inc();
     }
