@@ -134,6 +134,9 @@ webServicePort=$PULSAR_WEB_PORT
 # broker timestamps: both come from entry metadata, exposed to clients.
 brokerEntryMetadataInterceptors=org.apache.pulsar.common.intercept.AppendIndexMetadataInterceptor,org.apache.pulsar.common.intercept.AppendBrokerTimestampMetadataInterceptor
 exposingBrokerEntryMetadataToClientEnabled=true
+# A consumer may acknowledge single messages of a batched entry; redelivery
+# then skips the acknowledged ones (the gateway acks per message).
+acknowledgmentAtBatchIndexLevelEnabled=true
 # The Pulsar WebSocket API, the reference for the gateway's WebSocket handler.
 webSocketServiceEnabled=true
 # Stop quickly in tests.

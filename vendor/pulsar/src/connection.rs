@@ -1533,6 +1533,12 @@ pub(crate) mod messages {
                     proxy_to_broker_url,
                     client_version: proto::client_version(),
                     protocol_version: Some(12),
+                    // pulsar-gateway patch: ask for broker entry metadata
+                    // (index, broker timestamp) in front of each entry.
+                    feature_flags: Some(proto::FeatureFlags {
+                        supports_broker_entry_metadata: Some(true),
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -1662,6 +1668,8 @@ pub(crate) mod messages {
                 ..Default::default()
             },
             payload: Some(Payload {
+                broker_entry_metadata: None,
+                redelivery_count: 0,
                 metadata: proto::MessageMetadata {
                     producer_name,
                     sequence_id,

@@ -317,6 +317,7 @@ impl tokio_util::codec::Decoder for Codec {
                     let command = BaseCommand::decode(command_frame.command)?;
 
                     let payload = if !buf.is_empty() {
+                        let (buf, broker_entry_metadata) = broker_entry_metadata(buf)?;
                         let (buf, payload_frame) = payload_frame(buf).map_err(|err| {
                             ConnectionError::Decoding(format!(
                                 "Error decoding payload frame: {err:?}"
@@ -338,6 +339,8 @@ impl tokio_util::codec::Decoder for Codec {
                             Some(Payload {
                                 metadata,
                                 data: buf.to_vec(),
+                                broker_entry_metadata,
+                                redelivery_count: 0,
                             })
                         } else {
                             return Err(ConnectionError::Decoding(
@@ -444,6 +447,7 @@ impl asynchronous_codec::Decoder for Codec {
                     let command = BaseCommand::decode(command_frame.command)?;
 
                     let payload = if !buf.is_empty() {
+                        let (buf, broker_entry_metadata) = broker_entry_metadata(buf)?;
                         let (buf, payload_frame) = payload_frame(buf).map_err(|err| {
                             ConnectionError::Decoding(format!(
                                 "Error decoding payload frame: {err:?}"
@@ -465,6 +469,8 @@ impl asynchronous_codec::Decoder for Codec {
                             Some(Payload {
                                 metadata,
                                 data: buf.to_vec(),
+                                broker_entry_metadata,
+                                redelivery_count: 0,
                             })
                         } else {
                             return Err(ConnectionError::Decoding(
@@ -495,6 +501,13 @@ pub struct Payload {
     pub metadata: Metadata,
     /// raw message data
     pub data: Vec<u8>,
+    /// pulsar-gateway patch: the broker entry metadata (magic 0x0e02) in
+    /// front of the entry, when the broker sends it. For a batched entry it
+    /// is the entry's, shared by every message of the batch.
+    pub broker_entry_metadata: Option<proto::BrokerEntryMetadata>,
+    /// pulsar-gateway patch: how many times the broker redelivered the
+    /// entry (`CommandMessage.redelivery_count`), set by the consumer.
+    pub redelivery_count: u32,
 }
 
 struct CommandFrame<'a> {
@@ -519,6 +532,28 @@ fn command_frame<'a>(i: &'a [u8]) -> IResult<&'a [u8], CommandFrame<'a>> {
             command,
         },
     ))
+}
+
+/// pulsar-gateway patch: the optional broker entry metadata that precedes
+/// the payload frame when the client declared
+/// `supports_broker_entry_metadata`: magic 0x0e02, a u32 size, then a
+/// `BrokerEntryMetadata`. Returns the rest and what was found.
+fn broker_entry_metadata(
+    i: &[u8],
+) -> Result<(&[u8], Option<proto::BrokerEntryMetadata>), ConnectionError> {
+    const MAGIC_BROKER_ENTRY_METADATA: [u8; 2] = [0x0e, 0x02];
+    let Some(rest) = i.strip_prefix(&MAGIC_BROKER_ENTRY_METADATA[..]) else {
+        return Ok((i, None));
+    };
+    let truncated = || ConnectionError::Decoding("truncated broker entry metadata".to_string());
+    let size_bytes: [u8; 4] = rest
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(truncated)?;
+    let size = u32::from_be_bytes(size_bytes) as usize;
+    let body = rest.get(4..4 + size).ok_or_else(truncated)?;
+    let metadata = proto::BrokerEntryMetadata::decode(body)?;
+    Ok((&rest[4 + size..], Some(metadata)))
 }
 
 struct PayloadFrame<'a> {
@@ -721,5 +756,37 @@ mod tests {
         let mut output = BytesMut::with_capacity(65);
         Codec.encode(message, &mut output).unwrap();
         assert_eq!(&output, input);
+    }
+}
+
+#[cfg(test)]
+mod gateway_patch_broker_entry_metadata_tests {
+    use prost::Message as _;
+
+    use super::{broker_entry_metadata, proto::BrokerEntryMetadata};
+
+    #[test]
+    fn reads_the_metadata_in_front_of_the_payload() {
+        let metadata = BrokerEntryMetadata {
+            broker_timestamp: Some(1_700_000_000_000),
+            index: Some(41),
+        };
+        let body = metadata.encode_to_vec();
+        let mut frame = vec![0x0e, 0x02];
+        frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&body);
+        frame.extend_from_slice(&[0x0e, 0x01, 9, 9]);
+        let (rest, found) = broker_entry_metadata(&frame).unwrap();
+        assert_eq!(found, Some(metadata));
+        assert_eq!(rest, &[0x0e, 0x01, 9, 9]);
+    }
+
+    #[test]
+    fn absent_or_truncated() {
+        let plain = [0x0e, 0x01, 0, 0, 0, 0];
+        let (rest, found) = broker_entry_metadata(&plain).unwrap();
+        assert_eq!((rest, found), (&plain[..], None));
+        assert!(broker_entry_metadata(&[0x0e, 0x02, 0, 0, 0, 9, 1]).is_err());
+        assert!(broker_entry_metadata(&[0x0e, 0x02, 0]).is_err());
     }
 }

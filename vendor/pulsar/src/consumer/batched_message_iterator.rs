@@ -10,6 +10,8 @@ pub struct BatchedMessageIterator {
     metadata: Metadata,
     total_messages: u32,
     current_index: u32,
+    broker_entry_metadata: Option<crate::message::proto::BrokerEntryMetadata>,
+    redelivery_count: u32,
 }
 
 impl BatchedMessageIterator {
@@ -27,6 +29,8 @@ impl BatchedMessageIterator {
             total_messages,
             metadata: payload.metadata,
             current_index: 0,
+            broker_entry_metadata: payload.broker_entry_metadata,
+            redelivery_count: payload.redelivery_count,
         })
     }
 }
@@ -60,6 +64,8 @@ impl Iterator for BatchedMessageIterator {
             let payload = Payload {
                 metadata,
                 data: batched_message.payload,
+                broker_entry_metadata: self.broker_entry_metadata.clone(),
+                redelivery_count: self.redelivery_count,
             };
 
             Some((id, payload))
@@ -114,6 +120,8 @@ mod tests {
                 ..Default::default()
             },
             data,
+            broker_entry_metadata: None,
+            redelivery_count: 0,
         };
 
         let expanded: Vec<_> = BatchedMessageIterator::new(

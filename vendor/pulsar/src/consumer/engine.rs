@@ -449,7 +449,7 @@ impl<Exe: Executor> ConsumerEngine<Exe> {
             })?,
         };
 
-        let payload = match compression {
+        let mut payload = match compression {
             proto::CompressionType::None => payload,
             proto::CompressionType::Lz4 => {
                 #[cfg(not(feature = "lz4"))]
@@ -535,8 +535,15 @@ impl<Exe: Executor> ConsumerEngine<Exe> {
             }
         };
 
+        // pulsar-gateway patch: pass the redelivery count on, and skip the
+        // messages of a redelivered batch that were already acknowledged at
+        // batch-index level (bits cleared in the broker's `ack_set`).
+        payload.redelivery_count = message.redelivery_count.unwrap_or(0);
         let payloads = if payload.metadata.num_messages_in_batch.is_some() {
-            BatchedMessageIterator::new(message.message_id, payload)?.collect()
+            let ack_set = &message.ack_set;
+            BatchedMessageIterator::new(message.message_id, payload)?
+                .filter(|(id, _)| batch_index_unacked(ack_set, id.batch_index))
+                .collect()
         } else {
             vec![(message.message_id, payload)]
         };
@@ -546,7 +553,7 @@ impl<Exe: Executor> ConsumerEngine<Exe> {
                     if redelivery_count as usize >= dead_letter_policy.max_redeliver_count =>
                 {
                     // Send message to Dead Letter Topic and ack message in original topic
-                    let Payload { data, metadata } = payload;
+                    let Payload { data, metadata, .. } = payload;
                     let mut properties = metadata
                         .properties
                         .into_iter()
@@ -705,5 +712,37 @@ impl<Exe: Executor> std::ops::Drop for ConsumerEngine<Exe> {
                 );
             }
         }));
+    }
+}
+
+/// pulsar-gateway patch: whether the batch member at `batch_index` is still
+/// unacknowledged according to the broker's `ack_set` (a bit set of 64-bit
+/// words, bit set = not acknowledged yet; empty = nothing acknowledged).
+fn batch_index_unacked(ack_set: &[i64], batch_index: Option<i32>) -> bool {
+    let (Some(index), false) = (batch_index, ack_set.is_empty()) else {
+        return true;
+    };
+    let index = index as usize;
+    ack_set
+        .get(index / 64)
+        .is_some_and(|word| (*word as u64) >> (index % 64) & 1 == 1)
+}
+
+#[cfg(test)]
+mod gateway_patch_batch_index_ack_tests {
+    use super::batch_index_unacked;
+
+    #[test]
+    fn bits_set_are_unacknowledged() {
+        // Members 0 and 2 of 3 still unacknowledged (1 acknowledged).
+        let ack_set = [0b101i64];
+        assert!(batch_index_unacked(&ack_set, Some(0)));
+        assert!(!batch_index_unacked(&ack_set, Some(1)));
+        assert!(batch_index_unacked(&ack_set, Some(2)));
+        // Words past the end are all zero: acknowledged.
+        assert!(!batch_index_unacked(&ack_set, Some(64)));
+        // No ack set, or not a batch member: deliver.
+        assert!(batch_index_unacked(&[], Some(1)));
+        assert!(batch_index_unacked(&ack_set, None));
     }
 }

@@ -117,6 +117,8 @@ mod tests {
                     ..Default::default()
                 },
                 data: vec![],
+                broker_entry_metadata: None,
+                redelivery_count: 0,
             },
         )
     }
