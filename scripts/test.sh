@@ -41,6 +41,10 @@ die() {
 
 on_exit() {
     local rc=$?
+    if [[ -n "${PULSAR_RUN_DIR:-}" ]]; then
+        deploy/pulsar-standalone.sh stop --run-dir "$PULSAR_RUN_DIR" >/dev/null 2>&1 || true
+        rm -rf "$PULSAR_RUN_DIR"
+    fi
     if [[ $rc -ne 0 ]]; then
         printf '\n==== FAILED in step "%s" (exit %d) after %ds ====\n' \
             "${SECTION_NAME:-setup}" "$rc" "$((SECONDS - START_ALL))" >&2
@@ -134,9 +138,18 @@ check_rust
 section "setup: Python virtualenv"
 ensure_venv
 
-# A real Apache Pulsar standalone for the Pulsar-backend tests will be started
-# here (deploy/pulsar-standalone.sh fetch + start, stopped by an EXIT trap) once
-# a test needs it.
+# A real Apache Pulsar standalone for the Pulsar-backend tests: fetched
+# (cached) and started in the background while the code builds, stopped on
+# exit. Its own ports, so a developer's standalone on 6650 is left alone.
+section "setup: Apache Pulsar standalone (background)"
+export PULSAR_PORT="${PULSAR_GATEWAY_TEST_PULSAR_PORT:-16650}"
+export PULSAR_WEB_PORT="${PULSAR_GATEWAY_TEST_PULSAR_WEB_PORT:-18081}"
+PULSAR_RUN_DIR="$(mktemp -d "${TMPDIR:-/tmp}/pulsar-gateway-test-XXXXXX")"
+export PULSAR_RUN_DIR
+deploy/pulsar-standalone.sh fetch
+deploy/pulsar-standalone.sh start --run-dir "$PULSAR_RUN_DIR" >"$PULSAR_RUN_DIR/start.log" 2>&1 &
+PULSAR_START_PID=$!
+# on_exit stops it.
 
 section "cargo fmt --all -- --check"
 cargo fmt --all -- --check
@@ -144,8 +157,22 @@ cargo fmt --all -- --check
 section "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
+section "wait for Apache Pulsar"
+if ! wait "$PULSAR_START_PID"; then
+    cat "$PULSAR_RUN_DIR/start.log" >&2
+    exit 1
+fi
+# shellcheck disable=SC1091
+. "$PULSAR_RUN_DIR/pulsar.env"
+export PULSAR_GATEWAY_TEST_PULSAR_URL="$PULSAR_SERVICE_URL"
+export PULSAR_GATEWAY_TEST_PULSAR_WEB_URL="$PULSAR_WEB_URL"
+
 section "cargo test --workspace"
 cargo test --workspace
+
+section "vendor/pulsar: the patches' own tests"
+cargo test --manifest-path vendor/pulsar/Cargo.toml --lib \
+    --no-default-features --features tokio-rustls-runtime-ring,compression -- gateway_patch
 
 section "pytest tests/python"
 set +e

@@ -3,3 +3,4 @@
 
 pub mod embedded;
 pub mod metered;
+pub mod pulsar;

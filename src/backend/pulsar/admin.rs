@@ -1,0 +1,155 @@
+//! The few calls of Pulsar's admin REST API (v2) the backend needs: topic
+//! creation, deletion, partition changes, and reading the broker's settings
+//! for the start-up check. Everything else goes over the binary protocol.
+
+use std::collections::HashMap;
+
+use gateway_api::{BackendError, TopicName};
+use reqwest::{Method, StatusCode};
+
+/// A client of one cluster's admin API.
+#[derive(Clone)]
+pub struct Admin {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Admin {
+    /// `base` is the web service URL, e.g. `http://127.0.0.1:8080`.
+    pub fn new(base: &str, token: Option<String>) -> Result<Admin, BackendError> {
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .build()
+            .map_err(|e| BackendError::Unavailable(format!("admin HTTP client: {e}")))?;
+        Ok(Admin {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+            token,
+        })
+    }
+
+    /// `/admin/v2/persistent/tenant/ns/local` for a topic.
+    fn topic_path(topic: &TopicName) -> String {
+        let ns = topic.namespace();
+        format!(
+            "/admin/v2/{}/{}/{}/{}",
+            topic.domain().as_str(),
+            ns.tenant,
+            ns.namespace,
+            topic.local_name()
+        )
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<(StatusCode, String), BackendError> {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request
+                .header("Content-Type", "application/json")
+                .body(body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| BackendError::Unavailable(format!("admin API {path}: {e}")))?;
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        Ok((status, text))
+    }
+
+    /// Creates `topic` with `partitions` partitions (0: not partitioned).
+    pub async fn create_topic(
+        &self,
+        topic: &TopicName,
+        partitions: u32,
+    ) -> Result<(), BackendError> {
+        let path = Self::topic_path(topic);
+        let (status, text) = if partitions == 0 {
+            self.call(Method::PUT, &path, None).await?
+        } else {
+            self.call(
+                Method::PUT,
+                &format!("{path}/partitions"),
+                Some(partitions.to_string()),
+            )
+            .await?
+        };
+        match status {
+            s if s.is_success() => Ok(()),
+            StatusCode::CONFLICT => Err(BackendError::TopicExists(topic.clone())),
+            s => Err(refused(topic, s, text)),
+        }
+    }
+
+    /// Raises a partitioned topic's partition count.
+    pub async fn update_partitions(
+        &self,
+        topic: &TopicName,
+        partitions: u32,
+    ) -> Result<(), BackendError> {
+        let path = format!("{}/partitions", Self::topic_path(topic));
+        let (status, text) = self
+            .call(Method::POST, &path, Some(partitions.to_string()))
+            .await?;
+        match status {
+            s if s.is_success() => Ok(()),
+            StatusCode::NOT_FOUND => Err(BackendError::TopicNotFound(topic.clone())),
+            s => Err(refused(topic, s, text)),
+        }
+    }
+
+    /// Deletes a topic, partitioned or not, with its subscriptions.
+    pub async fn delete_topic(
+        &self,
+        topic: &TopicName,
+        partitioned: bool,
+    ) -> Result<(), BackendError> {
+        let path = Self::topic_path(topic);
+        let path = if partitioned {
+            format!("{path}/partitions?force=true")
+        } else {
+            format!("{path}?force=true")
+        };
+        let (status, text) = self.call(Method::DELETE, &path, None).await?;
+        match status {
+            s if s.is_success() => Ok(()),
+            StatusCode::NOT_FOUND => Err(BackendError::TopicNotFound(topic.clone())),
+            s => Err(refused(topic, s, text)),
+        }
+    }
+
+    /// The broker's effective settings, or `None` when the API does not let
+    /// this role read them (it needs super-user rights).
+    pub async fn broker_settings(&self) -> Result<Option<HashMap<String, String>>, BackendError> {
+        let path = "/admin/v2/brokers/configuration/runtime";
+        let (status, text) = self.call(Method::GET, path, None).await?;
+        match status {
+            s if s.is_success() => serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| BackendError::Unavailable(format!("admin API {path}: {e}"))),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Ok(None),
+            s => Err(BackendError::Unavailable(format!(
+                "admin API {path}: {s} {text}"
+            ))),
+        }
+    }
+}
+
+fn refused(topic: &TopicName, status: StatusCode, text: String) -> BackendError {
+    match status {
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => BackendError::NotAuthorized {
+            topic: topic.clone(),
+            action: gateway_api::Action::Admin,
+        },
+        s if s.is_client_error() => BackendError::InvalidRequest(format!("{s}: {text}")),
+        s => BackendError::Unavailable(format!("admin API: {s} {text}")),
+    }
+}
