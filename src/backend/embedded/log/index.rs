@@ -2,7 +2,7 @@
 //!
 //! One offset-index entry (relative offset, byte position) is kept per
 //! `index_interval_bytes` of records, so a lookup lands at most one interval
-//! before the record wanted and memory grows with bytes / interval, never
+//! before the record wanted and an index grows with bytes / interval, never
 //! with the number of records. At the same points a time-index entry
 //! (publish time, relative offset) is kept whenever the time moved forward.
 //!
@@ -15,13 +15,21 @@
 //! {base:020}.timeindex  (time:u64 rel:u32)*                                                crc:u32
 //! ```
 //!
-//! The crc32c covers everything before it. Files that are missing, fail the
-//! checksum, or describe a segment of another size are ignored and the
-//! segment is scanned again, so they never need to be trusted blindly.
+//! The crc32c covers everything before it. A sealed segment's index is not
+//! kept in memory: it is loaded when a lookup needs it and held in the log's
+//! [`IndexCache`] of a few recently used ones, so the memory of a log's
+//! indexes does not grow with the bytes it retains. A load checks both
+//! checksums and that the files describe the segment as the log knows it;
+//! files that fail are never trusted, the segment is scanned instead.
+//!
+//! Open reads only the fixed footer of each `.index` (see [`read_footer`]);
+//! the log's module docs say how it verifies those facts without the crc.
 
 use std::fs::File;
 use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Entries of one segment's sparse offset and time indexes.
 #[derive(Debug, Clone, Default)]
@@ -46,6 +54,17 @@ pub(crate) struct SealInfo {
     pub(crate) end_offset: u64,
     /// Newest publish time in the segment, for retention by age.
     pub(crate) max_publish_time: u64,
+}
+
+/// The end of a sealed segment's `.index` file, read by open without
+/// loading (or checksumming) the entries before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Footer {
+    /// What the file says about the segment.
+    pub(crate) info: SealInfo,
+    /// The last entry (offset - base, byte position), `None` when the index
+    /// has none: a scan of the segment's tail may start there.
+    pub(crate) last_entry: Option<(u32, u32)>,
 }
 
 const INDEX_ENTRY: usize = 8;
@@ -192,6 +211,110 @@ pub(crate) fn load_files(
     Ok(Some((index, info)))
 }
 
+/// The footer and last entry of the `.index` file of the sealed segment at
+/// `base`, whose log file is `segment_size` bytes, from one small read at the
+/// file's end. `None` when the file is missing, has an impossible length, or
+/// plainly does not describe this segment (another size, an end before the
+/// base, an entry past the end). The checksum is not verified here: the
+/// caller must check the facts some other way before trusting them.
+pub(crate) fn read_footer(dir: &Path, base: u64, segment_size: u64) -> io::Result<Option<Footer>> {
+    let path = index_path(dir, base);
+    let file = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let len = file.metadata()?.len();
+    let tail = (INDEX_FOOTER + CRC) as u64;
+    let Some(entries_len) = len.checked_sub(tail) else {
+        return Ok(None);
+    };
+    if entries_len % INDEX_ENTRY as u64 != 0 || len > segment_size + tail {
+        return Ok(None);
+    }
+    let has_entry = entries_len > 0;
+    let mut raw = vec![0u8; INDEX_FOOTER + CRC + if has_entry { INDEX_ENTRY } else { 0 }];
+    let at = len - raw.len() as u64;
+    file.read_exact_at(&mut raw, at)?;
+    let (entry, footer) = raw.split_at(raw.len() - INDEX_FOOTER - CRC);
+    let info = SealInfo {
+        size: be_u64(&footer[0..8]),
+        end_offset: be_u64(&footer[8..16]),
+        max_publish_time: be_u64(&footer[16..24]),
+    };
+    let last_entry = has_entry.then(|| (be_u32(&entry[0..4]), be_u32(&entry[4..8])));
+    let plausible = info.size == segment_size
+        && info.end_offset >= base
+        && last_entry.is_none_or(|(_, pos)| u64::from(pos) < segment_size);
+    Ok(plausible.then_some(Footer { info, last_entry }))
+}
+
+/// The indexes of the sealed segments a log used most recently, at most
+/// `capacity` of them. This bound, not the number of segments, is what a
+/// log's sealed indexes cost in memory.
+#[derive(Debug)]
+pub(crate) struct IndexCache {
+    /// (segment base offset, its index), least recently used first.
+    entries: Vec<(u64, Arc<SegmentIndex>)>,
+    /// Most entries kept.
+    capacity: usize,
+    /// Indexes loaded from disk (or rebuilt by a scan) since open, for
+    /// [`super::LogStats`].
+    loads: u64,
+}
+
+impl IndexCache {
+    /// An empty cache keeping at most `capacity` indexes (at least one).
+    pub(crate) fn new(capacity: usize) -> IndexCache {
+        IndexCache {
+            entries: Vec::new(),
+            capacity: capacity.max(1),
+            loads: 0,
+        }
+    }
+
+    /// The index of the segment at `base`, now the most recently used.
+    pub(crate) fn get(&mut self, base: u64) -> Option<Arc<SegmentIndex>> {
+        let i = self.entries.iter().position(|&(b, _)| b == base)?;
+        let entry = self.entries.remove(i);
+        let index = entry.1.clone();
+        self.entries.push(entry);
+        Some(index)
+    }
+
+    /// Keeps `index` for the segment at `base` as the most recently used,
+    /// dropping the least recently used beyond the capacity.
+    pub(crate) fn insert(&mut self, base: u64, index: Arc<SegmentIndex>) {
+        self.entries.retain(|&(b, _)| b != base);
+        self.entries.push((base, index));
+        if self.entries.len() > self.capacity {
+            let excess = self.entries.len() - self.capacity;
+            self.entries.drain(..excess);
+        }
+    }
+
+    /// Counts a load from disk.
+    pub(crate) fn count_load(&mut self) {
+        self.loads += 1;
+    }
+
+    /// Drops the indexes of segments below `start_offset` (deleted by
+    /// retention).
+    pub(crate) fn forget_below(&mut self, start_offset: u64) {
+        self.entries.retain(|&(b, _)| b >= start_offset);
+    }
+
+    /// Indexes held now.
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Indexes loaded since open.
+    pub(crate) fn loads(&self) -> u64 {
+        self.loads
+    }
+}
+
 /// The contents of `path` without its crc trailer, if the file exists, is
 /// at most `limit` bytes, and its checksum holds.
 fn read_checked(path: &Path, limit: u64) -> io::Result<Option<Vec<u8>>> {
@@ -263,5 +386,27 @@ mod tests {
         assert_eq!(loaded.times, index.times);
         assert!(load_files(dir.path(), 7, 4999).unwrap().is_none());
         assert!(load_files(dir.path(), 8, 5000).unwrap().is_none());
+
+        let footer = read_footer(dir.path(), 7, 5000).unwrap().unwrap();
+        assert_eq!(footer.info, info);
+        assert_eq!(footer.last_entry, index.offsets.last().copied());
+        assert!(read_footer(dir.path(), 7, 4999).unwrap().is_none());
+        assert!(read_footer(dir.path(), 8, 5000).unwrap().is_none());
+    }
+
+    #[test]
+    fn the_cache_keeps_the_most_recently_used() {
+        let mut cache = IndexCache::new(2);
+        for base in [0, 10, 20] {
+            cache.insert(base, Arc::default());
+        }
+        assert_eq!(cache.len(), 2);
+        assert!(cache.get(0).is_none());
+        assert!(cache.get(10).is_some());
+        cache.insert(30, Arc::default());
+        assert!(cache.get(20).is_none());
+        assert!(cache.get(10).is_some() && cache.get(30).is_some());
+        cache.forget_below(30);
+        assert_eq!(cache.len(), 1);
     }
 }

@@ -34,10 +34,33 @@
 //! write leaves; it was never acknowledged, and it is truncated. A bad record
 //! with a valid record after it is not a crash artifact: open fails with
 //! [`LogError::Corrupt`] naming the file and the byte position, and nothing
-//! is dropped silently. Sealed segments are trusted through their checksummed
-//! index files (scanned strictly if those are missing or stale) and every
-//! record read from any segment has its checksum verified: a bad one is an
-//! error, never data.
+//! is dropped silently. Every record read from any segment has its checksum
+//! verified: a bad one is an error, never data.
+//!
+//! A sealed segment is not scanned on open. Open needs only its facts (size,
+//! end offset, newest publish time), which the fixed footer of its `.index`
+//! file holds, so it reads that footer and the last index entry, not the
+//! whole file: reading and checksumming every index file would make open
+//! cost time in proportion to the retained bytes. The footer is not trusted
+//! on its own. Open scans the segment from the last index entry to its end
+//! (at most about one index interval plus one record) and takes the facts
+//! only if those checksummed records end exactly at the recorded size, with
+//! offsets that follow each other up to the recorded end offset and the
+//! recorded newest publish time (publish times never decrease). If they do
+//! not, open checks the whole index file's checksum, as it always did, and
+//! trusts the footer if it holds (a damaged record there is reported to the
+//! reader that reaches it). If that fails too, or the files are missing or
+//! describe another size, the segment is scanned strictly and its index
+//! files are written again.
+//!
+//! A sealed segment's entries are checked when a read or a timestamp lookup
+//! first needs them (see [Memory](#memory)): both files' checksums, and a
+//! footer equal to the facts open established. Files that fail are not
+//! used: the segment is scanned, its index rebuilt from the records and its
+//! files rewritten (if the scan finds a damaged record, the records before
+//! it are indexed and a read at or past it reports the damage). A read also
+//! checks that the record an index entry points at is not past the one
+//! wanted, so an index can slow a read down but never make it skip records.
 //!
 //! ## When open reports `Corrupt`
 //!
@@ -62,8 +85,15 @@
 //!
 //! Appends wait on a bounded queue. Reads go through positional reads into a
 //! window of about `max_bytes` (at least 4 KiB, at most 1 MiB a refill), so a
-//! reader streams a backlog of any size; indexes hold one entry per
-//! `index_interval_bytes`, never one per record.
+//! reader streams a backlog of any size. Indexes hold one entry per
+//! `index_interval_bytes`, never one per record, and only the active
+//! segment's lives in memory for good. A sealed segment keeps a few fixed
+//! fields; its index is loaded on the first lookup that needs it (outside
+//! the segments lock) into a per-log cache of the
+//! [`LogConfig::sealed_index_cache`] most recently used, so a sequential
+//! reader loads each segment's index once, and a log's memory does not grow
+//! with the bytes it retains. One load runs at a time per log; a reader
+//! that waited for it finds the index cached.
 
 mod index;
 mod record;
@@ -83,7 +113,8 @@ use gateway_api::NewMessage;
 use tokio::sync::{mpsc, oneshot, watch, Mutex};
 use tokio::task::JoinHandle;
 
-use segment::{ReadBudget, ReadPlan, Recovery, Segment};
+use index::{IndexCache, SealInfo, SegmentIndex};
+use segment::{IndexSource, ReadBudget, ReadPlan, Recovery, Segment};
 use writer::{Command, Writer};
 
 /// Tuning of one partition log.
@@ -104,6 +135,10 @@ pub struct LogConfig {
     /// Appends that may wait for the writer; beyond it appenders wait
     /// (backpressure) instead of growing memory.
     pub queue_depth: usize,
+    /// Sealed segments whose indexes the log keeps in memory, the most
+    /// recently used; the others stay on disk until a lookup needs them.
+    /// This, not the bytes retained, bounds the memory of a log's indexes.
+    pub sealed_index_cache: usize,
 }
 
 impl Default for LogConfig {
@@ -114,6 +149,7 @@ impl Default for LogConfig {
             max_batch_bytes: 4 << 20,
             max_record_bytes: 8 << 20,
             queue_depth: 4096,
+            sealed_index_cache: 4,
         }
     }
 }
@@ -129,8 +165,14 @@ impl LogConfig {
         if self.max_record_bytes < record::MIN_FRAME_LEN || self.max_record_bytes > (1 << 30) {
             return invalid("max_record_bytes must be between 29 bytes and 1 GiB");
         }
-        if self.max_batch_bytes == 0 || self.queue_depth == 0 || self.index_interval_bytes == 0 {
-            return invalid("max_batch_bytes, queue_depth and index_interval_bytes must be > 0");
+        if self.max_batch_bytes == 0
+            || self.queue_depth == 0
+            || self.index_interval_bytes == 0
+            || self.sealed_index_cache == 0
+        {
+            return invalid(
+                "max_batch_bytes, queue_depth, index_interval_bytes and sealed_index_cache must be > 0",
+            );
         }
         Ok(())
     }
@@ -167,7 +209,8 @@ pub struct Record {
     pub payload: Bytes,
 }
 
-/// Counters of the writer, for metrics and the benchmark.
+/// Counters of the writer and the index cache, for metrics and the
+/// benchmark.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LogStats {
     /// Group commits (one write + one fdatasync each) since open.
@@ -176,6 +219,12 @@ pub struct LogStats {
     pub records: u64,
     /// Frame bytes made durable since open.
     pub bytes: u64,
+    /// Sealed segments whose indexes are in memory now: at most
+    /// [`LogConfig::sealed_index_cache`], however many segments there are.
+    pub sealed_indexes_cached: usize,
+    /// Sealed segments' indexes loaded from disk (or rebuilt by a scan)
+    /// since open.
+    pub sealed_index_loads: u64,
 }
 
 /// What went wrong in the log.
@@ -240,6 +289,13 @@ pub(crate) struct Inner {
     /// Segments, oldest first; the last is the active one. Locked only for
     /// short bookkeeping, never across I/O.
     segments: RwLock<Vec<Segment>>,
+    /// Indexes of recently used sealed segments. Locked briefly, never
+    /// across I/O; when both locks are taken, `segments` first.
+    sealed_indexes: std::sync::Mutex<IndexCache>,
+    /// Held while a sealed index is loaded, so concurrent readers of one
+    /// segment load it once (the later ones find it cached). Taken before
+    /// either lock above, on the blocking pool only.
+    index_loading: std::sync::Mutex<()>,
     /// The high watermark: offset of the next durable record. Readers and
     /// subscribers watch it.
     high_watermark: watch::Sender<u64>,
@@ -270,6 +326,101 @@ impl Inner {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn index_cache(&self) -> std::sync::MutexGuard<'_, IndexCache> {
+        // Every edit is one insert, removal or counter bump.
+        self.sealed_indexes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Applies `f` to `seg`'s index if that is in memory (the active
+    /// segment's, or a cached sealed one's); otherwise says what to load.
+    /// Called under the segments lock, so it does no I/O.
+    fn lookup<T>(&self, seg: &Segment, f: impl FnOnce(&SegmentIndex) -> T) -> Lookup<T> {
+        if let Some(index) = &seg.index {
+            return Lookup::Answered(f(index));
+        }
+        match self.index_cache().get(seg.base_offset) {
+            Some(index) => Lookup::Answered(f(&index)),
+            None => Lookup::Load(seg.index_source()),
+        }
+    }
+
+    /// The index of the sealed segment `source`: cached, or loaded from its
+    /// files and cached if the segment is still in the log. Blocking.
+    fn load_index(&self, source: &IndexSource) -> Result<Arc<SegmentIndex>, LogError> {
+        let _one_at_a_time = self
+            .index_loading
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let base = source.base_offset;
+        if let Some(index) = self.index_cache().get(base) {
+            return Ok(index);
+        }
+        let loaded = match index::load_files(&self.dir, base, source.seal.size) {
+            Ok(Some((index, seal))) if seal == source.seal => Some(index),
+            Ok(_) => None,
+            Err(error) => {
+                let path = index::index_path(&self.dir, base);
+                tracing::warn!(path = %path.display(), %error, "cannot read index files");
+                None
+            }
+        };
+        let index = match loaded {
+            Some(index) => index,
+            None => self.rebuild_index(source)?,
+        };
+        let index = Arc::new(index);
+        let state = self.read_state();
+        let mut cache = self.index_cache();
+        cache.count_load();
+        // Retention may have deleted the segment meanwhile (it forgets the
+        // cached indexes of what it deletes after removing the segments).
+        if state.binary_search_by_key(&base, |s| s.base_offset).is_ok() {
+            cache.insert(base, index.clone());
+        }
+        Ok(index)
+    }
+
+    /// Rebuilds a sealed segment's index by scanning it, because its index
+    /// files are missing or cannot be trusted, and rewrites them if the
+    /// segment is intact. A damaged segment still gets the index of the
+    /// records before the damage: reads there work, reads past it report it.
+    /// Blocking.
+    fn rebuild_index(&self, source: &IndexSource) -> Result<SegmentIndex, LogError> {
+        let base = source.base_offset;
+        tracing::warn!(path = %source.path.display(), "index files missing or invalid; scanning the sealed segment");
+        let found = segment::scan(
+            &source.file,
+            &source.path,
+            base,
+            (0, base),
+            source.seal.size,
+            self.config.max_body(),
+            self.config.index_interval_bytes,
+        )?;
+        let seal = SealInfo {
+            size: found.end_pos,
+            end_offset: found.end_offset,
+            max_publish_time: found.max_publish_time,
+        };
+        let still_here = self
+            .read_state()
+            .binary_search_by_key(&base, |s| s.base_offset)
+            .is_ok();
+        if found.damage.is_none() && seal == source.seal && still_here {
+            // A lost or torn rewrite is harmless: it is checked and rebuilt
+            // again. Files of a segment that retention deletes meanwhile are
+            // removed on the next open.
+            if let Err(error) = index::write_files(&self.dir, base, &found.index, seal) {
+                tracing::warn!(path = %source.path.display(), %error, "cannot rewrite index files");
+            }
+        } else if let Some(reason) = &found.damage {
+            tracing::error!(path = %source.path.display(), position = found.end_pos, %reason, "sealed segment is damaged; reads from there fail");
+        }
+        Ok(found.index)
+    }
+
     /// The error for an append the writer will not take.
     fn stopped_error(&self) -> LogError {
         match self.failed.get() {
@@ -279,6 +430,15 @@ impl Inner {
             None => LogError::Closed,
         }
     }
+}
+
+/// A lookup in one segment's index, decided under the segments lock.
+enum Lookup<T> {
+    /// The index was in memory: the answer.
+    Answered(T),
+    /// The segment is sealed and its index is not cached: load it (outside
+    /// the lock) and look again.
+    Load(IndexSource),
 }
 
 /// What a handle holds: the queue to the writer and the shared state.
@@ -338,11 +498,14 @@ impl PartitionLog {
             .max()
             .unwrap_or(0);
         let (high_watermark, _) = watch::channel(next_offset);
+        let sealed_indexes = IndexCache::new(config.sealed_index_cache);
         let (tx, rx) = mpsc::channel(config.queue_depth);
         let inner = Arc::new(Inner {
             dir,
             config,
             segments: RwLock::new(Vec::new()),
+            sealed_indexes: std::sync::Mutex::new(sealed_indexes),
+            index_loading: std::sync::Mutex::new(()),
             high_watermark,
             start_offset: AtomicU64::new(start_offset),
             size_bytes: AtomicU64::new(size),
@@ -419,13 +582,16 @@ impl PartitionLog {
         self.handle.inner.size_bytes.load(Ordering::Relaxed)
     }
 
-    /// Writer counters since open.
+    /// Writer and index-cache counters since open.
     pub fn stats(&self) -> LogStats {
         let inner = &self.handle.inner;
+        let cache = inner.index_cache();
         LogStats {
             group_commits: inner.group_commits.load(Ordering::Relaxed),
             records: inner.committed_records.load(Ordering::Relaxed),
             bytes: inner.committed_bytes.load(Ordering::Relaxed),
+            sealed_indexes_cached: cache.len(),
+            sealed_index_loads: cache.loads(),
         }
     }
 
@@ -449,7 +615,7 @@ impl PartitionLog {
             out: Vec::new(),
         };
         while !budget.full() {
-            let Some((plan, end_offset)) = self.plan(budget.from) else {
+            let Some((plan, end_offset)) = self.plan(budget.from).await? else {
                 break;
             };
             let (returned, stopped) = tokio::task::spawn_blocking(move || {
@@ -472,27 +638,52 @@ impl PartitionLog {
     /// Where to read `from` in: the first segment holding durable records at
     /// or after it, the indexed position to start at, and the offset where
     /// that segment's durable records end.
-    fn plan(&self, from: u64) -> Option<(ReadPlan, u64)> {
-        let state = self.handle.inner.read_state();
-        let i = state.partition_point(|s| s.end_offset <= from);
-        let seg = state.get(i)?;
-        if seg.end_offset == seg.base_offset {
-            return None;
-        }
-        let start_pos = if from <= seg.base_offset {
-            0
-        } else {
-            u64::from(seg.index.floor((from - seg.base_offset) as u32).1)
-        };
-        Some((
-            ReadPlan {
+    async fn plan(&self, from: u64) -> Result<Option<(ReadPlan, u64)>, LogError> {
+        let (mut plan, end_offset, rel, start) = {
+            let state = self.handle.inner.read_state();
+            let i = state.partition_point(|s| s.end_offset <= from);
+            let Some(seg) = state.get(i) else {
+                return Ok(None);
+            };
+            if seg.end_offset == seg.base_offset {
+                return Ok(None);
+            }
+            let rel = from.saturating_sub(seg.base_offset) as u32;
+            let start = if rel == 0 {
+                Lookup::Answered(0)
+            } else {
+                self.handle.inner.lookup(seg, |index| index.floor(rel).1)
+            };
+            let plan = ReadPlan {
                 file: seg.file.clone(),
                 path: seg.path.clone(),
-                start_pos,
+                start_pos: 0,
                 end_pos: seg.size,
-            },
-            seg.end_offset,
-        ))
+            };
+            (plan, seg.end_offset, rel, start)
+        };
+        plan.start_pos = u64::from(self.answer(start, |index| index.floor(rel).1).await?);
+        Ok(Some((plan, end_offset)))
+    }
+
+    /// The answer of `lookup`, loading the index it needs (outside the
+    /// segments lock) and applying `f` to it.
+    async fn answer<T>(
+        &self,
+        lookup: Lookup<T>,
+        f: impl FnOnce(&SegmentIndex) -> T,
+    ) -> Result<T, LogError> {
+        let source = match lookup {
+            Lookup::Answered(answer) => return Ok(answer),
+            Lookup::Load(source) => source,
+        };
+        let inner = self.handle.inner.clone();
+        let index = tokio::task::spawn_blocking(move || inner.load_index(&source))
+            .await
+            .map_err(|e| LogError::Failed {
+                reason: format!("index load task panicked: {e}"),
+            })??;
+        Ok(f(&index))
     }
 
     /// The first offset whose publish time is at or after `publish_time_ms`,
@@ -501,7 +692,7 @@ impl PartitionLog {
         &self,
         publish_time_ms: u64,
     ) -> Result<Option<u64>, LogError> {
-        let start = {
+        let (base, floor) = {
             let state = self.handle.inner.read_state();
             let Some(seg) = state
                 .iter()
@@ -509,14 +700,32 @@ impl PartitionLog {
             else {
                 return Ok(None);
             };
-            seg.base_offset + u64::from(seg.index.time_floor(publish_time_ms).unwrap_or(0))
+            let floor = self
+                .handle
+                .inner
+                .lookup(seg, |index| index.time_floor(publish_time_ms));
+            (seg.base_offset, floor)
         };
-        let mut from = start;
+        let floor = self
+            .answer(floor, |index| index.time_floor(publish_time_ms))
+            .await?;
+        let mut from = base + u64::from(floor.unwrap_or(0));
+        let mut first = true;
         loop {
             let batch = self.read(from, 1024, 1 << 20).await?;
             let Some(last) = batch.last() else {
                 return Ok(None);
             };
+            // The indexed record was published before the time wanted. If it
+            // was not, the index is wrong: search the segment from its start.
+            if std::mem::take(&mut first)
+                && from > base
+                && batch[0].offset == from
+                && batch[0].publish_time >= publish_time_ms
+            {
+                from = base;
+                continue;
+            }
             if let Some(r) = batch.iter().find(|r| r.publish_time >= publish_time_ms) {
                 return Ok(Some(r.offset));
             }
@@ -561,6 +770,7 @@ impl PartitionLog {
                 inner
                     .start_offset
                     .store(first.base_offset, Ordering::Release);
+                inner.index_cache().forget_below(first.base_offset);
             }
         }
         if removed.is_empty() {
@@ -731,7 +941,7 @@ fn recover_dir(dir: &Path, config: &LogConfig) -> Result<Vec<Segment>, LogError>
             size: 0,
             end_offset: 0,
             max_publish_time: 0,
-            index: Default::default(),
+            index: Some(SegmentIndex::default()),
         });
     }
     if changed {
@@ -740,8 +950,9 @@ fn recover_dir(dir: &Path, config: &LogConfig) -> Result<Vec<Segment>, LogError>
     Ok(segments)
 }
 
-/// Loads a sealed segment through its index files, or scans it strictly
-/// (and rewrites them) when they cannot be trusted.
+/// Loads a sealed segment's facts, without its indexes: from its `.index`
+/// footer once checked (see [`trusted_seal`]), or by a strict scan that also
+/// writes its index files again.
 fn load_sealed(
     dir: &Path,
     path: PathBuf,
@@ -753,28 +964,72 @@ fn load_sealed(
         .metadata()
         .map_err(|source| LogError::io(&path, source))?
         .len();
-    let loaded = index::load_files(dir, base, size)
-        .map_err(|source| LogError::io(index::index_path(dir, base), source))?;
-    if let Some((index, info)) = loaded {
+    if let Some(seal) = trusted_seal(dir, &file, &path, base, size, config)? {
         return Ok(Segment {
             base_offset: base,
             path,
             file: Arc::new(file),
             size,
-            end_offset: info.end_offset,
-            max_publish_time: info.max_publish_time,
-            index,
+            end_offset: seal.end_offset,
+            max_publish_time: seal.max_publish_time,
+            index: None,
         });
     }
     tracing::info!(path = %path.display(), "index files missing or stale; scanning the sealed segment");
-    let seg = segment::recover(
+    let mut seg = segment::recover(
         path,
         base,
         Recovery::Strict,
         config.max_body(),
         config.index_interval_bytes,
     )?;
-    index::write_files(dir, base, &seg.index, seg.seal_info())
-        .map_err(|source| LogError::io(index::index_path(dir, base), source))?;
+    if let Some(index) = seg.index.take() {
+        index::write_files(dir, base, &index, seg.seal_info())
+            .map_err(|source| LogError::io(index::index_path(dir, base), source))?;
+    }
     Ok(seg)
+}
+
+/// The facts of the sealed segment at `base` (`size` bytes) as its `.index`
+/// footer records them, if they can be trusted: the segment's records from
+/// the last index entry to its end agree with them, or else the whole index
+/// file's checksum holds. `None`: scan the segment. Blocking.
+fn trusted_seal(
+    dir: &Path,
+    file: &std::fs::File,
+    path: &Path,
+    base: u64,
+    size: u64,
+    config: &LogConfig,
+) -> Result<Option<SealInfo>, LogError> {
+    let io = |source| LogError::io(index::index_path(dir, base), source);
+    let Some(footer) = index::read_footer(dir, base, size).map_err(io)? else {
+        return Ok(None);
+    };
+    let (rel, pos) = footer.last_entry.unwrap_or((0, 0));
+    let tail = segment::scan(
+        file,
+        path,
+        base,
+        (u64::from(pos), base + u64::from(rel)),
+        size,
+        config.max_body(),
+        config.index_interval_bytes,
+    )?;
+    let seal = footer.info;
+    let agrees = SealInfo {
+        size: tail.end_pos,
+        end_offset: tail.end_offset,
+        max_publish_time: tail.max_publish_time,
+    } == seal;
+    if tail.damage.is_none() && agrees {
+        return Ok(Some(seal));
+    }
+    match index::load_files(dir, base, size).map_err(io)? {
+        Some((_, seal)) => {
+            tracing::warn!(path = %path.display(), "the end of the sealed segment does not match its index; reads there will report it");
+            Ok(Some(seal))
+        }
+        None => Ok(None),
+    }
 }

@@ -17,7 +17,7 @@ use super::record::{self, HEADER_LEN, MIN_BODY_LEN, MIN_FRAME_LEN};
 use super::{LogError, Record};
 
 /// A segment as the log keeps it in memory: where it is, how much of it is
-/// durable, and its sparse indexes.
+/// durable, and (the active one only) its sparse indexes.
 #[derive(Debug)]
 pub(crate) struct Segment {
     /// Offset of its first record; also its file name.
@@ -36,8 +36,11 @@ pub(crate) struct Segment {
     /// Newest publish time in it (0 when empty), for retention by age and
     /// for choosing the segment a timestamp lookup starts in.
     pub(crate) max_publish_time: u64,
-    /// Sparse offset and time indexes.
-    pub(crate) index: SegmentIndex,
+    /// Sparse offset and time indexes of the active segment, updated by
+    /// every commit. `None` for a sealed segment: its indexes are on disk,
+    /// and in the log's index cache while recently used, so sealed segments
+    /// cost a few fixed fields each, whatever their size.
+    pub(crate) index: Option<SegmentIndex>,
 }
 
 impl Segment {
@@ -49,6 +52,32 @@ impl Segment {
             max_publish_time: self.max_publish_time,
         }
     }
+
+    /// What loading its indexes needs, to take out of the log's lock.
+    pub(crate) fn index_source(&self) -> IndexSource {
+        IndexSource {
+            base_offset: self.base_offset,
+            path: self.path.clone(),
+            file: self.file.clone(),
+            seal: self.seal_info(),
+        }
+    }
+}
+
+/// A sealed segment whose indexes are to be loaded, as the log knew it when
+/// the lookup began. The file handle stays readable even if retention deletes
+/// the segment meanwhile.
+#[derive(Debug, Clone)]
+pub(crate) struct IndexSource {
+    /// Offset of its first record.
+    pub(crate) base_offset: u64,
+    /// The segment file, for error messages.
+    pub(crate) path: PathBuf,
+    /// The segment file, to scan when its index files cannot be trusted.
+    pub(crate) file: Arc<File>,
+    /// Its size, end offset and newest publish time, which loaded index
+    /// files must agree with.
+    pub(crate) seal: SealInfo,
 }
 
 /// The file name of the segment starting at `base`.
@@ -211,26 +240,39 @@ pub(crate) enum Recovery {
     Strict,
 }
 
-/// Scans the segment at `base` from its start, verifying every record, and
-/// rebuilds its indexes. A bad record followed by a valid one is
-/// `LogError::Corrupt`; under `TruncateTornTail` a bad record with nothing
-/// valid after it is cut off (and the file fsynced).
-pub(crate) fn recover(
-    path: PathBuf,
+/// What a scan of part of a segment found.
+pub(crate) struct Scan {
+    /// Indexes of the records scanned.
+    pub(crate) index: SegmentIndex,
+    /// Position after the last valid record: the end of the scanned span,
+    /// or where the damage starts.
+    pub(crate) end_pos: u64,
+    /// One past the offset of the last valid record.
+    pub(crate) end_offset: u64,
+    /// Newest publish time of the records scanned (0 if none).
+    pub(crate) max_publish_time: u64,
+    /// Why the scan stopped before the end, if it did.
+    pub(crate) damage: Option<String>,
+}
+
+/// Scans `file` from byte `start_pos`, where the record with offset
+/// `start_offset` must begin, up to `limit`, verifying every record and
+/// that offsets follow each other, and indexes what it read (relative to
+/// `base_offset`). Stops at the first bad record, reported in
+/// [`Scan::damage`]; only I/O failures are errors.
+pub(crate) fn scan(
+    file: &File,
+    path: &Path,
     base_offset: u64,
-    mode: Recovery,
+    (start_pos, start_offset): (u64, u64),
+    limit: u64,
     max_body: u64,
     index_interval: u32,
-) -> Result<Segment, LogError> {
-    let file = open_file(&path, false)?;
-    let file_size = file
-        .metadata()
-        .map_err(|source| LogError::io(&path, source))?
-        .len();
-    let mut window = Window::new(&file, &path, file_size, 1 << 20, max_body);
+) -> Result<Scan, LogError> {
+    let mut window = Window::new(file, path, limit, 1 << 20, max_body);
     let mut index = SegmentIndex::default();
-    let mut pos = 0u64;
-    let mut expected = base_offset;
+    let mut pos = start_pos;
+    let mut expected = start_offset;
     let mut max_publish_time = 0u64;
     let damage = loop {
         let (body, frame_len) = match window.frame(pos)? {
@@ -260,7 +302,42 @@ pub(crate) fn recover(
         expected += 1;
         pos += frame_len;
     };
-    if let Some(reason) = damage {
+    Ok(Scan {
+        index,
+        end_pos: pos,
+        end_offset: expected,
+        max_publish_time,
+        damage,
+    })
+}
+
+/// Scans the segment at `base` from its start, verifying every record, and
+/// rebuilds its indexes. A bad record followed by a valid one is
+/// `LogError::Corrupt`; under `TruncateTornTail` a bad record with nothing
+/// valid after it is cut off (and the file fsynced).
+pub(crate) fn recover(
+    path: PathBuf,
+    base_offset: u64,
+    mode: Recovery,
+    max_body: u64,
+    index_interval: u32,
+) -> Result<Segment, LogError> {
+    let file = open_file(&path, false)?;
+    let file_size = file
+        .metadata()
+        .map_err(|source| LogError::io(&path, source))?
+        .len();
+    let found = scan(
+        &file,
+        &path,
+        base_offset,
+        (0, base_offset),
+        file_size,
+        max_body,
+        index_interval,
+    )?;
+    let pos = found.end_pos;
+    if let Some(reason) = found.damage {
         let corrupt = |reason: String| LogError::Corrupt {
             path: path.clone(),
             position: pos,
@@ -269,7 +346,8 @@ pub(crate) fn recover(
         if mode == Recovery::Strict {
             return Err(corrupt(reason));
         }
-        if let Some(next) = window.valid_frame_after(pos + 1, expected)? {
+        let mut window = Window::new(&file, &path, file_size, 1 << 20, max_body);
+        if let Some(next) = window.valid_frame_after(pos + 1, found.end_offset)? {
             return Err(corrupt(format!(
                 "{reason}; a valid record follows at byte {next}, so this is not a torn tail"
             )));
@@ -290,9 +368,9 @@ pub(crate) fn recover(
         path,
         file: Arc::new(file),
         size: pos,
-        end_offset: expected,
-        max_publish_time,
-        index,
+        end_offset: found.end_offset,
+        max_publish_time: found.max_publish_time,
+        index: Some(found.index),
     })
 }
 
@@ -302,7 +380,8 @@ pub(crate) struct ReadPlan {
     pub(crate) file: Arc<File>,
     /// The file, for error messages.
     pub(crate) path: PathBuf,
-    /// Position of an indexed record at or before the first wanted one.
+    /// Position of an indexed record at or before the first wanted one
+    /// (checked when read: a record past the wanted one is an error).
     pub(crate) start_pos: u64,
     /// The durable size when the read began; nothing past it is read.
     pub(crate) end_pos: u64,
@@ -366,6 +445,14 @@ pub(crate) fn read_into(plan: &ReadPlan, budget: &mut ReadBudget) -> Result<bool
             Frame::Valid(body, len) => (body, len),
         };
         let rec = record::decode_body(body).map_err(|e| corrupt(e.to_string()))?;
+        if pos == plan.start_pos && pos > 0 && rec.offset > budget.from {
+            // An indexed start past the wanted record would skip records
+            // silently; refuse it, as a bad record is refused.
+            return Err(corrupt(format!(
+                "the index points at offset {} for offset {}",
+                rec.offset, budget.from
+            )));
+        }
         if rec.offset >= budget.from {
             budget.used_bytes += frame_len as usize;
             budget.out.push(rec);

@@ -492,3 +492,217 @@ fn handles_records_and_errors_can_cross_tasks() {
     send_sync::<LogError>();
     send_sync::<PartitionLog>();
 }
+
+/// Segments of ten records, and an index cache of `cache` sealed segments.
+fn with_index_cache(cache: usize) -> LogConfig {
+    LogConfig {
+        sealed_index_cache: cache,
+        ..small_segments(RECORD * 10)
+    }
+}
+
+fn index_file(dir: &Path, base: u64) -> PathBuf {
+    dir.join(format!("{base:020}.index"))
+}
+
+fn time_index_file(dir: &Path, base: u64) -> PathBuf {
+    dir.join(format!("{base:020}.timeindex"))
+}
+
+/// Flips one bit of `path` at byte `at`.
+fn flip(path: &Path, at: u64) {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, at).unwrap();
+    file.write_all_at(&[byte[0] ^ 0x01], at).unwrap();
+}
+
+#[tokio::test]
+async fn only_a_few_sealed_indexes_are_in_memory_however_many_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = PartitionLog::open(dir.path(), with_index_cache(2))
+        .await
+        .unwrap();
+    append_n(&log, 200).await; // 19 sealed segments, 190.. active
+    assert!(log.stats().sealed_indexes_cached <= 2);
+    log.close().await.unwrap();
+
+    // Open reads the facts of the sealed segments, not their indexes.
+    let log = PartitionLog::open(dir.path(), with_index_cache(2))
+        .await
+        .unwrap();
+    let stats = log.stats();
+    assert_eq!(
+        (stats.sealed_indexes_cached, stats.sealed_index_loads),
+        (0, 0)
+    );
+
+    // A sequential reader in small steps needs every sealed index, and
+    // loads each once.
+    let mut next = 0;
+    while next < 200 {
+        let batch = log.read(next, 3, 1 << 20).await.unwrap();
+        assert_payloads(&batch, next);
+        assert!(log.stats().sealed_indexes_cached <= 2);
+        next += batch.len() as u64;
+    }
+    assert_eq!(log.stats().sealed_index_loads, 19);
+
+    // Jumping around: right records, never more than two indexes held.
+    for from in [155, 3, 77, 188, 14, 96, 121, 42, 199, 61] {
+        let got = log.read(from, 2, 1 << 20).await.unwrap();
+        assert_payloads(&got, from);
+        assert!(!got.is_empty());
+        assert!(log.stats().sealed_indexes_cached <= 2);
+    }
+
+    // Retention forgets the indexes of the segments it deletes.
+    let policy = RetentionPolicy {
+        max_bytes: Some(0),
+        max_age: None,
+    };
+    assert_eq!(log.enforce_retention(policy, 200).await.unwrap(), 19);
+    assert_eq!(log.stats().sealed_indexes_cached, 0);
+    assert_payloads(&read_all(&log, 0).await, 190);
+}
+
+#[tokio::test]
+async fn offset_for_timestamp_finds_records_in_many_sealed_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = PartitionLog::open(dir.path(), with_index_cache(1))
+        .await
+        .unwrap();
+    for _ in 0..25 {
+        append_n(&log, 3).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    log.close().await.unwrap();
+
+    let log = PartitionLog::open(dir.path(), with_index_cache(1))
+        .await
+        .unwrap();
+    let all = read_all(&log, 0).await;
+    assert_eq!(all.len(), 75);
+    for r in all.iter().rev() {
+        let first = all.iter().find(|x| x.publish_time >= r.publish_time);
+        assert_eq!(
+            log.offset_for_timestamp(r.publish_time).await.unwrap(),
+            first.map(|x| x.offset)
+        );
+        let after = all.iter().find(|x| x.publish_time > r.publish_time);
+        assert_eq!(
+            log.offset_for_timestamp(r.publish_time + 1).await.unwrap(),
+            after.map(|x| x.offset)
+        );
+        assert!(log.stats().sealed_indexes_cached <= 1);
+    }
+}
+
+#[tokio::test]
+async fn a_corrupt_index_file_found_when_loaded_still_gives_the_right_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = PartitionLog::open(dir.path(), with_index_cache(2))
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        append_n(&log, 5).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let before = read_all(&log, 0).await;
+    log.close().await.unwrap();
+
+    // Damage entries, not footers: open does not read them, the first
+    // lookup in those segments does.
+    flip(&index_file(dir.path(), 10), 3);
+    flip(&time_index_file(dir.path(), 20), 5);
+    let damaged_index = std::fs::read(index_file(dir.path(), 10)).unwrap();
+
+    let log = PartitionLog::open(dir.path(), with_index_cache(2))
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read(index_file(dir.path(), 10)).unwrap(),
+        damaged_index
+    );
+    for from in 10..30 {
+        assert_eq!(
+            log.read(from, 1, 1 << 20).await.unwrap(),
+            before[from as usize..=from as usize]
+        );
+    }
+    for r in &before[20..30] {
+        let first = before.iter().find(|x| x.publish_time >= r.publish_time);
+        assert_eq!(
+            log.offset_for_timestamp(r.publish_time).await.unwrap(),
+            first.map(|x| x.offset)
+        );
+    }
+    assert_eq!(read_all(&log, 0).await, before);
+
+    // The scan that replaced them wrote them again.
+    for base in [10, 20] {
+        let size = std::fs::metadata(seg_path(dir.path(), base)).unwrap().len();
+        assert!(super::index::load_files(dir.path(), base, size)
+            .unwrap()
+            .is_some());
+    }
+}
+
+#[tokio::test]
+async fn an_index_entry_past_the_wanted_record_fails_the_read_instead_of_skipping() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = PartitionLog::open(dir.path(), with_index_cache(2))
+        .await
+        .unwrap();
+    append_n(&log, 15).await;
+    log.close().await.unwrap();
+
+    // A well-formed, checksummed index of segment 0 whose one entry says
+    // relative offset 5 starts where record 7 does.
+    let size = std::fs::metadata(seg_path(dir.path(), 0)).unwrap().len();
+    let (_, seal) = super::index::load_files(dir.path(), 0, size)
+        .unwrap()
+        .unwrap();
+    let mut lying = super::index::SegmentIndex::default();
+    lying.observe(5, (7 * RECORD) as u32, 0, 1);
+    super::index::write_files(dir.path(), 0, &lying, seal).unwrap();
+
+    let log = PartitionLog::open(dir.path(), with_index_cache(2))
+        .await
+        .unwrap();
+    assert_payloads(&log.read(7, 3, 1 << 20).await.unwrap(), 7);
+    match log.read(6, 3, 1 << 20).await {
+        Err(LogError::Corrupt { position, .. }) => assert_eq!(position, 7 * RECORD),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_damaged_index_footer_is_rebuilt_by_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = PartitionLog::open(dir.path(), with_index_cache(2))
+        .await
+        .unwrap();
+    append_n(&log, 25).await;
+    let before = read_all(&log, 0).await;
+    log.close().await.unwrap();
+
+    // The end offset in the footer of segment 10 says 21 instead of 20.
+    let path = index_file(dir.path(), 10);
+    let len = std::fs::metadata(&path).unwrap().len();
+    flip(&path, len - 4 - 16 + 7);
+
+    let log = PartitionLog::open(dir.path(), with_index_cache(2))
+        .await
+        .unwrap();
+    assert_eq!(read_all(&log, 0).await, before);
+    let size = std::fs::metadata(seg_path(dir.path(), 10)).unwrap().len();
+    let (_, seal) = super::index::load_files(dir.path(), 10, size)
+        .unwrap()
+        .unwrap();
+    assert_eq!(seal.end_offset, 20);
+}

@@ -361,15 +361,17 @@ impl Writer {
         {
             let mut segments = self.inner.write_state();
             if let Some(seg) = segments.last_mut() {
-                for p in &batch.records {
-                    // Positions and relative offsets fit u32: segments are
-                    // capped below 4 GiB (LogConfig::validate).
-                    seg.index.observe(
-                        (p.offset - seg.base_offset) as u32,
-                        p.position as u32,
-                        p.publish_time,
-                        self.inner.config.index_interval_bytes,
-                    );
+                if let Some(index) = &mut seg.index {
+                    for p in &batch.records {
+                        // Positions and relative offsets fit u32: segments
+                        // are capped below 4 GiB (LogConfig::validate).
+                        index.observe(
+                            (p.offset - seg.base_offset) as u32,
+                            p.position as u32,
+                            p.publish_time,
+                            self.inner.config.index_interval_bytes,
+                        );
+                    }
                 }
                 seg.size += written;
                 seg.end_offset = end_offset;
@@ -400,7 +402,9 @@ impl Writer {
 
     /// Seals the active segment (index files written and synced) and starts
     /// a new one at the next offset, fsyncing the directory. Called only
-    /// when every staged batch is durable.
+    /// when every staged batch is durable. The sealed segment's index moves
+    /// from the segment to the index cache, as the most recently used: a
+    /// reader close behind the writer still finds it in memory.
     async fn roll(&mut self) -> Result<(), LogError> {
         let dir = self.inner.dir.clone();
         let (base, seal_index, seal) = {
@@ -410,7 +414,13 @@ impl Writer {
                     reason: "no active segment".into(),
                 });
             };
-            (seg.base_offset, seg.index.clone(), seg.seal_info())
+            // Readers use the segment's own index until the files are
+            // written; this copy is what gets written.
+            (
+                seg.base_offset,
+                seg.index.clone().unwrap_or_default(),
+                seg.seal_info(),
+            )
         };
         let new_base = self.next_offset;
         let new_path = dir.join(segment::file_name(new_base));
@@ -427,15 +437,21 @@ impl Writer {
             reason: format!("roll task panicked: {e}"),
         })??;
         let file = Arc::new(file);
-        self.inner.write_state().push(Segment {
-            base_offset: new_base,
-            path: new_path.clone(),
-            file: file.clone(),
-            size: 0,
-            end_offset: new_base,
-            max_publish_time: 0,
-            index: Default::default(),
-        });
+        {
+            let mut segments = self.inner.write_state();
+            if let Some(index) = segments.last_mut().and_then(|s| s.index.take()) {
+                self.inner.index_cache().insert(base, Arc::new(index));
+            }
+            segments.push(Segment {
+                base_offset: new_base,
+                path: new_path.clone(),
+                file: file.clone(),
+                size: 0,
+                end_offset: new_base,
+                max_publish_time: 0,
+                index: Some(Default::default()),
+            });
+        }
         tracing::debug!(path = %new_path.display(), "rolled to a new segment");
         self.active = file;
         self.active_path = new_path;
