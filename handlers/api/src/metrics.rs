@@ -172,3 +172,37 @@ fn topic_labels(protocol: Protocol, topic: &TopicName) -> TopicLabels {
         topic: topic.as_str().into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use prometheus_client::encoding::text::encode;
+
+    use super::*;
+    use crate::topic::Namespace;
+
+    #[test]
+    fn traffic_shows_per_protocol_and_topic() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::new(&mut registry);
+        let topic = TopicName::from_kafka("orders", &Namespace::default()).unwrap();
+        metrics.published(Protocol::Kafka, &topic, 100, Duration::from_millis(2));
+        metrics.published(Protocol::Kafka, &topic, 50, Duration::from_millis(3));
+        metrics.delivered(Protocol::Mqtt, &topic, 100);
+        metrics.connection_gauge(Protocol::Amqp).inc();
+
+        let mut text = String::new();
+        encode(&mut text, &registry).unwrap();
+        let kafka = "protocol=\"kafka\",topic=\"persistent://public/default/orders\"";
+        let mqtt = "protocol=\"mqtt\",topic=\"persistent://public/default/orders\"";
+        for line in [
+            format!("pulsar_gateway_messages_in_total{{{kafka}}} 2"),
+            format!("pulsar_gateway_bytes_in_total{{{kafka}}} 150"),
+            format!("pulsar_gateway_messages_out_total{{{mqtt}}} 1"),
+            format!("pulsar_gateway_bytes_out_total{{{mqtt}}} 100"),
+            "pulsar_gateway_publish_latency_seconds_count{protocol=\"kafka\"} 2".to_string(),
+            "pulsar_gateway_connections{protocol=\"amqp\"} 1".to_string(),
+        ] {
+            assert!(text.contains(&line), "missing {line} in\n{text}");
+        }
+    }
+}
