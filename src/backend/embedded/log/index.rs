@@ -180,14 +180,9 @@ pub(crate) fn load_files(
         return Ok(None);
     }
     let (entries, footer) = raw.split_at(entries_len);
-    let info = SealInfo {
-        size: be_u64(&footer[0..8]),
-        end_offset: be_u64(&footer[8..16]),
-        max_publish_time: be_u64(&footer[16..24]),
-    };
-    if info.size != segment_size || info.end_offset < base {
+    let Some(info) = parse_footer(footer, base, segment_size) else {
         return Ok(None);
-    }
+    };
     let mut index = SegmentIndex::default();
     for e in entries.chunks_exact(INDEX_ENTRY) {
         let (rel, pos) = (be_u32(&e[0..4]), be_u32(&e[4..8]));
@@ -237,16 +232,24 @@ pub(crate) fn read_footer(dir: &Path, base: u64, segment_size: u64) -> io::Resul
     let at = len - raw.len() as u64;
     file.read_exact_at(&mut raw, at)?;
     let (entry, footer) = raw.split_at(raw.len() - INDEX_FOOTER - CRC);
+    let Some(info) = parse_footer(footer, base, segment_size) else {
+        return Ok(None);
+    };
+    let last_entry = has_entry.then(|| (be_u32(&entry[0..4]), be_u32(&entry[4..8])));
+    let plausible = last_entry.is_none_or(|(_, pos)| u64::from(pos) < segment_size);
+    Ok(plausible.then_some(Footer { info, last_entry }))
+}
+
+/// The facts an `.index` footer (its first `INDEX_FOOTER` bytes) records,
+/// `None` if they cannot describe the segment at `base` of `segment_size`
+/// bytes (another size, or an end before the base).
+fn parse_footer(footer: &[u8], base: u64, segment_size: u64) -> Option<SealInfo> {
     let info = SealInfo {
         size: be_u64(&footer[0..8]),
         end_offset: be_u64(&footer[8..16]),
         max_publish_time: be_u64(&footer[16..24]),
     };
-    let last_entry = has_entry.then(|| (be_u32(&entry[0..4]), be_u32(&entry[4..8])));
-    let plausible = info.size == segment_size
-        && info.end_offset >= base
-        && last_entry.is_none_or(|(_, pos)| u64::from(pos) < segment_size);
-    Ok(plausible.then_some(Footer { info, last_entry }))
+    (info.size == segment_size && info.end_offset >= base).then_some(info)
 }
 
 /// The indexes of the sealed segments a log used most recently, at most

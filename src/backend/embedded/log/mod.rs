@@ -399,11 +399,7 @@ impl Inner {
             self.config.max_body(),
             self.config.index_interval_bytes,
         )?;
-        let seal = SealInfo {
-            size: found.end_pos,
-            end_offset: found.end_offset,
-            max_publish_time: found.max_publish_time,
-        };
+        let seal = found.seal_info();
         let still_here = self
             .read_state()
             .binary_search_by_key(&base, |s| s.base_offset)
@@ -639,7 +635,7 @@ impl PartitionLog {
     /// or after it, the indexed position to start at, and the offset where
     /// that segment's durable records end.
     async fn plan(&self, from: u64) -> Result<Option<(ReadPlan, u64)>, LogError> {
-        let (mut plan, end_offset, rel, start) = {
+        let (mut plan, end_offset, floor, start) = {
             let state = self.handle.inner.read_state();
             let i = state.partition_point(|s| s.end_offset <= from);
             let Some(seg) = state.get(i) else {
@@ -649,10 +645,11 @@ impl PartitionLog {
                 return Ok(None);
             }
             let rel = from.saturating_sub(seg.base_offset) as u32;
+            let floor = move |index: &SegmentIndex| index.floor(rel).1;
             let start = if rel == 0 {
                 Lookup::Answered(0)
             } else {
-                self.handle.inner.lookup(seg, |index| index.floor(rel).1)
+                self.handle.inner.lookup(seg, floor)
             };
             let plan = ReadPlan {
                 file: seg.file.clone(),
@@ -660,14 +657,14 @@ impl PartitionLog {
                 start_pos: 0,
                 end_pos: seg.size,
             };
-            (plan, seg.end_offset, rel, start)
+            (plan, seg.end_offset, floor, start)
         };
-        plan.start_pos = u64::from(self.answer(start, |index| index.floor(rel).1).await?);
+        plan.start_pos = u64::from(self.answer(start, floor).await?);
         Ok(Some((plan, end_offset)))
     }
 
     /// The answer of `lookup`, loading the index it needs (outside the
-    /// segments lock) and applying `f` to it.
+    /// segments lock) and applying `f`, the function given to `lookup`.
     async fn answer<T>(
         &self,
         lookup: Lookup<T>,
@@ -692,6 +689,7 @@ impl PartitionLog {
         &self,
         publish_time_ms: u64,
     ) -> Result<Option<u64>, LogError> {
+        let time_floor = move |index: &SegmentIndex| index.time_floor(publish_time_ms);
         let (base, floor) = {
             let state = self.handle.inner.read_state();
             let Some(seg) = state
@@ -700,15 +698,9 @@ impl PartitionLog {
             else {
                 return Ok(None);
             };
-            let floor = self
-                .handle
-                .inner
-                .lookup(seg, |index| index.time_floor(publish_time_ms));
-            (seg.base_offset, floor)
+            (seg.base_offset, self.handle.inner.lookup(seg, time_floor))
         };
-        let floor = self
-            .answer(floor, |index| index.time_floor(publish_time_ms))
-            .await?;
+        let floor = self.answer(floor, time_floor).await?;
         let mut from = base + u64::from(floor.unwrap_or(0));
         let mut first = true;
         loop {
@@ -1016,14 +1008,8 @@ fn trusted_seal(
         config.max_body(),
         config.index_interval_bytes,
     )?;
-    let seal = footer.info;
-    let agrees = SealInfo {
-        size: tail.end_pos,
-        end_offset: tail.end_offset,
-        max_publish_time: tail.max_publish_time,
-    } == seal;
-    if tail.damage.is_none() && agrees {
-        return Ok(Some(seal));
+    if tail.damage.is_none() && tail.seal_info() == footer.info {
+        return Ok(Some(footer.info));
     }
     match index::load_files(dir, base, size).map_err(io)? {
         Some((_, seal)) => {

@@ -255,6 +255,17 @@ pub(crate) struct Scan {
     pub(crate) damage: Option<String>,
 }
 
+impl Scan {
+    /// The facts of the span scanned, to compare with a seal record.
+    pub(crate) fn seal_info(&self) -> SealInfo {
+        SealInfo {
+            size: self.end_pos,
+            end_offset: self.end_offset,
+            max_publish_time: self.max_publish_time,
+        }
+    }
+}
+
 /// Scans `file` from byte `start_pos`, where the record with offset
 /// `start_offset` must begin, up to `limit`, verifying every record and
 /// that offsets follow each other, and indexes what it read (relative to
