@@ -31,6 +31,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+mod common;
+
 use bytes::Bytes;
 use gateway_api::topic::Namespace;
 use gateway_api::{Backend, NewMessage, StartPosition, SubscribeRequest, TopicName};
@@ -46,20 +48,13 @@ const FILL_PUBLISHERS: u64 = 256;
 
 fn main() {
     if let Some(dir) = std::env::var_os(CHILD_DIR) {
-        let count: u64 = env_number(CHILD_COUNT).expect("child needs BACKLOG_DRAIN_COUNT");
+        let count: u64 = common::env_number(CHILD_COUNT).expect("child needs BACKLOG_DRAIN_COUNT");
         drain_child(Path::new(&dir), count);
         return;
     }
-    let gib = env_number("BACKLOG_GIB").unwrap_or(10);
-    let payload = env_number("BACKLOG_PAYLOAD").unwrap_or(4096) as usize;
-    let base = std::env::var_os("BENCH_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")));
-    std::fs::create_dir_all(&base).expect("create BENCH_DIR");
-    let scratch = tempfile::Builder::new()
-        .prefix("embedded-backlog-")
-        .tempdir_in(&base)
-        .expect("scratch dir");
+    let gib = common::env_number("BACKLOG_GIB").unwrap_or(10);
+    let payload = common::env_number("BACKLOG_PAYLOAD").unwrap_or(4096) as usize;
+    let scratch = common::scratch_dir("embedded-backlog-");
     println!(
         "embedded_backlog: {payload} B payloads, backlogs of {} and {gib} GiB, in {}",
         gib as f64 / 10.0,
@@ -283,8 +278,4 @@ fn raw_read(files: &[PathBuf]) -> f64 {
         }
     }
     bytes as f64 / (1u64 << 20) as f64 / started.elapsed().as_secs_f64()
-}
-
-fn env_number(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|s| s.parse().ok())
 }

@@ -22,10 +22,12 @@
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+mod common;
 
 use bytes::Bytes;
 use gateway_api::topic::Namespace;
@@ -69,25 +71,15 @@ fn log_stats_row(acked: u64, seconds: f64, commits: u64, bytes: u64) -> LogRow {
 }
 
 fn main() {
-    let base = std::env::var_os("BENCH_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")));
-    std::fs::create_dir_all(&base).expect("create BENCH_DIR");
-    let scratch = tempfile::Builder::new()
-        .prefix("embedded-publish-")
-        .tempdir_in(&base)
-        .expect("scratch dir");
-    let seconds: u64 = std::env::var("BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(4);
+    let scratch = common::scratch_dir("embedded-publish-");
+    let seconds = common::env_number("BENCH_SECONDS").unwrap_or(4);
     let duration = Duration::from_secs(seconds);
 
     println!(
         "embedded_publish: {PAYLOAD_BYTES} B payloads, {seconds} s per measurement, in {}",
         scratch.path().display()
     );
-    println!("file system: {}", describe_fs(scratch.path()));
+    println!("file system: {}", common::describe_fs(scratch.path()));
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -218,21 +210,4 @@ fn raw_fsyncs(path: &Path, batch_bytes: u64, duration: Duration) -> (u64, f64) {
     drop(file);
     let _ = std::fs::remove_file(path);
     (fsyncs, seconds)
-}
-
-/// The file system type and device holding `path`, from `df`, so the table
-/// says which disk it measured.
-fn describe_fs(path: &Path) -> String {
-    std::process::Command::new("df")
-        .arg("-T")
-        .arg(path)
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| {
-            s.lines()
-                .nth(1)
-                .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
-        })
-        .unwrap_or_else(|| "unknown".into())
 }

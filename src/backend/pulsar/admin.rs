@@ -82,11 +82,8 @@ impl Admin {
             )
             .await?
         };
-        match status {
-            s if s.is_success() => Ok(()),
-            StatusCode::CONFLICT => Err(BackendError::TopicExists(topic.clone())),
-            s => Err(refused(topic, s, text)),
-        }
+        let exists = BackendError::TopicExists(topic.clone());
+        outcome(topic, status, text, (StatusCode::CONFLICT, exists))
     }
 
     /// Raises a partitioned topic's partition count.
@@ -99,11 +96,8 @@ impl Admin {
         let (status, text) = self
             .call(Method::POST, &path, Some(partitions.to_string()))
             .await?;
-        match status {
-            s if s.is_success() => Ok(()),
-            StatusCode::NOT_FOUND => Err(BackendError::TopicNotFound(topic.clone())),
-            s => Err(refused(topic, s, text)),
-        }
+        let missing = BackendError::TopicNotFound(topic.clone());
+        outcome(topic, status, text, (StatusCode::NOT_FOUND, missing))
     }
 
     /// Deletes a topic, partitioned or not, with its subscriptions.
@@ -119,11 +113,8 @@ impl Admin {
             format!("{path}?force=true")
         };
         let (status, text) = self.call(Method::DELETE, &path, None).await?;
-        match status {
-            s if s.is_success() => Ok(()),
-            StatusCode::NOT_FOUND => Err(BackendError::TopicNotFound(topic.clone())),
-            s => Err(refused(topic, s, text)),
-        }
+        let missing = BackendError::TopicNotFound(topic.clone());
+        outcome(topic, status, text, (StatusCode::NOT_FOUND, missing))
     }
 
     /// The broker's effective settings, or `None` when the API does not let
@@ -140,6 +131,21 @@ impl Admin {
                 "admin API {path}: {s} {text}"
             ))),
         }
+    }
+}
+
+/// The result of a topic request: success, the one failure the request
+/// expects (`expected` answered with `error`), or a refusal.
+fn outcome(
+    topic: &TopicName,
+    status: StatusCode,
+    text: String,
+    (expected, error): (StatusCode, BackendError),
+) -> Result<(), BackendError> {
+    match status {
+        s if s.is_success() => Ok(()),
+        s if s == expected => Err(error),
+        s => Err(refused(topic, s, text)),
     }
 }
 

@@ -87,6 +87,24 @@ impl PulsarSubscription {
     }
 }
 
+impl PulsarSubscription {
+    async fn ack_command(
+        &self,
+        topic: &TopicName,
+        id: MessageId,
+        cumulative: bool,
+    ) -> Result<(), BackendError> {
+        let topic = topic.clone();
+        self.call(|reply| Command::Ack {
+            topic,
+            id,
+            cumulative,
+            reply,
+        })
+        .await
+    }
+}
+
 #[async_trait]
 impl Subscription for PulsarSubscription {
     async fn receive(&self) -> Result<Message, BackendError> {
@@ -96,25 +114,11 @@ impl Subscription for PulsarSubscription {
     }
 
     async fn ack(&self, topic: &TopicName, id: MessageId) -> Result<(), BackendError> {
-        let topic = topic.clone();
-        self.call(|reply| Command::Ack {
-            topic,
-            id,
-            cumulative: false,
-            reply,
-        })
-        .await
+        self.ack_command(topic, id, false).await
     }
 
     async fn ack_cumulative(&self, topic: &TopicName, id: MessageId) -> Result<(), BackendError> {
-        let topic = topic.clone();
-        self.call(|reply| Command::Ack {
-            topic,
-            id,
-            cumulative: true,
-            reply,
-        })
-        .await
+        self.ack_command(topic, id, true).await
     }
 
     async fn nack(&self, topic: &TopicName, id: MessageId) -> Result<(), BackendError> {

@@ -3,7 +3,9 @@
 
 use base64::Engine;
 use bytes::Bytes;
-use gateway_api::{BackendError, Message, MessageId, NewMessage, SubscriptionKind, TopicName};
+use gateway_api::{
+    BackendError, Message, MessageId, NewMessage, StartPosition, SubscriptionKind, TopicName,
+};
 use pulsar::consumer::InitialPosition;
 use pulsar::message::proto::{MessageIdData, ServerError};
 use pulsar::producer;
@@ -114,13 +116,12 @@ pub fn sub_type(kind: SubscriptionKind) -> SubType {
     }
 }
 
-/// Where a new subscription starts, for positions Pulsar takes at subscribe
-/// time; other positions are a seek after subscribing.
-pub fn initial_position(latest: bool) -> InitialPosition {
-    if latest {
-        InitialPosition::Latest
-    } else {
-        InitialPosition::Earliest
+/// Where a new subscription starts: Pulsar takes earliest or latest at
+/// subscribe time; other positions start at the earliest and then seek.
+pub fn initial_position(position: &StartPosition) -> InitialPosition {
+    match position {
+        StartPosition::Latest => InitialPosition::Latest,
+        _ => InitialPosition::Earliest,
     }
 }
 

@@ -199,10 +199,7 @@ impl gateway_api::Backend for PulsarBackend {
         let options = ConsumerOptions::default()
             .durable(request.durable)
             .with_receiver_queue_size(u32::try_from(request.receive_queue).unwrap_or(u32::MAX))
-            .with_initial_position(convert::initial_position(matches!(
-                request.initial_position,
-                StartPosition::Latest
-            )));
+            .with_initial_position(convert::initial_position(&request.initial_position));
         let mut builder = self
             .client
             .consumer()
