@@ -1532,9 +1532,12 @@ pub(crate) mod messages {
                     auth_data,
                     proxy_to_broker_url,
                     client_version: proto::client_version(),
-                    protocol_version: Some(12),
-                    // pulsar-gateway patch: ask for broker entry metadata
-                    // (index, broker timestamp) in front of each entry.
+                    // pulsar-gateway patch: protocol version 18 (was 12) and
+                    // the feature flag below ask for broker entry metadata
+                    // (index, broker timestamp) in front of each entry; a
+                    // broker sends it only to clients of version 18 or newer.
+                    // Versions 13 to 18 add nothing the broker sends unasked.
+                    protocol_version: Some(18),
                     feature_flags: Some(proto::FeatureFlags {
                         supports_broker_entry_metadata: Some(true),
                         ..Default::default()
