@@ -646,7 +646,7 @@ pub async fn deleted_topics_are_gone(b: TestBackend) {
         b.backend.delete_topic(&topic).await.is_err(),
         "consumers are connected"
     );
-    drop(sub);
+    sub.close().await.unwrap();
     b.backend.delete_topic(&topic).await.unwrap();
     assert_eq!(b.backend.partitions(&topic).await.unwrap(), None);
     assert!(!b.backend.list_topics(&ns).await.unwrap().contains(&topic));

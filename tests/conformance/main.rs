@@ -141,14 +141,20 @@ macro_rules! all_cases {
 all_cases!(Embedded);
 
 // The cases the Pulsar backend passes so far. The rest need what it does not
-// build yet (offsets of received messages: the broker does not send the
-// entry metadata to this client yet; offsets of published messages; readers;
-// seek by offset; last message id; the metadata store; Exclusive refusal),
-// tracked in issue 4; each joins here, and then the list becomes
-// `all_cases!(Pulsar)`.
+// build yet (readers; seek by offset; the metadata store; Exclusive refusal;
+// Shared cumulative-ack refusal; Failover and Key_Shared hand-over; new
+// partitions reaching existing subscribers), tracked in issue 4; each joins
+// here, and then the list becomes `all_cases!(Pulsar)`.
 suite!(Pulsar:
+    acknowledged_messages_are_not_delivered_again,
+    concurrent_publishers_get_contiguous_offsets,
     cumulative_ack_moves_the_cursor,
+    deleted_topics_are_gone,
+    key_shared_keeps_each_key_on_one_consumer_in_order,
     nack_redelivers_with_a_higher_redelivery_count,
     new_subscription_starts_where_asked,
+    non_durable_subscriptions_leave_nothing_behind,
     pattern_subscriptions_pick_up_topics_created_later,
+    restart_keeps_messages_topics_and_cursors,
+    unsubscribe_deletes_the_cursor,
 );

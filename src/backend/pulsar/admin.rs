@@ -30,7 +30,7 @@ impl Admin {
     }
 
     /// `/admin/v2/persistent/tenant/ns/local` for a topic.
-    fn topic_path(topic: &TopicName) -> String {
+    pub(super) fn topic_path(topic: &TopicName) -> String {
         let ns = topic.namespace();
         format!(
             "/admin/v2/{}/{}/{}/{}",
@@ -47,6 +47,18 @@ impl Admin {
         path: &str,
         body: Option<String>,
     ) -> Result<(StatusCode, String), BackendError> {
+        self.request(method, path, body)
+            .await
+            .map(|(status, _, text)| (status, text))
+    }
+
+    /// One request: status, headers and body text.
+    pub(super) async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<(StatusCode, reqwest::header::HeaderMap, String), BackendError> {
         let mut request = self.http.request(method, format!("{}{path}", self.base));
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
@@ -61,8 +73,9 @@ impl Admin {
             .await
             .map_err(|e| BackendError::Unavailable(format!("admin API {path}: {e}")))?;
         let status = response.status();
+        let headers = response.headers().clone();
         let text = response.text().await.unwrap_or_default();
-        Ok((status, text))
+        Ok((status, headers, text))
     }
 
     /// Creates `topic` with `partitions` partitions (0: not partitioned).
@@ -100,7 +113,8 @@ impl Admin {
         outcome(topic, status, text, (StatusCode::NOT_FOUND, missing))
     }
 
-    /// Deletes a topic, partitioned or not, with its subscriptions.
+    /// Deletes a topic, partitioned or not, with its subscriptions; Pulsar
+    /// refuses while producers or consumers are connected to it.
     pub async fn delete_topic(
         &self,
         topic: &TopicName,
@@ -108,9 +122,9 @@ impl Admin {
     ) -> Result<(), BackendError> {
         let path = Self::topic_path(topic);
         let path = if partitioned {
-            format!("{path}/partitions?force=true")
+            format!("{path}/partitions")
         } else {
-            format!("{path}?force=true")
+            path
         };
         let (status, text) = self.call(Method::DELETE, &path, None).await?;
         let missing = BackendError::TopicNotFound(topic.clone());
@@ -149,7 +163,7 @@ fn outcome(
     }
 }
 
-fn refused(topic: &TopicName, status: StatusCode, text: String) -> BackendError {
+pub(super) fn refused(topic: &TopicName, status: StatusCode, text: String) -> BackendError {
     match status {
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => BackendError::NotAuthorized {
             topic: topic.clone(),

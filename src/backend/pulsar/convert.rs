@@ -55,7 +55,9 @@ pub fn message(received: pulsar::consumer::Message<Vec<u8>>) -> Result<Message, 
     let metadata = payload.metadata;
     let batch_size = metadata.num_messages_in_batch.unwrap_or(1);
     let index = payload.broker_entry_metadata.as_ref().and_then(|m| m.index);
-    let id = message_id(&received.message_id.id, index, batch_size);
+    let mut id = message_id(&received.message_id.id, index, batch_size);
+    // The partition is the topic's; the crate leaves it unset.
+    id.partition = topic.partition_index().map_or(-1, |p| p as i32);
     let key = metadata.partition_key.map(|key| {
         if metadata.partition_key_b64_encoded == Some(true) {
             base64::engine::general_purpose::STANDARD
@@ -82,19 +84,34 @@ pub fn message(received: pulsar::consumer::Message<Vec<u8>>) -> Result<Message, 
     })
 }
 
-/// The crate's outgoing message for a contract message. A key that is not
-/// UTF-8 travels base64-encoded with the flag set, as Pulsar's own clients
-/// send byte keys.
+/// The key as Pulsar carries it: text as is; a key that is not UTF-8
+/// base64-encoded with the flag set, as Pulsar's own clients send byte keys.
+pub fn partition_key(key: &[u8]) -> (String, bool) {
+    match std::str::from_utf8(key) {
+        Ok(text) => (text.to_owned(), false),
+        Err(_) => (base64::engine::general_purpose::STANDARD.encode(key), true),
+    }
+}
+
+/// The partition of `n` a key goes to: Pulsar's Java client's default
+/// routing (`JavaStringHash`: the key string's `hashCode`, sign bit
+/// cleared, modulo `n`), so keyed messages from the gateway and from Pulsar
+/// clients land together.
+pub fn partition_for_key(key: &str, n: u32) -> u32 {
+    let hash = key.encode_utf16().fold(0i32, |h, unit| {
+        h.wrapping_mul(31).wrapping_add(i32::from(unit))
+    });
+    (hash & i32::MAX).unsigned_abs() % n.max(1)
+}
+
+/// The crate's outgoing message for a contract message.
 pub fn outgoing(message: NewMessage) -> producer::Message {
     let (partition_key, partition_key_b64_encoded) = match message.key {
         None => (None, false),
-        Some(key) => match std::str::from_utf8(&key) {
-            Ok(text) => (Some(text.to_owned()), false),
-            Err(_) => (
-                Some(base64::engine::general_purpose::STANDARD.encode(&key)),
-                true,
-            ),
-        },
+        Some(key) => {
+            let (text, encoded) = partition_key(&key);
+            (Some(text), encoded)
+        }
     };
     producer::Message {
         payload: message.payload.to_vec(),
@@ -226,6 +243,17 @@ mod tests {
         };
         assert_eq!(message_id(&single, Some(5), 1).offset, 5);
         assert_eq!(message_id(&single, None, 1).offset, UNKNOWN_OFFSET);
+    }
+
+    #[test]
+    fn keys_route_as_pulsar_java_clients_route_them() {
+        // String.hashCode: "key-1" is 101943363, "" is 0.
+        assert_eq!(partition_for_key("key-1", 7), 101_943_363 % 7);
+        assert_eq!(partition_for_key("", 3), 0);
+        // A negative hashCode has its sign bit cleared, not negated.
+        let negative = "polygenelubricants"; // hashCode i32::MIN
+        assert_eq!(partition_for_key(negative, 5), 0);
+        assert_eq!(partition_key(&[0xff, 0x00]), ("/wA=".to_owned(), true));
     }
 
     #[test]

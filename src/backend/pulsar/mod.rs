@@ -3,21 +3,24 @@
 //! `vendor/pulsar`) plus a few admin REST calls.
 //!
 //! The gateway keeps no state of its own here: subscriptions, cursors and
-//! topics are Pulsar's. Producers are cached per topic. Offsets of received
-//! messages are the broker entry index (`AppendIndexMetadataInterceptor`),
-//! which [`PulsarBackend::connect`] checks the cluster provides.
+//! topics are Pulsar's. Producers are cached per partition. Offsets are the
+//! broker entry index (`AppendIndexMetadataInterceptor`), which
+//! [`PulsarBackend::connect`] checks the cluster provides: received messages
+//! carry it; see [`index`] for the rest and [`PulsarBackend::publish`] for
+//! the offsets of published messages.
 //!
 //! Not built yet (the backend answers `InvalidRequest` or `Unavailable`):
-//! offsets of published messages (Pulsar's send receipt does not carry the
-//! index), seek and readers by offset, `offsets`, `offset_for_timestamp`,
-//! the metadata store, producer idle eviction.
+//! seek and readers by offset, the metadata store, producer idle eviction.
 
 mod admin;
 pub mod consumer;
 pub mod convert;
+pub mod index;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use gateway_api::backend::{OffsetRange, Reader, SubscribeRequest, Subscription, TopicSelector};
@@ -26,7 +29,7 @@ use gateway_api::topic::Namespace;
 use gateway_api::{BackendError, MessageId, NewMessage, StartPosition, TopicName};
 use pulsar::consumer::ConsumerOptions;
 use pulsar::{Producer, Pulsar, TokioExecutor};
-use tokio::sync::Mutex;
+use tokio::sync::{oneshot, Mutex};
 
 use admin::Admin;
 use consumer::PulsarSubscription;
@@ -63,11 +66,33 @@ const REQUIRED_SETTINGS: [(&str, &str, &str); 3] = [
     ),
 ];
 
-/// A cached producer, locked only to enqueue a send.
-type SharedProducer = Arc<Mutex<Producer<TokioExecutor>>>;
+/// How long a partition count read from Pulsar is trusted for routing
+/// (this gateway's own partition changes apply at once).
+const PARTITION_COUNT_TTL: Duration = Duration::from_secs(10);
 
-/// The producers by topic.
+/// Where a published message landed: its entry and the entry's index.
+#[derive(Debug, Clone, Copy)]
+struct Placed {
+    ledger: u64,
+    entry: u64,
+    index: u64,
+}
+
+/// A cached producer, locked only to enqueue a send, with the end of its
+/// chain of placements (see [`PulsarBackend::publish`]).
+struct ProducerSlot {
+    producer: Producer<TokioExecutor>,
+    /// Resolves to where the previous send landed, `None` if unknown.
+    previous: Option<oneshot::Receiver<Option<Placed>>>,
+}
+
+type SharedProducer = Arc<Mutex<ProducerSlot>>;
+
+/// The producers by partition (or non-partitioned topic).
 type ProducerCache = HashMap<TopicName, SharedProducer>;
+
+/// Partition counts by base topic, with when they were read.
+type PartitionCounts = HashMap<TopicName, (u32, Instant)>;
 
 /// The contract on a Pulsar cluster.
 #[derive(Clone)]
@@ -75,8 +100,12 @@ pub struct PulsarBackend {
     client: Pulsar<TokioExecutor>,
     admin: Admin,
     config: Arc<PulsarConfig>,
-    /// One producer per topic named in a publish.
+    /// One producer per partition published to.
     producers: Arc<std::sync::Mutex<ProducerCache>>,
+    /// Partition counts for routing publishes to a base topic.
+    partition_counts: Arc<std::sync::Mutex<PartitionCounts>>,
+    /// Round-robin position for publishes without a key.
+    next_partition: Arc<AtomicU32>,
 }
 
 impl PulsarBackend {
@@ -101,6 +130,8 @@ impl PulsarBackend {
             admin,
             config: Arc::new(config),
             producers: Default::default(),
+            partition_counts: Default::default(),
+            next_partition: Default::default(),
         })
     }
 
@@ -115,7 +146,10 @@ impl PulsarBackend {
             .build()
             .await
             .map_err(|e| convert::error(Some(topic), e))?;
-        let producer = Arc::new(Mutex::new(producer));
+        let producer = Arc::new(Mutex::new(ProducerSlot {
+            producer,
+            previous: None,
+        }));
         Ok(self
             .lock_producers()
             .entry(topic.clone())
@@ -124,10 +158,51 @@ impl PulsarBackend {
     }
 
     fn lock_producers(&self) -> std::sync::MutexGuard<'_, ProducerCache> {
-        // Whole inserts only: a poisoned map is still consistent.
-        self.producers
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.producers)
+    }
+
+    /// The partition (or non-partitioned topic) a publish to `topic` goes
+    /// to: by key as Pulsar's Java client routes, round-robin without one.
+    async fn route(
+        &self,
+        topic: &TopicName,
+        key: Option<&[u8]>,
+    ) -> Result<TopicName, BackendError> {
+        if topic.partition_index().is_some() {
+            return Ok(topic.clone());
+        }
+        let n = self.partition_count(topic).await?;
+        if n == 0 {
+            return Ok(topic.clone());
+        }
+        let partition = match key {
+            Some(key) => convert::partition_for_key(&convert::partition_key(key).0, n),
+            None => self.next_partition.fetch_add(1, Ordering::Relaxed) % n,
+        };
+        Ok(topic.partition(partition))
+    }
+
+    /// A base topic's partition count (0: not partitioned, or absent).
+    async fn partition_count(&self, topic: &TopicName) -> Result<u32, BackendError> {
+        let cached = lock(&self.partition_counts).get(topic).copied();
+        if let Some((n, read)) = cached {
+            if read.elapsed() < PARTITION_COUNT_TTL {
+                return Ok(n);
+            }
+        }
+        let n = self
+            .client
+            .lookup_partitioned_topic_number(topic.as_str())
+            .await
+            .map_err(|e| convert::error(Some(topic), e))?;
+        lock(&self.partition_counts).insert(topic.clone(), (n, Instant::now()));
+        Ok(n)
+    }
+
+    /// Forgets what this gateway knows of a topic's partitions after it
+    /// changed them.
+    fn forget_partitions(&self, topic: &TopicName) {
+        lock(&self.partition_counts).remove(&topic.base());
     }
 
     /// Topic names of a namespace as Pulsar lists them (partitions included).
@@ -174,22 +249,66 @@ async fn check_settings(admin: &Admin) -> Result<(), BackendError> {
 
 #[async_trait]
 impl gateway_api::Backend for PulsarBackend {
+    /// Sends through the partition's cached producer and resolves once
+    /// Pulsar has persisted the message. Its offset is the entry's index,
+    /// which the send receipt does not carry: each send waits for where the
+    /// previous send of the same producer landed (receipts come in send
+    /// order), and when its entry directly follows that one in the same
+    /// ledger, its index is the previous index plus one (one message per
+    /// entry: the producer does not batch). Otherwise — the first send,
+    /// after a reconnect or ledger roll-over, or when another producer wrote
+    /// in between — the admin API tells the entry's index.
     async fn publish(
         &self,
         topic: &TopicName,
         message: NewMessage,
     ) -> Result<MessageId, BackendError> {
-        let producer = self.producer(topic).await?;
-        let pending = {
-            let mut producer = producer.lock().await;
-            producer
+        let target = self.route(topic, message.key.as_deref()).await?;
+        let slot = self.producer(&target).await?;
+        let (placed, placed_rx) = oneshot::channel();
+        let (pending, previous) = {
+            let mut slot = slot.lock().await;
+            let pending = slot
+                .producer
                 .send_non_blocking(convert::outgoing(message))
                 .await
-                .map_err(|e| convert::error(Some(topic), e))?
+                .map_err(|e| convert::error(Some(&target), e))?;
+            (pending, slot.previous.replace(placed_rx))
         };
-        let receipt = pending.await.map_err(|e| convert::error(Some(topic), e))?;
-        let id = receipt.message_id.unwrap_or_default();
-        Ok(convert::message_id(&id, None, 1))
+        // On any error below `placed` is dropped: the next send looks its
+        // entry up.
+        let receipt = pending
+            .await
+            .map_err(|e| convert::error(Some(&target), e))?;
+        let id = receipt.message_id.ok_or_else(|| {
+            BackendError::Unavailable(format!("Pulsar's receipt for {target} had no message id"))
+        })?;
+        let previous = match previous {
+            Some(previous) => previous.await.ok().flatten(),
+            None => None,
+        };
+        let index = match previous {
+            Some(p) if p.ledger == id.ledger_id && p.entry.checked_add(1) == Some(id.entry_id) => {
+                p.index + 1
+            }
+            _ => {
+                index::entry(&self.admin, &target, id.ledger_id, id.entry_id)
+                    .await?
+                    .last_index
+            }
+        };
+        let _ = placed.send(Some(Placed {
+            ledger: id.ledger_id,
+            entry: id.entry_id,
+            index,
+        }));
+        Ok(MessageId {
+            offset: index,
+            ledger_id: id.ledger_id,
+            entry_id: id.entry_id,
+            partition: target.partition_index().map_or(-1, |p| p as i32),
+            batch_index: -1,
+        })
     }
 
     async fn subscribe(
@@ -267,6 +386,7 @@ impl gateway_api::Backend for PulsarBackend {
         if self.partitions(topic).await?.is_some() {
             return Err(BackendError::TopicExists(topic.clone()));
         }
+        self.forget_partitions(topic);
         self.admin.create_topic(topic, partitions).await
     }
 
@@ -275,6 +395,7 @@ impl gateway_api::Backend for PulsarBackend {
         topic: &TopicName,
         partitions: u32,
     ) -> Result<(), BackendError> {
+        self.forget_partitions(topic);
         self.admin.update_partitions(topic, partitions).await
     }
 
@@ -283,9 +404,18 @@ impl gateway_api::Backend for PulsarBackend {
             None => return Err(BackendError::TopicNotFound(topic.clone())),
             Some(n) => n > 0,
         };
-        let cached = self.lock_producers().remove(topic);
-        if let Some(producer) = cached {
-            let _ = producer.lock().await.close().await;
+        self.forget_partitions(topic);
+        let cached: Vec<SharedProducer> = {
+            let mut producers = self.lock_producers();
+            let gone: Vec<TopicName> = producers
+                .keys()
+                .filter(|t| t.base() == topic.base())
+                .cloned()
+                .collect();
+            gone.iter().filter_map(|t| producers.remove(t)).collect()
+        };
+        for producer in cached {
+            let _ = producer.lock().await.producer.close().await;
         }
         self.admin.delete_topic(topic, partitioned).await
     }
@@ -304,25 +434,36 @@ impl gateway_api::Backend for PulsarBackend {
     }
 
     async fn last_message_id(&self, topic: &TopicName) -> Result<Option<MessageId>, BackendError> {
-        Err(BackendError::InvalidRequest(format!(
-            "last message id is not built on the Pulsar backend yet ({topic})"
-        )))
+        let partition = topic.partition_index().map_or(-1, |p| p as i32);
+        let last = index::end(&self.admin, topic, index::End::Latest).await?;
+        Ok(last.map(|entry| entry.message_id(entry.last_index, partition)))
     }
 
+    /// From the entries at both ends. A partition whose entries retention
+    /// removed entirely reads as empty at 0: the index is not kept apart
+    /// from the entries.
     async fn offsets(&self, topic: &TopicName) -> Result<OffsetRange, BackendError> {
-        Err(BackendError::InvalidRequest(format!(
-            "offsets are not built on the Pulsar backend yet ({topic})"
-        )))
+        let last = index::end(&self.admin, topic, index::End::Latest).await?;
+        let Some(last) = last else {
+            return Ok(OffsetRange {
+                earliest: 0,
+                next: 0,
+            });
+        };
+        let first = index::end(&self.admin, topic, index::End::Earliest).await?;
+        Ok(OffsetRange {
+            earliest: first.unwrap_or(last).first_index(),
+            next: last.last_index + 1,
+        })
     }
 
     async fn offset_for_timestamp(
         &self,
         topic: &TopicName,
-        _timestamp: u64,
+        timestamp: u64,
     ) -> Result<Option<u64>, BackendError> {
-        Err(BackendError::InvalidRequest(format!(
-            "offset by timestamp is not built on the Pulsar backend yet ({topic})"
-        )))
+        let entry = index::entry_for_timestamp(&self.admin, topic, timestamp).await?;
+        Ok(entry.map(|e| e.first_index()))
     }
 
     fn metadata(&self) -> Arc<dyn MetadataStore> {
@@ -338,10 +479,18 @@ impl gateway_api::Backend for PulsarBackend {
     async fn close(&self) -> Result<(), BackendError> {
         let producers: Vec<_> = self.lock_producers().drain().map(|(_, p)| p).collect();
         for producer in producers {
-            let _ = producer.lock().await.close().await;
+            let _ = producer.lock().await.producer.close().await;
         }
         Ok(())
     }
+}
+
+/// Locks a cache map; whole inserts and removals only, so a poisoned one is
+/// still consistent.
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The metadata store until it lives in Pulsar: refuses everything.
