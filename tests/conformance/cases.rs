@@ -14,7 +14,7 @@ use gateway_api::{
 use super::TestBackend;
 
 /// How long a message may take to arrive before a case fails.
-const DEADLINE: Duration = Duration::from_secs(15);
+pub const DEADLINE: Duration = Duration::from_secs(15);
 /// How long a case waits to be sure nothing more arrives.
 const QUIET: Duration = Duration::from_millis(500);
 

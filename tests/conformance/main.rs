@@ -2,6 +2,7 @@
 //! every backend through the handler contract alone.
 
 mod cases;
+mod two_gateways;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -56,6 +57,16 @@ impl TestBackend {
     /// Attaches a consumer, failing the case if the backend refuses.
     pub async fn subscribe(&self, request: SubscribeRequest) -> Box<dyn Subscription> {
         self.backend.subscribe(request).await.unwrap()
+    }
+
+    /// A second backend on the same cluster, as another gateway process
+    /// would have (Pulsar only: the embedded store has one owner).
+    pub async fn another(&self) -> Arc<dyn Backend> {
+        assert!(
+            matches!(self.kind, Kind::Pulsar),
+            "only a Pulsar cluster is shared by two gateways"
+        );
+        open(self.kind, &self.dir).await
     }
 
     /// Closes the backend and opens it again on the same data.
@@ -141,7 +152,7 @@ macro_rules! all_cases {
 all_cases!(Embedded);
 
 // The cases the Pulsar backend passes so far. The rest need what it does not
-// build yet (readers; seek by offset; the metadata store; Exclusive refusal;
+// build yet (readers; seek by offset; Exclusive refusal;
 // Shared cumulative-ack refusal; Failover and Key_Shared hand-over; new
 // partitions reaching existing subscribers), tracked in issue 4; each joins
 // here, and then the list becomes `all_cases!(Pulsar)`.
@@ -151,6 +162,7 @@ suite!(Pulsar:
     cumulative_ack_moves_the_cursor,
     deleted_topics_are_gone,
     key_shared_keeps_each_key_on_one_consumer_in_order,
+    metadata_store_compares_and_sets,
     nack_redelivers_with_a_higher_redelivery_count,
     new_subscription_starts_where_asked,
     non_durable_subscriptions_leave_nothing_behind,

@@ -11,12 +11,14 @@ use bytes::Bytes;
 use crate::error::BackendError;
 
 /// A value with the version it was written at. Versions grow with each write
-/// of the key; compare-and-set compares them.
+/// of the key; compare-and-set compares them. Only their order and equality
+/// mean anything: the embedded store counts each key's writes from 1, the
+/// Pulsar backend uses positions in its log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Versioned {
     /// The stored bytes.
     pub value: Bytes,
-    /// The version of this write (1 for the first write of a key).
+    /// The version of this write, at least 1.
     pub version: u64,
 }
 

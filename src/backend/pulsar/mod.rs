@@ -9,17 +9,21 @@
 //! carry it; see [`index`] for the rest and [`PulsarBackend::publish`] for
 //! the offsets of published messages.
 //!
-//! Not built yet (the backend answers `InvalidRequest` or `Unavailable`):
-//! seek and readers by offset, the metadata store, producer idle eviction.
+//! The metadata store is a replicated state machine on a topic
+//! ([`metadata`]).
+//!
+//! Not built yet (the backend answers `InvalidRequest`): seek and readers
+//! by offset, producer idle eviction.
 
 mod admin;
 pub mod consumer;
 pub mod convert;
 pub mod index;
+pub mod metadata;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -33,6 +37,7 @@ use tokio::sync::{oneshot, Mutex};
 
 use admin::Admin;
 use consumer::PulsarSubscription;
+use metadata::PulsarMetadata;
 
 /// Where the cluster is and how to reach it.
 #[derive(Debug, Clone)]
@@ -106,6 +111,9 @@ pub struct PulsarBackend {
     partition_counts: Arc<std::sync::Mutex<PartitionCounts>>,
     /// Round-robin position for publishes without a key.
     next_partition: Arc<AtomicU32>,
+    /// The metadata store, set once connected. The store's own backend
+    /// handle has an empty cell here, so the two do not hold each other.
+    metadata: Arc<OnceLock<Arc<PulsarMetadata>>>,
 }
 
 impl PulsarBackend {
@@ -125,14 +133,27 @@ impl PulsarBackend {
             .map_err(|e| BackendError::Unavailable(format!("{}: {e}", config.service_url)))?;
         let admin = Admin::new(&config.admin_url, config.token.clone())?;
         check_settings(&admin).await?;
-        Ok(PulsarBackend {
+        let namespace = config.namespace.clone();
+        let backend = PulsarBackend {
             client,
             admin,
             config: Arc::new(config),
             producers: Default::default(),
             partition_counts: Default::default(),
             next_partition: Default::default(),
-        })
+            metadata: Default::default(),
+        };
+        let store = PulsarMetadata::start(backend.without_metadata(), &namespace).await?;
+        let _ = backend.metadata.set(Arc::new(store));
+        Ok(backend)
+    }
+
+    /// This backend with no metadata store, for the store itself.
+    fn without_metadata(&self) -> PulsarBackend {
+        PulsarBackend {
+            metadata: Default::default(),
+            ..self.clone()
+        }
     }
 
     async fn producer(&self, topic: &TopicName) -> Result<SharedProducer, BackendError> {
@@ -427,6 +448,7 @@ impl gateway_api::Backend for PulsarBackend {
             .iter()
             .filter_map(|t| t.parse::<TopicName>().ok())
             .map(|t| t.base())
+            .filter(|t| t.local_name() != metadata::LOG_TOPIC)
             .collect();
         topics.sort();
         topics.dedup();
@@ -467,7 +489,10 @@ impl gateway_api::Backend for PulsarBackend {
     }
 
     fn metadata(&self) -> Arc<dyn MetadataStore> {
-        Arc::new(NoMetadata)
+        match self.metadata.get() {
+            Some(store) => store.clone(),
+            None => Arc::new(NoMetadata),
+        }
     }
 
     async fn ready(&self) -> Result<(), BackendError> {
@@ -477,6 +502,9 @@ impl gateway_api::Backend for PulsarBackend {
     }
 
     async fn close(&self) -> Result<(), BackendError> {
+        if let Some(store) = self.metadata.get() {
+            store.close();
+        }
         let producers: Vec<_> = self.lock_producers().drain().map(|(_, p)| p).collect();
         for producer in producers {
             let _ = producer.lock().await.producer.close().await;
@@ -493,7 +521,7 @@ fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The metadata store until it lives in Pulsar: refuses everything.
+/// The metadata store of the store's own backend handle: refuses everything.
 struct NoMetadata;
 
 #[async_trait]
@@ -529,6 +557,6 @@ impl MetadataStore for NoMetadata {
 
 fn not_built(key: &str) -> BackendError {
     BackendError::Unavailable(format!(
-        "the metadata store is not built on the Pulsar backend yet (key {key})"
+        "no metadata store on this handle of the Pulsar backend (key {key})"
     ))
 }

@@ -1,0 +1,100 @@
+//! Two gateways on one Pulsar cluster: what one writes, the other sees.
+//! Pulsar only (the embedded store belongs to one process).
+
+use std::collections::HashSet;
+
+use bytes::Bytes;
+use gateway_api::{BackendError, ExpectedVersion, NewMessage, SubscribeRequest};
+
+use super::{Kind, TestBackend};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_written_by_one_gateway_is_read_and_guarded_by_the_other() {
+    let a = TestBackend::start(Kind::Pulsar).await;
+    let b = a.another().await;
+    let (meta_a, meta_b) = (a.backend.metadata(), b.metadata());
+    let key = format!("test/{}/shared", a.run_id);
+
+    let v1 = meta_a
+        .put(&key, Bytes::from_static(b"from a"), ExpectedVersion::Absent)
+        .await
+        .unwrap();
+    let seen = meta_b.get(&key).await.unwrap().expect("b sees a's write");
+    assert_eq!(
+        (seen.value, seen.version),
+        (Bytes::from_static(b"from a"), v1)
+    );
+    let scanned = meta_b.scan(&format!("test/{}/", a.run_id)).await.unwrap();
+    assert_eq!(scanned.len(), 1);
+
+    // Both race to replace version v1: exactly one wins, and both then
+    // read the winner.
+    let (ra, rb) = tokio::join!(
+        meta_a.put(
+            &key,
+            Bytes::from_static(b"a wins"),
+            ExpectedVersion::Exactly(v1)
+        ),
+        meta_b.put(
+            &key,
+            Bytes::from_static(b"b wins"),
+            ExpectedVersion::Exactly(v1)
+        ),
+    );
+    let (winner, version) = match (ra, rb) {
+        (Ok(v), Err(BackendError::VersionConflict(_))) => ("a wins", v),
+        (Err(BackendError::VersionConflict(_)), Ok(v)) => ("b wins", v),
+        other => panic!("exactly one compare-and-set must win: {other:?}"),
+    };
+    for meta in [&meta_a, &meta_b] {
+        let now = meta.get(&key).await.unwrap().unwrap();
+        assert_eq!((now.value, now.version), (Bytes::from(winner), version));
+    }
+
+    meta_b
+        .delete(&key, ExpectedVersion::Exactly(version))
+        .await
+        .unwrap();
+    assert_eq!(meta_a.get(&key).await.unwrap(), None);
+    b.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_from_two_gateways_interleave_with_contiguous_offsets() {
+    let a = TestBackend::start(Kind::Pulsar).await;
+    let b = a.another().await;
+    let topic = a.topic("two-gateways");
+    let mut tasks = Vec::new();
+    for (name, backend) in [("a", a.backend.clone()), ("b", b.clone())] {
+        for p in 0..4 {
+            let (backend, topic) = (backend.clone(), topic.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut offsets = Vec::new();
+                for i in 0..25 {
+                    let message = NewMessage::new(format!("{name}{p}-{i}"));
+                    offsets.push(backend.publish(&topic, message).await.unwrap().offset);
+                }
+                offsets
+            }));
+        }
+    }
+    let mut published = Vec::new();
+    for task in tasks {
+        published.extend(task.await.unwrap());
+    }
+    published.sort_unstable();
+    assert_eq!(published, (0..200).collect::<Vec<u64>>());
+
+    // What a consumer receives carries the same offsets.
+    let sub = a.subscribe(SubscribeRequest::new(topic.clone(), "s")).await;
+    let mut received = HashSet::new();
+    for _ in 0..200 {
+        let message = tokio::time::timeout(super::cases::DEADLINE, sub.receive())
+            .await
+            .expect("a message in time")
+            .unwrap();
+        received.insert(message.id.offset);
+    }
+    assert_eq!(received, (0..200).collect::<HashSet<u64>>());
+    b.close().await.unwrap();
+}
