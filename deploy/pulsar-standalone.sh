@@ -16,6 +16,9 @@
 #                             (HS256); a secret key is generated in DIR unless
 #   --token-secret-key FILE   names one (implies --token-auth). The superuser
 #                             role is "admin"; its token is written to DIR/admin.token.
+#   --small-ledgers           roll ledgers every 200 entries with no minimum
+#                             age, so tests see roll-over and retention's
+#                             ledger trimming within seconds
 #
 # Environment:
 #   PULSAR_PORT (6650)  PULSAR_WEB_PORT (8081); the bookie takes a free ephemeral port
@@ -142,6 +145,12 @@ webSocketServiceEnabled=true
 # Stop quickly in tests.
 brokerShutdownTimeoutMs=5000
 EOF
+    if [[ "$SMALL_LEDGERS" == 1 ]]; then
+        cat >>"$conf" <<EOF
+managedLedgerMaxEntriesPerLedger=200
+managedLedgerMinLedgerRolloverTimeMinutes=0
+EOF
+    fi
     if [[ -n "$TOKEN_KEY" ]]; then
         cat >>"$conf" <<EOF
 authenticationEnabled=true
@@ -172,12 +181,14 @@ setup_token_auth() {
 cmd_start() {
     local keep_data=0 token_auth=0
     TOKEN_KEY=""
+    SMALL_LEDGERS=0
     while [[ $# -gt 0 ]]; do
         case "$1" in
             --run-dir) RUN_DIR="$2"; shift 2 ;;
             --keep-data) keep_data=1; shift ;;
             --token-auth) token_auth=1; shift ;;
             --token-secret-key) token_auth=1; TOKEN_KEY="$2"; shift 2 ;;
+            --small-ledgers) SMALL_LEDGERS=1; shift ;;
             *) die "unknown start option: $1" ;;
         esac
     done

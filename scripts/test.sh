@@ -147,7 +147,7 @@ export PULSAR_WEB_PORT="${PULSAR_GATEWAY_TEST_PULSAR_WEB_PORT:-18081}"
 PULSAR_RUN_DIR="$(mktemp -d "${TMPDIR:-/tmp}/pulsar-gateway-test-XXXXXX")"
 export PULSAR_RUN_DIR
 deploy/pulsar-standalone.sh fetch
-deploy/pulsar-standalone.sh start --run-dir "$PULSAR_RUN_DIR" >"$PULSAR_RUN_DIR/start.log" 2>&1 &
+deploy/pulsar-standalone.sh start --small-ledgers --run-dir "$PULSAR_RUN_DIR" >"$PULSAR_RUN_DIR/start.log" 2>&1 &
 PULSAR_START_PID=$!
 # on_exit stops it.
 

@@ -2,7 +2,7 @@
 //! every backend through the handler contract alone.
 
 mod cases;
-mod two_gateways;
+mod cluster;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};

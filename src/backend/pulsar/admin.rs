@@ -4,8 +4,10 @@
 
 use std::collections::HashMap;
 
+use gateway_api::topic::Namespace;
 use gateway_api::{BackendError, TopicName};
 use reqwest::{Method, StatusCode};
+use serde::{Deserialize, Serialize};
 
 /// A client of one cluster's admin API.
 #[derive(Clone)]
@@ -131,6 +133,46 @@ impl Admin {
         outcome(topic, status, text, (StatusCode::NOT_FOUND, missing))
     }
 
+    /// A namespace's own retention policy: `Ok(None)` when it has none (the
+    /// broker's defaults apply), `Err(NotAuthorized)` when this role may
+    /// not read it.
+    pub async fn retention(
+        &self,
+        namespace: &Namespace,
+    ) -> Result<Option<Retention>, BackendError> {
+        let path = format!(
+            "/admin/v2/namespaces/{}/{}/retention",
+            namespace.tenant, namespace.namespace
+        );
+        let (status, text) = self.call(Method::GET, &path, None).await?;
+        match status {
+            s if s.is_success() && text.trim().is_empty() => Ok(None),
+            s if s.is_success() => serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| BackendError::Unavailable(format!("admin API {path}: {e}"))),
+            s => Err(namespace_refused(namespace, s, text)),
+        }
+    }
+
+    /// Sets a namespace's retention policy.
+    pub async fn set_retention(
+        &self,
+        namespace: &Namespace,
+        retention: Retention,
+    ) -> Result<(), BackendError> {
+        let path = format!(
+            "/admin/v2/namespaces/{}/{}/retention",
+            namespace.tenant, namespace.namespace
+        );
+        let body = serde_json::to_string(&retention)
+            .map_err(|e| BackendError::InvalidRequest(format!("retention policy: {e}")))?;
+        let (status, text) = self.call(Method::POST, &path, Some(body)).await?;
+        match status {
+            s if s.is_success() => Ok(()),
+            s => Err(namespace_refused(namespace, s, text)),
+        }
+    }
+
     /// The broker's effective settings, or `None` when the API does not let
     /// this role read them (it needs super-user rights).
     pub async fn broker_settings(&self) -> Result<Option<HashMap<String, String>>, BackendError> {
@@ -145,6 +187,39 @@ impl Admin {
                 "admin API {path}: {s} {text}"
             ))),
         }
+    }
+}
+
+/// How long a namespace keeps messages every subscription acknowledged, or
+/// that no subscription will read: by age and by size; -1 is unbounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Retention {
+    /// Minutes kept, -1 for ever.
+    pub retention_time_in_minutes: i64,
+    /// Megabytes kept, -1 without limit.
+    #[serde(rename = "retentionSizeInMB")]
+    pub retention_size_in_mb: i64,
+}
+
+impl Retention {
+    /// Whether this keeps at least what `other` keeps, in age and in size.
+    pub fn covers(&self, other: &Retention) -> bool {
+        let at_least = |mine: i64, wanted: i64| mine < 0 || (wanted >= 0 && mine >= wanted);
+        at_least(
+            self.retention_time_in_minutes,
+            other.retention_time_in_minutes,
+        ) && at_least(self.retention_size_in_mb, other.retention_size_in_mb)
+    }
+}
+
+fn namespace_refused(namespace: &Namespace, status: StatusCode, text: String) -> BackendError {
+    match status {
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => BackendError::InvalidRequest(format!(
+            "this role may not manage namespace {}/{}'s retention: {status} {text}",
+            namespace.tenant, namespace.namespace
+        )),
+        s => BackendError::Unavailable(format!("admin API: {s} {text}")),
     }
 }
 
@@ -171,5 +246,31 @@ pub(super) fn refused(topic: &TopicName, status: StatusCode, text: String) -> Ba
         },
         s if s.is_client_error() => BackendError::InvalidRequest(format!("{s}: {text}")),
         s => BackendError::Unavailable(format!("admin API: {s} {text}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Retention;
+
+    fn r(minutes: i64, mb: i64) -> Retention {
+        Retention {
+            retention_time_in_minutes: minutes,
+            retention_size_in_mb: mb,
+        }
+    }
+
+    #[test]
+    fn unbounded_retention_covers_everything_and_zero_nothing() {
+        assert!(r(-1, -1).covers(&r(10_080, -1)));
+        assert!(r(20_000, -1).covers(&r(10_080, -1)));
+        assert!(!r(20_000, 500).covers(&r(10_080, -1)));
+        assert!(!r(0, 0).covers(&r(10_080, -1)));
+        assert!(!r(60, -1).covers(&r(10_080, -1)));
+        let json = serde_json::to_string(&r(5, -1)).unwrap();
+        assert_eq!(
+            json,
+            r#"{"retentionTimeInMinutes":5,"retentionSizeInMB":-1}"#
+        );
     }
 }

@@ -35,7 +35,7 @@ use pulsar::consumer::ConsumerOptions;
 use pulsar::{Producer, Pulsar, TokioExecutor};
 use tokio::sync::{oneshot, Mutex};
 
-use admin::Admin;
+use admin::{Admin, Retention};
 use consumer::PulsarSubscription;
 use metadata::PulsarMetadata;
 
@@ -82,6 +82,15 @@ struct Placed {
     entry: u64,
     index: u64,
 }
+
+/// The retention the gateway's namespace must have at least: Kafka's and
+/// AMQP's "publish now, consume later" needs messages kept when no
+/// subscription exists yet, which Pulsar's default (0) does not do. A week
+/// by age and no size bound, as Kafka's default.
+pub const DEFAULT_RETENTION: Retention = Retention {
+    retention_time_in_minutes: 7 * 24 * 60,
+    retention_size_in_mb: -1,
+};
 
 /// A cached producer, locked only to enqueue a send, with the end of its
 /// chain of placements (see [`PulsarBackend::publish`]).
@@ -132,8 +141,9 @@ impl PulsarBackend {
             .await
             .map_err(|e| BackendError::Unavailable(format!("{}: {e}", config.service_url)))?;
         let admin = Admin::new(&config.admin_url, config.token.clone())?;
-        check_settings(&admin).await?;
+        let settings = check_settings(&admin).await?;
         let namespace = config.namespace.clone();
+        ensure_retention(&admin, &namespace, DEFAULT_RETENTION, settings.as_ref()).await?;
         let backend = PulsarBackend {
             client,
             admin,
@@ -241,7 +251,7 @@ impl PulsarBackend {
 /// Refuses a cluster without the settings in [`REQUIRED_SETTINGS`]. When the
 /// gateway's role may not read broker settings, the check cannot be made;
 /// it says so and goes on.
-async fn check_settings(admin: &Admin) -> Result<(), BackendError> {
+async fn check_settings(admin: &Admin) -> Result<Option<HashMap<String, String>>, BackendError> {
     let Some(settings) = admin.broker_settings().await? else {
         tracing::warn!(
             "cannot read the broker's settings (needs a super-user token); make sure it has: {}",
@@ -251,7 +261,7 @@ async fn check_settings(admin: &Admin) -> Result<(), BackendError> {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        return Ok(());
+        return Ok(None);
     };
     for (key, wanted, why) in REQUIRED_SETTINGS {
         let value = settings.get(key).map(String::as_str).unwrap_or("");
@@ -265,7 +275,39 @@ async fn check_settings(admin: &Admin) -> Result<(), BackendError> {
             )));
         }
     }
-    Ok(())
+    Ok(Some(settings))
+}
+
+/// Raises `namespace`'s retention to `wanted` when it keeps less (its own
+/// policy, or else the broker's default from `settings`); never lowers it.
+/// Refuses to start when it keeps less and may not be changed: messages
+/// published before their first subscription would be lost.
+async fn ensure_retention(
+    admin: &Admin,
+    namespace: &Namespace,
+    wanted: Retention,
+    settings: Option<&HashMap<String, String>>,
+) -> Result<(), BackendError> {
+    let broker_default = |key: &str| {
+        settings
+            .and_then(|s| s.get(key))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let current = admin.retention(namespace).await?.unwrap_or(Retention {
+        retention_time_in_minutes: broker_default("defaultRetentionTimeInMinutes"),
+        retention_size_in_mb: broker_default("defaultRetentionSizeInMB"),
+    });
+    if current.covers(&wanted) {
+        return Ok(());
+    }
+    tracing::info!(
+        namespace = %format!("{}/{}", namespace.tenant, namespace.namespace),
+        ?current,
+        ?wanted,
+        "raising the namespace's retention so messages wait for their first subscription"
+    );
+    admin.set_retention(namespace, wanted).await
 }
 
 #[async_trait]

@@ -1,5 +1,5 @@
-//! Two gateways on one Pulsar cluster: what one writes, the other sees.
-//! Pulsar only (the embedded store belongs to one process).
+//! What only a Pulsar cluster has: two gateways on it (what one writes,
+//! the other sees), and Pulsar's own retention.
 
 use std::collections::HashSet;
 
@@ -97,4 +97,62 @@ async fn publishes_from_two_gateways_interleave_with_contiguous_offsets() {
     }
     assert_eq!(received, (0..200).collect::<HashSet<u64>>());
     b.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_published_before_any_subscription_wait_for_it() {
+    let b = TestBackend::start(Kind::Pulsar).await;
+    let topic = b.topic("retained");
+    // 600 entries: three ledgers closed on a standalone started with
+    // --small-ledgers (200 entries each), which retention may trim.
+    for i in 0..600 {
+        b.backend
+            .publish(&topic, NewMessage::new(format!("m{i}")))
+            .await
+            .unwrap();
+    }
+    let web = std::env::var("PULSAR_GATEWAY_TEST_PULSAR_WEB_URL").unwrap();
+    let path = format!(
+        "{web}/admin/v2/persistent/public/default/{}",
+        topic.local_name()
+    );
+    let stats = ureq::get(&format!("{path}/internalStats"))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_to_string()
+        .unwrap();
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    assert!(
+        stats["currentLedgerEntries"].as_u64().unwrap() < 600,
+        "the standalone rolls ledgers every 200 entries: {stats}"
+    );
+    // Run the broker's retention pass now as well as at each roll-over:
+    // with Pulsar's default retention (0) it deletes every closed ledger of
+    // a topic without subscriptions.
+    ureq::post(&format!("{path}/trim")).send_empty().unwrap();
+    let stats = ureq::get(&format!("{path}/internalStats"))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_to_string()
+        .unwrap();
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    assert_eq!(
+        stats["numberOfEntries"].as_u64(),
+        Some(600),
+        "retention kept every closed ledger: {stats}"
+    );
+
+    let sub = b
+        .subscribe(SubscribeRequest::new(topic.clone(), "late"))
+        .await;
+    for i in 0..600u64 {
+        let message = tokio::time::timeout(super::cases::DEADLINE, sub.receive())
+            .await
+            .expect("a message in time")
+            .unwrap();
+        assert_eq!(message.id.offset, i);
+        assert_eq!(message.payload, Bytes::from(format!("m{i}")));
+    }
 }
