@@ -1,0 +1,226 @@
+//! Pulsar restarted under load: the Pulsar backend reconnects by itself,
+//! callers see retriable errors while Pulsar is down, readiness follows
+//! Pulsar, and no message whose publish was acknowledged is lost.
+//!
+//! This test runs its own standalone (deploy/pulsar-standalone.sh, on ports
+//! of its own) since it stops it; it needs the Pulsar tarball the test
+//! command fetches.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gateway_api::topic::Namespace;
+use gateway_api::{Backend, BackendError, NewMessage, SubscribeRequest, TopicName};
+use pulsar_gateway::backend::pulsar::{PulsarBackend, PulsarConfig};
+
+/// Ports of this test's standalone, apart from the shared test one.
+const PORT: u16 = 26650;
+const WEB_PORT: u16 = 28081;
+/// How long each publish may take before it counts as failed.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long Pulsar may take to start, and the backend to come back.
+const RECOVERY: Duration = Duration::from_secs(180);
+
+struct Standalone {
+    run_dir: PathBuf,
+}
+
+impl Standalone {
+    async fn start(&self, keep_data: bool) {
+        let mut args = vec!["start", "--small-ledgers"];
+        if keep_data {
+            args.push("--keep-data");
+        }
+        self.script(args).await;
+    }
+
+    async fn stop(&self) {
+        self.script(vec!["stop"]).await;
+    }
+
+    async fn script(&self, args: Vec<&'static str>) {
+        let run_dir = self.run_dir.clone();
+        tokio::task::spawn_blocking(move || run_script(&run_dir, &args))
+            .await
+            .unwrap();
+    }
+}
+
+fn script_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/pulsar-standalone.sh")
+}
+
+/// Runs deploy/pulsar-standalone.sh with this test's ports, failing the
+/// test if it fails.
+fn run_script(run_dir: &Path, args: &[&str]) {
+    let status = Command::new("bash")
+        .arg(script_path())
+        .args(args)
+        .arg("--run-dir")
+        .arg(run_dir)
+        .env("PULSAR_PORT", PORT.to_string())
+        .env("PULSAR_WEB_PORT", WEB_PORT.to_string())
+        .status()
+        .expect("bash runs deploy/pulsar-standalone.sh");
+    assert!(
+        status.success(),
+        "deploy/pulsar-standalone.sh {args:?} failed ({status}); logs in {}",
+        run_dir.display()
+    );
+}
+
+impl Drop for Standalone {
+    fn drop(&mut self) {
+        // Best effort, also when the test panicked.
+        let _ = Command::new("bash")
+            .arg(script_path())
+            .args(["stop", "--run-dir"])
+            .arg(&self.run_dir)
+            .status();
+    }
+}
+
+/// Polls `check` every 200 ms until it holds; fails the test after `limit`.
+async fn wait_until<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {limit:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    acknowledged: Vec<String>,
+    errors: Vec<BackendError>,
+    timeouts: usize,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulsar_restart_under_load_loses_no_acknowledged_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Standalone {
+        run_dir: dir.path().to_owned(),
+    };
+    cluster.start(false).await;
+    let config = PulsarConfig {
+        service_url: format!("pulsar://127.0.0.1:{PORT}"),
+        admin_url: format!("http://127.0.0.1:{WEB_PORT}"),
+        token: None,
+        namespace: Namespace::default(),
+    };
+    let backend: Arc<dyn Backend> = Arc::new(PulsarBackend::connect(config).await.unwrap());
+    let topic = TopicName::from_kafka("restart-under-load", &Namespace::default()).unwrap();
+
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut publishers = Vec::new();
+    for p in 0..4 {
+        let (backend, topic, tally, stop) =
+            (backend.clone(), topic.clone(), tally.clone(), stop.clone());
+        publishers.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let payload = format!("p{p}-{i}");
+                i += 1;
+                let sent = tokio::time::timeout(
+                    PUBLISH_TIMEOUT,
+                    backend.publish(&topic, NewMessage::new(payload.clone())),
+                )
+                .await;
+                let ok = matches!(sent, Ok(Ok(_)));
+                {
+                    let mut tally = tally.lock().unwrap();
+                    match sent {
+                        Ok(Ok(_)) => tally.acknowledged.push(payload),
+                        Ok(Err(e)) => tally.errors.push(e),
+                        Err(_) => tally.timeouts += 1,
+                    }
+                }
+                if !ok {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }));
+    }
+    let acknowledged = || tally.lock().unwrap().acknowledged.len();
+    wait_until("200 publishes before the restart", RECOVERY, || async {
+        acknowledged() >= 200
+    })
+    .await;
+
+    cluster.stop().await;
+    let failed = || {
+        let t = tally.lock().unwrap();
+        t.errors.len() + t.timeouts
+    };
+    let failed_before = failed();
+    wait_until("readiness goes false", RECOVERY, || async {
+        backend.ready().await.is_err()
+    })
+    .await;
+    wait_until("publishes fail while Pulsar is down", RECOVERY, || async {
+        failed() > failed_before
+    })
+    .await;
+
+    cluster.start(true).await;
+    wait_until("readiness comes back", RECOVERY, || async {
+        backend.ready().await.is_ok()
+    })
+    .await;
+    let after_restart = acknowledged();
+    wait_until("publishes succeed again", RECOVERY, || async {
+        acknowledged() >= after_restart + 200
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for publisher in publishers {
+        publisher.await.unwrap();
+    }
+
+    let tally = std::mem::take(&mut *tally.lock().unwrap());
+    eprintln!(
+        "acknowledged {}, failed {} (errors) + {} (timeouts)",
+        tally.acknowledged.len(),
+        tally.errors.len(),
+        tally.timeouts
+    );
+    let not_retriable: Vec<_> = tally.errors.iter().filter(|e| !e.is_retriable()).collect();
+    assert!(
+        not_retriable.is_empty(),
+        "while Pulsar was down, errors were retriable: {not_retriable:?}"
+    );
+
+    let sub = backend
+        .subscribe(SubscribeRequest::new(topic.clone(), "check"))
+        .await
+        .unwrap();
+    let mut missing: HashSet<String> = tally.acknowledged.iter().cloned().collect();
+    let total = missing.len();
+    while !missing.is_empty() {
+        let message = tokio::time::timeout(Duration::from_secs(30), sub.receive())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{} of {total} acknowledged messages never arrived, e.g. {:?}",
+                    missing.len(),
+                    missing.iter().next()
+                )
+            })
+            .unwrap();
+        missing.remove(String::from_utf8_lossy(&message.payload).as_ref());
+    }
+    backend.close().await.unwrap();
+}
