@@ -8,6 +8,10 @@
 //! (`segment_bytes` = `--segment-bytes` = `PULSAR_GATEWAY_SEGMENT_BYTES`).
 //! `gateway.example.toml` documents every key and holds the defaults; a
 //! test keeps the two equal.
+//!
+//! Files the configuration names (the Pulsar token, trusted certificates)
+//! are read at start-up by [`Config::pulsar_config`], not while loading, so
+//! that `--help` and a config check never touch them.
 
 use std::ffi::OsString;
 use std::fmt;
@@ -20,6 +24,8 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
 use gateway_api::topic::Namespace;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::backend::pulsar::PulsarConfig;
 
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +46,16 @@ pub enum ConfigError {
         /// The TOML parser's explanation, with line and column.
         message: String,
     },
+    /// A file named by a key (not the config file) could not be read.
+    #[error("cannot read {key} {path}: {source}")]
+    ReadFile {
+        /// The key naming the file (as written in the TOML file).
+        key: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
     /// A value is well-formed but unusable.
     #[error("invalid {key}: {message}")]
     Invalid {
@@ -57,7 +73,7 @@ pub enum BackendKind {
     /// The embedded durable store under `data_dir`: no cluster needed.
     #[default]
     Embedded,
-    /// An Apache Pulsar cluster at `pulsar_url` (not built yet).
+    /// An Apache Pulsar cluster at `pulsar_url`.
     Pulsar,
 }
 
@@ -244,9 +260,24 @@ pub struct Config {
     /// Where the embedded store keeps its files (and where start-up proves
     /// it can write).
     pub data_dir: PathBuf,
-    /// The Pulsar cluster's service URL, for `backend = "pulsar"`.
+    /// The Pulsar cluster's service URL, for `backend = "pulsar"`:
+    /// `pulsar://host:6650`, or `pulsar+ssl://host:6651` for TLS.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pulsar_url: Option<String>,
+    /// The cluster's admin REST API (topic creation, the start-up check of
+    /// broker settings). Unset: derived from `pulsar_url` with Pulsar's
+    /// default ports, see [`derive_pulsar_admin_url`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pulsar_admin_url: Option<String>,
+    /// A file holding the JWT the gateway presents to Pulsar on both APIs,
+    /// read once at start-up. Unset: no authentication toward Pulsar.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pulsar_token_file: Option<PathBuf>,
+    /// PEM CA certificates trusted on TLS connections to Pulsar
+    /// (`pulsar+ssl://`, `https://`), on top of the built-in public roots;
+    /// for a cluster whose certificate a private CA signed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pulsar_tls_trust_certs_file: Option<PathBuf>,
     /// Kafka clients connect here (`off`: no Kafka listener).
     pub kafka_addr: ListenAddr,
     /// MQTT clients connect here (`off`: no MQTT listener).
@@ -305,6 +336,9 @@ impl Default for Config {
             backend: BackendKind::default(),
             data_dir: defaults::data_dir(),
             pulsar_url: None,
+            pulsar_admin_url: None,
+            pulsar_token_file: None,
+            pulsar_tls_trust_certs_file: None,
             kafka_addr: defaults::kafka_addr(),
             mqtt_addr: defaults::mqtt_addr(),
             amqp_addr: defaults::amqp_addr(),
@@ -347,15 +381,28 @@ struct Cli {
     /// TOML config file (see gateway.example.toml).
     #[arg(long, env = "PULSAR_GATEWAY_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Where topics are stored (the Pulsar backend is not built yet).
+    /// Where topics are stored: the embedded store, or the Pulsar cluster at --pulsar-url.
     #[arg(long, env = "PULSAR_GATEWAY_BACKEND", value_enum, default_value_t)]
     backend: BackendKind,
     /// Directory of the embedded store.
     #[arg(long, env = "PULSAR_GATEWAY_DATA_DIR", value_name = "DIR", default_value_os_t = defaults::data_dir())]
     data_dir: PathBuf,
-    /// Pulsar service URL, for --backend pulsar.
+    /// Pulsar service URL, for --backend pulsar: pulsar://host:6650, or pulsar+ssl://host:6651 (TLS).
     #[arg(long, env = "PULSAR_GATEWAY_PULSAR_URL", value_name = "URL")]
     pulsar_url: Option<String>,
+    /// Pulsar admin REST API [default: from --pulsar-url, pulsar://h:6650 -> http://h:8080, pulsar+ssl://h:6651 -> https://h:8443].
+    #[arg(long, env = "PULSAR_GATEWAY_PULSAR_ADMIN_URL", value_name = "URL")]
+    pulsar_admin_url: Option<String>,
+    /// File holding the JWT presented to Pulsar (read at start-up).
+    #[arg(long, env = "PULSAR_GATEWAY_PULSAR_TOKEN_FILE", value_name = "FILE")]
+    pulsar_token_file: Option<PathBuf>,
+    /// PEM CA certificates trusted for TLS to Pulsar, besides the built-in public roots.
+    #[arg(
+        long,
+        env = "PULSAR_GATEWAY_PULSAR_TLS_TRUST_CERTS_FILE",
+        value_name = "FILE"
+    )]
+    pulsar_tls_trust_certs_file: Option<PathBuf>,
     /// Kafka listener address, or `off`.
     #[arg(long, env = "PULSAR_GATEWAY_KAFKA_ADDR", value_name = "ADDR", default_value_t = defaults::kafka_addr())]
     kafka_addr: ListenAddr,
@@ -484,6 +531,13 @@ impl Config {
         overlay(m, "backend", &mut self.backend);
         overlay(m, "data_dir", &mut self.data_dir);
         overlay_opt(m, "pulsar_url", &mut self.pulsar_url);
+        overlay_opt(m, "pulsar_admin_url", &mut self.pulsar_admin_url);
+        overlay_opt(m, "pulsar_token_file", &mut self.pulsar_token_file);
+        overlay_opt(
+            m,
+            "pulsar_tls_trust_certs_file",
+            &mut self.pulsar_tls_trust_certs_file,
+        );
         overlay(m, "kafka_addr", &mut self.kafka_addr);
         overlay(m, "mqtt_addr", &mut self.mqtt_addr);
         overlay(m, "amqp_addr", &mut self.amqp_addr);
@@ -513,6 +567,9 @@ impl Config {
     /// Checks what types alone do not.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.default_namespace()?;
+        if self.backend == BackendKind::Pulsar {
+            self.pulsar_urls()?;
+        }
         if self.max_connections == 0 {
             return Err(ConfigError::Invalid {
                 key: "max_connections",
@@ -538,6 +595,199 @@ impl Config {
             message: e.to_string(),
         })
     }
+
+    /// The Pulsar service URL (with its port made explicit) and admin URL
+    /// (`pulsar_admin_url`, or derived from the service URL).
+    pub fn pulsar_urls(&self) -> Result<(String, String), ConfigError> {
+        let url = self.pulsar_url.as_deref().ok_or(ConfigError::Invalid {
+            key: "pulsar_url",
+            message: "backend = \"pulsar\" needs the cluster's service URL, \
+                      e.g. --pulsar-url pulsar://localhost:6650"
+                .into(),
+        })?;
+        let service = ServiceUrl::parse(url).map_err(|message| ConfigError::Invalid {
+            key: "pulsar_url",
+            message,
+        })?;
+        let admin = match self.pulsar_admin_url.as_deref().map(str::trim) {
+            None => service.admin_url(),
+            Some(admin) => {
+                let scheme_ok = ["http://", "https://"].iter().any(|scheme| {
+                    admin.len() > scheme.len()
+                        && admin
+                            .get(..scheme.len())
+                            .is_some_and(|s| s.eq_ignore_ascii_case(scheme))
+                });
+                if !scheme_ok {
+                    return Err(ConfigError::Invalid {
+                        key: "pulsar_admin_url",
+                        message: format!(
+                            "'{admin}' is not an http:// or https:// URL (e.g. http://localhost:8080)"
+                        ),
+                    });
+                }
+                admin.trim_end_matches('/').to_owned()
+            }
+        };
+        Ok((service.to_string(), admin))
+    }
+
+    /// Everything the Pulsar backend needs, reading the files the
+    /// configuration names (token, trusted certificates). Errors name the
+    /// key and the file. The token itself appears in no error and no log.
+    pub fn pulsar_config(&self) -> Result<PulsarConfig, ConfigError> {
+        let (service_url, admin_url) = self.pulsar_urls()?;
+        let token = match &self.pulsar_token_file {
+            None => None,
+            Some(path) => Some(read_token(path)?),
+        };
+        let tls_trust_certs = match &self.pulsar_tls_trust_certs_file {
+            None => None,
+            Some(path) => Some(read_trusted_certs(path)?),
+        };
+        Ok(PulsarConfig {
+            service_url,
+            admin_url,
+            token,
+            namespace: self.default_namespace()?,
+            tls_trust_certs,
+        })
+    }
+}
+
+/// The Pulsar admin URL that Pulsar's default ports put next to a service
+/// URL: the same host, `http://host:8080` for `pulsar://` and
+/// `https://host:8443` for `pulsar+ssl://`, whatever the service port.
+/// A cluster on other ports needs `pulsar_admin_url`.
+pub fn derive_pulsar_admin_url(service_url: &str) -> Result<String, String> {
+    ServiceUrl::parse(service_url).map(|url| url.admin_url())
+}
+
+/// A Pulsar service URL, checked: `pulsar[+ssl]://host[:port][/]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ServiceUrl {
+    /// `pulsar+ssl://`: TLS on both APIs.
+    tls: bool,
+    /// A name, an IPv4 address, or an IPv6 address in brackets.
+    host: String,
+    /// The port given, or the scheme's default (6650, TLS 6651).
+    port: u16,
+}
+
+impl ServiceUrl {
+    fn parse(url: &str) -> Result<ServiceUrl, String> {
+        let url = url.trim();
+        let scheme_end = url.find("://").unwrap_or(0);
+        let (tls, rest) = match url[..scheme_end].to_ascii_lowercase().as_str() {
+            "pulsar" => (false, &url[scheme_end + 3..]),
+            "pulsar+ssl" => (true, &url[scheme_end + 3..]),
+            _ => {
+                return Err(format!(
+                    "'{url}' is not a pulsar:// or pulsar+ssl:// URL (e.g. pulsar://localhost:6650)"
+                ))
+            }
+        };
+        let authority = rest.strip_suffix('/').unwrap_or(rest);
+        if authority.contains(',') {
+            return Err(format!(
+                "'{url}' lists several hosts; give one address (a DNS name or load balancer in front of the brokers)"
+            ));
+        }
+        if authority.contains(['/', '@', '?', '#']) {
+            return Err(format!(
+                "'{url}' must be scheme://host:port, without path, user or query"
+            ));
+        }
+        // `[v6]:port`, `[v6]`, `host:port`, `host`.
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((host, port)) if !authority.ends_with(']') => {
+                let port = port
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|&p| p > 0)
+                    .ok_or_else(|| format!("'{url}': '{port}' is not a port number"))?;
+                (host, port)
+            }
+            _ => (authority, if tls { 6651 } else { 6650 }),
+        };
+        let bracketed = host.starts_with('[') && host.ends_with(']');
+        if host.is_empty() || (host.contains(':') && !bracketed) {
+            return Err(format!("'{url}' has no usable host"));
+        }
+        Ok(ServiceUrl {
+            tls,
+            host: host.to_owned(),
+            port,
+        })
+    }
+
+    fn admin_url(&self) -> String {
+        match self.tls {
+            false => format!("http://{}:8080", self.host),
+            true => format!("https://{}:8443", self.host),
+        }
+    }
+}
+
+impl fmt::Display for ServiceUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.tls { "pulsar+ssl" } else { "pulsar" };
+        write!(f, "{scheme}://{}:{}", self.host, self.port)
+    }
+}
+
+/// The JWT in `path`, without surrounding whitespace (files usually end
+/// with a newline).
+fn read_token(path: &Path) -> Result<String, ConfigError> {
+    const KEY: &str = "pulsar_token_file";
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+        key: KEY,
+        path: path.to_owned(),
+        source,
+    })?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(ConfigError::Invalid {
+            key: KEY,
+            message: format!("{} is empty", path.display()),
+        });
+    }
+    if token.contains(char::is_whitespace) {
+        return Err(ConfigError::Invalid {
+            key: KEY,
+            message: format!(
+                "{} holds more than one word; it must hold the JWT alone",
+                path.display()
+            ),
+        });
+    }
+    Ok(token.to_owned())
+}
+
+/// The PEM text of `path`, once it is known to hold at least one
+/// certificate and nothing unreadable.
+fn read_trusted_certs(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    const KEY: &str = "pulsar_tls_trust_certs_file";
+    let pem = std::fs::read(path).map_err(|source| ConfigError::ReadFile {
+        key: KEY,
+        path: path.to_owned(),
+        source,
+    })?;
+    let invalid = |message: String| ConfigError::Invalid {
+        key: KEY,
+        message: format!("{}: {message}", path.display()),
+    };
+    let mut count = 0;
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        cert.map_err(|e| invalid(format!("not a PEM certificate bundle ({e})")))?;
+        count += 1;
+    }
+    if count == 0 {
+        return Err(invalid("holds no PEM certificate".into()));
+    }
+    Ok(pem)
 }
 
 /// " (line N)" for an error span, to keep TOML errors on one line.
@@ -584,6 +834,9 @@ mod tests {
             .join("\n");
         let parsed = Config::from_toml(&uncommented).unwrap();
         assert!(parsed.pulsar_url.is_some());
+        assert!(parsed.pulsar_admin_url.is_some());
+        assert!(parsed.pulsar_token_file.is_some());
+        assert!(parsed.pulsar_tls_trust_certs_file.is_some());
         assert!(parsed.auth_token_secret_file.is_some());
         assert!(parsed.auth_token_public_key_file.is_some());
     }
@@ -593,6 +846,9 @@ mod tests {
     fn the_example_file_documents_every_key() {
         let full = Config {
             pulsar_url: Some("x".into()),
+            pulsar_admin_url: Some("x".into()),
+            pulsar_token_file: Some("x".into()),
+            pulsar_tls_trust_certs_file: Some("x".into()),
             auth_token_secret_file: Some("x".into()),
             auth_token_public_key_file: Some("x".into()),
             ..Config::default()
@@ -617,10 +873,21 @@ mod tests {
         }
     }
 
+    /// Whether a variable the command line reads is set in the test's
+    /// environment (then tests of defaults and precedence cannot hold).
+    /// Other `PULSAR_GATEWAY_*` variables, such as the test cluster's URLs,
+    /// do not count.
+    fn config_env_is_set() -> bool {
+        Cli::command()
+            .get_arguments()
+            .filter_map(|arg| arg.get_env())
+            .any(|name| std::env::var_os(name).is_some())
+    }
+
     #[test]
     fn no_arguments_means_defaults() {
         // Only meaningful when no PULSAR_GATEWAY_* variable is set.
-        if std::env::vars().any(|(k, _)| k.starts_with("PULSAR_GATEWAY_")) {
+        if config_env_is_set() {
             return;
         }
         assert_eq!(
@@ -631,7 +898,7 @@ mod tests {
 
     #[test]
     fn flags_override_the_file_and_the_file_overrides_defaults() {
-        if std::env::vars().any(|(k, _)| k.starts_with("PULSAR_GATEWAY_")) {
+        if config_env_is_set() {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -705,5 +972,215 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().is_err());
+    }
+
+    const TEST_CA: &str = include_str!("../tests/fixtures/test-ca.pem");
+
+    fn pulsar(url: &str) -> Config {
+        Config {
+            backend: BackendKind::Pulsar,
+            pulsar_url: Some(url.into()),
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn the_admin_url_is_derived_from_the_service_url_with_pulsars_default_ports() {
+        for (service, admin) in [
+            ("pulsar://h:6650", "http://h:8080"),
+            ("pulsar+ssl://h:6651", "https://h:8443"),
+            (
+                "pulsar://broker.example.com",
+                "http://broker.example.com:8080",
+            ),
+            (
+                "pulsar+ssl://broker.example.com/",
+                "https://broker.example.com:8443",
+            ),
+            ("PULSAR://10.0.0.1:16650", "http://10.0.0.1:8080"),
+            ("pulsar://[::1]:6650", "http://[::1]:8080"),
+            ("pulsar+ssl://[::1]", "https://[::1]:8443"),
+        ] {
+            assert_eq!(
+                derive_pulsar_admin_url(service).as_deref(),
+                Ok(admin),
+                "{service}"
+            );
+        }
+        for bad in [
+            "http://h:8080",
+            "h:6650",
+            "pulsar://",
+            "pulsar://:6650",
+            "pulsar://h:port",
+            "pulsar://h:0",
+            "pulsar://h:6650/path",
+            "pulsar://h1:6650,h2:6650",
+            "pulsar://::1:6650",
+        ] {
+            assert!(derive_pulsar_admin_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_service_url_gets_its_default_port_and_an_explicit_admin_url_wins() {
+        assert_eq!(
+            pulsar("pulsar+ssl://h").pulsar_urls().unwrap(),
+            ("pulsar+ssl://h:6651".into(), "https://h:8443".into())
+        );
+        assert_eq!(
+            pulsar(" pulsar://h ").pulsar_urls().unwrap(),
+            ("pulsar://h:6650".into(), "http://h:8080".into())
+        );
+        let c = Config {
+            pulsar_admin_url: Some("https://admin.example.com:443/".into()),
+            ..pulsar("pulsar+ssl://h:6651")
+        };
+        assert_eq!(
+            c.pulsar_urls().unwrap(),
+            (
+                "pulsar+ssl://h:6651".into(),
+                "https://admin.example.com:443".into()
+            )
+        );
+        let c = Config {
+            pulsar_admin_url: Some("h:8080".into()),
+            ..pulsar("pulsar://h:6650")
+        };
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("pulsar_admin_url"), "{err}");
+    }
+
+    #[test]
+    fn the_pulsar_backend_needs_a_valid_pulsar_url_and_the_embedded_one_does_not() {
+        let c = Config {
+            backend: BackendKind::Pulsar,
+            ..Config::default()
+        };
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("pulsar_url"), "{err}");
+        let err = pulsar("http://h:8080").validate().unwrap_err().to_string();
+        assert!(
+            err.contains("pulsar_url") && err.contains("pulsar://"),
+            "{err}"
+        );
+        pulsar("pulsar://h:6650").validate().unwrap();
+        // Unused by the embedded store, so not checked.
+        Config {
+            pulsar_url: Some("nonsense".into()),
+            ..Config::default()
+        }
+        .validate()
+        .unwrap();
+    }
+
+    #[test]
+    fn pulsar_config_reads_the_token_trimmed_and_the_trusted_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("gw.jwt");
+        std::fs::write(&token, "\n  header.claims.signature \n").unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, TEST_CA).unwrap();
+        let c = Config {
+            pulsar_token_file: Some(token),
+            pulsar_tls_trust_certs_file: Some(ca),
+            tenant: "acme".into(),
+            namespace: "iot".into(),
+            ..pulsar("pulsar+ssl://h")
+        };
+        let p = c.pulsar_config().unwrap();
+        assert_eq!(p.service_url, "pulsar+ssl://h:6651");
+        assert_eq!(p.admin_url, "https://h:8443");
+        assert_eq!(p.token.as_deref(), Some("header.claims.signature"));
+        assert_eq!(p.tls_trust_certs.as_deref(), Some(TEST_CA.as_bytes()));
+        assert_eq!(p.namespace, Namespace::new("acme", "iot").unwrap());
+        // Debug output, which may end up in a log, hides the token.
+        assert!(!format!("{p:?}").contains("signature"), "{p:?}");
+
+        let p = pulsar("pulsar://h").pulsar_config().unwrap();
+        assert_eq!((p.token, p.tls_trust_certs), (None, None));
+    }
+
+    #[test]
+    fn unreadable_or_unusable_pulsar_files_are_refused_naming_key_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing");
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, " \n").unwrap();
+        let two_words = dir.path().join("two-words");
+        std::fs::write(&two_words, "Bearer abc.def.ghi\n").unwrap();
+        for (file, wanted) in [
+            (&missing, "cannot read pulsar_token_file"),
+            (&empty, "is empty"),
+            (&two_words, "more than one word"),
+        ] {
+            let c = Config {
+                pulsar_token_file: Some(file.clone()),
+                ..pulsar("pulsar://h")
+            };
+            let err = c.pulsar_config().unwrap_err().to_string();
+            assert!(err.contains(&file.display().to_string()), "{err}");
+            assert!(err.contains("pulsar_token_file"), "{err}");
+            assert!(err.contains(wanted), "{err}");
+        }
+
+        let not_pem = dir.path().join("not.pem");
+        std::fs::write(&not_pem, "just text\n").unwrap();
+        let broken = dir.path().join("broken.pem");
+        std::fs::write(
+            &broken,
+            "-----BEGIN CERTIFICATE-----\n@@@\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        for (file, wanted) in [
+            (&missing, "cannot read"),
+            (&not_pem, "no PEM certificate"),
+            (&broken, "not a PEM certificate bundle"),
+        ] {
+            let c = Config {
+                pulsar_tls_trust_certs_file: Some(file.clone()),
+                ..pulsar("pulsar+ssl://h")
+            };
+            let err = c.pulsar_config().unwrap_err().to_string();
+            assert!(err.contains(&file.display().to_string()), "{err}");
+            assert!(err.contains("pulsar_tls_trust_certs_file"), "{err}");
+            assert!(err.contains(wanted), "{err}");
+        }
+    }
+
+    #[test]
+    fn pulsar_keys_come_from_flags_and_the_file() {
+        if config_env_is_set() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gw.toml");
+        std::fs::write(
+            &file,
+            "backend = \"pulsar\"\npulsar_url = \"pulsar+ssl://file:6651\"\n\
+             pulsar_token_file = \"/file/token\"\n",
+        )
+        .unwrap();
+        let config = Config::load_from([
+            "pulsar-gateway".as_ref(),
+            "--config".as_ref(),
+            file.as_os_str(),
+            "--pulsar-admin-url".as_ref(),
+            "https://flag:8443".as_ref(),
+            "--pulsar-tls-trust-certs-file".as_ref(),
+            "/flag/ca.pem".as_ref(),
+        ])
+        .unwrap();
+        assert_eq!(config.backend, BackendKind::Pulsar);
+        assert_eq!(config.pulsar_url.as_deref(), Some("pulsar+ssl://file:6651"));
+        assert_eq!(
+            config.pulsar_admin_url.as_deref(),
+            Some("https://flag:8443")
+        );
+        assert_eq!(config.pulsar_token_file, Some(PathBuf::from("/file/token")));
+        assert_eq!(
+            config.pulsar_tls_trust_certs_file,
+            Some(PathBuf::from("/flag/ca.pem"))
+        );
     }
 }

@@ -3,7 +3,11 @@
 //! or SIGINT, then shuts down gracefully.
 //!
 //! Start-up errors end the process with one line, `error: <what>`, and exit
-//! status 1.
+//! status 1. A Pulsar cluster that cannot be reached is not one: the gateway
+//! serves at once (`/readyz` answering 503) and keeps connecting with
+//! backoff, logging each failure, until it connects or is stopped. A
+//! cluster that answers but refuses the gateway (missing broker settings)
+//! stops it.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -18,13 +22,17 @@ use gateway_api::{
 };
 use prometheus_client::registry::Registry;
 use pulsar_gateway::admin::{self, AdminState};
+use pulsar_gateway::backend::deferred::{Backoff, Deferred};
 use pulsar_gateway::backend::embedded::log::RetentionPolicy;
 use pulsar_gateway::backend::embedded::{EmbeddedBackend, EmbeddedConfig};
 use pulsar_gateway::backend::metered::Metered;
+use pulsar_gateway::backend::pulsar::{PulsarBackend, PulsarConfig};
 use pulsar_gateway::config::{BackendKind, Config, ConfigError, ListenAddr};
 use pulsar_gateway::listener::{Acceptor, Listener};
 use pulsar_gateway::shutdown::{Shutdown, StopSignals};
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 use tracing_subscriber::filter::{EnvFilter, LevelFilter};
 
@@ -59,9 +67,6 @@ enum StartupError {
         /// What the OS said.
         source: std::io::Error,
     },
-    /// `--backend pulsar` was asked for before it exists.
-    #[error("the Pulsar backend is not built yet; use --backend embedded")]
-    PulsarNotBuilt,
     /// A token key was configured, but nothing would check tokens: refuse
     /// rather than run open while the operator believes it is protected.
     #[error("token authentication is not built yet; remove --auth-token-secret-file and --auth-token-public-key-file (or the config keys) to run without it")]
@@ -74,6 +79,18 @@ enum StartupError {
         /// The store's reason.
         source: BackendError,
     },
+    /// The Pulsar cluster answered but cannot serve the gateway (a broker
+    /// setting it needs is off); waiting would not change that.
+    #[error("cannot use the Pulsar cluster at {url}: {source}")]
+    Pulsar {
+        /// The service URL.
+        url: String,
+        /// The backend's reason.
+        source: BackendError,
+    },
+    /// The task connecting to Pulsar ended abnormally (a bug).
+    #[error("the task connecting to Pulsar failed: {0}")]
+    PulsarTask(String),
     /// SIGTERM/SIGINT handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
@@ -178,14 +195,18 @@ fn protocol_handlers(config: &Config) -> Vec<Wiring> {
 
 /// Starts everything, serves until a stop signal, then shuts down.
 async fn run(config: Config) -> Result<(), StartupError> {
-    if config.backend == BackendKind::Pulsar {
-        return Err(StartupError::PulsarNotBuilt);
-    }
     if config.auth_token_secret_file.is_some() || config.auth_token_public_key_file.is_some() {
         return Err(StartupError::AuthNotBuilt);
     }
     let namespace = config.default_namespace()?;
-    check_data_dir(&config.data_dir)?;
+    // Files it names are read now: a missing one stops start-up at once.
+    let pulsar = match config.backend {
+        BackendKind::Pulsar => Some(config.pulsar_config()?),
+        BackendKind::Embedded => {
+            check_data_dir(&config.data_dir)?;
+            None
+        }
+    };
     let mut signals = StopSignals::install().map_err(StartupError::Signals)?;
     let drain_timeout = config.drain_timeout.0;
 
@@ -210,10 +231,20 @@ async fn run(config: Config) -> Result<(), StartupError> {
 
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
-    let backend: Arc<dyn Backend> =
-        Arc::new(Metered::new(open_backend(&config).await?, metrics.clone()));
-    admin::register_build_info(&mut registry);
     let shutdown = Shutdown::new();
+    let location = match &pulsar {
+        Some(pulsar) => format!("cluster: {}", pulsar.service_url),
+        None => format!("data dir: {}", config.data_dir.display()),
+    };
+    let (store, connecting) = match pulsar {
+        Some(pulsar) => {
+            let (deferred, task) = connect_pulsar(pulsar, shutdown.token());
+            (deferred, Some(task))
+        }
+        None => (open_embedded(&config).await?, None),
+    };
+    let backend: Arc<dyn Backend> = Arc::new(Metered::new(store, metrics.clone()));
+    admin::register_build_info(&mut registry);
     let ctx = Context {
         backend: backend.clone(),
         auth: Arc::new(AllowAll),
@@ -257,14 +288,30 @@ async fn run(config: Config) -> Result<(), StartupError> {
         http_server = Some(tokio::spawn(admin::serve(acceptor, app, shutdown.token())));
     }
     info!(
-        "pulsar-gateway {} started (backend: {}, data dir: {})",
+        "pulsar-gateway {} started (backend: {}, {location})",
         env!("CARGO_PKG_VERSION"),
         config.backend,
-        config.data_dir.display()
     );
 
+    // Resolves only if connecting to the backend failed for good.
+    let refused = async {
+        match connecting {
+            Some(task) => match task.await {
+                Ok(Ok(())) => std::future::pending().await,
+                Ok(Err(e)) => e,
+                Err(e) => StartupError::PulsarTask(e.to_string()),
+            },
+            None => std::future::pending().await,
+        }
+    };
     let signal = tokio::select! {
         signal = signals.recv() => signal,
+        refused = refused => {
+            error!("{refused}");
+            shutdown.drain(drain_timeout).await.ok();
+            close_backend(&*backend).await.ok();
+            return Err(refused);
+        }
         ended = async {
             match http_server.as_mut() {
                 Some(task) => task.await,
@@ -338,29 +385,69 @@ fn check_data_dir(path: &Path) -> Result<(), StartupError> {
     Ok(())
 }
 
-/// Opens the configured backend.
-async fn open_backend(config: &Config) -> Result<Arc<dyn Backend>, StartupError> {
-    match config.backend {
-        BackendKind::Pulsar => Err(StartupError::PulsarNotBuilt),
-        BackendKind::Embedded => {
-            let settings = &config.embedded;
-            let mut embedded = EmbeddedConfig::new(&config.data_dir);
-            embedded.auto_create_topics = settings.auto_create_topics;
-            embedded.log.segment_bytes = settings.segment_bytes;
-            embedded.retention = RetentionPolicy {
-                max_bytes: Some(settings.retention_max_bytes).filter(|&b| b > 0),
-                max_age: Some(settings.retention_max_age.0).filter(|a| !a.is_zero()),
-            };
-            let backend =
-                EmbeddedBackend::open(embedded)
-                    .await
-                    .map_err(|source| StartupError::Backend {
-                        path: config.data_dir.clone(),
-                        source,
-                    })?;
-            Ok(Arc::new(backend))
+/// Opens the embedded store.
+async fn open_embedded(config: &Config) -> Result<Arc<dyn Backend>, StartupError> {
+    let settings = &config.embedded;
+    let mut embedded = EmbeddedConfig::new(&config.data_dir);
+    embedded.auto_create_topics = settings.auto_create_topics;
+    embedded.log.segment_bytes = settings.segment_bytes;
+    embedded.retention = RetentionPolicy {
+        max_bytes: Some(settings.retention_max_bytes).filter(|&b| b > 0),
+        max_age: Some(settings.retention_max_age.0).filter(|a| !a.is_zero()),
+    };
+    let backend =
+        EmbeddedBackend::open(embedded)
+            .await
+            .map_err(|source| StartupError::Backend {
+                path: config.data_dir.clone(),
+                source,
+            })?;
+    Ok(Arc::new(backend))
+}
+
+/// A stand-in for the Pulsar backend, serving at once, and the task that
+/// connects it: retried with backoff while the cluster is unreachable,
+/// until `shutdown`. The task ends with an error only when the cluster
+/// refuses the gateway for good.
+fn connect_pulsar(
+    pulsar: PulsarConfig,
+    shutdown: CancellationToken,
+) -> (Arc<dyn Backend>, JoinHandle<Result<(), StartupError>>) {
+    let url = pulsar.service_url.clone();
+    info!(
+        "connecting to Pulsar at {url} (admin API {}{})",
+        pulsar.admin_url,
+        if pulsar.token.is_some() {
+            ", with a token"
+        } else {
+            ""
         }
-    }
+    );
+    let deferred = Arc::new(Deferred::new(format!("connecting to Pulsar at {url}")));
+    let task = {
+        let deferred = deferred.clone();
+        tokio::spawn(async move {
+            let open = || {
+                let pulsar = pulsar.clone();
+                async move {
+                    let backend = PulsarBackend::connect(pulsar).await?;
+                    Ok(Arc::new(backend) as Arc<dyn Backend>)
+                }
+            };
+            deferred
+                .connect(open, Backoff::default(), &shutdown)
+                .await
+                .map_err(|source| StartupError::Pulsar {
+                    url: url.clone(),
+                    source,
+                })?;
+            if deferred.is_connected() {
+                info!("connected to Pulsar at {url}");
+            }
+            Ok(())
+        })
+    };
+    (deferred, task)
 }
 
 /// Flushes and closes the backend, bounded in time.

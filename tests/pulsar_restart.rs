@@ -119,6 +119,7 @@ async fn pulsar_restart_under_load_loses_no_acknowledged_message() {
         admin_url: format!("http://127.0.0.1:{WEB_PORT}"),
         token: None,
         namespace: Namespace::default(),
+        tls_trust_certs: None,
     };
     let backend: Arc<dyn Backend> = Arc::new(PulsarBackend::connect(config).await.unwrap());
     let topic = TopicName::from_kafka("restart-under-load", &Namespace::default()).unwrap();

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{BackendKind, Exited, Gateway, STARTED_MARKER};
+use common::{test_pulsar_urls, BackendKind, Exited, Gateway, STARTED_MARKER};
 
 /// Failed start-ups must end quickly.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -167,14 +167,130 @@ async fn http_addr_off_starts_without_an_http_listener() {
 }
 
 #[tokio::test]
-async fn the_pulsar_backend_fails_with_a_clear_message() {
+async fn on_a_real_pulsar_the_gateway_gets_ready_serves_metrics_and_stops_cleanly() {
+    let (url, web_url) = test_pulsar_urls();
+    let mut gw = Gateway::start(BackendKind::Pulsar).await;
+    assert_eq!(gw.get("/readyz").await.status, 200);
+    let metrics = gw.get("/metrics").await;
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics.body.contains("pulsar_gateway_build_info{")
+            && metrics.body.trim_end().ends_with("# EOF"),
+        "{}",
+        metrics.body
+    );
+    let out = gw.output();
+    assert!(out.contains("started (backend: pulsar"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "connecting to Pulsar at {url} (admin API {web_url})"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("connected to Pulsar at {url}")),
+        "{out}"
+    );
+
+    gw.terminate();
+    let status = gw.wait_exit(Duration::from_secs(10)).await;
+    assert!(matches!(status, Some(s) if s.success()), "{}", gw.output());
+}
+
+#[tokio::test]
+async fn the_pulsar_token_is_read_from_its_file_and_never_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("gateway.jwt");
+    // The test standalone does not check tokens; what matters here is that
+    // the file is read, trimmed, sent, and kept out of the log.
+    let token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJnYXRld2F5In0.c2VjcmV0LXNpZ25hdHVyZQ";
+    std::fs::write(&token_file, format!("  {token}\n")).unwrap();
+    let gw = Gateway::builder(BackendKind::Pulsar)
+        .arg("--pulsar-token-file")
+        .arg(&token_file)
+        .start()
+        .await;
+    assert_eq!(gw.get("/readyz").await.status, 200);
+    let out = gw.output();
+    assert!(out.contains(", with a token)"), "{out}");
+    assert!(
+        !out.contains(token),
+        "the token leaked into the log:\n{out}"
+    );
+}
+
+#[tokio::test]
+async fn a_trusted_ca_file_is_loaded_and_the_gateway_still_gets_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, include_str!("fixtures/test-ca.pem")).unwrap();
+    let gw = Gateway::builder(BackendKind::Pulsar)
+        .arg("--pulsar-tls-trust-certs-file")
+        .arg(&ca)
+        .start()
+        .await;
+    assert_eq!(gw.get("/readyz").await.status, 200);
+}
+
+#[tokio::test]
+async fn the_pulsar_backend_without_pulsar_url_exits_naming_the_key() {
     let exited = Gateway::builder(BackendKind::Embedded)
         .arg("--backend")
         .arg("pulsar")
         .run_to_exit(EXIT_TIMEOUT)
         .await;
     let line = assert_one_clean_error_line(&exited);
-    assert!(line.contains("Pulsar backend is not built yet"), "{line}");
+    assert!(line.contains("pulsar_url"), "{line}");
+}
+
+#[tokio::test]
+async fn a_missing_pulsar_token_file_exits_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such.jwt");
+    let exited = Gateway::builder(BackendKind::Pulsar)
+        .env("PULSAR_GATEWAY_PULSAR_TOKEN_FILE", &missing)
+        .run_to_exit(EXIT_TIMEOUT)
+        .await;
+    let line = assert_one_clean_error_line(&exited);
+    assert!(line.contains(&missing.display().to_string()), "{line}");
+    assert!(line.contains("pulsar_token_file"), "{line}");
+}
+
+#[tokio::test]
+async fn an_unreachable_pulsar_leaves_the_gateway_up_not_ready_and_stoppable() {
+    // A port nobody listens on (taken, then freed).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let url = format!("pulsar://{closed}");
+    let mut gw = Gateway::builder(BackendKind::Embedded)
+        .arg("--backend")
+        .arg("pulsar")
+        .arg("--pulsar-url")
+        .arg(&url)
+        .arg("--pulsar-admin-url")
+        .arg(format!("http://{closed}"))
+        .start_unready()
+        .await;
+    assert_eq!(gw.get("/healthz").await.status, 200);
+    // It keeps trying: alive and not ready, every time it is asked, for a
+    // while.
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(3) {
+        let ready = gw.get("/readyz").await;
+        assert_eq!(ready.status, 503, "{ready:?}\n{}", gw.output());
+        assert!(ready.body.contains(&url), "{ready:?}");
+        assert!(gw.wait_exit(Duration::from_millis(200)).await.is_none());
+    }
+    assert!(gw
+        .output()
+        .contains(&format!("connecting to Pulsar at {url}")));
+
+    // Stopping does not wait for the cluster.
+    gw.terminate();
+    let status = gw.wait_exit(Duration::from_secs(10)).await;
+    assert!(matches!(status, Some(s) if s.success()), "{}", gw.output());
 }
 
 #[tokio::test]

@@ -41,6 +41,27 @@ const POLL_INTERVAL: Duration = Duration::from_millis(20);
 pub enum BackendKind {
     /// The embedded store, in a temporary directory.
     Embedded,
+    /// The real Pulsar standalone of [`test_pulsar_urls`].
+    Pulsar,
+}
+
+/// The service and admin URLs of the Pulsar standalone `scripts/test.sh`
+/// starts (`PULSAR_GATEWAY_TEST_PULSAR_URL`,
+/// `PULSAR_GATEWAY_TEST_PULSAR_WEB_URL`). Panics when they are unset: the
+/// Pulsar cases need a real cluster and are never skipped.
+pub fn test_pulsar_urls() -> (String, String) {
+    let url = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| {
+            panic!(
+                "{name} is not set: the Pulsar backend's cases need a real Pulsar; \
+                 run scripts/test.sh, which starts one (deploy/pulsar-standalone.sh)"
+            )
+        })
+    };
+    (
+        url("PULSAR_GATEWAY_TEST_PULSAR_URL"),
+        url("PULSAR_GATEWAY_TEST_PULSAR_WEB_URL"),
+    )
 }
 
 /// Waits until `condition` holds, re-checking it every 20 ms; false if it
@@ -208,12 +229,20 @@ impl GatewayBuilder {
                 cmd.env_remove(&key);
             }
         }
-        cmd.env_remove("RUST_LOG")
-            .arg("--backend")
-            .arg(match self.backend {
-                BackendKind::Embedded => "embedded",
-            })
-            .arg("--data-dir")
+        cmd.env_remove("RUST_LOG");
+        match self.backend {
+            BackendKind::Embedded => cmd.arg("--backend").arg("embedded"),
+            BackendKind::Pulsar => {
+                let (url, web_url) = test_pulsar_urls();
+                cmd.arg("--backend")
+                    .arg("pulsar")
+                    .arg("--pulsar-url")
+                    .arg(url)
+                    .arg("--pulsar-admin-url")
+                    .arg(web_url)
+            }
+        };
+        cmd.arg("--data-dir")
             .arg(&data_dir)
             .arg("--log-level")
             .arg("info");
@@ -245,6 +274,16 @@ impl GatewayBuilder {
     /// serves HTTP, `/readyz` answers 200. Panics with the gateway's output
     /// if it exits or is not ready within [`START_TIMEOUT`].
     pub async fn start(self) -> Gateway {
+        self.launch(true).await
+    }
+
+    /// Like [`GatewayBuilder::start`], without waiting for `/readyz`: for a
+    /// gateway whose backend cannot be reached.
+    pub async fn start_unready(self) -> Gateway {
+        self.launch(false).await
+    }
+
+    async fn launch(self, wait_ready: bool) -> Gateway {
         let (child, output, _readers, temp) = self.spawn();
         let mut gw = Gateway {
             child,
@@ -272,7 +311,7 @@ impl GatewayBuilder {
         gw.kafka_addr = gw.logged_addr("kafka");
         gw.mqtt_addr = gw.logged_addr("mqtt");
         gw.amqp_addr = gw.logged_addr("amqp");
-        if gw.http_addr.is_some() {
+        if wait_ready && gw.http_addr.is_some() {
             let url = gw.url("/readyz");
             let ready = eventually(START_TIMEOUT, || {
                 let url = url.clone();

@@ -98,6 +98,7 @@ async fn open(kind: Kind, dir: &tempfile::TempDir) -> Arc<dyn Backend> {
                 admin_url: url("PULSAR_GATEWAY_TEST_PULSAR_WEB_URL"),
                 token: None,
                 namespace: Namespace::default(),
+                tls_trust_certs: None,
             };
             Arc::new(PulsarBackend::connect(config).await.unwrap())
         }

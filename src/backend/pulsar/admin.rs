@@ -18,10 +18,36 @@ pub struct Admin {
 }
 
 impl Admin {
-    /// `base` is the web service URL, e.g. `http://127.0.0.1:8080`.
-    pub fn new(base: &str, token: Option<String>) -> Result<Admin, BackendError> {
+    /// `base` is the web service URL, e.g. `http://127.0.0.1:8080` or
+    /// `https://host:8443`. HTTPS trusts the built-in public roots plus the
+    /// PEM certificates of `trusted`, as the binary protocol does.
+    pub fn new(
+        base: &str,
+        token: Option<String>,
+        trusted: Option<&[u8]>,
+    ) -> Result<Admin, BackendError> {
+        use rustls::pki_types::pem::PemObject;
+        let invalid = |e: String| BackendError::InvalidRequest(format!("admin API TLS: {e}"));
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let trusted = trusted.unwrap_or_default();
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(trusted) {
+            let cert = cert.map_err(|e| invalid(format!("trusted certificates: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| invalid(format!("trusted certificate: {e}")))?;
+        }
+        // The ring provider, the binary protocol's, set here rather than
+        // process-wide.
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| invalid(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
         let http = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(30))
+            .tls_backend_preconfigured(tls)
             .build()
             .map_err(|e| BackendError::Unavailable(format!("admin HTTP client: {e}")))?;
         Ok(Admin {

@@ -40,16 +40,35 @@ use consumer::PulsarSubscription;
 use metadata::PulsarMetadata;
 
 /// Where the cluster is and how to reach it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PulsarConfig {
-    /// `pulsar://host:6650` (or `pulsar+ssl://`).
+    /// `pulsar://host:6650` (or `pulsar+ssl://host:6651` for TLS).
     pub service_url: String,
-    /// The admin REST API, `http://host:8080`.
+    /// The admin REST API, `http://host:8080` (or `https://`).
     pub admin_url: String,
-    /// A JWT sent to the cluster on both APIs.
+    /// A JWT sent to the cluster on both APIs. Never logged: `Debug` hides
+    /// it.
     pub token: Option<String>,
     /// Namespace `ready` checks.
     pub namespace: Namespace,
+    /// PEM CA certificates trusted on TLS connections (both APIs), on top
+    /// of the built-in public roots.
+    pub tls_trust_certs: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for PulsarConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PulsarConfig")
+            .field("service_url", &self.service_url)
+            .field("admin_url", &self.admin_url)
+            .field("token", &self.token.as_ref().map(|_| "<hidden>"))
+            .field("namespace", &self.namespace)
+            .field(
+                "tls_trust_certs",
+                &self.tls_trust_certs.as_ref().map(|pem| pem.len()),
+            )
+            .finish()
+    }
 }
 
 /// Broker settings the gateway relies on: (key, what it must contain, why).
@@ -129,6 +148,11 @@ impl PulsarBackend {
     /// Connects and checks the cluster has the settings the gateway needs;
     /// refuses (with which setting and why) when it does not.
     pub async fn connect(config: PulsarConfig) -> Result<PulsarBackend, BackendError> {
+        let admin = Admin::new(
+            &config.admin_url,
+            config.token.clone(),
+            config.tls_trust_certs.as_deref(),
+        )?;
         let mut builder = Pulsar::builder(config.service_url.clone(), TokioExecutor);
         if let Some(token) = &config.token {
             builder = builder.with_auth(pulsar::Authentication {
@@ -136,11 +160,13 @@ impl PulsarBackend {
                 data: token.clone().into_bytes(),
             });
         }
+        if let Some(pem) = &config.tls_trust_certs {
+            builder = builder.with_certificate_chain(pem.clone());
+        }
         let client = builder
             .build()
             .await
             .map_err(|e| BackendError::Unavailable(format!("{}: {e}", config.service_url)))?;
-        let admin = Admin::new(&config.admin_url, config.token.clone())?;
         let settings = check_settings(&admin).await?;
         let namespace = config.namespace.clone();
         ensure_retention(&admin, &namespace, DEFAULT_RETENTION, settings.as_ref()).await?;
