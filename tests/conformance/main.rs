@@ -143,10 +143,12 @@ all_cases!(Embedded);
 // The cases the Pulsar backend passes so far. The rest need what it does not
 // build yet (offsets of received messages: the broker does not send the
 // entry metadata to this client yet; offsets of published messages; readers;
-// seek by offset; last message id; the metadata store; Exclusive refusal),
+// seek by offset; last message id; the metadata store),
 // tracked in issue 4; each joins here, and then the list becomes
 // `all_cases!(Pulsar)`.
 suite!(Pulsar:
+    exclusive_subscription_refuses_a_second_consumer,
+    shared_subscription_spreads_messages_over_consumers,
     cumulative_ack_moves_the_cursor,
     nack_redelivers_with_a_higher_redelivery_count,
     new_subscription_starts_where_asked,

@@ -13,7 +13,9 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use gateway_api::{BackendError, Message, MessageId, StartPosition, Subscription, TopicName};
+use gateway_api::{
+    BackendError, Message, MessageId, StartPosition, Subscription, SubscriptionKind, TopicName,
+};
 use pulsar::message::proto::MessageIdData;
 use pulsar::{Pulsar, TokioExecutor};
 use tokio::sync::{mpsc, oneshot, Mutex};
@@ -52,12 +54,21 @@ enum Command {
 pub struct PulsarSubscription {
     messages: Mutex<mpsc::Receiver<Result<Message, BackendError>>>,
     commands: mpsc::Sender<Command>,
+    /// The subscription's type: cumulative acknowledgements are refused on
+    /// Shared and KeyShared, where the broker would ignore them (Pulsar's
+    /// own clients refuse them the same way, before sending).
+    kind: SubscriptionKind,
 }
 
 impl PulsarSubscription {
     /// Starts the task that drives `consumer`; `queue` bounds the messages
     /// waiting for `receive` (the crate's own receiver queue bounds the rest).
-    pub fn start(consumer: RawConsumer, client: Pulsar<TokioExecutor>, queue: usize) -> Self {
+    pub fn start(
+        consumer: RawConsumer,
+        client: Pulsar<TokioExecutor>,
+        kind: SubscriptionKind,
+        queue: usize,
+    ) -> Self {
         let (message_tx, message_rx) = mpsc::channel(queue.max(1));
         let (command_tx, command_rx) = mpsc::channel(64);
         let task = Task {
@@ -71,6 +82,7 @@ impl PulsarSubscription {
         PulsarSubscription {
             messages: Mutex::new(message_rx),
             commands: command_tx,
+            kind,
         }
     }
 
@@ -118,6 +130,15 @@ impl Subscription for PulsarSubscription {
     }
 
     async fn ack_cumulative(&self, topic: &TopicName, id: MessageId) -> Result<(), BackendError> {
+        if matches!(
+            self.kind,
+            SubscriptionKind::Shared | SubscriptionKind::KeyShared
+        ) {
+            return Err(BackendError::InvalidRequest(format!(
+                "cumulative acknowledgement is not allowed on a {:?} subscription ({topic})",
+                self.kind
+            )));
+        }
         self.ack_command(topic, id, true).await
     }
 

@@ -227,12 +227,21 @@ impl gateway_api::Backend for PulsarBackend {
             TopicSelector::Topics(t) => t.first().cloned(),
             TopicSelector::Pattern { .. } => None,
         };
-        let consumer = builder
-            .build::<Vec<u8>>()
-            .await
-            .map_err(|e| convert::error(first.as_ref(), e))?;
-        let subscription =
-            PulsarSubscription::start(consumer, self.client.clone(), request.receive_queue);
+        let consumer = builder.build::<Vec<u8>>().await.map_err(|e| {
+            match convert::error(first.as_ref(), e) {
+                BackendError::ConsumerBusy { topic, .. } => BackendError::ConsumerBusy {
+                    topic,
+                    subscription: request.subscription.clone(),
+                },
+                other => other,
+            }
+        })?;
+        let subscription = PulsarSubscription::start(
+            consumer,
+            self.client.clone(),
+            request.kind,
+            request.receive_queue,
+        );
         match request.initial_position {
             StartPosition::Earliest | StartPosition::Latest => {}
             other => subscription.seek(other).await?,
