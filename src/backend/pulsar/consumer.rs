@@ -10,6 +10,7 @@
 //! the plain entry acknowledgement once the last one is acknowledged.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -21,6 +22,7 @@ use pulsar::{Pulsar, TokioExecutor};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use super::convert;
+use super::reader::Positions;
 
 /// The crate's consumer of raw payloads.
 pub type RawConsumer = pulsar::Consumer<Vec<u8>, TokioExecutor>;
@@ -68,6 +70,7 @@ impl PulsarSubscription {
         client: Pulsar<TokioExecutor>,
         kind: SubscriptionKind,
         queue: usize,
+        positions: Arc<dyn Positions>,
     ) -> Self {
         let (message_tx, message_rx) = mpsc::channel(queue.max(1));
         let (command_tx, command_rx) = mpsc::channel(64);
@@ -77,6 +80,7 @@ impl PulsarSubscription {
             messages: message_tx,
             commands: command_rx,
             batches: HashMap::new(),
+            positions,
         };
         tokio::spawn(task.run());
         PulsarSubscription {
@@ -180,6 +184,8 @@ struct Task {
     /// Per batch entry delivered and not fully acknowledged: which of its
     /// messages are still unacknowledged.
     batches: HashMap<EntryKey, Vec<bool>>,
+    /// Offsets to message ids, for seeks by offset.
+    positions: Arc<dyn Positions>,
 }
 
 impl Task {
@@ -351,7 +357,32 @@ impl Task {
         data
     }
 
+    /// The one partition this consumer reads: an offset names a position
+    /// in one partition only.
+    fn single_topic(&self) -> Result<TopicName, BackendError> {
+        match self.consumer.topics().as_slice() {
+            [one] => one.parse().map_err(|e| {
+                BackendError::Unavailable(format!("the crate reports topic {one}: {e}"))
+            }),
+            topics => Err(BackendError::InvalidRequest(format!(
+                "a seek by offset names a position in one partition; this subscription covers {}",
+                topics.len()
+            ))),
+        }
+    }
+
     async fn seek(&mut self, position: StartPosition) -> Result<(), BackendError> {
+        let position = match position {
+            StartPosition::Offset(offset) => {
+                let topic = self.single_topic()?;
+                // Past the end: the end.
+                self.positions
+                    .offset(&topic, offset)
+                    .await?
+                    .map_or(StartPosition::Latest, StartPosition::Id)
+            }
+            other => other,
+        };
         let (id, timestamp) = match position {
             StartPosition::Earliest => (
                 Some(MessageIdData {
@@ -361,7 +392,8 @@ impl Task {
                 }),
                 None,
             ),
-            StartPosition::Latest => (
+            // (An offset was resolved above.)
+            StartPosition::Latest | StartPosition::Offset(_) => (
                 Some(MessageIdData {
                     ledger_id: i64::MAX as u64,
                     entry_id: i64::MAX as u64,
@@ -371,11 +403,6 @@ impl Task {
             ),
             StartPosition::Id(id) => (Some(convert::id_data(&id)), None),
             StartPosition::Timestamp(ms) => (None, Some(ms)),
-            StartPosition::Offset(_) => {
-                return Err(BackendError::InvalidRequest(
-                    "seek by offset is not supported on the Pulsar backend yet".into(),
-                ))
-            }
         };
         self.consumer
             .seek(None, id, timestamp, self.client.clone())

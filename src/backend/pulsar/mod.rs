@@ -15,6 +15,7 @@
 mod admin;
 pub mod consumer;
 pub mod convert;
+pub mod reader;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -241,6 +242,7 @@ impl gateway_api::Backend for PulsarBackend {
             self.client.clone(),
             request.kind,
             request.receive_queue,
+            Arc::new(reader::NoIndex),
         );
         match request.initial_position {
             StartPosition::Earliest | StartPosition::Latest => {}
@@ -252,11 +254,12 @@ impl gateway_api::Backend for PulsarBackend {
     async fn reader(
         &self,
         topic: &TopicName,
-        _start: StartPosition,
+        start: StartPosition,
     ) -> Result<Box<dyn Reader>, BackendError> {
-        Err(BackendError::InvalidRequest(format!(
-            "readers are not built on the Pulsar backend yet ({topic})"
-        )))
+        let positions = Arc::new(reader::NoIndex);
+        let reader =
+            reader::PulsarReader::open(self.client.clone(), positions, topic, start).await?;
+        Ok(Box::new(reader))
     }
 
     async fn partitions(&self, topic: &TopicName) -> Result<Option<u32>, BackendError> {
