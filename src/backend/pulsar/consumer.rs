@@ -10,15 +10,19 @@
 //! the plain entry acknowledgement once the last one is acknowledged.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use gateway_api::{BackendError, Message, MessageId, StartPosition, Subscription, TopicName};
+use gateway_api::{
+    BackendError, Message, MessageId, StartPosition, Subscription, SubscriptionKind, TopicName,
+};
 use pulsar::message::proto::MessageIdData;
 use pulsar::{Pulsar, TokioExecutor};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use super::convert;
+use super::reader::Positions;
 
 /// The crate's consumer of raw payloads.
 pub type RawConsumer = pulsar::Consumer<Vec<u8>, TokioExecutor>;
@@ -52,12 +56,22 @@ enum Command {
 pub struct PulsarSubscription {
     messages: Mutex<mpsc::Receiver<Result<Message, BackendError>>>,
     commands: mpsc::Sender<Command>,
+    /// The subscription's type: cumulative acknowledgements are refused on
+    /// Shared and KeyShared, where the broker would ignore them (Pulsar's
+    /// own clients refuse them the same way, before sending).
+    kind: SubscriptionKind,
 }
 
 impl PulsarSubscription {
     /// Starts the task that drives `consumer`; `queue` bounds the messages
     /// waiting for `receive` (the crate's own receiver queue bounds the rest).
-    pub fn start(consumer: RawConsumer, client: Pulsar<TokioExecutor>, queue: usize) -> Self {
+    pub fn start(
+        consumer: RawConsumer,
+        client: Pulsar<TokioExecutor>,
+        kind: SubscriptionKind,
+        queue: usize,
+        positions: Arc<dyn Positions>,
+    ) -> Self {
         let (message_tx, message_rx) = mpsc::channel(queue.max(1));
         let (command_tx, command_rx) = mpsc::channel(64);
         let task = Task {
@@ -66,11 +80,13 @@ impl PulsarSubscription {
             messages: message_tx,
             commands: command_rx,
             batches: HashMap::new(),
+            positions,
         };
         tokio::spawn(task.run());
         PulsarSubscription {
             messages: Mutex::new(message_rx),
             commands: command_tx,
+            kind,
         }
     }
 
@@ -118,6 +134,15 @@ impl Subscription for PulsarSubscription {
     }
 
     async fn ack_cumulative(&self, topic: &TopicName, id: MessageId) -> Result<(), BackendError> {
+        if matches!(
+            self.kind,
+            SubscriptionKind::Shared | SubscriptionKind::KeyShared
+        ) {
+            return Err(BackendError::InvalidRequest(format!(
+                "cumulative acknowledgement is not allowed on a {:?} subscription ({topic})",
+                self.kind
+            )));
+        }
         self.ack_command(topic, id, true).await
     }
 
@@ -159,6 +184,8 @@ struct Task {
     /// Per batch entry delivered and not fully acknowledged: which of its
     /// messages are still unacknowledged.
     batches: HashMap<EntryKey, Vec<bool>>,
+    /// Offsets to message ids, for seeks by offset.
+    positions: Arc<dyn Positions>,
 }
 
 impl Task {
@@ -330,7 +357,32 @@ impl Task {
         data
     }
 
+    /// The one partition this consumer reads: an offset names a position
+    /// in one partition only.
+    fn single_topic(&self) -> Result<TopicName, BackendError> {
+        match self.consumer.topics().as_slice() {
+            [one] => one.parse().map_err(|e| {
+                BackendError::Unavailable(format!("the crate reports topic {one}: {e}"))
+            }),
+            topics => Err(BackendError::InvalidRequest(format!(
+                "a seek by offset names a position in one partition; this subscription covers {}",
+                topics.len()
+            ))),
+        }
+    }
+
     async fn seek(&mut self, position: StartPosition) -> Result<(), BackendError> {
+        let position = match position {
+            StartPosition::Offset(offset) => {
+                let topic = self.single_topic()?;
+                // Past the end: the end.
+                self.positions
+                    .offset(&topic, offset)
+                    .await?
+                    .map_or(StartPosition::Latest, StartPosition::Id)
+            }
+            other => other,
+        };
         let (id, timestamp) = match position {
             StartPosition::Earliest => (
                 Some(MessageIdData {
@@ -340,7 +392,8 @@ impl Task {
                 }),
                 None,
             ),
-            StartPosition::Latest => (
+            // (An offset was resolved above.)
+            StartPosition::Latest | StartPosition::Offset(_) => (
                 Some(MessageIdData {
                     ledger_id: i64::MAX as u64,
                     entry_id: i64::MAX as u64,
@@ -350,11 +403,6 @@ impl Task {
             ),
             StartPosition::Id(id) => (Some(convert::id_data(&id)), None),
             StartPosition::Timestamp(ms) => (None, Some(ms)),
-            StartPosition::Offset(_) => {
-                return Err(BackendError::InvalidRequest(
-                    "seek by offset is not supported on the Pulsar backend yet".into(),
-                ))
-            }
         };
         self.consumer
             .seek(None, id, timestamp, self.client.clone())

@@ -9,11 +9,13 @@
 //! is a binary search over the partition's entries (one request per probe,
 //! about 30 for a billion entries): no topic scan.
 
+use async_trait::async_trait;
 use gateway_api::{BackendError, MessageId, TopicName};
 use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
 
 use super::admin::{refused, Admin};
+use super::reader::Positions;
 
 /// One entry as the admin API describes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +132,32 @@ pub async fn entry_for_timestamp(
     timestamp: u64,
 ) -> Result<Option<Entry>, BackendError> {
     first_entry_where(admin, topic, |e| e.publish_time >= timestamp).await
+}
+
+/// Offsets and times to message ids, for readers and seeks.
+pub struct IndexPositions(pub Admin);
+
+#[async_trait]
+impl Positions for IndexPositions {
+    async fn offset(
+        &self,
+        topic: &TopicName,
+        offset: u64,
+    ) -> Result<Option<MessageId>, BackendError> {
+        let partition = topic.partition_index().map_or(-1, |p| p as i32);
+        let entry = entry_for_offset(&self.0, topic, offset).await?;
+        Ok(entry.map(|e| e.message_id(offset, partition)))
+    }
+
+    async fn timestamp(
+        &self,
+        topic: &TopicName,
+        timestamp: u64,
+    ) -> Result<Option<MessageId>, BackendError> {
+        let partition = topic.partition_index().map_or(-1, |p| p as i32);
+        let entry = entry_for_timestamp(&self.0, topic, timestamp).await?;
+        Ok(entry.map(|e| e.message_id(e.first_index(), partition)))
+    }
 }
 
 /// Binary search for the first entry of the partition where `holds` (false

@@ -12,14 +12,14 @@
 //! The metadata store is a replicated state machine on a topic
 //! ([`metadata`]).
 //!
-//! Not built yet (the backend answers `InvalidRequest`): seek and readers
-//! by offset, producer idle eviction.
+//! Not built yet: producer idle eviction.
 
 mod admin;
 pub mod consumer;
 pub mod convert;
 pub mod index;
 pub mod metadata;
+pub mod reader;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -182,6 +182,11 @@ impl PulsarBackend {
         let store = PulsarMetadata::start(backend.without_metadata(), &namespace).await?;
         let _ = backend.metadata.set(Arc::new(store));
         Ok(backend)
+    }
+
+    /// How readers and seeks find offsets and times.
+    fn positions(&self) -> Arc<dyn reader::Positions> {
+        Arc::new(index::IndexPositions(self.admin.clone()))
     }
 
     /// This backend with no metadata store, for the store itself.
@@ -435,12 +440,22 @@ impl gateway_api::Backend for PulsarBackend {
             TopicSelector::Topics(t) => t.first().cloned(),
             TopicSelector::Pattern { .. } => None,
         };
-        let consumer = builder
-            .build::<Vec<u8>>()
-            .await
-            .map_err(|e| convert::error(first.as_ref(), e))?;
-        let subscription =
-            PulsarSubscription::start(consumer, self.client.clone(), request.receive_queue);
+        let consumer = builder.build::<Vec<u8>>().await.map_err(|e| {
+            match convert::error(first.as_ref(), e) {
+                BackendError::ConsumerBusy { topic, .. } => BackendError::ConsumerBusy {
+                    topic,
+                    subscription: request.subscription.clone(),
+                },
+                other => other,
+            }
+        })?;
+        let subscription = PulsarSubscription::start(
+            consumer,
+            self.client.clone(),
+            request.kind,
+            request.receive_queue,
+            self.positions(),
+        );
         match request.initial_position {
             StartPosition::Earliest | StartPosition::Latest => {}
             other => subscription.seek(other).await?,
@@ -451,11 +466,11 @@ impl gateway_api::Backend for PulsarBackend {
     async fn reader(
         &self,
         topic: &TopicName,
-        _start: StartPosition,
+        start: StartPosition,
     ) -> Result<Box<dyn Reader>, BackendError> {
-        Err(BackendError::InvalidRequest(format!(
-            "readers are not built on the Pulsar backend yet ({topic})"
-        )))
+        let reader =
+            reader::PulsarReader::open(self.client.clone(), self.positions(), topic, start).await?;
+        Ok(Box::new(reader))
     }
 
     async fn partitions(&self, topic: &TopicName) -> Result<Option<u32>, BackendError> {

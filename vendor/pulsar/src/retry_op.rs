@@ -75,6 +75,35 @@ pub async fn handle_retry_error<Exe: Executor>(
     Ok(())
 }
 
+/// pulsar-gateway patch: whether a subscribe is a consumer's first or the
+/// reconnection of a consumer that was attached before.
+///
+/// `ConsumerBusy` answers a first subscribe when the subscription already has
+/// a consumer it cannot share with (an Exclusive subscription's, or one of
+/// another type): waiting does not change that, so it is the caller's error
+/// to see, as Pulsar's Java client reports it (`ConsumerBusyException` is not
+/// retriable there). On a reconnection it is retried: the broker may still
+/// hold this very consumer from the connection that was lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscribeAttempt {
+    /// The consumer is being created.
+    First,
+    /// The consumer existed and lost its connection or was closed by the
+    /// broker.
+    Reconnect,
+}
+
+impl SubscribeAttempt {
+    /// Whether `err` may be retried by `handle_retry_error` on this attempt.
+    pub(crate) fn retries(self, err: &ConnectionError) -> bool {
+        let busy = matches!(
+            err,
+            ConnectionError::PulsarError(Some(proto::ServerError::ConsumerBusy), _)
+        );
+        !(busy && self == SubscribeAttempt::First)
+    }
+}
+
 pub async fn retry_subscribe_consumer<Exe: Executor>(
     client: &Pulsar<Exe>,
     connection: &mut Arc<Connection<Exe>>,
@@ -86,6 +115,7 @@ pub async fn retry_subscribe_consumer<Exe: Executor>(
     consumer_name: &Option<String>,
     options: &ConsumerOptions,
     batch_size: u32,
+    attempt: SubscribeAttempt,
 ) -> Result<UnboundedReceiver<Message>, Error> {
     *connection = client.manager.get_connection(&addr).await?;
     let (resolver, messages) = mpsc::unbounded();
@@ -120,6 +150,10 @@ pub async fn retry_subscribe_consumer<Exe: Executor>(
                     );
                 }
                 break;
+            }
+            Err(err) if !attempt.retries(&err) => {
+                error!("TopicConsumer::subscribe({topic}) error: {err:?}");
+                return Err(err.into());
             }
             Err(err) => {
                 handle_retry_error(
@@ -241,5 +275,23 @@ pub async fn retry_create_producer<Exe: Executor>(
             }
         }
         current_retries += 1;
+    }
+}
+
+#[cfg(test)]
+mod gateway_patch_consumer_busy_tests {
+    use super::SubscribeAttempt;
+    use crate::{error::ConnectionError, proto::ServerError};
+
+    #[test]
+    fn consumer_busy_fails_a_first_subscribe_and_is_retried_on_reconnect() {
+        let busy = ConnectionError::PulsarError(
+            Some(ServerError::ConsumerBusy),
+            Some("Exclusive consumer is already connected".into()),
+        );
+        assert!(!SubscribeAttempt::First.retries(&busy));
+        assert!(SubscribeAttempt::Reconnect.retries(&busy));
+        let not_ready = ConnectionError::PulsarError(Some(ServerError::ServiceNotReady), None);
+        assert!(SubscribeAttempt::First.retries(&not_ready));
     }
 }

@@ -25,7 +25,7 @@ use crate::{
     producer::Message,
     proto,
     proto::{BaseCommand, CommandCloseConsumer, CommandMessage},
-    retry_op::retry_subscribe_consumer,
+    retry_op::{retry_subscribe_consumer, SubscribeAttempt},
     Error, Executor, Payload, Pulsar,
 };
 
@@ -656,6 +656,8 @@ impl<Exe: Executor> ConsumerEngine<Exe> {
             &self.name,
             &self.options,
             self.batch_size,
+            // pulsar-gateway patch: ConsumerBusy is retried on reconnection.
+            SubscribeAttempt::Reconnect,
         )
         .await?;
 

@@ -26,7 +26,7 @@ use crate::{
     error::{ConnectionError, ConsumerError},
     message::proto::{MessageIdData, Schema},
     proto::CommandConsumerStatsResponse,
-    retry_op::retry_subscribe_consumer,
+    retry_op::{retry_subscribe_consumer, SubscribeAttempt},
     BrokerAddress, DeserializeMessage, Error, Executor, Payload, Pulsar,
 };
 
@@ -79,6 +79,8 @@ impl<T: DeserializeMessage, Exe: Executor> TopicConsumer<T, Exe> {
             &consumer_name,
             &options,
             batch_size,
+            // pulsar-gateway patch: ConsumerBusy fails a first subscribe.
+            SubscribeAttempt::First,
         )
         .await?;
 
