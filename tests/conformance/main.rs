@@ -155,10 +155,7 @@ all_cases!(Embedded);
 // The cases the Pulsar backend passes so far; the rest, tracked in issue 4:
 // properties with repeated keys (the crate's producer keeps a map), seek
 // by offset on a live subscription (the crate's seek races its own
-// reconnection), Failover and Key_Shared hand-over and redelivery counts on
-// hand-over (Pulsar 4.0 decides these differently from the contract's
-// text: docs/design-notes.md), and new partitions reaching existing
-// subscribers. Each joins here, and then the list becomes
+// reconnection), and new partitions reaching existing subscribers. Each joins here, and then the list becomes
 // `all_cases!(Pulsar)`.
 suite!(Pulsar:
     acknowledged_messages_are_not_delivered_again,
@@ -166,7 +163,9 @@ suite!(Pulsar:
     cumulative_ack_moves_the_cursor,
     deleted_topics_are_gone,
     exclusive_subscription_refuses_a_second_consumer,
+    failover_standby_takes_over_unacked_messages,
     key_shared_keeps_each_key_on_one_consumer_in_order,
+    key_shared_keeps_key_order_when_a_consumer_joins,
     metadata_store_compares_and_sets,
     nack_redelivers_with_a_higher_redelivery_count,
     new_subscription_starts_where_asked,
@@ -176,5 +175,6 @@ suite!(Pulsar:
     readers_start_at_every_kind_of_position,
     restart_keeps_messages_topics_and_cursors,
     shared_subscription_spreads_messages_over_consumers,
+    unacked_messages_go_to_the_next_consumer,
     unsubscribe_deletes_the_cursor,
 );

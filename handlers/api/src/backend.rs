@@ -21,11 +21,14 @@ pub enum SubscriptionKind {
     /// Many consumers; messages go round-robin to those with room; order
     /// is not kept across consumers.
     Shared,
-    /// Many consumers; one is active and receives everything, the others
-    /// take over, in the order they joined, when it leaves.
+    /// Many consumers; one is active (per partition) and receives
+    /// everything; when it leaves, another takes over with its
+    /// unacknowledged messages. Which one is active is the backend's choice
+    /// (Pulsar picks by the consumers' names).
     Failover,
-    /// Many consumers; all messages of one key go to the same consumer, in
-    /// order.
+    /// Many consumers; the messages of one key go to one consumer at a
+    /// time, in order. A key moves to a joining consumer only after what
+    /// its old consumer was given of it is acknowledged, or it stays.
     KeyShared,
 }
 
@@ -78,7 +81,7 @@ pub struct SubscribeRequest {
     pub initial_position: StartPosition,
     /// False for a subscription that disappears with its last consumer.
     pub durable: bool,
-    /// The consumer's name, for logs and Failover ordering.
+    /// The consumer's name, for logs and the Failover choice.
     pub consumer_name: String,
     /// How many unacknowledged messages may be buffered toward this consumer
     /// (Pulsar's receiver queue size): the consumer's flow-control window.

@@ -148,7 +148,10 @@ pub struct Message {
     pub event_time: Option<u64>,
     /// When the backend stored it, ms since the epoch.
     pub publish_time: u64,
-    /// How many times it was delivered before this delivery and not acked.
+    /// How many times it was redelivered because a consumer asked (a
+    /// negative acknowledgement) on a Shared or KeyShared subscription.
+    /// Backends may count other redeliveries too; Pulsar does not (a
+    /// consumer that left, Exclusive and Failover subscriptions).
     pub redelivery_count: u32,
 }
 
