@@ -1101,6 +1101,14 @@ mod tests {
         assert_eq!((p.token, p.tls_trust_certs), (None, None));
     }
 
+    /// `c` is refused with an error naming `key`, `file` and `wanted`.
+    fn assert_refused(c: &Config, key: &str, file: &Path, wanted: &str) {
+        let err = c.pulsar_config().unwrap_err().to_string();
+        assert!(err.contains(&file.display().to_string()), "{err}");
+        assert!(err.contains(key), "{err}");
+        assert!(err.contains(wanted), "{err}");
+    }
+
     #[test]
     fn unreadable_or_unusable_pulsar_files_are_refused_naming_key_and_file() {
         let dir = tempfile::tempdir().unwrap();
@@ -1118,10 +1126,7 @@ mod tests {
                 pulsar_token_file: Some(file.clone()),
                 ..pulsar("pulsar://h")
             };
-            let err = c.pulsar_config().unwrap_err().to_string();
-            assert!(err.contains(&file.display().to_string()), "{err}");
-            assert!(err.contains("pulsar_token_file"), "{err}");
-            assert!(err.contains(wanted), "{err}");
+            assert_refused(&c, "pulsar_token_file", file, wanted);
         }
 
         let not_pem = dir.path().join("not.pem");
@@ -1141,10 +1146,7 @@ mod tests {
                 pulsar_tls_trust_certs_file: Some(file.clone()),
                 ..pulsar("pulsar+ssl://h")
             };
-            let err = c.pulsar_config().unwrap_err().to_string();
-            assert!(err.contains(&file.display().to_string()), "{err}");
-            assert!(err.contains("pulsar_tls_trust_certs_file"), "{err}");
-            assert!(err.contains(wanted), "{err}");
+            assert_refused(&c, "pulsar_tls_trust_certs_file", file, wanted);
         }
     }
 

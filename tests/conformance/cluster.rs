@@ -116,13 +116,7 @@ async fn messages_published_before_any_subscription_wait_for_it() {
         "{web}/admin/v2/persistent/public/default/{}",
         topic.local_name()
     );
-    let stats = ureq::get(&format!("{path}/internalStats"))
-        .call()
-        .unwrap()
-        .into_body()
-        .read_to_string()
-        .unwrap();
-    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    let stats = internal_stats(&path);
     assert!(
         stats["currentLedgerEntries"].as_u64().unwrap() < 600,
         "the standalone rolls ledgers every 200 entries: {stats}"
@@ -131,13 +125,7 @@ async fn messages_published_before_any_subscription_wait_for_it() {
     // with Pulsar's default retention (0) it deletes every closed ledger of
     // a topic without subscriptions.
     ureq::post(&format!("{path}/trim")).send_empty().unwrap();
-    let stats = ureq::get(&format!("{path}/internalStats"))
-        .call()
-        .unwrap()
-        .into_body()
-        .read_to_string()
-        .unwrap();
-    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    let stats = internal_stats(&path);
     assert_eq!(
         stats["numberOfEntries"].as_u64(),
         Some(600),
@@ -155,4 +143,15 @@ async fn messages_published_before_any_subscription_wait_for_it() {
         assert_eq!(message.id.offset, i);
         assert_eq!(message.payload, Bytes::from(format!("m{i}")));
     }
+}
+
+/// A topic's internal stats from the admin API at `path` (the topic's URL).
+fn internal_stats(path: &str) -> serde_json::Value {
+    let stats = ureq::get(&format!("{path}/internalStats"))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_to_string()
+        .unwrap();
+    serde_json::from_str(&stats).unwrap()
 }
