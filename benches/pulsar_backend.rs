@@ -8,14 +8,22 @@
 //! crate writes: one producer for the topic shared by the tasks behind a
 //! `tokio::sync::Mutex`, held only to enqueue a send, the receipt awaited
 //! outside the lock (the backend does the same, then resolves the
-//! message's offset). Neither side batches.
+//! message's offset). Neither side batches; on both a send waits for room
+//! in the connection's send queue rather than failing.
 //!
 //! Consume: `BENCH_MESSAGES` messages are published to a topic, then one
 //! consumer drains them from the earliest, acknowledging each: through a
 //! contract subscription, or the crate's consumer (`next` + `ack`), both
 //! with a receiver queue of 1000.
 //!
-//! The machine is shared and noisy, so the two sides take turns in
+//! The gateway learns a publish's offset from the previous publish while
+//! entries follow each other in a ledger, and asks the admin API after a
+//! ledger roll-over; the header prints how often the broker rolls ledgers
+//! (`deploy/pulsar-standalone.sh start --small-ledgers` rolls every 200
+//! entries, which costs the gateway about a tenth of its throughput with
+//! 64 publishers; Pulsar's default rolls every 50000).
+//!
+//! A shared machine is noisy, so the two sides take turns in
 //! `BENCH_ROUNDS` rounds per row (who goes first alternates) and each
 //! column sums its rounds. Every run uses a fresh topic, deleted after.
 //!
@@ -133,6 +141,11 @@ fn main() {
     println!(
         "pulsar_backend: {PAYLOAD_BYTES} B payloads, {service_url} + {admin_url}, \
          {rounds} rounds per side: publish runs of {seconds} s, drains of {messages} messages"
+    );
+    println!(
+        "ledgers roll over every {} entries (managedLedgerMaxEntriesPerLedger, Pulsar's \
+         default 50000); a gateway publish after a roll-over waits for an admin lookup",
+        entries_per_ledger(&admin_url).map_or("?".into(), |n| n.to_string())
     );
 
     let mut publish_rows = Vec::new();
@@ -283,6 +296,26 @@ async fn connect(service_url: &str, admin_url: &str) -> Sides {
     }
 }
 
+/// The broker's `managedLedgerMaxEntriesPerLedger`, when it may be read.
+/// The table depends on it: the gateway learns a publish's offset from the
+/// previous one while entries follow each other in a ledger, and from the
+/// admin API after a roll-over (see `PulsarBackend::publish`).
+fn entries_per_ledger(admin_url: &str) -> Option<u64> {
+    let text = ureq::get(&format!(
+        "{admin_url}/admin/v2/brokers/configuration/runtime"
+    ))
+    .call()
+    .ok()?
+    .into_body()
+    .read_to_string()
+    .ok()?;
+    let settings: serde_json::Value = serde_json::from_str(&text).ok()?;
+    settings["managedLedgerMaxEntriesPerLedger"]
+        .as_str()?
+        .parse()
+        .ok()
+}
+
 /// Whether a TCP connection to the URL's host and port opens.
 async fn reachable(url: &str) -> std::io::Result<()> {
     let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
@@ -326,6 +359,15 @@ fn payload() -> Bytes {
 fn raw_message(payload: &Bytes) -> producer::Message {
     producer::Message {
         payload: payload.to_vec(),
+        ..Default::default()
+    }
+}
+
+/// A producer that does not batch and whose sends wait for room in the
+/// connection's send queue rather than fail, as the backend's.
+fn waiting_producer() -> producer::ProducerOptions {
+    producer::ProducerOptions {
+        block_queue_if_full: true,
         ..Default::default()
     }
 }
@@ -375,6 +417,7 @@ async fn publish_direct(sides: &Sides, publishers: usize, duration: Duration) ->
         .client
         .producer()
         .with_topic(topic.as_str())
+        .with_options(waiting_producer())
         .build()
         .await
         .expect("producer");
@@ -439,11 +482,7 @@ async fn fill(client: &Pulsar<TokioExecutor>, topic: &TopicName, count: u64) {
     let mut producer: Producer<TokioExecutor> = client
         .producer()
         .with_topic(topic.as_str())
-        // Wait for room in the connection's queue rather than fail.
-        .with_options(producer::ProducerOptions {
-            block_queue_if_full: true,
-            ..Default::default()
-        })
+        .with_options(waiting_producer())
         .build()
         .await
         .expect("fill producer");
