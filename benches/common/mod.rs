@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 /// A fresh directory under `BENCH_DIR` (default: the target dir's scratch
 /// space, never /tmp, which may be tmpfs), removed when dropped.
+#[allow(dead_code)] // not every benchmark writes files
 pub fn scratch_dir(prefix: &str) -> tempfile::TempDir {
     let base = std::env::var_os("BENCH_DIR")
         .map(PathBuf::from)

@@ -32,6 +32,7 @@ use gateway_api::metadata::MetadataStore;
 use gateway_api::topic::Namespace;
 use gateway_api::{BackendError, MessageId, NewMessage, StartPosition, TopicName};
 use pulsar::consumer::ConsumerOptions;
+use pulsar::producer::ProducerOptions;
 use pulsar::{Producer, Pulsar, TokioExecutor};
 use tokio::sync::{oneshot, Mutex};
 
@@ -197,6 +198,11 @@ impl PulsarBackend {
         }
     }
 
+    /// The cached producer of a partition, created on first use. It does
+    /// not batch (see [`PulsarBackend::publish`]), and a send waits for room
+    /// in the connection's send queue (100 messages, shared by the
+    /// connection's producers) rather than failing with `SlowDown`: more
+    /// concurrent publishes than that are back-pressure, not an error.
     async fn producer(&self, topic: &TopicName) -> Result<SharedProducer, BackendError> {
         if let Some(p) = self.lock_producers().get(topic) {
             return Ok(p.clone());
@@ -205,6 +211,10 @@ impl PulsarBackend {
             .client
             .producer()
             .with_topic(topic.as_str())
+            .with_options(ProducerOptions {
+                block_queue_if_full: true,
+                ..Default::default()
+            })
             .build()
             .await
             .map_err(|e| convert::error(Some(topic), e))?;
