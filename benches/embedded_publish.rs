@@ -152,23 +152,7 @@ async fn publish(
         .expect("first publish");
     let before = store.log_stats(topic).await.expect("stats");
     let started = Instant::now();
-    let tasks: Vec<_> = (0..publishers)
-        .map(|_| {
-            let (store, topic) = (store.clone(), topic.clone());
-            let (payload, stop) = (payload.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut acked = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    store
-                        .publish(&topic, NewMessage::new(payload.clone()))
-                        .await
-                        .expect("publish");
-                    acked += 1;
-                }
-                acked
-            })
-        })
-        .collect();
+    let tasks = common::spawn_publishers(store, topic, &payload, publishers, &stop);
     tokio::time::sleep(duration).await;
     stop.store(true, Ordering::Relaxed);
     let mut acked = 0;

@@ -150,65 +150,34 @@ fn main() {
 
     let mut publish_rows = Vec::new();
     for publishers in PUBLISHERS {
-        let (mut gateway, mut direct) = (Tally::default(), Tally::default());
-        for round in 0..rounds {
-            // Who goes first alternates, so a drift of the machine's speed
-            // favours neither.
-            for gateway_turn in turns(round) {
-                let sides = &sides;
-                let run = runtime.block_on(async move {
-                    if gateway_turn {
-                        publish_gateway(sides, publishers, duration).await
-                    } else {
-                        publish_direct(sides, publishers, duration).await
-                    }
-                });
-                println!(
-                    "  publish, {publishers:>2} publishers, round {}: {:<7} {:>8.0} msg/s",
-                    round + 1,
-                    if gateway_turn { "gateway" } else { "direct" },
-                    run.rate()
-                );
+        let label = format!("publish, {publishers:>2} publishers");
+        let (gateway, direct) = alternate(rounds, &label, |gateway_turn| {
+            let sides = &sides;
+            runtime.block_on(async move {
                 if gateway_turn {
-                    &mut gateway
+                    publish_gateway(sides, publishers, duration).await
                 } else {
-                    &mut direct
+                    publish_direct(sides, publishers, duration).await
                 }
-                .add(run);
-            }
-        }
+            })
+        });
         publish_rows.push((publishers, gateway, direct));
     }
 
-    let (mut gateway, mut direct) = (Tally::default(), Tally::default());
-    for round in 0..rounds {
-        for gateway_turn in turns(round) {
-            let sides = &sides;
-            let run = runtime.block_on(async move {
-                let topic = sides.fresh_topic("consume");
-                fill(&sides.client, &topic, messages).await;
-                let run = if gateway_turn {
-                    drain_gateway(&sides.backend, &topic, messages).await
-                } else {
-                    drain_direct(&sides.client, &topic, messages).await
-                };
-                sides.delete(&topic).await;
-                run
-            });
-            println!(
-                "  consume, round {}: {:<7} {:>8.0} msg/s",
-                round + 1,
-                if gateway_turn { "gateway" } else { "direct" },
-                run.rate()
-            );
-            if gateway_turn {
-                &mut gateway
+    let (gateway, direct) = alternate(rounds, "consume", |gateway_turn| {
+        let sides = &sides;
+        runtime.block_on(async move {
+            let topic = sides.fresh_topic("consume");
+            fill(&sides.client, &topic, messages).await;
+            let run = if gateway_turn {
+                drain_gateway(&sides.backend, &topic, messages).await
             } else {
-                &mut direct
-            }
-            .add(run);
-        }
-    }
+                drain_direct(&sides.client, &topic, messages).await
+            };
+            sides.delete(&topic).await;
+            run
+        })
+    });
 
     println!();
     println!("publish (1 KiB, no batching, each publish awaits its receipt)");
@@ -242,6 +211,31 @@ fn main() {
     runtime.block_on(async {
         let _ = sides.backend.close().await;
     });
+}
+
+/// Runs `run(gateway_turn)` for both sides in each of `rounds` rounds, who
+/// goes first alternating so a drift of the machine's speed favours
+/// neither; prints each run and returns the (gateway, direct) sums.
+fn alternate(rounds: u64, label: &str, mut run: impl FnMut(bool) -> Tally) -> (Tally, Tally) {
+    let (mut gateway, mut direct) = (Tally::default(), Tally::default());
+    for round in 0..rounds {
+        for gateway_turn in turns(round) {
+            let tally = run(gateway_turn);
+            println!(
+                "  {label}, round {}: {:<7} {:>8.0} msg/s",
+                round + 1,
+                if gateway_turn { "gateway" } else { "direct" },
+                tally.rate()
+            );
+            if gateway_turn {
+                &mut gateway
+            } else {
+                &mut direct
+            }
+            .add(tally);
+        }
+    }
+    (gateway, direct)
 }
 
 /// The order of the two sides in a round: `true` is the gateway.
@@ -386,23 +380,7 @@ async fn publish_gateway(sides: &Sides, publishers: usize, duration: Duration) -
         .expect("first publish");
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
-    let tasks: Vec<_> = (0..publishers)
-        .map(|_| {
-            let (backend, topic) = (backend.clone(), topic.clone());
-            let (payload, stop) = (payload.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut acked = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    backend
-                        .publish(&topic, NewMessage::new(payload.clone()))
-                        .await
-                        .expect("publish");
-                    acked += 1;
-                }
-                acked
-            })
-        })
-        .collect();
+    let tasks = common::spawn_publishers(backend, &topic, &payload, publishers, &stop);
     let tally = finish(tasks, stop, started, duration).await;
     sides.delete(&topic).await;
     tally

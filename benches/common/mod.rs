@@ -39,3 +39,33 @@ pub fn describe_fs(path: &Path) -> String {
         })
         .unwrap_or_else(|| "unknown".into())
 }
+
+/// Starts `publishers` tasks that publish `payload` to `topic` through the
+/// contract until `stop` is set; each task returns how many of its
+/// publishes were acknowledged.
+#[allow(dead_code)] // not every benchmark publishes through the contract
+pub fn spawn_publishers<B: gateway_api::Backend + Clone>(
+    backend: &B,
+    topic: &gateway_api::TopicName,
+    payload: &bytes::Bytes,
+    publishers: usize,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<u64>> {
+    (0..publishers)
+        .map(|_| {
+            let (backend, topic) = (backend.clone(), topic.clone());
+            let (payload, stop) = (payload.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut acked = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    backend
+                        .publish(&topic, gateway_api::NewMessage::new(payload.clone()))
+                        .await
+                        .expect("publish");
+                    acked += 1;
+                }
+                acked
+            })
+        })
+        .collect()
+}
