@@ -34,7 +34,7 @@ use gateway_api::{
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{index, PulsarBackend};
+use super::{index, lock, PulsarBackend};
 
 /// Local name of the log topic in the gateway's namespace.
 pub const LOG_TOPIC: &str = "__pulsar-gateway-metadata";
@@ -116,13 +116,6 @@ impl PulsarMetadata {
         self.stop.cancel();
     }
 
-    fn replica(&self) -> std::sync::MutexGuard<'_, Replica> {
-        // Each update is whole under the lock: a poisoned replica is intact.
-        self.replica
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     /// Appends a write and returns its outcome once applied here.
     async fn write(
         &self,
@@ -144,7 +137,7 @@ impl PulsarMetadata {
         let id = self.backend.publish(&self.topic, message).await?;
         let position = (id.ledger_id, id.entry_id);
         self.caught_up(position).await?;
-        self.replica()
+        lock(&self.replica)
             .outcomes
             .remove(&position)
             .unwrap_or_else(|| {
@@ -186,7 +179,7 @@ impl PulsarMetadata {
 impl MetadataStore for PulsarMetadata {
     async fn get(&self, key: &str) -> Result<Option<Versioned>, BackendError> {
         self.sync().await?;
-        Ok(self.replica().entries.get(key).cloned())
+        Ok(lock(&self.replica).entries.get(key).cloned())
     }
 
     async fn put(
@@ -206,8 +199,7 @@ impl MetadataStore for PulsarMetadata {
 
     async fn scan(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, BackendError> {
         self.sync().await?;
-        Ok(self
-            .replica()
+        Ok(lock(&self.replica)
             .entries
             .range(prefix.to_owned()..)
             .take_while(|(k, _)| k.starts_with(prefix))
@@ -270,7 +262,7 @@ impl Applier {
             Err(e) => return e,
         };
         // Readers wait until the replay has passed what they need.
-        self.lock().entries.clear();
+        lock(&self.replica).entries.clear();
         self.applied.send_replace(None);
         loop {
             let message = match subscription.receive().await {
@@ -285,12 +277,6 @@ impl Applier {
             }
             self.applied.send_replace(Some(position));
         }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Replica> {
-        self.replica
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Applies one write: the same decision every gateway makes. `new`
@@ -312,7 +298,7 @@ impl Applier {
             .map(str::to_owned);
         let expected = property(EXPECTED).and_then(decode_expected);
         let mine = property(WRITER) == Some(self.writer.as_str());
-        let mut replica = self.lock();
+        let mut replica = lock(&self.replica);
         let outcome = match (key, property(OP), expected) {
             (Some(key), Some(op @ ("put" | "delete")), Some(expected)) => {
                 let current = replica.entries.get(&key).map(|v| v.version);

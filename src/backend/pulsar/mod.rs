@@ -204,7 +204,7 @@ impl PulsarBackend {
     /// connection's producers) rather than failing with `SlowDown`: more
     /// concurrent publishes than that are back-pressure, not an error.
     async fn producer(&self, topic: &TopicName) -> Result<SharedProducer, BackendError> {
-        if let Some(p) = self.lock_producers().get(topic) {
+        if let Some(p) = lock(&self.producers).get(topic) {
             return Ok(p.clone());
         }
         let producer = self
@@ -222,15 +222,10 @@ impl PulsarBackend {
             producer,
             previous: None,
         }));
-        Ok(self
-            .lock_producers()
+        Ok(lock(&self.producers)
             .entry(topic.clone())
             .or_insert(producer)
             .clone())
-    }
-
-    fn lock_producers(&self) -> std::sync::MutexGuard<'_, ProducerCache> {
-        lock(&self.producers)
     }
 
     /// The partition (or non-partitioned topic) a publish to `topic` goes
@@ -520,7 +515,7 @@ impl gateway_api::Backend for PulsarBackend {
         };
         self.forget_partitions(topic);
         let cached: Vec<SharedProducer> = {
-            let mut producers = self.lock_producers();
+            let mut producers = lock(&self.producers);
             let gone: Vec<TopicName> = producers
                 .keys()
                 .filter(|t| t.base() == topic.base())
@@ -598,7 +593,7 @@ impl gateway_api::Backend for PulsarBackend {
         if let Some(store) = self.metadata.get() {
             store.close();
         }
-        let producers: Vec<_> = self.lock_producers().drain().map(|(_, p)| p).collect();
+        let producers: Vec<_> = lock(&self.producers).drain().map(|(_, p)| p).collect();
         for producer in producers {
             let _ = producer.lock().await.producer.close().await;
         }
@@ -606,7 +601,8 @@ impl gateway_api::Backend for PulsarBackend {
     }
 }
 
-/// Locks a cache map; whole inserts and removals only, so a poisoned one is
+/// Locks state that is only ever changed whole under its lock (cache
+/// inserts and removals, a replica's applied write), so a poisoned one is
 /// still consistent.
 fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
