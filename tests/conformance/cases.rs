@@ -480,6 +480,52 @@ pub async fn subscription_seek_rewinds_and_skips(b: TestBackend) {
     assert_eq!(recv(&*sub).await.id.offset, 0);
 }
 
+pub async fn seeks_forget_buffered_messages_and_move_every_partition(b: TestBackend) {
+    // What was buffered toward the consumer before a seek is not delivered
+    // after it.
+    let topic = b.topic("seekbuffered");
+    publish_n(&b, &topic, 5).await;
+    let sub = b.subscribe(SubscribeRequest::new(topic.clone(), "s")).await;
+    assert_eq!(recv(&*sub).await.id.offset, 0);
+    sub.seek(StartPosition::Latest).await.unwrap();
+    assert_quiet(&*sub).await;
+    b.backend
+        .publish(&topic, NewMessage::new("after"))
+        .await
+        .unwrap();
+    assert_eq!(payloads(&[recv(&*sub).await]), vec!["after"]);
+
+    // On a partitioned topic, every partition moves.
+    let parted = b.topic("seekparted");
+    b.backend.create_topic(&parted, 2).await.unwrap();
+    for p in 0..2 {
+        b.backend
+            .publish(&parted.partition(p), NewMessage::new(format!("p{p}")))
+            .await
+            .unwrap();
+    }
+    let all = b
+        .subscribe(SubscribeRequest::new(parted.clone(), "s"))
+        .await;
+    for m in recv_n(&*all, 2).await {
+        all.ack(&m.topic, m.id).await.unwrap();
+    }
+    all.seek(StartPosition::Earliest).await.unwrap();
+    let mut again = payloads(&recv_n(&*all, 2).await);
+    again.sort();
+    assert_eq!(again, vec!["p0", "p1"]);
+
+    // A non-durable subscription seeks as well.
+    let tmp = b
+        .subscribe(SubscribeRequest {
+            durable: false,
+            ..SubscribeRequest::new(topic.clone(), "tmp")
+        })
+        .await;
+    tmp.seek(StartPosition::Offset(3)).await.unwrap();
+    assert_eq!(recv(&*tmp).await.id.offset, 3);
+}
+
 pub async fn partitioned_topics_route_by_key_and_subscribe_as_one(b: TestBackend) {
     let topic = b.topic("partitioned");
     b.backend.create_topic(&topic, 3).await.unwrap();

@@ -138,6 +138,7 @@ macro_rules! all_cases {
             new_subscription_starts_where_asked,
             readers_start_at_every_kind_of_position,
             subscription_seek_rewinds_and_skips,
+            seeks_forget_buffered_messages_and_move_every_partition,
             partitioned_topics_route_by_key_and_subscribe_as_one,
             added_partitions_reach_existing_subscribers,
             pattern_subscriptions_pick_up_topics_created_later,
@@ -153,10 +154,9 @@ macro_rules! all_cases {
 all_cases!(Embedded);
 
 // The cases the Pulsar backend passes so far; the rest, tracked in issue 4:
-// properties with repeated keys (the crate's producer keeps a map), seek
-// by offset on a live subscription (the crate's seek races its own
-// reconnection), and new partitions reaching existing subscribers. Each joins here, and then the list becomes
-// `all_cases!(Pulsar)`.
+// properties with repeated keys (the crate's producer keeps a map) and new
+// partitions reaching existing subscribers. Each joins here, and then the
+// list becomes `all_cases!(Pulsar)`.
 suite!(Pulsar:
     acknowledged_messages_are_not_delivered_again,
     concurrent_publishers_get_contiguous_offsets,
@@ -174,7 +174,9 @@ suite!(Pulsar:
     pattern_subscriptions_pick_up_topics_created_later,
     readers_start_at_every_kind_of_position,
     restart_keeps_messages_topics_and_cursors,
+    seeks_forget_buffered_messages_and_move_every_partition,
     shared_subscription_spreads_messages_over_consumers,
+    subscription_seek_rewinds_and_skips,
     unacked_messages_go_to_the_next_consumer,
     unsubscribe_deletes_the_cursor,
 );

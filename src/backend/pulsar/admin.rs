@@ -159,6 +159,47 @@ impl Admin {
         outcome(topic, status, text, (StatusCode::NOT_FOUND, missing))
     }
 
+    /// Moves a durable subscription's cursor on one partition (or topic
+    /// without partitions) to `to`. Pulsar disconnects the subscription's
+    /// consumers on that partition, which then resume from there.
+    pub async fn reset_cursor(
+        &self,
+        topic: &TopicName,
+        subscription: &str,
+        to: CursorTarget,
+    ) -> Result<(), BackendError> {
+        let subscription =
+            percent_encoding::utf8_percent_encode(subscription, percent_encoding::NON_ALPHANUMERIC);
+        let path = format!(
+            "{}/subscription/{subscription}/resetcursor",
+            Self::topic_path(topic)
+        );
+        let (status, text) = match to {
+            CursorTarget::Time(ms) => {
+                self.call(Method::POST, &format!("{path}/{ms}"), None)
+                    .await?
+            }
+            CursorTarget::Entry {
+                ledger,
+                entry,
+                batch_index,
+            } => {
+                // Pulsar's `ResetCursorData`: the position itself is read
+                // next (`isExcluded` false).
+                let body = serde_json::json!({
+                    "ledgerId": ledger,
+                    "entryId": entry,
+                    "batchIndex": batch_index,
+                    "isExcluded": false,
+                });
+                self.call(Method::POST, &path, Some(body.to_string()))
+                    .await?
+            }
+        };
+        let missing = BackendError::TopicNotFound(topic.clone());
+        outcome(topic, status, text, (StatusCode::NOT_FOUND, missing))
+    }
+
     /// A namespace's own retention policy: `Ok(None)` when it has none (the
     /// broker's defaults apply), `Err(NotAuthorized)` when this role may
     /// not read it.
@@ -214,6 +255,36 @@ impl Admin {
             ))),
         }
     }
+}
+
+/// Where [`Admin::reset_cursor`] moves a cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CursorTarget {
+    /// To a message, by Pulsar's id: (-1, -1) is the earliest retained
+    /// message, (`i64::MAX`, `i64::MAX`) the end; `batch_index` -1 for a
+    /// whole entry.
+    Entry {
+        ledger: i64,
+        entry: i64,
+        batch_index: i32,
+    },
+    /// To the first message published at or after this time (ms).
+    Time(u64),
+}
+
+impl CursorTarget {
+    /// The earliest retained message.
+    pub const EARLIEST: CursorTarget = CursorTarget::Entry {
+        ledger: -1,
+        entry: -1,
+        batch_index: -1,
+    };
+    /// Past the last message.
+    pub const LATEST: CursorTarget = CursorTarget::Entry {
+        ledger: i64::MAX,
+        entry: i64::MAX,
+        batch_index: -1,
+    };
 }
 
 /// How long a namespace keeps messages every subscription acknowledged, or

@@ -8,8 +8,13 @@
 //! which of its messages are still unacknowledged, and sends Pulsar's
 //! batch-index acknowledgement (the entry id with an `ack_set`) for each, or
 //! the plain entry acknowledgement once the last one is acknowledged.
+//!
+//! Seeks close the crate's consumer and open a new one ([`Opener`]). Each
+//! queued message carries the seek epoch it was taken in; `receive` passes
+//! over those taken before the latest seek.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -18,11 +23,11 @@ use gateway_api::{
     BackendError, Message, MessageId, StartPosition, Subscription, SubscriptionKind, TopicName,
 };
 use pulsar::message::proto::MessageIdData;
-use pulsar::{Pulsar, TokioExecutor};
+use pulsar::TokioExecutor;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use super::convert;
-use super::reader::Positions;
+use super::opener::Opener;
 
 /// The crate's consumer of raw payloads.
 pub type RawConsumer = pulsar::Consumer<Vec<u8>, TokioExecutor>;
@@ -52,9 +57,15 @@ enum Command {
     },
 }
 
+/// A message (or error) for `receive`, with the seek epoch it was taken in.
+type Queued = (u64, Result<Message, BackendError>);
+
 /// A consumer attached to a Pulsar subscription.
 pub struct PulsarSubscription {
-    messages: Mutex<mpsc::Receiver<Result<Message, BackendError>>>,
+    messages: Mutex<mpsc::Receiver<Queued>>,
+    /// The number of seeks done: queued messages of an earlier epoch were
+    /// taken before the latest seek.
+    epoch: Arc<AtomicU64>,
     commands: mpsc::Sender<Command>,
     /// The subscription's type: cumulative acknowledgements are refused on
     /// Shared and KeyShared, where the broker would ignore them (Pulsar's
@@ -63,31 +74,38 @@ pub struct PulsarSubscription {
 }
 
 impl PulsarSubscription {
-    /// Starts the task that drives `consumer`; `queue` bounds the messages
-    /// waiting for `receive` (the crate's own receiver queue bounds the rest).
-    pub fn start(
-        consumer: RawConsumer,
-        client: Pulsar<TokioExecutor>,
-        kind: SubscriptionKind,
-        queue: usize,
-        positions: Arc<dyn Positions>,
-    ) -> Self {
+    /// Attaches a consumer to the subscription `opener` describes, at its
+    /// initial position, and starts the task that drives it.
+    pub async fn open(opener: Opener) -> Result<Self, BackendError> {
+        let consumer = opener.open(None).await?;
+        let request = &opener.request;
+        let (kind, queue) = (request.kind, request.receive_queue);
+        let initial = request.initial_position;
         let (message_tx, message_rx) = mpsc::channel(queue.max(1));
         let (command_tx, command_rx) = mpsc::channel(64);
+        let epoch = Arc::new(AtomicU64::new(0));
         let task = Task {
             consumer,
-            client,
+            opener,
             messages: message_tx,
+            epoch: epoch.clone(),
             commands: command_rx,
             batches: HashMap::new(),
-            positions,
         };
         tokio::spawn(task.run());
-        PulsarSubscription {
+        let subscription = PulsarSubscription {
             messages: Mutex::new(message_rx),
+            epoch,
             commands: command_tx,
             kind,
+        };
+        // Pulsar starts new subscriptions at the earliest or latest message
+        // only; other positions are a seek.
+        match initial {
+            StartPosition::Earliest | StartPosition::Latest => {}
+            other => subscription.seek(other).await?,
         }
+        Ok(subscription)
     }
 
     async fn call(
@@ -126,7 +144,13 @@ impl Subscription for PulsarSubscription {
     async fn receive(&self) -> Result<Message, BackendError> {
         // `recv` is cancel-safe, and so is waiting for the lock.
         let mut messages = self.messages.lock().await;
-        messages.recv().await.unwrap_or(Err(BackendError::Closed))
+        loop {
+            match messages.recv().await {
+                Some((epoch, _)) if epoch != self.epoch.load(Ordering::Acquire) => continue,
+                Some((_, message)) => return message,
+                None => return Err(BackendError::Closed),
+            }
+        }
     }
 
     async fn ack(&self, topic: &TopicName, id: MessageId) -> Result<(), BackendError> {
@@ -178,14 +202,15 @@ enum Event {
 /// The task that owns the crate's consumer.
 struct Task {
     consumer: RawConsumer,
-    client: Pulsar<TokioExecutor>,
-    messages: mpsc::Sender<Result<Message, BackendError>>,
+    /// To open the consumer again on a seek.
+    opener: Opener,
+    messages: mpsc::Sender<Queued>,
+    /// Shared with the handle; only the task changes it.
+    epoch: Arc<AtomicU64>,
     commands: mpsc::Receiver<Command>,
     /// Per batch entry delivered and not fully acknowledged: which of its
     /// messages are still unacknowledged.
     batches: HashMap<EntryKey, Vec<bool>>,
-    /// Offsets to message ids, for seeks by offset.
-    positions: Arc<dyn Positions>,
 }
 
 impl Task {
@@ -199,7 +224,7 @@ impl Task {
                 permit = self.messages.reserve(), if held.is_some() => match permit {
                     Ok(permit) => {
                         if let Some(message) = held.take() {
-                            permit.send(message);
+                            permit.send((self.epoch.load(Ordering::Acquire), message));
                         }
                         continue;
                     }
@@ -275,14 +300,9 @@ impl Task {
                 false
             }
             Command::Seek { position, reply } => {
-                let result = self.seek(position).await;
-                if result.is_ok() {
-                    // Whatever was taken before the seek is not wanted now.
-                    *held = None;
-                    self.batches.clear();
-                }
+                let (result, done) = self.seek(position, held).await;
                 let _ = reply.send(result);
-                false
+                done
             }
             Command::Unsubscribe { reply } => {
                 let result = self
@@ -357,56 +377,50 @@ impl Task {
         data
     }
 
-    /// The one partition this consumer reads: an offset names a position
-    /// in one partition only.
-    fn single_topic(&self) -> Result<TopicName, BackendError> {
-        match self.consumer.topics().as_slice() {
-            [one] => one.parse().map_err(|e| {
-                BackendError::Unavailable(format!("the crate reports topic {one}: {e}"))
-            }),
-            topics => Err(BackendError::InvalidRequest(format!(
-                "a seek by offset names a position in one partition; this subscription covers {}",
-                topics.len()
-            ))),
+    /// Moves the subscription to `position`: closes the consumer, moves
+    /// the cursors, opens a new consumer. True when the task is done: the
+    /// consumer could not be opened again.
+    async fn seek(
+        &mut self,
+        position: StartPosition,
+        held: &mut Option<Result<Message, BackendError>>,
+    ) -> (Result<(), BackendError>, bool) {
+        let planned = match self.topics() {
+            Ok(topics) => self.opener.plan(&topics, position).await,
+            Err(e) => Err(e),
+        };
+        let planned = match planned {
+            Ok(planned) => planned,
+            Err(e) => return (Err(e), false),
+        };
+        if let Err(e) = self.consumer.close().await {
+            tracing::debug!("closing a consumer to seek: {e}");
+        }
+        // A cursor that could not be moved is reported, and the consumer
+        // goes on from where it was.
+        let moved = self.opener.move_cursors(&planned).await;
+        match self.opener.open(planned.start()).await {
+            Ok(consumer) => {
+                self.consumer = consumer;
+                *held = None;
+                self.batches.clear();
+                self.epoch.fetch_add(1, Ordering::AcqRel);
+                (moved, false)
+            }
+            Err(e) => (Err(e), true),
         }
     }
 
-    async fn seek(&mut self, position: StartPosition) -> Result<(), BackendError> {
-        let position = match position {
-            StartPosition::Offset(offset) => {
-                let topic = self.single_topic()?;
-                // Past the end: the end.
-                self.positions
-                    .offset(&topic, offset)
-                    .await?
-                    .map_or(StartPosition::Latest, StartPosition::Id)
-            }
-            other => other,
-        };
-        let (id, timestamp) = match position {
-            StartPosition::Earliest => (
-                Some(MessageIdData {
-                    ledger_id: u64::MAX,
-                    entry_id: u64::MAX,
-                    ..Default::default()
-                }),
-                None,
-            ),
-            // (An offset was resolved above.)
-            StartPosition::Latest | StartPosition::Offset(_) => (
-                Some(MessageIdData {
-                    ledger_id: i64::MAX as u64,
-                    entry_id: i64::MAX as u64,
-                    ..Default::default()
-                }),
-                None,
-            ),
-            StartPosition::Id(id) => (Some(convert::id_data(&id)), None),
-            StartPosition::Timestamp(ms) => (None, Some(ms)),
-        };
+    /// The partitions (or topics without partitions) the consumer reads.
+    fn topics(&self) -> Result<Vec<TopicName>, BackendError> {
         self.consumer
-            .seek(None, id, timestamp, self.client.clone())
-            .await
-            .map_err(|e| convert::error(None, e))
+            .topics()
+            .iter()
+            .map(|t| {
+                t.parse().map_err(|e| {
+                    BackendError::Unavailable(format!("the crate reports topic {t}: {e}"))
+                })
+            })
+            .collect()
     }
 }

@@ -19,6 +19,7 @@ pub mod consumer;
 pub mod convert;
 pub mod index;
 pub mod metadata;
+mod opener;
 pub mod reader;
 
 use std::collections::HashMap;
@@ -27,11 +28,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use gateway_api::backend::{OffsetRange, Reader, SubscribeRequest, Subscription, TopicSelector};
+use gateway_api::backend::{OffsetRange, Reader, SubscribeRequest, Subscription};
 use gateway_api::metadata::MetadataStore;
 use gateway_api::topic::Namespace;
 use gateway_api::{BackendError, MessageId, NewMessage, StartPosition, TopicName};
-use pulsar::consumer::ConsumerOptions;
 use pulsar::producer::ProducerOptions;
 use pulsar::{Producer, Pulsar, TokioExecutor};
 use tokio::sync::{oneshot, Mutex};
@@ -414,58 +414,13 @@ impl gateway_api::Backend for PulsarBackend {
         &self,
         request: SubscribeRequest,
     ) -> Result<Box<dyn Subscription>, BackendError> {
-        let options = ConsumerOptions::default()
-            .durable(request.durable)
-            .with_receiver_queue_size(u32::try_from(request.receive_queue).unwrap_or(u32::MAX))
-            .with_initial_position(convert::initial_position(&request.initial_position));
-        let mut builder = self
-            .client
-            .consumer()
-            .with_subscription(request.subscription.clone())
-            .with_subscription_type(convert::sub_type(request.kind))
-            .with_options(options)
-            .with_unacked_message_resend_delay(None);
-        if !request.consumer_name.is_empty() {
-            builder = builder.with_consumer_name(request.consumer_name.clone());
-        }
-        builder = match &request.topics {
-            TopicSelector::Topics(topics) => {
-                builder.with_topics(topics.iter().map(|t| t.as_str().to_owned()))
-            }
-            TopicSelector::Pattern { namespace, regex } => {
-                let regex = regex::Regex::new(&format!("^(?:{regex})$"))
-                    .map_err(|e| BackendError::InvalidRequest(format!("pattern: {e}")))?;
-                builder
-                    .with_lookup_namespace(format!("{}/{}", namespace.tenant, namespace.namespace))
-                    .with_topic_regex(regex)
-                    .with_topic_refresh(std::time::Duration::from_secs(1))
-            }
+        let opener = opener::Opener {
+            client: self.client.clone(),
+            admin: self.admin.clone(),
+            positions: self.positions(),
+            request,
         };
-        let first = match &request.topics {
-            TopicSelector::Topics(t) => t.first().cloned(),
-            TopicSelector::Pattern { .. } => None,
-        };
-        let consumer = builder.build::<Vec<u8>>().await.map_err(|e| {
-            match convert::error(first.as_ref(), e) {
-                BackendError::ConsumerBusy { topic, .. } => BackendError::ConsumerBusy {
-                    topic,
-                    subscription: request.subscription.clone(),
-                },
-                other => other,
-            }
-        })?;
-        let subscription = PulsarSubscription::start(
-            consumer,
-            self.client.clone(),
-            request.kind,
-            request.receive_queue,
-            self.positions(),
-        );
-        match request.initial_position {
-            StartPosition::Earliest | StartPosition::Latest => {}
-            other => subscription.seek(other).await?,
-        }
-        Ok(Box::new(subscription))
+        Ok(Box::new(PulsarSubscription::open(opener).await?))
     }
 
     async fn reader(
