@@ -254,13 +254,7 @@ async fn connect(service_url: &str, admin_url: &str) -> Sides {
             unreachable_pulsar(&format!("{url}: {e}"));
         }
     }
-    let config = PulsarConfig {
-        service_url: service_url.to_owned(),
-        admin_url: admin_url.to_owned(),
-        token: None,
-        namespace: Namespace::default(),
-        tls_trust_certs: None,
-    };
+    let config = PulsarConfig::new(service_url, admin_url);
     let backend =
         match tokio::time::timeout(Duration::from_secs(60), PulsarBackend::connect(config)).await {
             Ok(Ok(backend)) => backend,

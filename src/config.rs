@@ -25,7 +25,7 @@ use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
 use gateway_api::topic::Namespace;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::backend::pulsar::PulsarConfig;
+use crate::backend::pulsar::{Compression, ProducerSettings, PulsarConfig};
 
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -141,8 +141,8 @@ impl<'de> Deserialize<'de> for ListenAddr {
     }
 }
 
-/// A span of time written with a unit: `90s`, `30m`, `12h`, `7d`; `0`
-/// means "no limit" where the key says so.
+/// A span of time written with a unit: `5ms`, `90s`, `30m`, `12h`, `7d`;
+/// `0` means "no limit" where the key says so.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HumanDuration(
     /// The span; zero where a key reads it as "no limit".
@@ -159,20 +159,25 @@ impl FromStr for HumanDuration {
         }
         let split = s
             .find(|c: char| !c.is_ascii_digit())
-            .ok_or_else(|| format!("'{s}' has no unit (use s, m, h or d, e.g. 7d)"))?;
+            .ok_or_else(|| format!("'{s}' has no unit (use ms, s, m, h or d, e.g. 7d)"))?;
         let (digits, unit) = s.split_at(split);
         let n: u64 = digits
             .parse()
             .map_err(|_| format!("'{s}' does not start with a number"))?;
-        let secs_per = match unit {
-            "s" => 1,
-            "m" => 60,
-            "h" => 3600,
-            "d" => 86_400,
-            _ => return Err(format!("'{s}': unknown unit '{unit}' (use s, m, h or d)")),
+        let millis_per = match unit {
+            "ms" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => {
+                return Err(format!(
+                    "'{s}': unknown unit '{unit}' (use ms, s, m, h or d)"
+                ))
+            }
         };
-        n.checked_mul(secs_per)
-            .map(|secs| HumanDuration(Duration::from_secs(secs)))
+        n.checked_mul(millis_per)
+            .map(|millis| HumanDuration(Duration::from_millis(millis)))
             .ok_or_else(|| format!("'{s}' is too long"))
     }
 }
@@ -180,6 +185,9 @@ impl FromStr for HumanDuration {
 impl fmt::Display for HumanDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let secs = self.0.as_secs();
+        if self.0.subsec_nanos() != 0 {
+            return write!(f, "{}ms", self.0.as_millis());
+        }
         if secs == 0 {
             return f.write_str("0");
         }
@@ -310,6 +318,56 @@ pub struct Config {
     pub drain_timeout: HumanDuration,
     /// Settings of the embedded store.
     pub embedded: EmbeddedSettings,
+    /// How producers toward Pulsar behave (`backend = "pulsar"`).
+    pub pulsar_producers: PulsarProducerSettings,
+}
+
+/// Producers toward Pulsar (`[pulsar_producers]` in the TOML file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PulsarProducerSettings {
+    /// A partition's producer is closed after this long without a publish
+    /// (`0`: kept open).
+    pub idle_timeout: HumanDuration,
+    /// Bytes published and not yet persisted by Pulsar, across the gateway;
+    /// further publishes wait (back-pressure).
+    pub max_in_flight_bytes: usize,
+    /// Compression toward Pulsar: none, lz4, zlib, zstd or snappy.
+    pub compression: Compression,
+    /// Messages gathered into one Pulsar entry at most (1: no batching).
+    pub batch_max_messages: u32,
+    /// A batch is sent once it holds this many bytes.
+    pub batch_max_bytes: usize,
+    /// A batch is sent at the latest this long after its first message.
+    pub batch_max_delay: HumanDuration,
+}
+
+impl Default for PulsarProducerSettings {
+    fn default() -> PulsarProducerSettings {
+        let d = ProducerSettings::default();
+        PulsarProducerSettings {
+            idle_timeout: HumanDuration(d.idle_timeout),
+            max_in_flight_bytes: d.max_in_flight_bytes,
+            compression: d.compression,
+            batch_max_messages: d.batch_max_messages,
+            batch_max_bytes: d.batch_max_bytes,
+            batch_max_delay: HumanDuration(d.batch_max_delay),
+        }
+    }
+}
+
+impl PulsarProducerSettings {
+    /// The backend's settings.
+    pub fn settings(&self) -> ProducerSettings {
+        ProducerSettings {
+            idle_timeout: self.idle_timeout.0,
+            max_in_flight_bytes: self.max_in_flight_bytes,
+            compression: self.compression,
+            batch_max_messages: self.batch_max_messages,
+            batch_max_bytes: self.batch_max_bytes,
+            batch_max_delay: self.batch_max_delay.0,
+        }
+    }
 }
 
 /// Settings of the embedded store (`[embedded]` in the TOML file).
@@ -351,6 +409,7 @@ impl Default for Config {
             log_level: defaults::log_level(),
             drain_timeout: defaults::drain_timeout(),
             embedded: EmbeddedSettings::default(),
+            pulsar_producers: PulsarProducerSettings::default(),
         }
     }
 }
@@ -456,6 +515,29 @@ struct Cli {
     /// Embedded store: age of messages kept, e.g. 7d, 12h (0: forever).
     #[arg(long, env = "PULSAR_GATEWAY_RETENTION_MAX_AGE", value_name = "AGE", default_value_t = defaults::retention_max_age())]
     retention_max_age: HumanDuration,
+    /// Pulsar: close a partition's producer after this long unused (0: never).
+    #[arg(long, env = "PULSAR_GATEWAY_PULSAR_PRODUCER_IDLE_TIMEOUT", value_name = "DURATION", default_value_t = PulsarProducerSettings::default().idle_timeout)]
+    pulsar_producer_idle_timeout: HumanDuration,
+    /// Pulsar: bytes of publishes awaiting Pulsar across the gateway; more wait.
+    #[arg(long, env = "PULSAR_GATEWAY_PULSAR_MAX_IN_FLIGHT_BYTES", value_name = "BYTES", default_value_t = PulsarProducerSettings::default().max_in_flight_bytes)]
+    pulsar_max_in_flight_bytes: usize,
+    /// Pulsar: compression of what is sent.
+    #[arg(
+        long,
+        env = "PULSAR_GATEWAY_PULSAR_COMPRESSION",
+        value_enum,
+        default_value_t
+    )]
+    pulsar_compression: Compression,
+    /// Pulsar: messages per entry at most (1: no batching).
+    #[arg(long, env = "PULSAR_GATEWAY_PULSAR_BATCH_MAX_MESSAGES", value_name = "N", default_value_t = PulsarProducerSettings::default().batch_max_messages)]
+    pulsar_batch_max_messages: u32,
+    /// Pulsar: a batch is sent once it holds this many bytes.
+    #[arg(long, env = "PULSAR_GATEWAY_PULSAR_BATCH_MAX_BYTES", value_name = "BYTES", default_value_t = PulsarProducerSettings::default().batch_max_bytes)]
+    pulsar_batch_max_bytes: usize,
+    /// Pulsar: a batch is sent at the latest this long after its first message, e.g. 1ms.
+    #[arg(long, env = "PULSAR_GATEWAY_PULSAR_BATCH_MAX_DELAY", value_name = "DURATION", default_value_t = PulsarProducerSettings::default().batch_max_delay)]
+    pulsar_batch_max_delay: HumanDuration,
 }
 
 /// Overwrites `target` with the argument `id` if it came from the command
@@ -562,6 +644,13 @@ impl Config {
         overlay(m, "segment_bytes", &mut e.segment_bytes);
         overlay(m, "retention_max_bytes", &mut e.retention_max_bytes);
         overlay(m, "retention_max_age", &mut e.retention_max_age);
+        let p = &mut self.pulsar_producers;
+        overlay(m, "pulsar_producer_idle_timeout", &mut p.idle_timeout);
+        overlay(m, "pulsar_max_in_flight_bytes", &mut p.max_in_flight_bytes);
+        overlay(m, "pulsar_compression", &mut p.compression);
+        overlay(m, "pulsar_batch_max_messages", &mut p.batch_max_messages);
+        overlay(m, "pulsar_batch_max_bytes", &mut p.batch_max_bytes);
+        overlay(m, "pulsar_batch_max_delay", &mut p.batch_max_delay);
     }
 
     /// Checks what types alone do not.
@@ -574,6 +663,19 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "max_connections",
                 message: "must be at least 1".into(),
+            });
+        }
+        let p = &self.pulsar_producers;
+        if p.batch_max_messages == 0 {
+            return Err(ConfigError::Invalid {
+                key: "pulsar_producers.batch_max_messages",
+                message: "must be at least 1 (1: no batching)".into(),
+            });
+        }
+        if p.max_in_flight_bytes < 1024 {
+            return Err(ConfigError::Invalid {
+                key: "pulsar_producers.max_in_flight_bytes",
+                message: format!("{} is below the minimum of 1024", p.max_in_flight_bytes),
             });
         }
         if self.embedded.segment_bytes < 1024 {
@@ -651,6 +753,7 @@ impl Config {
             token,
             namespace: self.default_namespace()?,
             tls_trust_certs,
+            producers: self.pulsar_producers.settings(),
         })
     }
 }
@@ -948,7 +1051,7 @@ mod tests {
             assert_eq!(s.parse::<ListenAddr>().unwrap().to_string(), s);
         }
         assert_eq!("OFF".parse::<ListenAddr>().unwrap(), ListenAddr::Off);
-        for s in ["0", "7d", "12h", "30m", "90s"] {
+        for s in ["0", "7d", "12h", "30m", "90s", "5ms", "1500ms"] {
             assert_eq!(s.parse::<HumanDuration>().unwrap().to_string(), s);
         }
         assert_eq!(
@@ -1160,7 +1263,8 @@ mod tests {
         std::fs::write(
             &file,
             "backend = \"pulsar\"\npulsar_url = \"pulsar+ssl://file:6651\"\n\
-             pulsar_token_file = \"/file/token\"\n",
+             pulsar_token_file = \"/file/token\"\n\
+             [pulsar_producers]\nbatch_max_messages = 100\n",
         )
         .unwrap();
         let config = Config::load_from([
@@ -1171,8 +1275,17 @@ mod tests {
             "https://flag:8443".as_ref(),
             "--pulsar-tls-trust-certs-file".as_ref(),
             "/flag/ca.pem".as_ref(),
+            "--pulsar-compression".as_ref(),
+            "zstd".as_ref(),
+            "--pulsar-batch-max-delay".as_ref(),
+            "10ms".as_ref(),
         ])
         .unwrap();
+        let p = config.pulsar_producers.settings();
+        assert_eq!(p.compression, Compression::Zstd);
+        assert_eq!(p.batch_max_delay, Duration::from_millis(10));
+        assert_eq!(p.batch_max_messages, 100, "from the file");
+        assert_eq!(p.idle_timeout, Duration::from_secs(300), "the default");
         assert_eq!(config.backend, BackendKind::Pulsar);
         assert_eq!(config.pulsar_url.as_deref(), Some("pulsar+ssl://file:6651"));
         assert_eq!(

@@ -114,13 +114,10 @@ async fn pulsar_restart_under_load_loses_no_acknowledged_message() {
         run_dir: dir.path().to_owned(),
     };
     cluster.start(false).await;
-    let config = PulsarConfig {
-        service_url: format!("pulsar://127.0.0.1:{PORT}"),
-        admin_url: format!("http://127.0.0.1:{WEB_PORT}"),
-        token: None,
-        namespace: Namespace::default(),
-        tls_trust_certs: None,
-    };
+    let config = PulsarConfig::new(
+        format!("pulsar://127.0.0.1:{PORT}"),
+        format!("http://127.0.0.1:{WEB_PORT}"),
+    );
     let backend: Arc<dyn Backend> = Arc::new(PulsarBackend::connect(config).await.unwrap());
     let topic = TopicName::from_kafka("restart-under-load", &Namespace::default()).unwrap();
 

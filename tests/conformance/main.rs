@@ -3,6 +3,7 @@
 
 mod cases;
 mod cluster;
+mod producers;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -10,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use gateway_api::topic::Namespace;
 use gateway_api::{Backend, SubscribeRequest, Subscription, TopicName};
 use pulsar_gateway::backend::embedded::{EmbeddedBackend, EmbeddedConfig};
-use pulsar_gateway::backend::pulsar::{PulsarBackend, PulsarConfig};
+use pulsar_gateway::backend::pulsar::{ProducerSettings, PulsarBackend, PulsarConfig};
 
 /// Which backend a case runs against.
 #[derive(Clone, Copy)]
@@ -69,6 +70,20 @@ impl TestBackend {
         open(self.kind, &self.dir).await
     }
 
+    /// A second backend on the same cluster whose producers behave as
+    /// `settings` says (Pulsar only).
+    pub async fn with_producers(&self, settings: ProducerSettings) -> Arc<dyn Backend> {
+        assert!(
+            matches!(self.kind, Kind::Pulsar),
+            "producer settings are Pulsar's"
+        );
+        let config = PulsarConfig {
+            producers: settings,
+            ..pulsar_config()
+        };
+        Arc::new(PulsarBackend::connect(config).await.unwrap())
+    }
+
     /// Closes the backend and opens it again on the same data.
     pub async fn restart(self) -> TestBackend {
         self.backend.close().await.unwrap();
@@ -84,25 +99,24 @@ async fn open(kind: Kind, dir: &tempfile::TempDir) -> Arc<dyn Backend> {
             let config = EmbeddedConfig::new(dir.path());
             Arc::new(EmbeddedBackend::open(config).await.unwrap())
         }
-        Kind::Pulsar => {
-            let url = |name: &str| {
-                std::env::var(name).unwrap_or_else(|_| {
-                    panic!(
-                        "{name} is not set: the Pulsar backend's cases need a real Pulsar; \
-                         run scripts/test.sh, which starts one (deploy/pulsar-standalone.sh)"
-                    )
-                })
-            };
-            let config = PulsarConfig {
-                service_url: url("PULSAR_GATEWAY_TEST_PULSAR_URL"),
-                admin_url: url("PULSAR_GATEWAY_TEST_PULSAR_WEB_URL"),
-                token: None,
-                namespace: Namespace::default(),
-                tls_trust_certs: None,
-            };
-            Arc::new(PulsarBackend::connect(config).await.unwrap())
-        }
+        Kind::Pulsar => Arc::new(PulsarBackend::connect(pulsar_config()).await.unwrap()),
     }
+}
+
+/// The test cluster `scripts/test.sh` started, with default settings.
+fn pulsar_config() -> PulsarConfig {
+    let url = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| {
+            panic!(
+                "{name} is not set: the Pulsar backend's cases need a real Pulsar; \
+                 run scripts/test.sh, which starts one (deploy/pulsar-standalone.sh)"
+            )
+        })
+    };
+    PulsarConfig::new(
+        url("PULSAR_GATEWAY_TEST_PULSAR_URL"),
+        url("PULSAR_GATEWAY_TEST_PULSAR_WEB_URL"),
+    )
 }
 
 /// One test per case for a backend.

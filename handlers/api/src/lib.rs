@@ -16,11 +16,14 @@
 //! - [`context`]: the [`Context`] every handler receives.
 //! - [`handler`]: [`ProtocolHandler`], the trait a protocol implements, and
 //!   the [`ClientStream`] it serves.
+//! - [`budget`]: [`ByteBudget`], the bound on bytes in flight (per gateway,
+//!   per connection).
 
 #![deny(missing_docs)]
 
 pub mod auth;
 pub mod backend;
+pub mod budget;
 pub mod context;
 pub mod error;
 pub mod handler;
@@ -35,6 +38,7 @@ pub use backend::{
     Backend, OffsetRange, Reader, StartPosition, SubscribeRequest, Subscription, SubscriptionKind,
     TopicSelector,
 };
+pub use budget::{ByteBudget, Reservation};
 pub use context::Context;
 pub use error::BackendError;
 pub use handler::{ClientStream, HandlerError, ProtocolHandler};

@@ -3,7 +3,7 @@
 //! `vendor/pulsar`) plus a few admin REST calls.
 //!
 //! The gateway keeps no state of its own here: subscriptions, cursors and
-//! topics are Pulsar's. Producers are cached per partition. Offsets are the
+//! topics are Pulsar's. Offsets are the
 //! broker entry index (`AppendIndexMetadataInterceptor`), which
 //! [`PulsarBackend::connect`] checks the cluster provides: received messages
 //! carry it; see [`index`] for the rest and [`PulsarBackend::publish`] for
@@ -12,7 +12,8 @@
 //! The metadata store is a replicated state machine on a topic
 //! ([`metadata`]).
 //!
-//! Not built yet: producer idle eviction.
+//! Producers, the in-flight bound and the offsets of published messages
+//! are [`producers`]'s.
 
 mod admin;
 pub mod consumer;
@@ -20,6 +21,7 @@ pub mod convert;
 pub mod index;
 pub mod metadata;
 mod opener;
+mod producers;
 pub mod reader;
 
 use std::collections::HashMap;
@@ -32,13 +34,13 @@ use gateway_api::backend::{OffsetRange, Reader, SubscribeRequest, Subscription};
 use gateway_api::metadata::MetadataStore;
 use gateway_api::topic::Namespace;
 use gateway_api::{BackendError, MessageId, NewMessage, StartPosition, TopicName};
-use pulsar::producer::ProducerOptions;
-use pulsar::{Producer, Pulsar, TokioExecutor};
-use tokio::sync::{oneshot, Mutex};
+use pulsar::{Pulsar, TokioExecutor};
 
 use admin::{Admin, Retention};
 use consumer::PulsarSubscription;
 use metadata::PulsarMetadata;
+use producers::Producers;
+pub use producers::{Compression, ProducerSettings};
 
 /// Where the cluster is and how to reach it.
 #[derive(Clone)]
@@ -55,6 +57,23 @@ pub struct PulsarConfig {
     /// PEM CA certificates trusted on TLS connections (both APIs), on top
     /// of the built-in public roots.
     pub tls_trust_certs: Option<Vec<u8>>,
+    /// How producers toward Pulsar behave.
+    pub producers: ProducerSettings,
+}
+
+impl PulsarConfig {
+    /// A cluster at these URLs, in the default namespace, without a token
+    /// or extra trusted certificates, with default producer settings.
+    pub fn new(service_url: impl Into<String>, admin_url: impl Into<String>) -> PulsarConfig {
+        PulsarConfig {
+            service_url: service_url.into(),
+            admin_url: admin_url.into(),
+            token: None,
+            namespace: Namespace::default(),
+            tls_trust_certs: None,
+            producers: ProducerSettings::default(),
+        }
+    }
 }
 
 impl std::fmt::Debug for PulsarConfig {
@@ -68,6 +87,7 @@ impl std::fmt::Debug for PulsarConfig {
                 "tls_trust_certs",
                 &self.tls_trust_certs.as_ref().map(|pem| pem.len()),
             )
+            .field("producers", &self.producers)
             .finish()
     }
 }
@@ -95,14 +115,6 @@ const REQUIRED_SETTINGS: [(&str, &str, &str); 3] = [
 /// (this gateway's own partition changes apply at once).
 const PARTITION_COUNT_TTL: Duration = Duration::from_secs(10);
 
-/// Where a published message landed: its entry and the entry's index.
-#[derive(Debug, Clone, Copy)]
-struct Placed {
-    ledger: u64,
-    entry: u64,
-    index: u64,
-}
-
 /// The retention the gateway's namespace must have at least: Kafka's and
 /// AMQP's "publish now, consume later" needs messages kept when no
 /// subscription exists yet, which Pulsar's default (0) does not do. A week
@@ -111,19 +123,6 @@ pub const DEFAULT_RETENTION: Retention = Retention {
     retention_time_in_minutes: 7 * 24 * 60,
     retention_size_in_mb: -1,
 };
-
-/// A cached producer, locked only to enqueue a send, with the end of its
-/// chain of placements (see [`PulsarBackend::publish`]).
-struct ProducerSlot {
-    producer: Producer<TokioExecutor>,
-    /// Resolves to where the previous send landed, `None` if unknown.
-    previous: Option<oneshot::Receiver<Option<Placed>>>,
-}
-
-type SharedProducer = Arc<Mutex<ProducerSlot>>;
-
-/// The producers by partition (or non-partitioned topic).
-type ProducerCache = HashMap<TopicName, SharedProducer>;
 
 /// Partition counts by base topic, with when they were read.
 type PartitionCounts = HashMap<TopicName, (u32, Instant)>;
@@ -135,7 +134,7 @@ pub struct PulsarBackend {
     admin: Admin,
     config: Arc<PulsarConfig>,
     /// One producer per partition published to.
-    producers: Arc<std::sync::Mutex<ProducerCache>>,
+    producers: Producers,
     /// Partition counts for routing publishes to a base topic.
     partition_counts: Arc<std::sync::Mutex<PartitionCounts>>,
     /// Round-robin position for publishes without a key.
@@ -171,11 +170,12 @@ impl PulsarBackend {
         let settings = check_settings(&admin).await?;
         let namespace = config.namespace.clone();
         ensure_retention(&admin, &namespace, DEFAULT_RETENTION, settings.as_ref()).await?;
+        let producers = Producers::start(client.clone(), admin.clone(), config.producers.clone());
         let backend = PulsarBackend {
             client,
             admin,
             config: Arc::new(config),
-            producers: Default::default(),
+            producers,
             partition_counts: Default::default(),
             next_partition: Default::default(),
             metadata: Default::default(),
@@ -196,36 +196,6 @@ impl PulsarBackend {
             metadata: Default::default(),
             ..self.clone()
         }
-    }
-
-    /// The cached producer of a partition, created on first use. It does
-    /// not batch (see [`PulsarBackend::publish`]), and a send waits for room
-    /// in the connection's send queue (100 messages, shared by the
-    /// connection's producers) rather than failing with `SlowDown`: more
-    /// concurrent publishes than that are back-pressure, not an error.
-    async fn producer(&self, topic: &TopicName) -> Result<SharedProducer, BackendError> {
-        if let Some(p) = lock(&self.producers).get(topic) {
-            return Ok(p.clone());
-        }
-        let producer = self
-            .client
-            .producer()
-            .with_topic(topic.as_str())
-            .with_options(ProducerOptions {
-                block_queue_if_full: true,
-                ..Default::default()
-            })
-            .build()
-            .await
-            .map_err(|e| convert::error(Some(topic), e))?;
-        let producer = Arc::new(Mutex::new(ProducerSlot {
-            producer,
-            previous: None,
-        }));
-        Ok(lock(&self.producers)
-            .entry(topic.clone())
-            .or_insert(producer)
-            .clone())
     }
 
     /// The partition (or non-partitioned topic) a publish to `topic` goes
@@ -348,66 +318,14 @@ async fn ensure_retention(
 
 #[async_trait]
 impl gateway_api::Backend for PulsarBackend {
-    /// Sends through the partition's cached producer and resolves once
-    /// Pulsar has persisted the message. Its offset is the entry's index,
-    /// which the send receipt does not carry: each send waits for where the
-    /// previous send of the same producer landed (receipts come in send
-    /// order), and when its entry directly follows that one in the same
-    /// ledger, its index is the previous index plus one (one message per
-    /// entry: the producer does not batch). Otherwise — the first send,
-    /// after a reconnect or ledger roll-over, or when another producer wrote
-    /// in between — the admin API tells the entry's index.
+    /// Routes to a partition and publishes there ([`producers`]).
     async fn publish(
         &self,
         topic: &TopicName,
         message: NewMessage,
     ) -> Result<MessageId, BackendError> {
         let target = self.route(topic, message.key.as_deref()).await?;
-        let slot = self.producer(&target).await?;
-        let (placed, placed_rx) = oneshot::channel();
-        let (pending, previous) = {
-            let mut slot = slot.lock().await;
-            let pending = slot
-                .producer
-                .send_non_blocking(convert::outgoing(message))
-                .await
-                .map_err(|e| convert::error(Some(&target), e))?;
-            (pending, slot.previous.replace(placed_rx))
-        };
-        // On any error below `placed` is dropped: the next send looks its
-        // entry up.
-        let receipt = pending
-            .await
-            .map_err(|e| convert::error(Some(&target), e))?;
-        let id = receipt.message_id.ok_or_else(|| {
-            BackendError::Unavailable(format!("Pulsar's receipt for {target} had no message id"))
-        })?;
-        let previous = match previous {
-            Some(previous) => previous.await.ok().flatten(),
-            None => None,
-        };
-        let index = match previous {
-            Some(p) if p.ledger == id.ledger_id && p.entry.checked_add(1) == Some(id.entry_id) => {
-                p.index + 1
-            }
-            _ => {
-                index::entry(&self.admin, &target, id.ledger_id, id.entry_id)
-                    .await?
-                    .last_index
-            }
-        };
-        let _ = placed.send(Some(Placed {
-            ledger: id.ledger_id,
-            entry: id.entry_id,
-            index,
-        }));
-        Ok(MessageId {
-            offset: index,
-            ledger_id: id.ledger_id,
-            entry_id: id.entry_id,
-            partition: target.partition_index().map_or(-1, |p| p as i32),
-            batch_index: -1,
-        })
+        self.producers.publish(&target, message).await
     }
 
     async fn subscribe(
@@ -469,18 +387,7 @@ impl gateway_api::Backend for PulsarBackend {
             Some(n) => n > 0,
         };
         self.forget_partitions(topic);
-        let cached: Vec<SharedProducer> = {
-            let mut producers = lock(&self.producers);
-            let gone: Vec<TopicName> = producers
-                .keys()
-                .filter(|t| t.base() == topic.base())
-                .cloned()
-                .collect();
-            gone.iter().filter_map(|t| producers.remove(t)).collect()
-        };
-        for producer in cached {
-            let _ = producer.lock().await.producer.close().await;
-        }
+        self.producers.close_topic(topic).await;
         self.admin.delete_topic(topic, partitioned).await
     }
 
@@ -548,10 +455,7 @@ impl gateway_api::Backend for PulsarBackend {
         if let Some(store) = self.metadata.get() {
             store.close();
         }
-        let producers: Vec<_> = lock(&self.producers).drain().map(|(_, p)| p).collect();
-        for producer in producers {
-            let _ = producer.lock().await.producer.close().await;
-        }
+        self.producers.close_all().await;
         Ok(())
     }
 }

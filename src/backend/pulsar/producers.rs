@@ -1,0 +1,322 @@
+//! The producers toward Pulsar, and the offsets of what they publish.
+//!
+//! - One producer per partition (or topic without partitions), created on
+//!   first publish and closed once no publish used it for the idle timeout
+//!   (a sweeper checks twice per timeout).
+//! - A publish reserves its size from the gateway-wide [`ByteBudget`] until
+//!   Pulsar answered it: when Pulsar is slow, publishes wait there and
+//!   memory stays bounded.
+//! - A send waits for room in the connection's send queue rather than
+//!   failing with `SlowDown`: more concurrent publishes than that queue
+//!   holds are back-pressure, not an error.
+//!
+//! Offsets: a message's offset is its entry's broker index (that of the
+//! entry's last message), less the messages after it in a batched entry.
+//! The send receipt does not carry the index, so each send waits for where
+//! the previous send of the same producer landed (receipts come in send
+//! order): in the same entry (a batch), its entry's index is that one's;
+//! in the next entry of the same ledger, that one's plus this entry's
+//! message count. Otherwise (the first send, after a reconnect or ledger
+//! roll-over, or when another producer wrote in between) the admin API
+//! tells the entry's index.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use clap::ValueEnum;
+use gateway_api::{BackendError, ByteBudget, MessageId, NewMessage, TopicName};
+use pulsar::compression;
+use pulsar::producer::ProducerOptions;
+use pulsar::{Producer, Pulsar, TokioExecutor};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{oneshot, Mutex};
+
+use super::admin::Admin;
+use super::{convert, index, lock};
+
+/// How messages are compressed toward Pulsar (consumers of every protocol
+/// get them decompressed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// Sent as published.
+    #[default]
+    None,
+    /// LZ4: fast, the usual choice.
+    Lz4,
+    /// zlib (deflate).
+    Zlib,
+    /// Zstandard: smaller, more CPU.
+    Zstd,
+    /// Snappy.
+    Snappy,
+}
+
+impl Compression {
+    fn to_pulsar(self) -> compression::Compression {
+        match self {
+            Compression::None => compression::Compression::None,
+            Compression::Lz4 => compression::Compression::Lz4(Default::default()),
+            Compression::Zlib => compression::Compression::Zlib(Default::default()),
+            Compression::Zstd => compression::Compression::Zstd(Default::default()),
+            Compression::Snappy => compression::Compression::Snappy(Default::default()),
+        }
+    }
+}
+
+/// How the gateway's producers toward Pulsar behave.
+#[derive(Debug, Clone)]
+pub struct ProducerSettings {
+    /// A producer no publish used for this long is closed (and opened again
+    /// by the next publish to its partition); zero keeps producers open.
+    pub idle_timeout: Duration,
+    /// Bytes published and not yet answered by Pulsar, across the gateway;
+    /// further publishes wait.
+    pub max_in_flight_bytes: usize,
+    /// Compression of what is sent.
+    pub compression: Compression,
+    /// Messages gathered into one entry at most; 1 sends each message as an
+    /// entry of its own (no batching).
+    pub batch_max_messages: u32,
+    /// A batch is sent once it holds this many bytes.
+    pub batch_max_bytes: usize,
+    /// A batch is sent at the latest this long after its first message.
+    pub batch_max_delay: Duration,
+}
+
+impl Default for ProducerSettings {
+    fn default() -> ProducerSettings {
+        ProducerSettings {
+            idle_timeout: Duration::from_secs(300),
+            max_in_flight_bytes: 64 << 20,
+            compression: Compression::None,
+            batch_max_messages: 1,
+            batch_max_bytes: 128 << 10,
+            batch_max_delay: Duration::from_millis(1),
+        }
+    }
+}
+
+impl ProducerSettings {
+    fn options(&self) -> ProducerOptions {
+        let batching = self.batch_max_messages > 1;
+        ProducerOptions {
+            block_queue_if_full: true,
+            compression: Some(self.compression.to_pulsar()),
+            batch_size: batching.then_some(self.batch_max_messages),
+            batch_byte_size: batching.then_some(self.batch_max_bytes),
+            batch_timeout: batching.then_some(self.batch_max_delay),
+            ..Default::default()
+        }
+    }
+}
+
+/// Where a published message's entry landed: ledger, entry, and the index
+/// of the entry's last message.
+#[derive(Debug, Clone, Copy)]
+struct Placed {
+    ledger: u64,
+    entry: u64,
+    index: u64,
+}
+
+/// A cached producer, locked only to enqueue a send, with the end of its
+/// chain of placements.
+struct Sender {
+    producer: Producer<TokioExecutor>,
+    /// Resolves to where the previous send landed, `None` if unknown.
+    previous: Option<oneshot::Receiver<Option<Placed>>>,
+}
+
+/// A cache entry: the producer and when a publish last took it.
+struct Slot {
+    sender: Mutex<Sender>,
+    last_used: std::sync::Mutex<Instant>,
+}
+
+type Cache = HashMap<TopicName, Arc<Slot>>;
+
+/// The producers of one backend.
+#[derive(Clone)]
+pub(super) struct Producers {
+    client: Pulsar<TokioExecutor>,
+    admin: Admin,
+    settings: Arc<ProducerSettings>,
+    cache: Arc<std::sync::Mutex<Cache>>,
+    budget: ByteBudget,
+}
+
+impl Producers {
+    /// The producers of a backend, with the sweeper that closes idle ones
+    /// (it ends when the last clone of these producers is dropped).
+    pub(super) fn start(
+        client: Pulsar<TokioExecutor>,
+        admin: Admin,
+        settings: ProducerSettings,
+    ) -> Producers {
+        let producers = Producers {
+            client,
+            admin,
+            budget: ByteBudget::new(settings.max_in_flight_bytes),
+            settings: Arc::new(settings),
+            cache: Default::default(),
+        };
+        let idle = producers.settings.idle_timeout;
+        if !idle.is_zero() {
+            let period = (idle / 2).max(Duration::from_millis(100));
+            tokio::spawn(sweep(Arc::downgrade(&producers.cache), idle, period));
+        }
+        producers
+    }
+
+    /// Publishes to one partition (or topic without partitions) and
+    /// resolves once Pulsar has persisted the message.
+    pub(super) async fn publish(
+        &self,
+        target: &TopicName,
+        message: NewMessage,
+    ) -> Result<MessageId, BackendError> {
+        let _in_flight = self.budget.reserve(size(&message)).await;
+        let slot = self.slot(target).await?;
+        let (placed, placed_rx) = oneshot::channel();
+        let (pending, previous) = {
+            let mut sender = slot.sender.lock().await;
+            let pending = sender
+                .producer
+                .send_non_blocking(convert::outgoing(message))
+                .await
+                .map_err(|e| convert::error(Some(target), e))?;
+            (pending, sender.previous.replace(placed_rx))
+        };
+        // On any error below `placed` is dropped: the next send looks its
+        // entry up.
+        let receipt = pending.await.map_err(|e| convert::error(Some(target), e))?;
+        let id = receipt.message_id.ok_or_else(|| {
+            BackendError::Unavailable(format!("Pulsar's receipt for {target} had no message id"))
+        })?;
+        let previous = match previous {
+            Some(previous) => previous.await.ok().flatten(),
+            None => None,
+        };
+        let in_entry = u64::try_from(id.batch_size.unwrap_or(1).max(1)).unwrap_or(1);
+        let entry_index = match previous {
+            Some(p) if p.ledger == id.ledger_id && p.entry == id.entry_id => p.index,
+            Some(p) if p.ledger == id.ledger_id && p.entry.checked_add(1) == Some(id.entry_id) => {
+                p.index + in_entry
+            }
+            _ => {
+                index::entry(&self.admin, target, id.ledger_id, id.entry_id)
+                    .await?
+                    .last_index
+            }
+        };
+        let _ = placed.send(Some(Placed {
+            ledger: id.ledger_id,
+            entry: id.entry_id,
+            index: entry_index,
+        }));
+        // Not batched (-1): the entry's only, hence last, message.
+        let batch_index = id.batch_index.unwrap_or(-1);
+        let last = in_entry - 1;
+        let position = u64::try_from(batch_index).map_or(last, |i| i.min(last));
+        Ok(MessageId {
+            offset: entry_index.saturating_sub(last - position),
+            ledger_id: id.ledger_id,
+            entry_id: id.entry_id,
+            partition: target.partition_index().map_or(-1, |p| p as i32),
+            batch_index,
+        })
+    }
+
+    /// The cached producer of a partition, created on first use.
+    async fn slot(&self, topic: &TopicName) -> Result<Arc<Slot>, BackendError> {
+        if let Some(slot) = lock(&self.cache).get(topic) {
+            *lock(&slot.last_used) = Instant::now();
+            return Ok(slot.clone());
+        }
+        let producer = self
+            .client
+            .producer()
+            .with_topic(topic.as_str())
+            .with_options(self.settings.options())
+            .build()
+            .await
+            .map_err(|e| convert::error(Some(topic), e))?;
+        let slot = Arc::new(Slot {
+            sender: Mutex::new(Sender {
+                producer,
+                previous: None,
+            }),
+            last_used: std::sync::Mutex::new(Instant::now()),
+        });
+        Ok(lock(&self.cache)
+            .entry(topic.clone())
+            .or_insert(slot)
+            .clone())
+    }
+
+    /// Closes the producers of every partition of `topic`'s base topic.
+    pub(super) async fn close_topic(&self, topic: &TopicName) {
+        let gone: Vec<Arc<Slot>> = {
+            let mut cache = lock(&self.cache);
+            let topics: Vec<TopicName> = cache
+                .keys()
+                .filter(|t| t.base() == topic.base())
+                .cloned()
+                .collect();
+            topics.iter().filter_map(|t| cache.remove(t)).collect()
+        };
+        close(gone).await;
+    }
+
+    /// Closes every producer.
+    pub(super) async fn close_all(&self) {
+        let all: Vec<Arc<Slot>> = lock(&self.cache).drain().map(|(_, s)| s).collect();
+        close(all).await;
+    }
+}
+
+async fn close(slots: Vec<Arc<Slot>>) {
+    for slot in slots {
+        let _ = slot.sender.lock().await.producer.close().await;
+    }
+}
+
+/// What a message weighs against the in-flight budget.
+fn size(message: &NewMessage) -> usize {
+    let properties: usize = message
+        .properties
+        .iter()
+        .map(|(k, v)| k.len() + v.len())
+        .sum();
+    message.payload.len() + message.key.as_ref().map_or(0, |k| k.len()) + properties
+}
+
+/// Every `period`, closes the producers no publish took for `idle`. A
+/// producer a publish still holds (one clone in the cache, one per
+/// publish) is never closed; a publish can only take one from the cache
+/// under the cache's lock, which the check holds.
+async fn sweep(cache: Weak<std::sync::Mutex<Cache>>, idle: Duration, period: Duration) {
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(cache) = cache.upgrade() else {
+            return;
+        };
+        let idle_slots: Vec<Arc<Slot>> = {
+            let mut cache = lock(&cache);
+            let topics: Vec<TopicName> = cache
+                .iter()
+                .filter(|(_, slot)| {
+                    Arc::strong_count(slot) == 1 && lock(&slot.last_used).elapsed() >= idle
+                })
+                .map(|(topic, _)| topic.clone())
+                .collect();
+            topics.iter().filter_map(|t| cache.remove(t)).collect()
+        };
+        if !idle_slots.is_empty() {
+            tracing::debug!(closed = idle_slots.len(), "closing idle producers");
+        }
+        close(idle_slots).await;
+    }
+}
