@@ -1,6 +1,8 @@
 //! Pulsar restarted under load: the Pulsar backend reconnects by itself,
 //! callers see retriable errors while Pulsar is down, readiness follows
-//! Pulsar, and no message whose publish was acknowledged is lost.
+//! Pulsar, and no message whose publish was acknowledged is lost. The
+//! standalone requires token authentication, so the backend's token goes
+//! through both APIs, and a backend without one is refused.
 //!
 //! This test runs its own standalone (deploy/pulsar-standalone.sh, on ports
 //! of its own) since it stops it; it needs the Pulsar tarball the test
@@ -30,19 +32,33 @@ struct Standalone {
 }
 
 impl Standalone {
+    /// Starts the standalone with token authentication; a restart
+    /// (`keep_data`) keeps the data and the token key, so tokens stay valid.
     async fn start(&self, keep_data: bool) {
-        let mut args = vec!["start", "--small-ledgers"];
+        let mut args: Vec<String> = vec!["start".into(), "--small-ledgers".into()];
         if keep_data {
-            args.push("--keep-data");
+            args.push("--keep-data".into());
+            args.push("--token-secret-key".into());
+            args.push(self.run_dir.join("token-secret.key").display().to_string());
+        } else {
+            args.push("--token-auth".into());
         }
         self.script(args).await;
     }
 
-    async fn stop(&self) {
-        self.script(vec!["stop"]).await;
+    /// The superuser token the launcher wrote.
+    fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.run_dir.join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_owned()
     }
 
-    async fn script(&self, args: Vec<&'static str>) {
+    async fn stop(&self) {
+        self.script(vec!["stop".into()]).await;
+    }
+
+    async fn script(&self, args: Vec<String>) {
         let run_dir = self.run_dir.clone();
         tokio::task::spawn_blocking(move || run_script(&run_dir, &args))
             .await
@@ -56,7 +72,7 @@ fn script_path() -> PathBuf {
 
 /// Runs deploy/pulsar-standalone.sh with this test's ports, failing the
 /// test if it fails.
-fn run_script(run_dir: &Path, args: &[&str]) {
+fn run_script(run_dir: &Path, args: &[String]) {
     let status = Command::new("bash")
         .arg(script_path())
         .args(args)
@@ -118,6 +134,20 @@ async fn pulsar_restart_under_load_loses_no_acknowledged_message() {
         format!("pulsar://127.0.0.1:{PORT}"),
         format!("http://127.0.0.1:{WEB_PORT}"),
     );
+    let refused = tokio::time::timeout(RECOVERY, PulsarBackend::connect(config.clone()))
+        .await
+        .expect("a connection without a token is refused in time");
+    match refused {
+        Err(e) => assert!(
+            !e.is_retriable() && e.to_string().contains("credentials"),
+            "refused for good, saying why: {e}"
+        ),
+        Ok(_) => panic!("the cluster requires a token"),
+    }
+    let config = PulsarConfig {
+        token: Some(cluster.admin_token()),
+        ..config
+    };
     let backend: Arc<dyn Backend> = Arc::new(PulsarBackend::connect(config).await.unwrap());
     let topic = TopicName::from_kafka("restart-under-load", &Namespace::default()).unwrap();
 

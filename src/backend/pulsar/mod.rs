@@ -166,7 +166,7 @@ impl PulsarBackend {
         let client = builder
             .build()
             .await
-            .map_err(|e| BackendError::Unavailable(format!("{}: {e}", config.service_url)))?;
+            .map_err(|e| connect_error(&config.service_url, e))?;
         let settings = check_settings(&admin).await?;
         let namespace = config.namespace.clone();
         ensure_retention(&admin, &namespace, DEFAULT_RETENTION, settings.as_ref()).await?;
@@ -251,6 +251,24 @@ impl PulsarBackend {
             )
             .await
             .map_err(|e| convert::error(None, e))
+    }
+}
+
+/// Why the first connection failed: credentials the broker refused are for
+/// good (the gateway stops with the broker's reason); anything else may
+/// pass (the gateway retries).
+fn connect_error(url: &str, e: pulsar::Error) -> BackendError {
+    use pulsar::error::ConnectionError;
+    use pulsar::message::proto::ServerError;
+    match e {
+        pulsar::Error::Connection(ConnectionError::PulsarError(
+            Some(code @ (ServerError::AuthenticationError | ServerError::AuthorizationError)),
+            text,
+        )) => BackendError::InvalidRequest(format!(
+            "{url} refused the gateway's credentials ({code:?}: {}); check --pulsar-token-file",
+            text.unwrap_or_default()
+        )),
+        other => BackendError::Unavailable(format!("{url}: {other}")),
     }
 }
 

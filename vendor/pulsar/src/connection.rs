@@ -1016,9 +1016,15 @@ impl<Exe: Executor> Connection<Exe> {
 
         if retryable_errors.is_empty() {
             error!("connection error, not retryable: {:?}", fatal_errors);
-            Err(ConnectionError::Io(std::io::Error::other(
-                "fatal error when connecting to the Pulsar server",
-            )))
+            // pulsar-gateway patch: the first fatal error is returned as it
+            // is (the broker's refusal of the credentials, a TLS failure),
+            // so callers can tell a wrong token from an unreachable broker;
+            // the crate replaced it with a generic I/O error.
+            Err(fatal_errors.into_iter().next().unwrap_or_else(|| {
+                ConnectionError::Io(std::io::Error::other(
+                    "fatal error when connecting to the Pulsar server",
+                ))
+            }))
         } else {
             warn!("retry establish connection on: {:?}", retryable_errors);
             Err(retryable_errors.into_iter().next().unwrap())
