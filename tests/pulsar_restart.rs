@@ -1,8 +1,10 @@
 //! Pulsar restarted under load: the Pulsar backend reconnects by itself,
 //! callers see retriable errors while Pulsar is down, readiness follows
-//! Pulsar, and no message whose publish was acknowledged is lost. The
-//! standalone requires token authentication, so the backend's token goes
-//! through both APIs, and a backend without one is refused.
+//! Pulsar (the backend's, and the gateway process's `/readyz`), and no
+//! message whose publish was acknowledged is lost. The standalone requires
+//! token authentication, so the token goes through both APIs (the
+//! gateway's from `--pulsar-token-file`), and a backend without one is
+//! refused.
 //!
 //! This test runs its own standalone (deploy/pulsar-standalone.sh, on ports
 //! of its own) since it stops it; it needs the Pulsar tarball the test
@@ -15,6 +17,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+mod common;
+
+use common::{BackendKind, Gateway};
 use gateway_api::topic::Namespace;
 use gateway_api::{Backend, BackendError, NewMessage, SubscribeRequest, TopicName};
 use pulsar_gateway::backend::pulsar::{PulsarBackend, PulsarConfig};
@@ -148,7 +153,16 @@ async fn pulsar_restart_under_load_loses_no_acknowledged_message() {
         token: Some(cluster.admin_token()),
         ..config
     };
+    let token_file = dir.path().join("gateway.jwt");
+    std::fs::write(&token_file, cluster.admin_token()).unwrap();
+    let gateway = Gateway::builder(BackendKind::Pulsar)
+        .pulsar_urls(&config.service_url, &config.admin_url)
+        .arg("--pulsar-token-file")
+        .arg(&token_file)
+        .start()
+        .await;
     let backend: Arc<dyn Backend> = Arc::new(PulsarBackend::connect(config).await.unwrap());
+    let readyz = || async { gateway.get("/readyz").await.status };
     let topic = TopicName::from_kafka("restart-under-load", &Namespace::default()).unwrap();
 
     let tally = Arc::new(Mutex::new(Tally::default()));
@@ -198,6 +212,10 @@ async fn pulsar_restart_under_load_loses_no_acknowledged_message() {
         backend.ready().await.is_err()
     })
     .await;
+    wait_until("the gateway's /readyz goes 503", RECOVERY, || async {
+        readyz().await == 503
+    })
+    .await;
     wait_until("publishes fail while Pulsar is down", RECOVERY, || async {
         failed() > failed_before
     })
@@ -207,6 +225,12 @@ async fn pulsar_restart_under_load_loses_no_acknowledged_message() {
     wait_until("readiness comes back", RECOVERY, || async {
         backend.ready().await.is_ok()
     })
+    .await;
+    wait_until(
+        "the gateway's /readyz comes back to 200",
+        RECOVERY,
+        || async { readyz().await == 200 },
+    )
     .await;
     let after_restart = acknowledged();
     wait_until("publishes succeed again", RECOVERY, || async {

@@ -189,6 +189,9 @@ pub struct GatewayBuilder {
     default_http: bool,
     /// The data directory, if not a fresh temporary one.
     data_dir: Option<PathBuf>,
+    /// For the Pulsar backend: a cluster other than the test standalone
+    /// (service URL, admin URL).
+    pulsar_urls: Option<(String, String)>,
 }
 
 impl GatewayBuilder {
@@ -216,6 +219,13 @@ impl GatewayBuilder {
         self
     }
 
+    /// Runs on the Pulsar cluster at these URLs instead of the test
+    /// standalone.
+    pub fn pulsar_urls(mut self, url: impl Into<String>, web_url: impl Into<String>) -> Self {
+        self.pulsar_urls = Some((url.into(), web_url.into()));
+        self
+    }
+
     fn spawn(&self) -> (Child, Output, Vec<JoinHandle<()>>, tempfile::TempDir) {
         let temp = tempfile::tempdir().expect("create a temporary directory");
         let data_dir = self
@@ -233,7 +243,7 @@ impl GatewayBuilder {
         match self.backend {
             BackendKind::Embedded => cmd.arg("--backend").arg("embedded"),
             BackendKind::Pulsar => {
-                let (url, web_url) = test_pulsar_urls();
+                let (url, web_url) = self.pulsar_urls.clone().unwrap_or_else(test_pulsar_urls);
                 cmd.arg("--backend")
                     .arg("pulsar")
                     .arg("--pulsar-url")
@@ -380,6 +390,7 @@ impl Gateway {
             env: Vec::new(),
             default_http: true,
             data_dir: None,
+            pulsar_urls: None,
         }
     }
 
