@@ -153,10 +153,9 @@ macro_rules! all_cases {
 all_cases!(Embedded);
 
 // The cases the Pulsar backend passes so far; the rest, tracked in issue 4:
-// properties with repeated keys (the crate's producer keeps a map), seek
-// by offset on a live subscription (the crate's seek races its own
-// reconnection), and new partitions reaching existing subscribers. Each joins here, and then the list becomes
-// `all_cases!(Pulsar)`.
+// seek by offset on a live subscription (the crate's seek races its own
+// reconnection), and new partitions reaching existing subscribers. Each
+// joins here, and then the list becomes `all_cases!(Pulsar)`.
 suite!(Pulsar:
     acknowledged_messages_are_not_delivered_again,
     concurrent_publishers_get_contiguous_offsets,
@@ -172,6 +171,7 @@ suite!(Pulsar:
     non_durable_subscriptions_leave_nothing_behind,
     partitioned_topics_route_by_key_and_subscribe_as_one,
     pattern_subscriptions_pick_up_topics_created_later,
+    publish_keeps_every_field_and_offsets_start_at_zero,
     readers_start_at_every_kind_of_position,
     restart_keeps_messages_topics_and_cursors,
     shared_subscription_spreads_messages_over_consumers,
