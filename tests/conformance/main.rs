@@ -154,10 +154,11 @@ all_cases!(Embedded);
 
 // The cases the Pulsar backend passes so far; the rest, tracked in issue 4:
 // seek by offset on a live subscription (the crate's seek races its own
-// reconnection), and new partitions reaching existing subscribers. Each
-// joins here, and then the list becomes `all_cases!(Pulsar)`.
+// reconnection). It joins here, and then the list becomes
+// `all_cases!(Pulsar)`.
 suite!(Pulsar:
     acknowledged_messages_are_not_delivered_again,
+    added_partitions_reach_existing_subscribers,
     concurrent_publishers_get_contiguous_offsets,
     cumulative_ack_moves_the_cursor,
     deleted_topics_are_gone,

@@ -430,7 +430,10 @@ impl gateway_api::Backend for PulsarBackend {
         }
         builder = match &request.topics {
             TopicSelector::Topics(topics) => {
-                builder.with_topics(topics.iter().map(|t| t.as_str().to_owned()))
+                builder
+                    .with_topics(topics.iter().map(|t| t.as_str().to_owned()))
+                    // Partitions added later join within 5 s (vendor patch 6).
+                    .with_topic_refresh(Duration::from_secs(5))
             }
             TopicSelector::Pattern { namespace, regex } => {
                 let regex = regex::Regex::new(&format!("^(?:{regex})$"))
