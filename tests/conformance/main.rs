@@ -167,30 +167,4 @@ macro_rules! all_cases {
 
 all_cases!(Embedded);
 
-// The cases the Pulsar backend passes so far; the rest, tracked in issue 4:
-// properties with repeated keys (the crate's producer keeps a map) and new
-// partitions reaching existing subscribers. Each joins here, and then the
-// list becomes `all_cases!(Pulsar)`.
-suite!(Pulsar:
-    acknowledged_messages_are_not_delivered_again,
-    concurrent_publishers_get_contiguous_offsets,
-    cumulative_ack_moves_the_cursor,
-    deleted_topics_are_gone,
-    exclusive_subscription_refuses_a_second_consumer,
-    failover_standby_takes_over_unacked_messages,
-    key_shared_keeps_each_key_on_one_consumer_in_order,
-    key_shared_keeps_key_order_when_a_consumer_joins,
-    metadata_store_compares_and_sets,
-    nack_redelivers_with_a_higher_redelivery_count,
-    new_subscription_starts_where_asked,
-    non_durable_subscriptions_leave_nothing_behind,
-    partitioned_topics_route_by_key_and_subscribe_as_one,
-    pattern_subscriptions_pick_up_topics_created_later,
-    readers_start_at_every_kind_of_position,
-    restart_keeps_messages_topics_and_cursors,
-    seeks_forget_buffered_messages_and_move_every_partition,
-    shared_subscription_spreads_messages_over_consumers,
-    subscription_seek_rewinds_and_skips,
-    unacked_messages_go_to_the_next_consumer,
-    unsubscribe_deletes_the_cursor,
-);
+all_cases!(Pulsar);

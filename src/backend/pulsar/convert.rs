@@ -115,7 +115,9 @@ pub fn outgoing(message: NewMessage) -> producer::Message {
     };
     producer::Message {
         payload: message.payload.to_vec(),
-        properties: message.properties.into_iter().collect(),
+        // In order, repeated keys kept (vendor patch 5); the map stays
+        // empty.
+        property_list: message.properties,
         partition_key,
         partition_key_b64_encoded: Some(partition_key_b64_encoded),
         event_time: message.event_time,
@@ -254,6 +256,25 @@ mod tests {
         let negative = "polygenelubricants"; // hashCode i32::MIN
         assert_eq!(partition_for_key(negative, 5), 0);
         assert_eq!(partition_key(&[0xff, 0x00]), ("/wA=".to_owned(), true));
+    }
+
+    #[test]
+    fn outgoing_properties_keep_their_order_and_repeated_keys() {
+        let sent = outgoing(
+            NewMessage::new("22.5")
+                .with_property("unit", "celsius")
+                .with_property("unit", "kelvin")
+                .with_property("probe", "7"),
+        );
+        assert!(sent.properties.is_empty());
+        assert_eq!(
+            sent.property_list,
+            [
+                ("unit".to_owned(), "celsius".to_owned()),
+                ("unit".to_owned(), "kelvin".to_owned()),
+                ("probe".to_owned(), "7".to_owned()),
+            ]
+        );
     }
 
     #[test]

@@ -33,7 +33,8 @@ use super::reader::Positions;
 /// How often a pattern subscription looks for new matching topics.
 const PATTERN_REFRESH: Duration = Duration::from_secs(1);
 
-/// How often a subscription looks for partitions added to its topics.
+/// How often a subscription looks for partitions added to its topics
+/// (vendor patch 6).
 const PARTITION_REFRESH: Duration = Duration::from_secs(5);
 
 /// Everything needed to open a subscription's consumer again.

@@ -1659,12 +1659,6 @@ pub(crate) mod messages {
         sequence_id: u64,
         message: producer::ProducerMessage,
     ) -> Message {
-        let properties = message
-            .properties
-            .into_iter()
-            .map(|(key, value)| proto::KeyValue { key, value })
-            .collect();
-
         Message {
             command: proto::BaseCommand {
                 r#type: CommandType::Send as i32,
@@ -1682,7 +1676,8 @@ pub(crate) mod messages {
                 metadata: proto::MessageMetadata {
                     producer_name,
                     sequence_id,
-                    properties,
+                    // pulsar-gateway patch: already the wire's list.
+                    properties: message.properties,
                     publish_time: Utc::now().timestamp_millis() as u64,
                     replicated_from: None,
                     partition_key: message.partition_key,

@@ -721,7 +721,7 @@ mod tests {
             let connect = message.command.connect.as_ref().unwrap();
             assert_eq!(connect.client_version, "pulsar-rs-v6.0.0");
             assert_eq!(connect.auth_method_name.as_ref().unwrap(), "none");
-            assert_eq!(connect.protocol_version.as_ref().unwrap(), &18);
+            assert_eq!(connect.protocol_version.as_ref().unwrap(), &12);
         }
 
         let mut output = BytesMut::with_capacity(38);

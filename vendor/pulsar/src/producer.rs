@@ -75,6 +75,14 @@ pub struct Message {
     pub payload: Vec<u8>,
     /// user defined properties
     pub properties: HashMap<String, String>,
+    /// pulsar-gateway patch: user defined properties sent in this order,
+    /// repeated keys included, after those of
+    /// [`properties`](Self::properties) (which go in the map's order).
+    ///
+    /// A message's properties are a list on the wire
+    /// (`MessageMetadata.properties`); the map cannot carry a key twice nor
+    /// an order.
+    pub property_list: Vec<(String, String)>,
     /// key to decide partition for the message
     pub partition_key: ::std::option::Option<String>,
     /// whether [`partition_key`](Self::partition_key) is a Base64 encoding of raw key bytes
@@ -98,7 +106,9 @@ pub struct Message {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ProducerMessage {
     pub payload: Vec<u8>,
-    pub properties: HashMap<String, String>,
+    /// pulsar-gateway patch: the properties as sent, in order (was the
+    /// map of [`Message::properties`]).
+    pub properties: Vec<proto::KeyValue>,
     ///key to decide partition for the msg
     pub partition_key: ::std::option::Option<String>,
     /// whether [`partition_key`](Self::partition_key) is Base64-encoded raw key bytes
@@ -132,7 +142,7 @@ impl From<Message> for ProducerMessage {
     fn from(m: Message) -> Self {
         ProducerMessage {
             payload: m.payload,
-            properties: m.properties,
+            properties: property_list(m.properties, m.property_list),
             partition_key: m.partition_key,
             partition_key_b64_encoded: m.partition_key_b64_encoded,
             ordering_key: m.ordering_key,
@@ -143,6 +153,18 @@ impl From<Message> for ProducerMessage {
             ..Default::default()
         }
     }
+}
+
+/// pulsar-gateway patch: the properties of a message as they go on the wire:
+/// the map's entries, then the list's in its order.
+fn property_list(
+    map: HashMap<String, String>,
+    list: Vec<(String, String)>,
+) -> Vec<proto::KeyValue> {
+    map.into_iter()
+        .chain(list)
+        .map(|(key, value)| proto::KeyValue { key, value })
+        .collect()
 }
 
 /// Configuration options for producers
@@ -746,14 +768,10 @@ impl<Exe: Executor> TopicProducer<Exe> {
                 // on the batch envelope when it is sent instead. Any
                 // user-provided schema_version on individual messages is
                 // structurally dropped here.
-                let properties = message
-                    .properties
-                    .into_iter()
-                    .map(|(key, value)| proto::KeyValue { key, value })
-                    .collect();
                 let batched = BatchedMessage {
                     metadata: proto::SingleMessageMetadata {
-                        properties,
+                        // pulsar-gateway patch: already the wire's list.
+                        properties: message.properties,
                         partition_key: message.partition_key,
                         partition_key_b64_encoded: message.partition_key_b64_encoded,
                         ordering_key: message.ordering_key,
@@ -1864,6 +1882,7 @@ mod tests {
         let m = Message {
             payload: b"hello".to_vec(),
             properties: props.clone(),
+            property_list: Vec::new(),
             partition_key: Some("key".into()),
             partition_key_b64_encoded: Some(true),
             ordering_key: Some(vec![1, 2, 3]),
@@ -1876,7 +1895,12 @@ mod tests {
         let pm: ProducerMessage = m.clone().into();
 
         assert_eq!(pm.payload, m.payload);
-        assert_eq!(pm.properties, m.properties);
+        let sent: HashMap<_, _> = pm
+            .properties
+            .into_iter()
+            .map(|p| (p.key, p.value))
+            .collect();
+        assert_eq!(sent, m.properties);
         assert_eq!(pm.partition_key, m.partition_key);
         assert_eq!(pm.partition_key_b64_encoded, Some(true));
         assert_eq!(pm.ordering_key, m.ordering_key);
@@ -2432,5 +2456,41 @@ mod tests {
 
             assert!(send_receipt.producer_id == producer_id);
         }
+    }
+}
+
+#[cfg(test)]
+mod gateway_patch_property_list_tests {
+    use super::{Message, ProducerMessage};
+    use crate::connection::messages;
+
+    #[test]
+    fn listed_properties_reach_the_metadata_in_order_with_repeated_keys() {
+        let message = Message {
+            payload: b"22.5".to_vec(),
+            properties: [("site".to_owned(), "plant-1".to_owned())].into(),
+            property_list: vec![
+                ("unit".into(), "celsius".into()),
+                ("unit".into(), "kelvin".into()),
+                ("probe".into(), "7".into()),
+            ],
+            ..Default::default()
+        };
+        let sent = messages::send(1, "producer".into(), 0, ProducerMessage::from(message));
+        let metadata = sent.payload.expect("a send carries a payload").metadata;
+        let properties: Vec<(&str, &str)> = metadata
+            .properties
+            .iter()
+            .map(|p| (p.key.as_str(), p.value.as_str()))
+            .collect();
+        assert_eq!(
+            properties,
+            [
+                ("site", "plant-1"),
+                ("unit", "celsius"),
+                ("unit", "kelvin"),
+                ("probe", "7"),
+            ]
+        );
     }
 }

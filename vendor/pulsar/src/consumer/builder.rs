@@ -1,5 +1,5 @@
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, VecDeque},
     time::Duration,
 };
 
@@ -9,13 +9,26 @@ use regex::Regex;
 
 use crate::{
     consumer::{
-        config::ConsumerConfig, data::DeadLetterPolicy, multi::MultiTopicConsumer,
-        options::ConsumerOptions, topic::TopicConsumer, InnerConsumer,
+        config::ConsumerConfig,
+        data::DeadLetterPolicy,
+        multi::{lookup_partitions, MultiTopicConsumer},
+        options::ConsumerOptions,
+        topic::TopicConsumer,
+        InnerConsumer,
     },
     message::proto::command_subscribe::SubType,
     reader::{Reader, State},
     BrokerAddress, Consumer, DeserializeMessage, Error, Executor, Pulsar,
 };
+
+/// pulsar-gateway patch: what `validate` returns: the configuration, the
+/// topics (partitions of partitioned topics) with their brokers, and the
+/// partitioned topics among those asked for.
+type ValidConsumer = (
+    ConsumerConfig,
+    Vec<(String, BrokerAddress)>,
+    BTreeSet<String>,
+);
 
 /// Builder structure for consumers
 ///
@@ -120,6 +133,9 @@ impl<Exe: Executor> ConsumerBuilder<Exe> {
 
     /// Interval for refreshing the topics when using a topic regex or when errors occur with a
     /// MultiTopicConsumer
+    ///
+    /// pulsar-gateway patch: and for subscribing to partitions added to a
+    /// partitioned topic (default: 30 seconds).
     #[cfg_attr(feature = "telemetry", tracing::instrument(skip_all))]
     pub fn with_topic_refresh(mut self, refresh_interval: Duration) -> Self {
         self.topic_refresh = Some(refresh_interval);
@@ -177,8 +193,9 @@ impl<Exe: Executor> ConsumerBuilder<Exe> {
 
     // Checks the builder for inconsistencies
     // returns a config and a list of topics with associated brokers
+    // pulsar-gateway patch: and which of the topics are partitioned
     #[cfg_attr(feature = "telemetry", tracing::instrument(skip_all))]
-    async fn validate(self) -> Result<(ConsumerConfig, Vec<(String, BrokerAddress)>), Error> {
+    async fn validate(self) -> Result<ValidConsumer, Error> {
         let ConsumerBuilder {
             pulsar,
             topics,
@@ -209,16 +226,23 @@ impl<Exe: Executor> ConsumerBuilder<Exe> {
             ));
         }
 
-        let topics: Vec<(String, BrokerAddress)> = try_join_all(
-            topics
-                .into_iter()
-                .flatten()
-                .map(|topic| pulsar.lookup_partitioned_topic(topic)),
-        )
-        .await?
-        .into_iter()
-        .flatten()
-        .collect();
+        // pulsar-gateway patch: partitioned topics are noted, for the
+        // consumer to look them up again.
+        let lookups = topics.into_iter().flatten().map(|topic| {
+            let pulsar = &pulsar;
+            async move {
+                let (partitions, found) = lookup_partitions(pulsar, &topic).await?;
+                Ok::<_, Error>((topic, partitions, found))
+            }
+        });
+        let mut partitioned_topics = BTreeSet::new();
+        let mut topics: Vec<(String, BrokerAddress)> = Vec::new();
+        for (topic, partitions, found) in try_join_all(lookups).await? {
+            if partitions > 0 {
+                partitioned_topics.insert(topic);
+            }
+            topics.extend(found);
+        }
 
         if topics.is_empty() && topic_regex.is_none() {
             return Err(Error::Custom(
@@ -227,7 +251,9 @@ impl<Exe: Executor> ConsumerBuilder<Exe> {
         }
 
         let consumer_id = match (consumer_id, topics.len()) {
-            (Some(consumer_id), 1) => Some(consumer_id),
+            // pulsar-gateway patch: not on a partitioned topic of one
+            // partition either; partitions added later need ids of their own.
+            (Some(consumer_id), 1) if partitioned_topics.is_empty() => Some(consumer_id),
             (Some(_), _) => {
                 warn!(
                     "Cannot specify consumer id for connecting to partitioned topics or multiple \
@@ -264,21 +290,24 @@ impl<Exe: Executor> ConsumerBuilder<Exe> {
             options: consumer_options.unwrap_or_default(),
             dead_letter_policy,
         };
-        Ok((config, topics))
+        Ok((config, topics, partitioned_topics))
     }
 
     /// creates a [Consumer] from this builder
     #[cfg_attr(feature = "telemetry", tracing::instrument(skip_all))]
     pub async fn build<T: DeserializeMessage>(self) -> Result<Consumer<T, Exe>, Error> {
         // would this clone() consume too much memory?
-        let (config, joined_topics) = self.clone().validate().await?;
+        let (config, joined_topics, partitioned_topics) = self.clone().validate().await?;
 
         let consumers = try_join_all(joined_topics.into_iter().map(|(topic, addr)| {
             TopicConsumer::new(self.pulsar.clone(), topic, addr, config.clone())
         }))
         .await?;
 
-        let consumer = if consumers.len() == 1 {
+        // pulsar-gateway patch: a consumer of a partitioned topic, even of
+        // one partition, is a MultiTopicConsumer: its refresh subscribes to
+        // partitions added later.
+        let consumer = if consumers.len() == 1 && partitioned_topics.is_empty() {
             let consumer = consumers.into_iter().next().unwrap();
             InnerConsumer::Single(consumer)
         } else {
@@ -300,6 +329,7 @@ impl<Exe: Executor> ConsumerBuilder<Exe> {
                 pulsar: self.pulsar,
                 consumers,
                 topics,
+                partitioned_topics,
                 existing_topics,
                 new_consumers: None,
                 refresh,
@@ -321,7 +351,7 @@ impl<Exe: Executor> ConsumerBuilder<Exe> {
     #[cfg_attr(feature = "telemetry", tracing::instrument(skip_all))]
     pub async fn into_reader<T: DeserializeMessage>(self) -> Result<Reader<T, Exe>, Error> {
         // would this clone() consume too much memory?
-        let (mut config, mut joined_topics) = self.clone().validate().await?;
+        let (mut config, mut joined_topics, _) = self.clone().validate().await?;
 
         // Internally, the reader interface is implemented as a consumer using an exclusive,
         // non-durable subscription

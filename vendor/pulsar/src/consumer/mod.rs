@@ -23,7 +23,7 @@ pub use data::{DeadLetterPolicy, EngineMessage};
 use futures::{
     future::try_join_all,
     task::{Context, Poll},
-    Stream, StreamExt,
+    Stream,
 };
 pub use initial_position::InitialPosition;
 pub use message::Message;
@@ -220,8 +220,11 @@ impl<T: DeserializeMessage, Exe: Executor> Consumer<T, Exe> {
                     .collect();
                 let topics: VecDeque<String> = consumers.keys().cloned().collect();
                 let existing_topics = topics.clone();
-                let topic_refresh = Duration::from_secs(30);
-                let refresh = Box::pin(client.executor.interval(topic_refresh).map(drop));
+                // pulsar-gateway patch: the refresh keeps its interval (it
+                // was reset to 30 s) and its partitioned topics.
+                let refresh =
+                    std::mem::replace(&mut c.refresh, Box::pin(futures::stream::pending()));
+                let partitioned_topics = c.partitioned_topics.clone();
                 let namespace = c.namespace.clone();
                 let config = c.config().clone();
                 let topic_regex = c.topic_regex.clone();
@@ -231,6 +234,7 @@ impl<T: DeserializeMessage, Exe: Executor> Consumer<T, Exe> {
                     pulsar: client,
                     consumers,
                     topics,
+                    partitioned_topics,
                     existing_topics,
                     new_consumers: None,
                     refresh,

@@ -1,5 +1,5 @@
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, VecDeque},
     fmt::Debug,
     future::Future,
     iter,
@@ -17,7 +17,7 @@ use crate::{
     message::proto::{MessageIdData, Schema},
     proto,
     proto::CommandConsumerStatsResponse,
-    DeserializeMessage, Error, Executor, Pulsar,
+    BrokerAddress, DeserializeMessage, Error, Executor, Pulsar,
 };
 
 /// A consumer that can subscribe on multiple topics, from a regex matching
@@ -28,6 +28,10 @@ pub struct MultiTopicConsumer<T: DeserializeMessage, Exe: Executor> {
     pub(super) pulsar: Pulsar<Exe>,
     pub(super) consumers: BTreeMap<String, Pin<Box<TopicConsumer<T, Exe>>>>,
     pub(super) topics: VecDeque<String>,
+    /// pulsar-gateway patch: the partitioned topics the consumer was built
+    /// on (`topics` holds their partitions at that time). Each refresh
+    /// looks them up again and subscribes to partitions added since.
+    pub(super) partitioned_topics: BTreeSet<String>,
     pub(super) existing_topics: VecDeque<String>,
     #[allow(clippy::type_complexity)]
     pub(super) new_consumers: Option<
@@ -148,6 +152,7 @@ impl<T: DeserializeMessage, Exe: Executor> MultiTopicConsumer<T, Exe> {
         let pulsar = self.pulsar.clone();
         let topic_regex = self.topic_regex.clone();
         let namespace = self.namespace.clone();
+        let partitioned_topics = self.partitioned_topics.clone();
 
         // 1. get topics
         // 1.1 original topics from builder
@@ -173,6 +178,20 @@ impl<T: DeserializeMessage, Exe: Executor> MultiTopicConsumer<T, Exe> {
 
                 topics.append(&mut matched_topics);
             }
+
+            // pulsar-gateway patch: 1.3 the partitions the partitioned
+            // topics have now, and only what has no consumer yet
+            let counts = try_join_all(
+                partitioned_topics
+                    .iter()
+                    .map(|topic| pulsar.lookup_partitioned_topic_number(topic.as_str())),
+            )
+            .await?;
+            let topics = topics_to_join(
+                topics,
+                partitioned_topics.iter().zip(counts),
+                &existing_topics,
+            );
 
             // 2. lookup partitioned topic
             let topics = try_join_all(
@@ -275,6 +294,11 @@ impl<T: DeserializeMessage, Exe: Executor> MultiTopicConsumer<T, Exe> {
     }
 
     /// Assume that this seek method will call seek for the topics given in the consumer_ids
+    ///
+    /// pulsar-gateway patch: `None` seeks every topic's consumer (it was
+    /// refused): a consumer built on a partitioned topic of one partition,
+    /// which seeks with `None` as other single-topic consumers do, is a
+    /// MultiTopicConsumer now.
     #[cfg_attr(feature = "telemetry", tracing::instrument(skip_all))]
     pub async fn seek(
         &mut self,
@@ -282,30 +306,24 @@ impl<T: DeserializeMessage, Exe: Executor> MultiTopicConsumer<T, Exe> {
         message_id: Option<MessageIdData>,
         timestamp: Option<u64>,
     ) -> Result<(), Error> {
-        // 0. null or empty vector
-        match consumer_ids {
-            Some(consumer_ids) => {
-                // 1, select consumers
-                let mut actions = Vec::default();
-                for (consumer_id, consumer) in self.consumers.iter_mut() {
-                    if consumer_ids.contains(consumer_id) {
-                        actions.push(consumer.seek(message_id.clone(), timestamp));
-                    }
-                }
-                // 2 join all the futures
-                let mut v = futures::future::join_all(actions).await;
-
-                for res in v.drain(..) {
-                    res?;
-                }
-
-                Ok(())
+        // 1, select consumers
+        let mut actions = Vec::default();
+        for (consumer_id, consumer) in self.consumers.iter_mut() {
+            if consumer_ids
+                .as_ref()
+                .is_none_or(|consumer_ids| consumer_ids.contains(consumer_id))
+            {
+                actions.push(consumer.seek(message_id.clone(), timestamp));
             }
-            None => Err(ConnectionError::Unexpected(format!(
-                "no consumer for consumer ids {consumer_ids:?}"
-            ))
-            .into()),
         }
+        // 2 join all the futures
+        let mut v = futures::future::join_all(actions).await;
+
+        for res in v.drain(..) {
+            res?;
+        }
+
+        Ok(())
     }
 
     #[cfg_attr(feature = "telemetry", tracing::instrument(skip_all))]
@@ -325,6 +343,52 @@ impl<T: DeserializeMessage, Exe: Executor> MultiTopicConsumer<T, Exe> {
             Err(ConnectionError::Unexpected(format!("no consumer for topic {topic}")).into())
         }
     }
+}
+
+/// pulsar-gateway patch: `topic`'s partitions (or `topic` itself when it
+/// has none) with their brokers, and its partition count (0: not
+/// partitioned).
+pub(super) async fn lookup_partitions<Exe: Executor>(
+    pulsar: &Pulsar<Exe>,
+    topic: &str,
+) -> Result<(u32, Vec<(String, BrokerAddress)>), Error> {
+    let count = pulsar.lookup_partitioned_topic_number(topic).await?;
+    let names: Vec<String> = match count {
+        0 => vec![topic.to_owned()],
+        n => partitions(topic, n).collect(),
+    };
+    let found = try_join_all(names.into_iter().map(|name| async move {
+        let address = pulsar.lookup_topic(name.as_str()).await?;
+        Ok::<_, Error>((name, address))
+    }))
+    .await?;
+    Ok((count, found))
+}
+
+/// pulsar-gateway patch: the names of a partitioned topic's `count`
+/// partitions.
+fn partitions(topic: &str, count: u32) -> impl Iterator<Item = String> + '_ {
+    (0..count).map(move |n| format!("{topic}-partition-{n}"))
+}
+
+/// pulsar-gateway patch: what a refresh creates consumers for: `topics`,
+/// then the partitions of each partitioned topic (with the count just
+/// looked up: new ones appear there; a topic deleted meanwhile has 0), less
+/// those with a consumer (`existing`).
+fn topics_to_join<'a>(
+    mut topics: VecDeque<String>,
+    partitioned: impl IntoIterator<Item = (&'a String, u32)>,
+    existing: &VecDeque<String>,
+) -> VecDeque<String> {
+    for (topic, count) in partitioned {
+        for partition in partitions(topic, count) {
+            if !topics.contains(&partition) {
+                topics.push_back(partition);
+            }
+        }
+    }
+    topics.retain(|topic| !existing.contains(topic));
+    topics
 }
 
 impl<T: DeserializeMessage, Exe: Executor> Debug for MultiTopicConsumer<T, Exe> {
@@ -360,7 +424,11 @@ impl<T: 'static + DeserializeMessage, Exe: Executor> Stream for MultiTopicConsum
         }
 
         if let Poll::Ready(Some(_)) = self.refresh.as_mut().poll_next(cx) {
-            self.update_topics();
+            // pulsar-gateway patch: a refresh still creating consumers is
+            // not dropped half-way (its subscribes would be abandoned).
+            if self.new_consumers.is_none() {
+                self.update_topics();
+            }
             return self.poll_next(cx);
         }
 
@@ -402,5 +470,57 @@ impl<T: 'static + DeserializeMessage, Exe: Executor> Stream for MultiTopicConsum
         }
 
         Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod gateway_patch_partition_refresh_tests {
+    use std::collections::VecDeque;
+
+    use super::topics_to_join;
+
+    fn names(names: &[&str]) -> VecDeque<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn a_refresh_joins_the_partitions_added_since() {
+        let grow = "persistent://public/default/grow".to_owned();
+        let built_with = names(&["persistent://public/default/grow-partition-0"]);
+        let joined = topics_to_join(built_with.clone(), [(&grow, 3)], &built_with);
+        assert_eq!(
+            joined,
+            names(&[
+                "persistent://public/default/grow-partition-1",
+                "persistent://public/default/grow-partition-2",
+            ])
+        );
+        let all = names(&[
+            "persistent://public/default/grow-partition-0",
+            "persistent://public/default/grow-partition-1",
+            "persistent://public/default/grow-partition-2",
+        ]);
+        assert!(topics_to_join(built_with, [(&grow, 3)], &all).is_empty());
+    }
+
+    #[test]
+    fn a_refresh_recreates_a_lost_consumer_once_and_never_the_base_topic() {
+        let grow = "persistent://public/default/grow".to_owned();
+        let topics = names(&[
+            "persistent://public/default/plain",
+            "persistent://public/default/grow-partition-0",
+        ]);
+        // Partition 0's consumer failed and was dropped.
+        let existing = names(&["persistent://public/default/plain"]);
+        assert_eq!(
+            topics_to_join(topics.clone(), [(&grow, 1)], &existing),
+            names(&["persistent://public/default/grow-partition-0"])
+        );
+        // Deleted (0 partitions): the partitions it was built with are
+        // retried as before, never the topic's own name.
+        assert_eq!(
+            topics_to_join(topics, [(&grow, 0)], &existing),
+            names(&["persistent://public/default/grow-partition-0"])
+        );
     }
 }
