@@ -288,10 +288,16 @@ impl Listener {
             let handler = self.handler.clone();
             let ctx = self.ctx.clone();
             let span = info_span!("conn", %protocol, %peer);
+            // The listener's own address when the socket cannot tell (it
+            // can: an accepted TCP stream has one).
+            let local = match stream.get_ref().local_addr() {
+                Ok(local) => local,
+                Err(_) => self.local_addr().unwrap_or(peer),
+            };
             tokio::spawn(
                 async move {
                     debug!("connection opened");
-                    match handler.serve(Box::new(stream), peer, ctx).await {
+                    match handler.serve(Box::new(stream), peer, local, ctx).await {
                         Ok(()) => debug!("connection closed"),
                         Err(e) if e.is_disconnect() => debug!(error = %e, "connection lost"),
                         Err(e @ gateway_api::HandlerError::Backend(_)) => {

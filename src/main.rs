@@ -20,6 +20,7 @@ use std::time::Duration;
 use gateway_api::{
     AllowAll, Backend, BackendError, Context, DefaultRouter, Metrics, Protocol, ProtocolHandler,
 };
+use gateway_kafka::{KafkaConfig, KafkaHandler};
 use prometheus_client::registry::Registry;
 use pulsar_gateway::admin::{self, AdminState};
 use pulsar_gateway::backend::deferred::{Backoff, Deferred};
@@ -187,7 +188,11 @@ type Wiring = (Protocol, ListenAddr, Option<Arc<dyn ProtocolHandler>>);
 /// (`None` keeps the address in `Config` for the handler to come).
 fn protocol_handlers(config: &Config) -> Vec<Wiring> {
     vec![
-        (Protocol::Kafka, config.kafka_addr, None),
+        (
+            Protocol::Kafka,
+            config.kafka_addr,
+            Some(Arc::new(KafkaHandler::new(KafkaConfig::default()))),
+        ),
         (Protocol::Mqtt, config.mqtt_addr, None),
         (Protocol::Amqp, config.amqp_addr, None),
     ]

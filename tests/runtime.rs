@@ -364,6 +364,7 @@ mod listener {
             &self,
             mut stream: Box<dyn ClientStream>,
             _peer: std::net::SocketAddr,
+            _local: std::net::SocketAddr,
             ctx: Context,
         ) -> Result<(), HandlerError> {
             let mut buf = [0u8; 64];

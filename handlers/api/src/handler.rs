@@ -89,12 +89,15 @@ pub trait ProtocolHandler: Send + Sync + 'static {
     /// ends the session, or the gateway shuts down.
     ///
     /// `stream` is already accepted and configured (TCP_NODELAY set; TLS,
-    /// when configured, already negotiated). `peer` is the client's address.
+    /// when configured, already negotiated). `peer` is the client's address,
+    /// `local` the gateway address the client reached (what a protocol that
+    /// hands out broker addresses, as Kafka's Metadata does, gives back).
     /// Returning `Ok` means the connection ended normally.
     async fn serve(
         &self,
         stream: Box<dyn ClientStream>,
         peer: SocketAddr,
+        local: SocketAddr,
         ctx: Context,
     ) -> Result<(), HandlerError>;
 }

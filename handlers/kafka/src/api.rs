@@ -1,0 +1,199 @@
+//! One request in, at most one response out: the header, the APIs served
+//! and their versions, and the mapping of contract errors to Kafka's codes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use gateway_api::{BackendError, Context, HandlerError};
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, InitProducerIdRequest, MetadataRequest,
+    ProduceRequest, RequestHeader, RequestKind, ResponseHeader, ResponseKind,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, Message};
+
+use crate::produce::Producers;
+use crate::{metadata, produce, KafkaConfig};
+
+/// What a request is served with: the handler's settings and shared state,
+/// the connection's local address, the gateway's services.
+pub struct Connection {
+    pub config: Arc<KafkaConfig>,
+    pub producers: Arc<Producers>,
+    pub local: SocketAddr,
+    pub ctx: Context,
+}
+
+/// The APIs served, each with the versions served: the message's own
+/// range (not `ApiKey::valid_versions`, which claims more than some
+/// messages decode), capped where this handler stops.
+fn supported() -> [(ApiKey, i16, i16); 4] {
+    [
+        (
+            ApiKey::ApiVersions,
+            ApiVersionsRequest::VERSIONS.min,
+            ApiVersionsRequest::VERSIONS.max,
+        ),
+        // v13 drops topic names from errors in favour of ids.
+        (
+            ApiKey::Metadata,
+            MetadataRequest::VERSIONS.min,
+            MetadataRequest::VERSIONS.max.min(12),
+        ),
+        // v10+ answers a moved leader with node endpoints; there is no
+        // other leader here, but stop where it was tested.
+        (
+            ApiKey::Produce,
+            ProduceRequest::VERSIONS.min,
+            ProduceRequest::VERSIONS.max.min(9),
+        ),
+        // v5+ adds two-phase-commit transactions.
+        (
+            ApiKey::InitProducerId,
+            InitProducerIdRequest::VERSIONS.min,
+            InitProducerIdRequest::VERSIONS.max.min(4),
+        ),
+    ]
+}
+
+fn is_supported(key: ApiKey, version: i16) -> bool {
+    supported()
+        .iter()
+        .any(|&(k, min, max)| k == key && (min..=max).contains(&version))
+}
+
+/// The ApiVersions response listing [`supported`].
+fn api_versions(error: Option<ResponseError>) -> ApiVersionsResponse {
+    let mut response = ApiVersionsResponse::default();
+    response.error_code = error.map_or(0, |e| e.code());
+    response.api_keys = supported()
+        .iter()
+        .map(|&(key, min, max)| {
+            let mut v = ApiVersion::default();
+            v.api_key = key as i16;
+            v.min_version = min;
+            v.max_version = max;
+            v
+        })
+        .collect();
+    response
+}
+
+fn malformed(what: &str, e: impl std::fmt::Display) -> HandlerError {
+    HandlerError::Protocol(format!("{what}: {e}"))
+}
+
+impl Connection {
+    /// Serves one request frame; `None` when the request has no response
+    /// (Produce with acks = 0).
+    pub async fn handle(&self, frame: Bytes) -> Result<Option<BytesMut>, HandlerError> {
+        let [k0, k1, v0, v1, c0, c1, c2, c3, ..] = frame[..] else {
+            return Err(HandlerError::Protocol(format!(
+                "a request of {} bytes is shorter than its header",
+                frame.len()
+            )));
+        };
+        let key = i16::from_be_bytes([k0, k1]);
+        let version = i16::from_be_bytes([v0, v1]);
+        let correlation_id = i32::from_be_bytes([c0, c1, c2, c3]);
+        let api = ApiKey::try_from(key)
+            .ok()
+            .filter(|&api| is_supported(api, version));
+        let Some(api) = api else {
+            if key == ApiKey::ApiVersions as i16 {
+                // A client newer than this handler: a v0 answer with the
+                // ranges lets it retry at a version both speak.
+                let response = api_versions(Some(ResponseError::UnsupportedVersion));
+                return encode(
+                    ApiKey::ApiVersions,
+                    0,
+                    correlation_id,
+                    &ResponseKind::ApiVersions(response),
+                )
+                .map(Some);
+            }
+            return Err(HandlerError::Protocol(format!(
+                "API key {key} version {version} is not served"
+            )));
+        };
+        let mut body = frame;
+        let header = RequestHeader::decode(&mut body, api.request_header_version(version))
+            .map_err(|e| malformed("request header", e))?;
+        let request =
+            RequestKind::decode(api, &mut body, version).map_err(|e| malformed("request", e))?;
+        let response = match request {
+            RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions(None)),
+            RequestKind::Metadata(request) => {
+                ResponseKind::Metadata(metadata::handle(self, request, version).await)
+            }
+            RequestKind::Produce(request) => match produce::handle(self, request).await {
+                Some(response) => ResponseKind::Produce(response),
+                None => return Ok(None),
+            },
+            RequestKind::InitProducerId(request) => {
+                ResponseKind::InitProducerId(self.producers.init(&request))
+            }
+            // Only served keys get this far.
+            _ => {
+                return Err(HandlerError::Protocol(format!(
+                    "{api:?} v{version} decoded but is not served"
+                )))
+            }
+        };
+        encode(api, version, header.correlation_id, &response).map(Some)
+    }
+}
+
+/// The response frame's body: header, then the response.
+fn encode(
+    api: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    response: &ResponseKind,
+) -> Result<BytesMut, HandlerError> {
+    let mut out = BytesMut::new();
+    let mut header = ResponseHeader::default();
+    header.correlation_id = correlation_id;
+    header
+        .encode(&mut out, api.response_header_version(version))
+        .map_err(|e| malformed("encoding a response header", e))?;
+    response
+        .encode(&mut out, version)
+        .map_err(|e| malformed("encoding a response", e))?;
+    Ok(out)
+}
+
+/// Kafka's error code for a contract error: what a broker would answer in
+/// the same situation, retriable where the contract's error is.
+pub fn error_code(e: &BackendError) -> ResponseError {
+    match e {
+        BackendError::TopicNotFound(_) => ResponseError::UnknownTopicOrPartition,
+        BackendError::NotAuthorized { .. } => ResponseError::TopicAuthorizationFailed,
+        BackendError::InvalidName(_) => ResponseError::InvalidTopicException,
+        BackendError::MessageTooLarge { .. } => ResponseError::MessageTooLarge,
+        BackendError::InvalidRequest(_) => ResponseError::InvalidRequest,
+        // Possibly written: an idempotent producer's retry is deduplicated.
+        BackendError::Unavailable(_) | BackendError::Closed | BackendError::Storage(_) => {
+            ResponseError::RequestTimedOut
+        }
+        _ => ResponseError::UnknownServerError,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advertised_versions_are_ones_the_messages_decode() {
+        for (key, min, max) in supported() {
+            assert!(min <= max, "{key:?}");
+            assert!(key.valid_versions().max >= max, "{key:?}");
+        }
+        assert!(is_supported(ApiKey::Produce, 9));
+        assert!(!is_supported(ApiKey::Produce, 2), "message sets v0/v1");
+        assert!(!is_supported(ApiKey::Fetch, 4), "not built yet");
+    }
+}

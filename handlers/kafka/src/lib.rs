@@ -1,0 +1,103 @@
+//! The Kafka protocol handler: Kafka clients connect to the gateway as to
+//! a broker and publish through the handler contract.
+//!
+//! Built so far: ApiVersions, Metadata (the gateway as the one broker of
+//! every partition, auto-creating topics), Produce (record batch v2,
+//! uncompressed; acks 0, 1 and all, answered once the backend persisted)
+//! and InitProducerId with the idempotent producer's sequence checks.
+//! Requests of a connection are served one at a time, in order.
+//!
+//! Kafka partition `p` of topic `t` is the backend topic `t-partition-p`;
+//! a topic without partitions is a Kafka topic of one partition. A record's
+//! key is the message key, its headers the properties, its timestamp the
+//! event time.
+
+mod api;
+mod frame;
+mod metadata;
+mod produce;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use gateway_api::{ClientStream, Context, HandlerError, Protocol, ProtocolHandler};
+
+pub use produce::Producers;
+
+/// How the Kafka handler behaves.
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    /// The longest request accepted, in bytes (Kafka's
+    /// `socket.request.max.bytes`, 100 MiB); a longer one closes the
+    /// connection.
+    pub max_frame_bytes: usize,
+    /// The address Metadata gives clients for the broker (`host`, `port`);
+    /// `None`: the address each client connected to.
+    pub advertised: Option<(String, u16)>,
+    /// Partitions of a topic created because a client asked for it
+    /// (Kafka's `num.partitions`); 1 creates a topic without partitions.
+    pub default_partitions: u32,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> KafkaConfig {
+        KafkaConfig {
+            max_frame_bytes: 100 << 20,
+            advertised: None,
+            default_partitions: 1,
+        }
+    }
+}
+
+/// Serves Kafka clients.
+pub struct KafkaHandler {
+    config: Arc<KafkaConfig>,
+    /// Idempotent producers' sequence state, shared by all connections.
+    producers: Arc<Producers>,
+}
+
+impl KafkaHandler {
+    /// A handler with `config`.
+    pub fn new(config: KafkaConfig) -> KafkaHandler {
+        KafkaHandler {
+            config: Arc::new(config),
+            producers: Arc::new(Producers::default()),
+        }
+    }
+}
+
+#[async_trait]
+impl ProtocolHandler for KafkaHandler {
+    fn protocol(&self) -> Protocol {
+        Protocol::Kafka
+    }
+
+    async fn serve(
+        &self,
+        stream: Box<dyn ClientStream>,
+        _peer: SocketAddr,
+        local: SocketAddr,
+        ctx: Context,
+    ) -> Result<(), HandlerError> {
+        let (mut reader, mut writer) = tokio::io::split(stream);
+        let connection = api::Connection {
+            config: self.config.clone(),
+            producers: self.producers.clone(),
+            local,
+            ctx: ctx.clone(),
+        };
+        loop {
+            let frame = tokio::select! {
+                _ = ctx.shutdown.cancelled() => return Ok(()),
+                frame = frame::read(&mut reader, self.config.max_frame_bytes) => frame?,
+            };
+            let Some(frame) = frame else {
+                return Ok(());
+            };
+            if let Some(response) = connection.handle(frame).await? {
+                frame::write(&mut writer, &response).await?;
+            }
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Metadata: the gateway is the one broker, leader of every partition.
+
+use gateway_api::{Action, BackendError, Principal, Protocol, TopicName};
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{self, BrokerId, MetadataRequest, MetadataResponse};
+use kafka_protocol::protocol::StrBytes;
+
+use crate::api::{error_code, Connection};
+
+/// The one broker's id.
+pub const BROKER_ID: i32 = 0;
+
+pub async fn handle(conn: &Connection, request: MetadataRequest, version: i16) -> MetadataResponse {
+    let (host, port) = match &conn.config.advertised {
+        Some((host, port)) => (host.clone(), *port),
+        None => (conn.local.ip().to_string(), conn.local.port()),
+    };
+    let mut broker = MetadataResponseBroker::default();
+    broker.node_id = BrokerId(BROKER_ID);
+    broker.host = StrBytes::from_string(host);
+    broker.port = i32::from(port);
+
+    let mut response = MetadataResponse::default();
+    response.brokers = vec![broker];
+    response.cluster_id = Some(StrBytes::from_static_str("pulsar-gateway"));
+    response.controller_id = BrokerId(BROKER_ID);
+    // Before v4 a request could not say; brokers created topics then.
+    let auto_create = version < 4 || request.allow_auto_topic_creation;
+    let names = match request.topics {
+        // v0: an empty list asks for every topic; v1+: a null one does.
+        Some(topics) if !(version == 0 && topics.is_empty()) => topics
+            .into_iter()
+            .filter_map(|t| t.name.map(|n| n.0.to_string()))
+            .collect(),
+        _ => match all_topics(conn).await {
+            Ok(names) => names,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing topics for Metadata");
+                Vec::new()
+            }
+        },
+    };
+    for name in names {
+        response.topics.push(topic(conn, name, auto_create).await);
+    }
+    response
+}
+
+/// Every topic of the client's namespace that has a Kafka name.
+async fn all_topics(conn: &Connection) -> Result<Vec<String>, BackendError> {
+    let namespace = conn
+        .ctx
+        .router
+        .namespace(Protocol::Kafka, &Principal::anonymous());
+    let topics = conn.ctx.backend.list_topics(&namespace).await?;
+    Ok(topics
+        .iter()
+        .filter_map(|t| t.kafka_name().map(str::to_owned))
+        .collect())
+}
+
+/// A topic's partitions, creating the topic first when asked to.
+async fn topic(conn: &Connection, name: String, auto_create: bool) -> MetadataResponseTopic {
+    let mut out = MetadataResponseTopic::default();
+    out.name = Some(messages::TopicName(StrBytes::from_string(name.clone())));
+    match partitions(conn, &name, auto_create).await {
+        Ok(count) => {
+            out.partitions = (0..count.max(1))
+                .map(|p| {
+                    let mut partition = MetadataResponsePartition::default();
+                    partition.partition_index = i32::try_from(p).unwrap_or(i32::MAX);
+                    partition.leader_id = BrokerId(BROKER_ID);
+                    partition.replica_nodes = vec![BrokerId(BROKER_ID)];
+                    partition.isr_nodes = vec![BrokerId(BROKER_ID)];
+                    partition
+                })
+                .collect();
+        }
+        Err(code) => out.error_code = code.code(),
+    }
+    out
+}
+
+/// The backend's partition count of a Kafka topic (0: without partitions).
+async fn partitions(
+    conn: &Connection,
+    name: &str,
+    auto_create: bool,
+) -> Result<u32, ResponseError> {
+    let topic = resolve(conn, name)?;
+    let backend = &conn.ctx.backend;
+    match backend.partitions(&topic).await {
+        Ok(Some(n)) => return Ok(n),
+        Ok(None) if auto_create => {}
+        Ok(None) => return Err(ResponseError::UnknownTopicOrPartition),
+        Err(e) => return Err(error_code(&e)),
+    }
+    // One partition is a topic without partitions, as Pulsar creates them.
+    let wanted = match conn.config.default_partitions {
+        0 | 1 => 0,
+        n => n,
+    };
+    match backend.create_topic(&topic, wanted).await {
+        Ok(()) => Ok(wanted),
+        // Someone else created it meanwhile.
+        Err(BackendError::TopicExists(_)) => match backend.partitions(&topic).await {
+            Ok(Some(n)) => Ok(n),
+            Ok(None) => Err(ResponseError::UnknownTopicOrPartition),
+            Err(e) => Err(error_code(&e)),
+        },
+        Err(e) => Err(error_code(&e)),
+    }
+}
+
+/// The backend topic of a Kafka topic name.
+pub fn resolve(conn: &Connection, name: &str) -> Result<TopicName, ResponseError> {
+    conn.ctx
+        .router
+        .resolve(
+            Protocol::Kafka,
+            name,
+            &Principal::anonymous(),
+            Action::Produce,
+        )
+        .map_err(|e| match e {
+            gateway_api::RouteError::NotAuthorized { .. } => {
+                ResponseError::TopicAuthorizationFailed
+            }
+            _ => ResponseError::InvalidTopicException,
+        })
+}

@@ -1,0 +1,290 @@
+//! Produce, and the idempotent producer's InitProducerId and sequence
+//! checks.
+//!
+//! Each record of a batch is published in turn and the partition answered
+//! once all are persisted, with the first record's offset. An idempotent
+//! producer's batch is checked against the partition's sequence state: the
+//! next expected sequence is accepted, one of the last five batches again
+//! is a duplicate (answered with its first offset, not published again),
+//! anything else is out of order. The state is this gateway's memory.
+
+use std::cell::Cell;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Mutex;
+
+use bytes::{Buf, Bytes};
+use gateway_api::{NewMessage, TopicName};
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{
+    InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse, ProducerId,
+};
+use kafka_protocol::records::{Compression, Record, RecordBatchDecoder};
+
+use crate::api::{error_code, Connection};
+use crate::metadata;
+
+/// Batches remembered per producer and partition for deduplication (as
+/// Kafka brokers do: a producer has at most five in flight).
+const RECENT_BATCHES: usize = 5;
+
+/// Producer-partition states kept at most; past it the oldest-looking are
+/// dropped (their producers' next batch is then accepted as it comes).
+const MAX_STATES: usize = 100_000;
+
+/// A producer's sequence state on one partition.
+struct Sequence {
+    epoch: i16,
+    /// The sequence the next batch must start with.
+    next: i32,
+    /// The last batches accepted: first and last sequence, first offset.
+    recent: VecDeque<(i32, i32, i64)>,
+}
+
+/// What to do with an idempotent producer's batch.
+enum Check {
+    Accept,
+    Duplicate(i64),
+    Reject(ResponseError),
+}
+
+/// Idempotent producers: their ids and their sequence states.
+pub struct Producers {
+    next_id: AtomicI64,
+    states: Mutex<HashMap<(i64, TopicName), Sequence>>,
+}
+
+impl Default for Producers {
+    /// Ids start at a point drawn from the clock and process, so two
+    /// gateways hand out different ids.
+    fn default() -> Producers {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64);
+        let seed = (nanos ^ (i64::from(std::process::id()) << 40)) & (i64::MAX >> 8);
+        Producers {
+            next_id: AtomicI64::new(seed.max(1)),
+            states: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl Producers {
+    /// A new producer id at epoch 0; transactions are not served.
+    pub fn init(&self, request: &InitProducerIdRequest) -> InitProducerIdResponse {
+        let mut response = InitProducerIdResponse::default();
+        if request.transactional_id.is_some() {
+            response.error_code = ResponseError::TransactionalIdAuthorizationFailed.code();
+            response.producer_id = ProducerId(-1);
+            response.producer_epoch = -1;
+            return response;
+        }
+        response.producer_id = ProducerId(self.next_id.fetch_add(1, Ordering::Relaxed));
+        response.producer_epoch = 0;
+        response
+    }
+
+    fn states(&self) -> std::sync::MutexGuard<'_, HashMap<(i64, TopicName), Sequence>> {
+        // Every change is one insert or field update: consistent even if
+        // a holder panicked.
+        self.states
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn check(
+        &self,
+        producer: i64,
+        epoch: i16,
+        partition: &TopicName,
+        first: i32,
+        last: i32,
+    ) -> Check {
+        let states = self.states();
+        let Some(state) = states.get(&(producer, partition.clone())) else {
+            return Check::Accept;
+        };
+        if epoch < state.epoch {
+            return Check::Reject(ResponseError::InvalidProducerEpoch);
+        }
+        if epoch > state.epoch || first == state.next {
+            return Check::Accept;
+        }
+        match state
+            .recent
+            .iter()
+            .find(|(f, l, _)| (*f, *l) == (first, last))
+        {
+            Some(&(_, _, offset)) => Check::Duplicate(offset),
+            None => Check::Reject(ResponseError::OutOfOrderSequenceNumber),
+        }
+    }
+
+    fn accepted(
+        &self,
+        producer: i64,
+        epoch: i16,
+        partition: &TopicName,
+        first: i32,
+        last: i32,
+        offset: i64,
+    ) {
+        let mut states = self.states();
+        if states.len() >= MAX_STATES {
+            if let Some(key) = states.keys().next().cloned() {
+                states.remove(&key);
+            }
+        }
+        let state = states
+            .entry((producer, partition.clone()))
+            .or_insert_with(|| Sequence {
+                epoch,
+                next: 0,
+                recent: VecDeque::new(),
+            });
+        if epoch != state.epoch {
+            state.epoch = epoch;
+            state.recent.clear();
+        }
+        state.next = last.wrapping_add(1);
+        if state.recent.len() == RECENT_BATCHES {
+            state.recent.pop_front();
+        }
+        state.recent.push_back((first, last, offset));
+    }
+}
+
+/// Serves a Produce request; `None` for acks = 0 (no response).
+pub async fn handle(conn: &Connection, request: ProduceRequest) -> Option<ProduceResponse> {
+    let mut response = ProduceResponse::default();
+    for topic in request.topic_data {
+        let mut topic_response = TopicProduceResponse::default();
+        let name = topic.name.0.to_string();
+        topic_response.name = topic.name;
+        for data in topic.partition_data {
+            let mut partition = PartitionProduceResponse::default();
+            partition.index = data.index;
+            partition.log_append_time_ms = -1;
+            let outcome = if request.transactional_id.is_some() {
+                Err(ResponseError::TransactionalIdAuthorizationFailed)
+            } else {
+                produce(conn, &name, data.index, data.records.unwrap_or_default()).await
+            };
+            match outcome {
+                Ok(offset) => partition.base_offset = offset,
+                Err(code) => {
+                    partition.error_code = code.code();
+                    partition.base_offset = -1;
+                }
+            }
+            topic_response.partition_responses.push(partition);
+        }
+        response.responses.push(topic_response);
+    }
+    (request.acks != 0).then_some(response)
+}
+
+/// The backend topic of a Kafka partition.
+async fn partition_topic(
+    conn: &Connection,
+    name: &str,
+    index: i32,
+) -> Result<TopicName, ResponseError> {
+    let topic = metadata::resolve(conn, name)?;
+    let count = match conn.ctx.backend.partitions(&topic).await {
+        Ok(Some(count)) => count,
+        Ok(None) => return Err(ResponseError::UnknownTopicOrPartition),
+        Err(e) => return Err(error_code(&e)),
+    };
+    match (count, u32::try_from(index)) {
+        (0, Ok(0)) => Ok(topic),
+        (n, Ok(p)) if p < n => Ok(topic.partition(p)),
+        _ => Err(ResponseError::UnknownTopicOrPartition),
+    }
+}
+
+/// Publishes the record batches of one partition; the first offset.
+async fn produce(
+    conn: &Connection,
+    name: &str,
+    index: i32,
+    mut records: Bytes,
+) -> Result<i64, ResponseError> {
+    let target = partition_topic(conn, name, index).await?;
+    let mut first_offset = None;
+    while records.has_remaining() {
+        let records_of_batch = decode_batch(&mut records)?;
+        let Some(head) = records_of_batch.first() else {
+            continue;
+        };
+        let (producer, epoch, first) = (head.producer_id, head.producer_epoch, head.sequence);
+        let last =
+            first.wrapping_add(i32::try_from(records_of_batch.len()).unwrap_or(i32::MAX) - 1);
+        let idempotent = producer >= 0 && first >= 0;
+        if idempotent {
+            match conn.producers.check(producer, epoch, &target, first, last) {
+                Check::Accept => {}
+                Check::Duplicate(offset) => {
+                    first_offset.get_or_insert(offset);
+                    continue;
+                }
+                Check::Reject(code) => return Err(code),
+            }
+        }
+        let mut batch_offset = None;
+        for record in records_of_batch {
+            let id = conn
+                .ctx
+                .backend
+                .publish(&target, message(record))
+                .await
+                .map_err(|e| error_code(&e))?;
+            batch_offset.get_or_insert(i64::try_from(id.offset).unwrap_or(i64::MAX));
+        }
+        if let Some(offset) = batch_offset {
+            if idempotent {
+                conn.producers
+                    .accepted(producer, epoch, &target, first, last, offset);
+            }
+            first_offset.get_or_insert(offset);
+        }
+    }
+    first_offset.ok_or(ResponseError::CorruptMessage)
+}
+
+/// Decodes one record batch; compressed batches are refused for now.
+fn decode_batch(records: &mut Bytes) -> Result<Vec<Record>, ResponseError> {
+    let compressed = Cell::new(false);
+    let uncompressed_only = |buf: &mut Bytes, compression: Compression| -> anyhow::Result<Bytes> {
+        match compression {
+            Compression::None => Ok(std::mem::take(buf)),
+            _ => {
+                compressed.set(true);
+                anyhow::bail!("compressed record batches are not served yet")
+            }
+        }
+    };
+    match RecordBatchDecoder::decode_with_custom_compression(records, Some(uncompressed_only)) {
+        Ok(set) => Ok(set.records),
+        Err(_) if compressed.get() => Err(ResponseError::UnsupportedCompressionType),
+        Err(_) => Err(ResponseError::CorruptMessage),
+    }
+}
+
+/// The contract's message for a Kafka record.
+fn message(record: Record) -> NewMessage {
+    NewMessage {
+        payload: record.value.unwrap_or_default(),
+        key: record.key,
+        properties: record
+            .headers
+            .into_iter()
+            .map(|(k, v)| {
+                let value = v.map(|v| String::from_utf8_lossy(&v).into_owned());
+                (k.to_string(), value.unwrap_or_default())
+            })
+            .collect(),
+        event_time: u64::try_from(record.timestamp).ok(),
+    }
+}
