@@ -53,6 +53,17 @@ async fn run_client(name: &str, args: Vec<String>) -> Value {
     .unwrap()
 }
 
+/// Reads `count` messages (or `"all"`) of a topic of the test standalone
+/// with the official Pulsar client.
+async fn read_from_pulsar(topic: &str, count: &str) -> Vec<Value> {
+    let (url, _) = test_pulsar_urls();
+    let topic = format!("persistent://public/default/{topic}");
+    match run_client("pulsar_read.py", vec![url, topic, count.into()]).await {
+        Value::Array(messages) => messages,
+        other => panic!("pulsar_read.py printed {other}"),
+    }
+}
+
 fn unique(name: &str) -> String {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -82,17 +93,8 @@ async fn kafka_python_produces_with_contiguous_offsets(backend: BackendKind) {
     assert_eq!(offsets, (0..20).map(|i| (0, i)).collect::<Vec<_>>());
 
     if backend == BackendKind::Pulsar {
-        let (url, _) = test_pulsar_urls();
-        let read = run_client(
-            "pulsar_read.py",
-            vec![
-                url,
-                format!("persistent://public/default/{topic}"),
-                "20".into(),
-            ],
-        )
-        .await;
-        for (i, m) in read.as_array().unwrap().iter().enumerate() {
+        let read = read_from_pulsar(&topic, "20").await;
+        for (i, m) in read.iter().enumerate() {
             assert_eq!(m["value"], format!("v{i}"));
             assert_eq!(m["key"], format!("k{}", i % 3));
             assert_eq!(m["properties"]["h"], format!("x{i}"));
@@ -154,22 +156,9 @@ async fn a_gateway_killed_under_load_loses_no_acknowledged_message() {
     );
     drop(gw);
 
-    let (url, _) = test_pulsar_urls();
-    let read = run_client(
-        "pulsar_read.py",
-        vec![
-            url,
-            format!("persistent://public/default/{topic}"),
-            "all".into(),
-        ],
-    )
-    .await;
-    let stored: std::collections::HashSet<&str> = read
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|m| m["value"].as_str())
-        .collect();
+    let read = read_from_pulsar(&topic, "all").await;
+    let stored: std::collections::HashSet<&str> =
+        read.iter().filter_map(|m| m["value"].as_str()).collect();
     let lost: Vec<&String> = acknowledged
         .iter()
         .filter(|v| !stored.contains(v.as_str()))

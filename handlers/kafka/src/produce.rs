@@ -42,6 +42,16 @@ struct Sequence {
     recent: VecDeque<(i32, i32, i64)>,
 }
 
+/// An idempotent producer's batch on one partition: who sent it, and the
+/// sequences of its first and last records.
+#[derive(Clone, Copy)]
+struct BatchSeq {
+    producer: i64,
+    epoch: i16,
+    first: i32,
+    last: i32,
+}
+
 /// What to do with an idempotent producer's batch.
 enum Check {
     Accept,
@@ -93,43 +103,28 @@ impl Producers {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn check(
-        &self,
-        producer: i64,
-        epoch: i16,
-        partition: &TopicName,
-        first: i32,
-        last: i32,
-    ) -> Check {
+    fn check(&self, partition: &TopicName, batch: BatchSeq) -> Check {
         let states = self.states();
-        let Some(state) = states.get(&(producer, partition.clone())) else {
+        let Some(state) = states.get(&(batch.producer, partition.clone())) else {
             return Check::Accept;
         };
-        if epoch < state.epoch {
+        if batch.epoch < state.epoch {
             return Check::Reject(ResponseError::InvalidProducerEpoch);
         }
-        if epoch > state.epoch || first == state.next {
+        if batch.epoch > state.epoch || batch.first == state.next {
             return Check::Accept;
         }
         match state
             .recent
             .iter()
-            .find(|(f, l, _)| (*f, *l) == (first, last))
+            .find(|(f, l, _)| (*f, *l) == (batch.first, batch.last))
         {
             Some(&(_, _, offset)) => Check::Duplicate(offset),
             None => Check::Reject(ResponseError::OutOfOrderSequenceNumber),
         }
     }
 
-    fn accepted(
-        &self,
-        producer: i64,
-        epoch: i16,
-        partition: &TopicName,
-        first: i32,
-        last: i32,
-        offset: i64,
-    ) {
+    fn accepted(&self, partition: &TopicName, batch: BatchSeq, offset: i64) {
         let mut states = self.states();
         if states.len() >= MAX_STATES {
             if let Some(key) = states.keys().next().cloned() {
@@ -137,21 +132,21 @@ impl Producers {
             }
         }
         let state = states
-            .entry((producer, partition.clone()))
+            .entry((batch.producer, partition.clone()))
             .or_insert_with(|| Sequence {
-                epoch,
+                epoch: batch.epoch,
                 next: 0,
                 recent: VecDeque::new(),
             });
-        if epoch != state.epoch {
-            state.epoch = epoch;
+        if batch.epoch != state.epoch {
+            state.epoch = batch.epoch;
             state.recent.clear();
         }
-        state.next = last.wrapping_add(1);
+        state.next = batch.last.wrapping_add(1);
         if state.recent.len() == RECENT_BATCHES {
             state.recent.pop_front();
         }
-        state.recent.push_back((first, last, offset));
+        state.recent.push_back((batch.first, batch.last, offset));
     }
 }
 
@@ -221,9 +216,15 @@ async fn produce(
         let (producer, epoch, first) = (head.producer_id, head.producer_epoch, head.sequence);
         let last =
             first.wrapping_add(i32::try_from(records_of_batch.len()).unwrap_or(i32::MAX) - 1);
+        let batch = BatchSeq {
+            producer,
+            epoch,
+            first,
+            last,
+        };
         let idempotent = producer >= 0 && first >= 0;
         if idempotent {
-            match conn.producers.check(producer, epoch, &target, first, last) {
+            match conn.producers.check(&target, batch) {
                 Check::Accept => {}
                 Check::Duplicate(offset) => {
                     first_offset.get_or_insert(offset);
@@ -244,8 +245,7 @@ async fn produce(
         }
         if let Some(offset) = batch_offset {
             if idempotent {
-                conn.producers
-                    .accepted(producer, epoch, &target, first, last, offset);
+                conn.producers.accepted(&target, batch, offset);
             }
             first_offset.get_or_insert(offset);
         }
@@ -286,5 +286,44 @@ fn message(record: Record) -> NewMessage {
             })
             .collect(),
         event_time: u64::try_from(record.timestamp).ok(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(epoch: i16, first: i32, last: i32) -> BatchSeq {
+        BatchSeq {
+            producer: 7,
+            epoch,
+            first,
+            last,
+        }
+    }
+
+    #[test]
+    fn sequences_accept_the_next_batch_deduplicate_recent_ones_and_refuse_gaps() {
+        let producers = Producers::default();
+        let p: TopicName = "persistent://public/default/t".parse().unwrap();
+        assert!(matches!(producers.check(&p, batch(0, 0, 4)), Check::Accept));
+        producers.accepted(&p, batch(0, 0, 4), 100);
+        assert!(matches!(producers.check(&p, batch(0, 5, 9)), Check::Accept));
+        producers.accepted(&p, batch(0, 5, 9), 105);
+        // A retry of a batch already written: its first offset, again.
+        assert!(matches!(
+            producers.check(&p, batch(0, 0, 4)),
+            Check::Duplicate(100)
+        ));
+        assert!(matches!(
+            producers.check(&p, batch(0, 20, 21)),
+            Check::Reject(ResponseError::OutOfOrderSequenceNumber)
+        ));
+        // A new epoch starts over; an old one is fenced.
+        producers.accepted(&p, batch(1, 0, 0), 110);
+        assert!(matches!(
+            producers.check(&p, batch(0, 10, 10)),
+            Check::Reject(ResponseError::InvalidProducerEpoch)
+        ));
     }
 }
