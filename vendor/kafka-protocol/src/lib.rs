@@ -113,3 +113,7 @@ pub mod records;
 
 pub use error::ResponseError;
 pub use indexmap;
+
+// pulsar-gateway patch: tests of decoding lying lengths and counts.
+#[cfg(test)]
+mod gateway_patch_tests;

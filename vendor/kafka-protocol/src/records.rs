@@ -514,7 +514,11 @@ impl RecordBatchDecoder {
         version: i8,
         records: &mut Vec<Record>,
     ) -> Result<()> {
-        records.reserve(batch_decode_info.record_count as usize);
+        // pulsar-gateway patch: was `reserve(batch_decode_info.record_count as usize)`.
+        records.reserve(types::cautious_capacity::<Record>(
+            batch_decode_info.record_count as usize,
+            buf.remaining(),
+        ));
         for _ in 0..batch_decode_info.record_count {
             records.push(Record::decode_new(buf, batch_decode_info, version)?);
         }
@@ -893,7 +897,10 @@ impl Record {
         }
         let num_headers = num_headers as usize;
 
-        let mut headers = IndexMap::with_capacity(num_headers);
+        // pulsar-gateway patch: was `IndexMap::with_capacity(num_headers)`.
+        let capacity =
+            types::cautious_capacity::<(StrBytes, Option<Bytes>)>(num_headers, buf.len());
+        let mut headers = IndexMap::with_capacity(capacity);
         for _ in 0..num_headers {
             // Key len
             let key_len: i32 = types::VarInt.decode(buf)?;

@@ -5,10 +5,32 @@
 //!
 //! It is unnecessary to interact directly with these types for most use cases.
 use super::{Decodable, Decoder, Encodable, Encoder, NewType, StrBytes};
-use crate::protocol::buf::{ByteBuf, ByteBufMut};
+use crate::protocol::buf::{ByteBuf, ByteBufMut, NotEnoughBytesError};
 use anyhow::{bail, Result};
 use std::convert::TryFrom;
 use std::string::String as StdString;
+
+/// pulsar-gateway patch: the capacity to reserve for `count` items, a count
+/// read off the wire, with `remaining` bytes left to decode them from. Each
+/// item takes at least one byte, so a count beyond the bytes left is a lie
+/// that decoding will find, not a size to allocate; and at most 1 MiB is
+/// reserved up front, beyond which the vector grows with the items actually
+/// decoded.
+pub(crate) fn cautious_capacity<T>(count: usize, remaining: usize) -> usize {
+    const MAX_PREALLOCATION: usize = 1 << 20;
+    count
+        .min(remaining)
+        .min(MAX_PREALLOCATION / std::mem::size_of::<T>().max(1))
+}
+
+/// pulsar-gateway patch: fails unless `len` bytes, a length read off the
+/// wire, are left in `buf`; called before allocating them.
+fn ensure_remaining<B: ByteBuf>(buf: &B, len: usize) -> Result<()> {
+    if buf.remaining() < len {
+        return Err(NotEnoughBytesError.into());
+    }
+    Ok(())
+}
 
 macro_rules! define_copy_impl {
     ($e:ident, $t:ty) => (
@@ -359,6 +381,7 @@ impl Decoder<Option<StdString>> for String {
         match Int16.decode(buf)? {
             -1 => Ok(None),
             n if n >= 0 => {
+                ensure_remaining(buf, n as usize)?; // pulsar-gateway patch
                 let mut strbuf = vec![0; n as usize];
                 buf.try_copy_to_slice(&mut strbuf)?;
                 Ok(Some(std::string::String::from_utf8(strbuf)?))
@@ -511,6 +534,7 @@ impl Decoder<Option<StdString>> for CompactString {
         match UnsignedVarInt.decode(buf)? {
             0 => Ok(None),
             n => {
+                ensure_remaining(buf, (n - 1) as usize)?; // pulsar-gateway patch
                 let mut strbuf = vec![0; (n - 1) as usize];
                 buf.try_copy_to_slice(&mut strbuf)?;
                 Ok(Some(std::string::String::from_utf8(strbuf)?))
@@ -655,6 +679,7 @@ impl Decoder<Option<Vec<u8>>> for Bytes {
         match Int32.decode(buf)? {
             -1 => Ok(None),
             n if n >= 0 => {
+                ensure_remaining(buf, n as usize)?; // pulsar-gateway patch
                 let mut data = vec![0; n as usize];
                 buf.try_copy_to_slice(&mut data)?;
                 Ok(Some(data))
@@ -804,6 +829,7 @@ impl Decoder<Option<Vec<u8>>> for CompactBytes {
         match UnsignedVarInt.decode(buf)? {
             0 => Ok(None),
             n => {
+                ensure_remaining(buf, (n - 1) as usize)?; // pulsar-gateway patch
                 let mut data = vec![0; (n - 1) as usize];
                 buf.try_copy_to_slice(&mut data)?;
                 Ok(Some(data))
@@ -985,7 +1011,9 @@ impl<T, E: Decoder<T>> Decoder<Option<Vec<T>>> for Array<E> {
         match Int32.decode(buf)? {
             -1 => Ok(None),
             n if n >= 0 => {
-                let mut result = Vec::with_capacity(n as usize);
+                // pulsar-gateway patch: was `Vec::with_capacity(n as usize)`.
+                let mut result =
+                    Vec::with_capacity(cautious_capacity::<T>(n as usize, buf.remaining()));
                 for _ in 0..n {
                     result.push(self.0.decode(buf)?);
                 }
@@ -1093,7 +1121,9 @@ impl<T, E: Decoder<T>> Decoder<Option<Vec<T>>> for CompactArray<E> {
         match UnsignedVarInt.decode(buf)? {
             0 => Ok(None),
             n => {
-                let mut result = Vec::with_capacity((n - 1) as usize);
+                // pulsar-gateway patch: was `Vec::with_capacity((n - 1) as usize)`.
+                let mut result =
+                    Vec::with_capacity(cautious_capacity::<T>((n - 1) as usize, buf.remaining()));
                 for _ in 1..n {
                     result.push(self.0.decode(buf)?);
                 }
