@@ -1,6 +1,6 @@
 //! pulsar-gateway patch: decoding inputs that lie about their lengths and
-//! counts (see PATCHES.md). Each must come back as an error, without an
-//! allocation sized by the lie.
+//! counts, or are too short (see PATCHES.md). Each must come back as an
+//! error, never a panic, and without an allocation sized by the lie.
 //!
 //! This test binary's allocator notes the largest allocation each thread
 //! asks for, and refuses any above 1 GiB; a refusal aborts the process, as
@@ -11,7 +11,7 @@ use std::cell::Cell;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::protocol::{types, Decoder, StrBytes};
+use crate::protocol::{decode_request_header_from_buffer, types, Decoder, StrBytes};
 use crate::records::{Compression, RecordBatchDecoder};
 
 /// Allocations above this are refused.
@@ -157,6 +157,15 @@ fn gateway_patch_string_and_bytes_lengths_beyond_the_buffer() {
         let decoded: anyhow::Result<Vec<u8>> = types::CompactBytes.decode(&mut { varint_max });
         decoded
     });
+}
+
+#[test]
+fn gateway_patch_request_header_shorter_than_its_api_key_and_version() {
+    for short in [&[][..], &[0x00], &[0x00, 0x03], &[0x00, 0x03, 0x00]] {
+        assert_refused("short header", || {
+            decode_request_header_from_buffer(&mut Bytes::from_static(short))
+        });
+    }
 }
 
 /// A record batch, magic 2, uncompressed, that claims `record_count` records
