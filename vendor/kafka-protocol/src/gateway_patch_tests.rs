@@ -1,6 +1,7 @@
 //! pulsar-gateway patch: decoding inputs that lie about their lengths and
-//! counts, or are too short (see PATCHES.md). Each must come back as an
-//! error, never a panic, and without an allocation sized by the lie.
+//! counts, or whose numbers overflow (see PATCHES.md). Each must come back
+//! as a result, never a panic, and a lie as an error, without an allocation
+//! sized by it.
 //!
 //! This test binary's allocator notes the largest allocation each thread
 //! asks for, and refuses any above 1 GiB; a refusal aborts the process, as
@@ -246,6 +247,17 @@ fn gateway_patch_record_key_and_value_lengths_beyond_the_record() {
     assert_refused("value", || {
         RecordBatchDecoder::decode(&mut record_batch(1, &value))
     });
+}
+
+#[test]
+fn gateway_patch_record_deltas_past_i64_max_wrap_instead_of_panicking() {
+    // One record of 6 bytes: timestamp delta 1, offset delta 1, no key, no
+    // value, no headers; in a batch at offset and timestamp i64::MAX.
+    let record = [0x0c, 0x00, 0x02, 0x02, 0x01, 0x01, 0x00];
+    let decoded =
+        RecordBatchDecoder::decode(&mut record_batch_at(i64::MAX, i64::MAX, 1, &record)).unwrap();
+    assert_eq!(decoded.records[0].offset, i64::MIN);
+    assert_eq!(decoded.records[0].timestamp, i64::MIN);
 }
 
 #[test]
