@@ -174,6 +174,9 @@ section "vendor/pulsar: the patches' own tests"
 cargo test --manifest-path vendor/pulsar/Cargo.toml --lib \
     --no-default-features --features tokio-rustls-runtime-ring,compression -- gateway_patch
 
+section "vendor/kafka-protocol: the patches' own tests"
+cargo test --manifest-path vendor/kafka-protocol/Cargo.toml --lib -- gateway_patch
+
 section "pytest tests/python"
 set +e
 "$PULSAR_GATEWAY_PYTHON" -m pytest -p no:cacheprovider tests/python
