@@ -22,6 +22,7 @@ use crate::{metadata, produce, KafkaConfig};
 pub struct Connection {
     pub config: Arc<KafkaConfig>,
     pub producers: Arc<Producers>,
+    pub partition_counts: Arc<metadata::PartitionCounts>,
     pub local: SocketAddr,
     pub ctx: Context,
 }

@@ -55,6 +55,8 @@ pub struct KafkaHandler {
     config: Arc<KafkaConfig>,
     /// Idempotent producers' sequence state, shared by all connections.
     producers: Arc<Producers>,
+    /// Partition counts for Produce, shared by all connections.
+    partition_counts: Arc<metadata::PartitionCounts>,
 }
 
 impl KafkaHandler {
@@ -63,6 +65,7 @@ impl KafkaHandler {
         KafkaHandler {
             config: Arc::new(config),
             producers: Arc::new(Producers::default()),
+            partition_counts: Arc::default(),
         }
     }
 }
@@ -84,6 +87,7 @@ impl ProtocolHandler for KafkaHandler {
         let connection = api::Connection {
             config: self.config.clone(),
             producers: self.producers.clone(),
+            partition_counts: self.partition_counts.clone(),
             local,
             ctx: ctx.clone(),
         };

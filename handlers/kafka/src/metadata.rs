@@ -1,5 +1,9 @@
 //! Metadata: the gateway is the one broker, leader of every partition.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use gateway_api::{Action, BackendError, Principal, Protocol, TopicName};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::metadata_response::{
@@ -12,6 +16,54 @@ use crate::api::{error_code, Connection};
 
 /// The one broker's id.
 pub const BROKER_ID: i32 = 0;
+
+/// How long a partition count read from the backend serves Produce
+/// requests before it is read again.
+const PARTITION_COUNT_TTL: Duration = Duration::from_secs(10);
+
+/// Partition counts of existing topics, shared by the handler's
+/// connections, so a Produce does not ask the backend each time (on Pulsar
+/// that is a lookup, and a namespace listing for a topic without
+/// partitions).
+#[derive(Default)]
+pub struct PartitionCounts(Mutex<HashMap<TopicName, (u32, Instant)>>);
+
+impl PartitionCounts {
+    /// The partition count of an existing topic (0: without partitions),
+    /// from the cache while fresh.
+    pub async fn get(&self, conn: &Connection, topic: &TopicName) -> Result<u32, ResponseError> {
+        if let Some(count) = self.fresh(topic) {
+            return Ok(count);
+        }
+        match conn.ctx.backend.partitions(topic).await {
+            Ok(Some(count)) => {
+                self.remember(topic, count);
+                Ok(count)
+            }
+            Ok(None) => Err(ResponseError::UnknownTopicOrPartition),
+            Err(e) => Err(error_code(&e)),
+        }
+    }
+
+    fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<TopicName, (u32, Instant)>> {
+        // One insert or lookup at a time: consistent even if poisoned.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn fresh(&self, topic: &TopicName) -> Option<u32> {
+        let counts = self.counts();
+        let &(count, read) = counts.get(topic)?;
+        (read.elapsed() < PARTITION_COUNT_TTL).then_some(count)
+    }
+
+    fn remember(&self, topic: &TopicName, count: u32) {
+        let mut counts = self.counts();
+        counts.retain(|_, (_, read)| read.elapsed() < PARTITION_COUNT_TTL);
+        counts.insert(topic.clone(), (count, Instant::now()));
+    }
+}
 
 pub async fn handle(conn: &Connection, request: MetadataRequest, version: i16) -> MetadataResponse {
     let (host, port) = match &conn.config.advertised {

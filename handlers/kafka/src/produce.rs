@@ -187,11 +187,7 @@ async fn partition_topic(
     index: i32,
 ) -> Result<TopicName, ResponseError> {
     let topic = metadata::resolve(conn, name)?;
-    let count = match conn.ctx.backend.partitions(&topic).await {
-        Ok(Some(count)) => count,
-        Ok(None) => return Err(ResponseError::UnknownTopicOrPartition),
-        Err(e) => return Err(error_code(&e)),
-    };
+    let count = conn.partition_counts.get(conn, &topic).await?;
     match (count, u32::try_from(index)) {
         (0, Ok(0)) => Ok(topic),
         (n, Ok(p)) if p < n => Ok(topic.partition(p)),

@@ -46,6 +46,24 @@ pub fn id_data(id: &MessageId) -> MessageIdData {
     }
 }
 
+/// Pulsar's `MessageId.earliest`: (-1, -1).
+pub fn earliest_id() -> MessageIdData {
+    MessageIdData {
+        ledger_id: u64::MAX,
+        entry_id: u64::MAX,
+        ..Default::default()
+    }
+}
+
+/// Pulsar's `MessageId.latest`: (`i64::MAX`, `i64::MAX`).
+pub fn latest_id() -> MessageIdData {
+    MessageIdData {
+        ledger_id: i64::MAX as u64,
+        entry_id: i64::MAX as u64,
+        ..Default::default()
+    }
+}
+
 /// The contract's message from what the consumer delivered.
 pub fn message(received: pulsar::consumer::Message<Vec<u8>>) -> Result<Message, BackendError> {
     let topic: TopicName = received.topic.parse().map_err(|e| {

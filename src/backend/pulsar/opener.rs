@@ -116,16 +116,18 @@ impl Opener {
     ) -> Result<Move, BackendError> {
         if !self.request.durable {
             let start = match position {
-                StartPosition::Earliest => earliest(),
-                StartPosition::Latest => latest(),
+                StartPosition::Earliest => convert::earliest_id(),
+                StartPosition::Latest => convert::latest_id(),
                 other => {
                     let topic = one_partition(topics, "a non-durable subscription")?;
-                    self.resolve(topic, other).await?.map_or_else(latest, |id| {
-                        convert::id_data(&MessageId {
-                            partition: topic.partition_index().map_or(-1, |p| p as i32),
-                            ..id
+                    self.resolve(topic, other)
+                        .await?
+                        .map_or_else(convert::latest_id, |id| {
+                            convert::id_data(&MessageId {
+                                partition: topic.partition_index().map_or(-1, |p| p as i32),
+                                ..id
+                            })
                         })
-                    })
                 }
             };
             return Ok(Move::Start(start));
@@ -186,24 +188,6 @@ impl Move {
             Move::Start(id) => Some(id.clone()),
             Move::Cursors(_) => None,
         }
-    }
-}
-
-/// Pulsar's `MessageId.earliest`: (-1, -1).
-fn earliest() -> MessageIdData {
-    MessageIdData {
-        ledger_id: u64::MAX,
-        entry_id: u64::MAX,
-        ..Default::default()
-    }
-}
-
-/// Pulsar's `MessageId.latest`: (`i64::MAX`, `i64::MAX`).
-fn latest() -> MessageIdData {
-    MessageIdData {
-        ledger_id: i64::MAX as u64,
-        entry_id: i64::MAX as u64,
-        ..Default::default()
     }
 }
 

@@ -87,12 +87,7 @@ struct Start {
 impl Start {
     fn earliest() -> Start {
         Start {
-            // Pulsar's `MessageId.earliest`: (-1, -1).
-            id: MessageIdData {
-                ledger_id: u64::MAX,
-                entry_id: u64::MAX,
-                ..Default::default()
-            },
+            id: convert::earliest_id(),
             floor: None,
             at_end: false,
         }
@@ -100,12 +95,7 @@ impl Start {
 
     fn latest() -> Start {
         Start {
-            // Pulsar's `MessageId.latest`: (i64::MAX, i64::MAX).
-            id: MessageIdData {
-                ledger_id: i64::MAX as u64,
-                entry_id: i64::MAX as u64,
-                ..Default::default()
-            },
+            id: convert::latest_id(),
             floor: None,
             at_end: true,
         }
