@@ -19,20 +19,28 @@
 #   --small-ledgers           roll ledgers every 200 entries with no minimum
 #                             age, so tests see roll-over and retention's
 #                             ledger trimming within seconds
+#   --tls                     also listen with TLS (binary protocol on
+#                             PULSAR_TLS_PORT, admin API on PULSAR_WEB_TLS_PORT),
+#                             with a certificate for 127.0.0.1 and localhost
+#                             signed by a test CA made in DIR/tls (ca.pem)
 #
 # Environment:
 #   PULSAR_PORT (6650)  PULSAR_WEB_PORT (8081); the bookie takes a free ephemeral port
+#   PULSAR_TLS_PORT (PULSAR_PORT + 1)  PULSAR_WEB_TLS_PORT (PULSAR_WEB_PORT + 1), with --tls
 #   PULSAR_VERSION (4.0.8)  PULSAR_START_TIMEOUT (120 s)  PULSAR_STOP_TIMEOUT (30 s)
 #   PULSAR_CACHE_DIR (${XDG_CACHE_HOME:-$HOME/.cache}/pulsar-gateway/pulsar)
 #   PULSAR_MEM, PULSAR_GC  JVM memory and GC flags (small defaults for 2 cores)
 #
 # After a successful start, DIR/pulsar.env holds PULSAR_SERVICE_URL,
-# PULSAR_WEB_URL (and PULSAR_ADMIN_TOKEN_FILE with --token-auth), ready to source.
+# PULSAR_WEB_URL (and PULSAR_ADMIN_TOKEN_FILE with --token-auth; PULSAR_TLS_SERVICE_URL,
+# PULSAR_TLS_WEB_URL and PULSAR_TLS_CA_FILE with --tls), ready to source.
 set -euo pipefail
 
 PULSAR_VERSION="${PULSAR_VERSION:-4.0.8}"
 PULSAR_PORT="${PULSAR_PORT:-6650}"
 PULSAR_WEB_PORT="${PULSAR_WEB_PORT:-8081}"
+PULSAR_TLS_PORT="${PULSAR_TLS_PORT:-$((PULSAR_PORT + 1))}"
+PULSAR_WEB_TLS_PORT="${PULSAR_WEB_TLS_PORT:-$((PULSAR_WEB_PORT + 1))}"
 PULSAR_START_TIMEOUT="${PULSAR_START_TIMEOUT:-120}"
 PULSAR_STOP_TIMEOUT="${PULSAR_STOP_TIMEOUT:-30}"
 PULSAR_CACHE_DIR="${PULSAR_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/pulsar-gateway/pulsar}"
@@ -56,7 +64,7 @@ die() {
 }
 
 usage() {
-    sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 check_java() {
@@ -162,6 +170,40 @@ brokerClientAuthenticationPlugin=org.apache.pulsar.client.impl.auth.Authenticati
 brokerClientAuthenticationParameters=file://$RUN_DIR/admin.token
 EOF
     fi
+    if [[ "$TLS" == 1 ]]; then
+        cat >>"$conf" <<EOF
+brokerServicePortTls=$PULSAR_TLS_PORT
+webServicePortTls=$PULSAR_WEB_TLS_PORT
+tlsCertificateFilePath=$RUN_DIR/tls/broker.pem
+tlsKeyFilePath=$RUN_DIR/tls/broker.key
+tlsTrustCertsFilePath=$RUN_DIR/tls/ca.pem
+EOF
+    fi
+}
+
+# A throw-away CA and a broker certificate for 127.0.0.1 and localhost;
+# a restart with --keep-data keeps them, so clients' trust still holds.
+setup_tls() {
+    local keep_data="$1" dir="$RUN_DIR/tls"
+    if [[ "$keep_data" == 1 && -s "$dir/ca.pem" && -s "$dir/broker.pem" && -s "$dir/broker.key" ]]; then
+        return
+    fi
+    command -v openssl >/dev/null 2>&1 || die "openssl not found: --tls makes test certificates with it"
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" "basicConstraints=CA:FALSE" \
+        "keyUsage=digitalSignature,keyEncipherment" "extendedKeyUsage=serverAuth" >"$dir/broker.ext"
+    {
+        openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=pulsar-gateway test CA" \
+            -keyout "$dir/ca.key" -out "$dir/ca.pem" &&
+            openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" \
+                -keyout "$dir/broker.key" -out "$dir/broker.csr" &&
+            openssl x509 -req -in "$dir/broker.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" \
+                -CAcreateserial -days 2 -extfile "$dir/broker.ext" -out "$dir/broker.pem"
+    } >"$dir/openssl.log" 2>&1 || {
+        cat "$dir/openssl.log" >&2
+        die "openssl could not make the test certificates"
+    }
 }
 
 setup_token_auth() {
@@ -182,6 +224,7 @@ cmd_start() {
     local keep_data=0 token_auth=0
     TOKEN_KEY=""
     SMALL_LEDGERS=0
+    TLS=0
     while [[ $# -gt 0 ]]; do
         case "$1" in
             --run-dir) RUN_DIR="$2"; shift 2 ;;
@@ -189,6 +232,7 @@ cmd_start() {
             --token-auth) token_auth=1; shift ;;
             --token-secret-key) token_auth=1; TOKEN_KEY="$2"; shift 2 ;;
             --small-ledgers) SMALL_LEDGERS=1; shift ;;
+            --tls) TLS=1; shift ;;
             *) die "unknown start option: $1" ;;
         esac
     done
@@ -205,10 +249,13 @@ cmd_start() {
     local pid
     pid="$(running_pid)"
     [[ -z "$pid" ]] || die "already running (pid $pid, run dir $RUN_DIR): stop it first"
-    local port
-    for port in "$PULSAR_PORT" "$PULSAR_WEB_PORT"; do
+    local port ports=("$PULSAR_PORT" "$PULSAR_WEB_PORT")
+    if [[ "$TLS" == 1 ]]; then
+        ports+=("$PULSAR_TLS_PORT" "$PULSAR_WEB_TLS_PORT")
+    fi
+    for port in "${ports[@]}"; do
         if port_in_use "$port"; then
-            die "port $port on 127.0.0.1 is in use (set PULSAR_PORT / PULSAR_WEB_PORT)"
+            die "port $port on 127.0.0.1 is in use (set PULSAR_PORT / PULSAR_WEB_PORT, or the TLS ports)"
         fi
     done
 
@@ -219,6 +266,9 @@ cmd_start() {
     mkdir -p "$RUN_DIR/data" "$RUN_DIR/logs"
     if [[ $token_auth -eq 1 ]]; then
         setup_token_auth
+    fi
+    if [[ "$TLS" == 1 ]]; then
+        setup_tls "$keep_data"
     fi
     write_config
 
@@ -267,6 +317,11 @@ cmd_start() {
         echo "PULSAR_PID=$pid"
         if [[ -f "$RUN_DIR/admin.token" ]]; then
             echo "PULSAR_ADMIN_TOKEN_FILE=$RUN_DIR/admin.token"
+        fi
+        if [[ "$TLS" == 1 ]]; then
+            echo "PULSAR_TLS_SERVICE_URL=pulsar+ssl://127.0.0.1:$PULSAR_TLS_PORT"
+            echo "PULSAR_TLS_WEB_URL=https://127.0.0.1:$PULSAR_WEB_TLS_PORT"
+            echo "PULSAR_TLS_CA_FILE=$RUN_DIR/tls/ca.pem"
         fi
     } >"$RUN_DIR/pulsar.env"
     log "ready in $((SECONDS - started))s (pid $pid)"

@@ -4,7 +4,9 @@
 //! message whose publish was acknowledged is lost. The standalone requires
 //! token authentication, so the token goes through both APIs (the
 //! gateway's from `--pulsar-token-file`), and a backend without one is
-//! refused.
+//! refused. The standalone also listens with TLS: the backend and the
+//! gateway process (`--pulsar-tls-trust-certs-file`) connect through
+//! `pulsar+ssl://` and `https://` with the test CA, and not without it.
 //!
 //! This test runs its own standalone (deploy/pulsar-standalone.sh, on ports
 //! of its own) since it stops it; it needs the Pulsar tarball the test
@@ -27,6 +29,8 @@ use pulsar_gateway::backend::pulsar::{PulsarBackend, PulsarConfig};
 /// Ports of this test's standalone, apart from the shared test one.
 const PORT: u16 = 26650;
 const WEB_PORT: u16 = 28081;
+const TLS_PORT: u16 = 26651;
+const WEB_TLS_PORT: u16 = 28082;
 /// How long each publish may take before it counts as failed.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long Pulsar may take to start, and the backend to come back.
@@ -37,10 +41,11 @@ struct Standalone {
 }
 
 impl Standalone {
-    /// Starts the standalone with token authentication; a restart
-    /// (`keep_data`) keeps the data and the token key, so tokens stay valid.
+    /// Starts the standalone with token authentication and TLS; a restart
+    /// (`keep_data`) keeps the data, the token key and the certificates,
+    /// so tokens and trust stay valid.
     async fn start(&self, keep_data: bool) {
-        let mut args: Vec<String> = vec!["start".into(), "--small-ledgers".into()];
+        let mut args: Vec<String> = vec!["start".into(), "--small-ledgers".into(), "--tls".into()];
         if keep_data {
             args.push("--keep-data".into());
             args.push("--token-secret-key".into());
@@ -57,6 +62,11 @@ impl Standalone {
             .unwrap()
             .trim()
             .to_owned()
+    }
+
+    /// The test CA the launcher made, which signed the broker's certificate.
+    fn tls_ca(&self) -> PathBuf {
+        self.run_dir.join("tls/ca.pem")
     }
 
     async fn stop(&self) {
@@ -85,6 +95,8 @@ fn run_script(run_dir: &Path, args: &[String]) {
         .arg(run_dir)
         .env("PULSAR_PORT", PORT.to_string())
         .env("PULSAR_WEB_PORT", WEB_PORT.to_string())
+        .env("PULSAR_TLS_PORT", TLS_PORT.to_string())
+        .env("PULSAR_WEB_TLS_PORT", WEB_TLS_PORT.to_string())
         .status()
         .expect("bash runs deploy/pulsar-standalone.sh");
     assert!(
@@ -121,6 +133,66 @@ where
     }
 }
 
+/// Over TLS with the test CA trusted, the backend publishes and consumes,
+/// and the gateway process becomes ready; without the CA, the backend is
+/// refused.
+async fn tls_connects_with_the_trusted_ca_only(cluster: &Standalone, token: &str) {
+    let ca = std::fs::read(cluster.tls_ca()).unwrap();
+    let untrusted = PulsarConfig {
+        token: Some(token.to_owned()),
+        ..PulsarConfig::new(
+            format!("pulsar+ssl://127.0.0.1:{TLS_PORT}"),
+            format!("https://127.0.0.1:{WEB_TLS_PORT}"),
+        )
+    };
+    let refused = tokio::time::timeout(RECOVERY, PulsarBackend::connect(untrusted.clone()))
+        .await
+        .expect("a connection to an untrusted certificate ends in time");
+    match refused {
+        Err(e) => assert!(
+            !e.is_retriable() && e.to_string().contains("--pulsar-tls-trust-certs-file"),
+            "an untrusted certificate is refused for good, saying what to set: {e}"
+        ),
+        Ok(_) => panic!("the broker's certificate is signed by a CA the backend does not trust"),
+    }
+
+    let trusted = PulsarConfig {
+        tls_trust_certs: Some(ca),
+        ..untrusted
+    };
+    let backend = PulsarBackend::connect(trusted).await.unwrap();
+    let topic = TopicName::from_kafka("over-tls", &Namespace::default()).unwrap();
+    let sub = backend
+        .subscribe(SubscribeRequest::new(topic.clone(), "tls"))
+        .await
+        .unwrap();
+    backend
+        .publish(&topic, NewMessage::new("sealed"))
+        .await
+        .unwrap();
+    let message = tokio::time::timeout(Duration::from_secs(30), sub.receive())
+        .await
+        .expect("the message comes back over TLS")
+        .unwrap();
+    assert_eq!(&message.payload[..], b"sealed");
+    backend.close().await.unwrap();
+
+    let token_file = cluster.run_dir.join("gateway-tls.jwt");
+    std::fs::write(&token_file, token).unwrap();
+    let gateway = Gateway::builder(BackendKind::Pulsar)
+        .pulsar_urls(
+            format!("pulsar+ssl://127.0.0.1:{TLS_PORT}"),
+            format!("https://127.0.0.1:{WEB_TLS_PORT}"),
+        )
+        .arg("--pulsar-token-file")
+        .arg(&token_file)
+        .arg("--pulsar-tls-trust-certs-file")
+        .arg(cluster.tls_ca())
+        .start()
+        .await;
+    assert_eq!(gateway.get("/readyz").await.status, 200);
+}
+
 #[derive(Default)]
 struct Tally {
     acknowledged: Vec<String>,
@@ -149,6 +221,7 @@ async fn pulsar_restart_under_load_loses_no_acknowledged_message() {
         ),
         Ok(_) => panic!("the cluster requires a token"),
     }
+    tls_connects_with_the_trusted_ca_only(&cluster, &cluster.admin_token()).await;
     let config = PulsarConfig {
         token: Some(cluster.admin_token()),
         ..config

@@ -268,8 +268,27 @@ fn connect_error(url: &str, e: pulsar::Error) -> BackendError {
             "{url} refused the gateway's credentials ({code:?}: {}); check --pulsar-token-file",
             text.unwrap_or_default()
         )),
+        pulsar::Error::Connection(ConnectionError::Io(io)) if untrusted_certificate(&io) => {
+            BackendError::InvalidRequest(format!(
+                "{url} presented a certificate the gateway does not trust ({io}); \
+                 check --pulsar-tls-trust-certs-file"
+            ))
+        }
         other => BackendError::Unavailable(format!("{url}: {other}")),
     }
+}
+
+/// Whether a TLS handshake failed on the broker's certificate: a setting to
+/// fix, not a fault that passes.
+fn untrusted_certificate(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|tls| {
+            matches!(
+                tls,
+                rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
+            )
+        })
 }
 
 /// Refuses a cluster without the settings in [`REQUIRED_SETTINGS`]. When the
