@@ -240,6 +240,9 @@ mod defaults {
         "default".into()
     }
     pub const MAX_CONNECTIONS: usize = 10_000;
+    /// 256 MiB: a few of Kafka's largest requests (100 MiB) at once, or
+    /// thousands of ordinary ones.
+    pub const MAX_INBOUND_BYTES: usize = 256 << 20;
     pub fn log_level() -> String {
         "info".into()
     }
@@ -310,6 +313,11 @@ pub struct Config {
     /// The most connections each listener holds open at once; further
     /// clients wait in the kernel's accept queue.
     pub max_connections: usize,
+    /// The most bytes of client requests held in memory at once, across
+    /// every connection: a handler reserves a request's size before it
+    /// reads it, so past this bound clients wait (TCP backpressure) rather
+    /// than the gateway's memory growing with its connections.
+    pub max_inbound_bytes: usize,
     /// Log filter when `RUST_LOG` is unset: a level (`info`) or
     /// tracing-subscriber directives (`info,pulsar_gateway=debug`).
     pub log_level: String,
@@ -406,6 +414,7 @@ impl Default for Config {
             tenant: defaults::tenant(),
             namespace: defaults::namespace(),
             max_connections: defaults::MAX_CONNECTIONS,
+            max_inbound_bytes: defaults::MAX_INBOUND_BYTES,
             log_level: defaults::log_level(),
             drain_timeout: defaults::drain_timeout(),
             embedded: EmbeddedSettings::default(),
@@ -497,6 +506,9 @@ struct Cli {
     /// Most open connections per listener.
     #[arg(long, env = "PULSAR_GATEWAY_MAX_CONNECTIONS", value_name = "N", default_value_t = defaults::MAX_CONNECTIONS)]
     max_connections: usize,
+    /// Most bytes of client requests held in memory at once, all connections together.
+    #[arg(long, env = "PULSAR_GATEWAY_MAX_INBOUND_BYTES", value_name = "BYTES", default_value_t = defaults::MAX_INBOUND_BYTES)]
+    max_inbound_bytes: usize,
     /// Log filter used when RUST_LOG is unset.
     #[arg(long, env = "PULSAR_GATEWAY_LOG_LEVEL", value_name = "FILTER", default_value_t = defaults::log_level())]
     log_level: String,
@@ -637,6 +649,7 @@ impl Config {
         overlay(m, "tenant", &mut self.tenant);
         overlay(m, "namespace", &mut self.namespace);
         overlay(m, "max_connections", &mut self.max_connections);
+        overlay(m, "max_inbound_bytes", &mut self.max_inbound_bytes);
         overlay(m, "log_level", &mut self.log_level);
         overlay(m, "drain_timeout", &mut self.drain_timeout);
         let e = &mut self.embedded;
@@ -663,6 +676,12 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "max_connections",
                 message: "must be at least 1".into(),
+            });
+        }
+        if self.max_inbound_bytes < 64 * 1024 {
+            return Err(ConfigError::Invalid {
+                key: "max_inbound_bytes",
+                message: format!("{} is below the minimum of 65536", self.max_inbound_bytes),
             });
         }
         let p = &self.pulsar_producers;

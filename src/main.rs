@@ -18,7 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gateway_api::{
-    AllowAll, Backend, BackendError, Context, DefaultRouter, Metrics, Protocol, ProtocolHandler,
+    AllowAll, Backend, BackendError, ByteBudget, Context, DefaultRouter, Metrics, Protocol,
+    ProtocolHandler,
 };
 use gateway_kafka::{KafkaConfig, KafkaHandler};
 use prometheus_client::registry::Registry;
@@ -255,6 +256,7 @@ async fn run(config: Config) -> Result<(), StartupError> {
         auth: Arc::new(AllowAll),
         router: Arc::new(DefaultRouter { namespace }),
         metrics,
+        inbound: ByteBudget::new(config.max_inbound_bytes),
         shutdown: shutdown.token(),
     };
 

@@ -340,8 +340,8 @@ mod listener {
 
     use async_trait::async_trait;
     use gateway_api::{
-        AllowAll, ClientStream, Context, DefaultRouter, HandlerError, Metrics, Protocol,
-        ProtocolHandler,
+        AllowAll, ByteBudget, ClientStream, Context, DefaultRouter, HandlerError, Metrics,
+        Protocol, ProtocolHandler,
     };
     use prometheus_client::registry::Registry;
     use pulsar_gateway::backend::embedded::{EmbeddedBackend, EmbeddedConfig};
@@ -408,6 +408,7 @@ mod listener {
             auth: Arc::new(AllowAll),
             router: Arc::new(DefaultRouter::default()),
             metrics: metrics.clone(),
+            inbound: ByteBudget::new(1 << 20),
             shutdown: shutdown.token(),
         };
         let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -6,6 +6,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
 use crate::backend::Backend;
+use crate::budget::ByteBudget;
 use crate::metrics::Metrics;
 use crate::router::Router;
 
@@ -21,6 +22,10 @@ pub struct Context {
     pub router: Arc<dyn Router>,
     /// Prometheus metrics.
     pub metrics: Metrics,
+    /// Bytes of client requests held in memory, across every connection of
+    /// every protocol: a handler reserves a request's size before reading
+    /// it and holds the reservation until the request is answered.
+    pub inbound: ByteBudget,
     /// Cancelled when the gateway shuts down: stop reading new requests,
     /// finish in-flight acknowledgements, close.
     pub shutdown: CancellationToken,
