@@ -1,16 +1,25 @@
 //! Kafka's framing: a 4-byte big-endian length, then that many bytes.
 
 use bytes::{Bytes, BytesMut};
-use gateway_api::HandlerError;
+use gateway_api::{ByteBudget, HandlerError, Reservation};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// A request frame, with the bytes it holds of the gateway's inbound
+/// budget: keep it until the request is answered.
+pub struct Frame {
+    pub body: Bytes,
+    pub _held: Reservation,
+}
 
 /// Reads one request frame; `None` when the client closed the connection
 /// between frames. A frame longer than `max` ends the connection before
-/// anything of that size is allocated.
+/// anything of that size is allocated; a frame that does not fit in
+/// `budget` waits, unread, until it does.
 pub async fn read<R: AsyncRead + Unpin>(
     reader: &mut R,
     max: usize,
-) -> Result<Option<Bytes>, HandlerError> {
+    budget: &ByteBudget,
+) -> Result<Option<Frame>, HandlerError> {
     let mut length = [0u8; 4];
     match reader.read_exact(&mut length).await {
         Ok(_) => {}
@@ -25,9 +34,13 @@ pub async fn read<R: AsyncRead + Unpin>(
             "a frame of {length} bytes is over the limit of {max}"
         )));
     }
-    let mut frame = BytesMut::zeroed(length);
-    reader.read_exact(&mut frame).await?;
-    Ok(Some(frame.freeze()))
+    let held = budget.reserve(length).await;
+    let mut body = BytesMut::zeroed(length);
+    reader.read_exact(&mut body).await?;
+    Ok(Some(Frame {
+        body: body.freeze(),
+        _held: held,
+    }))
 }
 
 /// Writes one response frame.
@@ -44,19 +57,46 @@ pub async fn write<W: AsyncWrite + Unpin>(writer: &mut W, body: &[u8]) -> Result
 mod tests {
     use super::*;
 
+    use std::time::Duration;
+
     #[tokio::test]
     async fn frames_over_the_limit_end_the_connection_unallocated() {
+        let budget = ByteBudget::new(1024);
         let mut input: &[u8] = &[0x7f, 0xff, 0xff, 0xff, 1, 2, 3];
-        let err = read(&mut input, 1024).await.unwrap_err();
+        let err = read(&mut input, 1024, &budget).await.err().unwrap();
         assert!(err.to_string().contains("over the limit"), "{err}");
 
         let mut input: &[u8] = &[0, 0, 0, 3, 1, 2, 3, 0, 0];
-        let frame = read(&mut input, 1024).await.unwrap().unwrap();
-        assert_eq!(&frame[..], &[1, 2, 3]);
+        let frame = read(&mut input, 1024, &budget).await.unwrap().unwrap();
+        assert_eq!(&frame.body[..], &[1, 2, 3]);
         // A connection closed within a length ends like one closed between
         // frames.
-        assert!(read(&mut input, 1024).await.unwrap().is_none());
+        assert!(read(&mut input, 1024, &budget).await.unwrap().is_none());
         let mut empty: &[u8] = &[];
-        assert!(read(&mut empty, 1024).await.unwrap().is_none());
+        assert!(read(&mut empty, 1024, &budget).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_frame_waits_unread_until_the_inbound_budget_has_room() {
+        let budget = ByteBudget::new(8);
+        let mut first: &[u8] = &[0, 0, 0, 6, 1, 2, 3, 4, 5, 6];
+        let held = read(&mut first, 1024, &budget).await.unwrap().unwrap();
+        let mut second: &[u8] = &[0, 0, 0, 4, 7, 8, 9, 10];
+        {
+            let waiting = read(&mut second, 1024, &budget);
+            tokio::pin!(waiting);
+            assert!(
+                tokio::time::timeout(Duration::from_millis(50), &mut waiting)
+                    .await
+                    .is_err(),
+                "4 more bytes do not fit while 6 of 8 are held"
+            );
+        }
+        drop(held);
+        assert_eq!(budget.available(), 8, "the dropped wait reserved nothing");
+        let mut rest: &[u8] = &[0, 0, 0, 4, 7, 8, 9, 10];
+        let frame = read(&mut rest, 1024, &budget).await.unwrap().unwrap();
+        assert_eq!(&frame.body[..], &[7, 8, 9, 10]);
+        assert_eq!(budget.available(), 4);
     }
 }

@@ -94,12 +94,12 @@ impl ProtocolHandler for KafkaHandler {
         loop {
             let frame = tokio::select! {
                 _ = ctx.shutdown.cancelled() => return Ok(()),
-                frame = frame::read(&mut reader, self.config.max_frame_bytes) => frame?,
+                frame = frame::read(&mut reader, self.config.max_frame_bytes, &ctx.inbound) => frame?,
             };
             let Some(frame) = frame else {
                 return Ok(());
             };
-            if let Some(response) = connection.handle(frame).await? {
+            if let Some(response) = connection.handle(frame.body).await? {
                 frame::write(&mut writer, &response).await?;
             }
         }
