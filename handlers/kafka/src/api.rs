@@ -9,13 +9,16 @@ use gateway_api::{BackendError, Context, HandlerError};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, InitProducerIdRequest, MetadataRequest,
-    ProduceRequest, RequestHeader, RequestKind, ResponseHeader, ResponseKind,
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, DeleteGroupsRequest, DescribeGroupsRequest,
+    FindCoordinatorRequest, HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest,
+    LeaveGroupRequest, ListGroupsRequest, MetadataRequest, OffsetCommitRequest, OffsetFetchRequest,
+    ProduceRequest, RequestHeader, RequestKind, ResponseHeader, ResponseKind, SyncGroupRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, Message};
 
+use crate::group::coordinator::Coordinator;
 use crate::produce::Producers;
-use crate::{metadata, produce, KafkaConfig};
+use crate::{group, metadata, produce, KafkaConfig};
 
 /// What a request is served with: the handler's settings and shared state,
 /// the connection's local address, the gateway's services.
@@ -23,6 +26,9 @@ pub struct Connection {
     pub config: Arc<KafkaConfig>,
     pub producers: Arc<Producers>,
     pub partition_counts: Arc<metadata::PartitionCounts>,
+    pub coordinator: Arc<Coordinator>,
+    /// The client's address (DescribeGroups shows it per member).
+    pub peer: SocketAddr,
     pub local: SocketAddr,
     pub ctx: Context,
 }
@@ -30,7 +36,7 @@ pub struct Connection {
 /// The APIs served, each with the versions served: the message's own
 /// range (not `ApiKey::valid_versions`, which claims more than some
 /// messages decode), capped where this handler stops.
-fn supported() -> [(ApiKey, i16, i16); 4] {
+fn supported() -> [(ApiKey, i16, i16); 14] {
     [
         (
             ApiKey::ApiVersions,
@@ -55,6 +61,60 @@ fn supported() -> [(ApiKey, i16, i16); 4] {
             ApiKey::InitProducerId,
             InitProducerIdRequest::VERSIONS.min,
             InitProducerIdRequest::VERSIONS.max.min(4),
+        ),
+        // v6 is for share groups.
+        (
+            ApiKey::FindCoordinator,
+            FindCoordinatorRequest::VERSIONS.min,
+            FindCoordinatorRequest::VERSIONS.max.min(5),
+        ),
+        (
+            ApiKey::JoinGroup,
+            JoinGroupRequest::VERSIONS.min,
+            JoinGroupRequest::VERSIONS.max,
+        ),
+        (
+            ApiKey::SyncGroup,
+            SyncGroupRequest::VERSIONS.min,
+            SyncGroupRequest::VERSIONS.max,
+        ),
+        (
+            ApiKey::Heartbeat,
+            HeartbeatRequest::VERSIONS.min,
+            HeartbeatRequest::VERSIONS.max,
+        ),
+        (
+            ApiKey::LeaveGroup,
+            LeaveGroupRequest::VERSIONS.min,
+            LeaveGroupRequest::VERSIONS.max,
+        ),
+        // v9 is the next-generation (KIP-848) protocol's member epochs.
+        (
+            ApiKey::OffsetCommit,
+            OffsetCommitRequest::VERSIONS.min,
+            OffsetCommitRequest::VERSIONS.max.min(8),
+        ),
+        // v8 batches groups; clients fall back to one group a request.
+        (
+            ApiKey::OffsetFetch,
+            OffsetFetchRequest::VERSIONS.min,
+            OffsetFetchRequest::VERSIONS.max.min(7),
+        ),
+        // v5 filters by group type; every group here is classic.
+        (
+            ApiKey::ListGroups,
+            ListGroupsRequest::VERSIONS.min,
+            ListGroupsRequest::VERSIONS.max.min(4),
+        ),
+        (
+            ApiKey::DescribeGroups,
+            DescribeGroupsRequest::VERSIONS.min,
+            DescribeGroupsRequest::VERSIONS.max.min(5),
+        ),
+        (
+            ApiKey::DeleteGroups,
+            DeleteGroupsRequest::VERSIONS.min,
+            DeleteGroupsRequest::VERSIONS.max,
         ),
     ]
 }
@@ -135,6 +195,37 @@ impl Connection {
             },
             RequestKind::InitProducerId(request) => {
                 ResponseKind::InitProducerId(self.producers.init(&request))
+            }
+            RequestKind::FindCoordinator(request) => {
+                ResponseKind::FindCoordinator(group::find_coordinator(self, request))
+            }
+            RequestKind::JoinGroup(request) => {
+                let client_id = header.client_id.as_ref().map_or("", |c| c.as_str());
+                ResponseKind::JoinGroup(group::join_group(self, request, version, client_id).await)
+            }
+            RequestKind::SyncGroup(request) => {
+                ResponseKind::SyncGroup(group::sync_group(self, request).await)
+            }
+            RequestKind::Heartbeat(request) => {
+                ResponseKind::Heartbeat(group::heartbeat(self, request))
+            }
+            RequestKind::LeaveGroup(request) => {
+                ResponseKind::LeaveGroup(group::leave_group(self, request, version))
+            }
+            RequestKind::OffsetCommit(request) => {
+                ResponseKind::OffsetCommit(group::offset_commit(self, request).await)
+            }
+            RequestKind::OffsetFetch(request) => {
+                ResponseKind::OffsetFetch(group::offset_fetch(self, request).await)
+            }
+            RequestKind::ListGroups(request) => {
+                ResponseKind::ListGroups(group::list_groups(self, request).await)
+            }
+            RequestKind::DescribeGroups(request) => {
+                ResponseKind::DescribeGroups(group::describe_groups(self, request).await)
+            }
+            RequestKind::DeleteGroups(request) => {
+                ResponseKind::DeleteGroups(group::delete_groups(self, request).await)
             }
             // Only served keys get this far.
             _ => {

@@ -14,6 +14,7 @@
 
 mod api;
 mod frame;
+mod group;
 mod metadata;
 mod produce;
 
@@ -23,6 +24,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use gateway_api::{ClientStream, Context, HandlerError, Protocol, ProtocolHandler};
 
+pub use group::coordinator::GroupSettings;
 pub use produce::Producers;
 
 /// How the Kafka handler behaves.
@@ -38,6 +40,8 @@ pub struct KafkaConfig {
     /// Partitions of a topic created because a client asked for it
     /// (Kafka's `num.partitions`); 1 creates a topic without partitions.
     pub default_partitions: u32,
+    /// The group coordinator's settings.
+    pub groups: GroupSettings,
 }
 
 impl Default for KafkaConfig {
@@ -46,6 +50,7 @@ impl Default for KafkaConfig {
             max_frame_bytes: 100 << 20,
             advertised: None,
             default_partitions: 1,
+            groups: GroupSettings::default(),
         }
     }
 }
@@ -57,12 +62,15 @@ pub struct KafkaHandler {
     producers: Arc<Producers>,
     /// Partition counts for Produce, shared by all connections.
     partition_counts: Arc<metadata::PartitionCounts>,
+    /// Every consumer group's membership.
+    coordinator: Arc<group::coordinator::Coordinator>,
 }
 
 impl KafkaHandler {
     /// A handler with `config`.
     pub fn new(config: KafkaConfig) -> KafkaHandler {
         KafkaHandler {
+            coordinator: group::coordinator::Coordinator::new(config.groups.clone()),
             config: Arc::new(config),
             producers: Arc::new(Producers::default()),
             partition_counts: Arc::default(),
@@ -79,7 +87,7 @@ impl ProtocolHandler for KafkaHandler {
     async fn serve(
         &self,
         stream: Box<dyn ClientStream>,
-        _peer: SocketAddr,
+        peer: SocketAddr,
         local: SocketAddr,
         ctx: Context,
     ) -> Result<(), HandlerError> {
@@ -88,6 +96,8 @@ impl ProtocolHandler for KafkaHandler {
             config: self.config.clone(),
             producers: self.producers.clone(),
             partition_counts: self.partition_counts.clone(),
+            coordinator: self.coordinator.clone(),
+            peer,
             local,
             ctx: ctx.clone(),
         };

@@ -65,11 +65,17 @@ impl PartitionCounts {
     }
 }
 
-pub async fn handle(conn: &Connection, request: MetadataRequest, version: i16) -> MetadataResponse {
-    let (host, port) = match &conn.config.advertised {
+/// The address clients reach the gateway's broker at: the advertised
+/// one, else the one this client connected to.
+pub fn broker_address(conn: &Connection) -> (String, u16) {
+    match &conn.config.advertised {
         Some((host, port)) => (host.clone(), *port),
         None => (conn.local.ip().to_string(), conn.local.port()),
-    };
+    }
+}
+
+pub async fn handle(conn: &Connection, request: MetadataRequest, version: i16) -> MetadataResponse {
+    let (host, port) = broker_address(conn);
     let mut broker = MetadataResponseBroker::default();
     broker.node_id = BrokerId(BROKER_ID);
     broker.host = StrBytes::from_string(host);
