@@ -26,6 +26,7 @@ use gateway_api::topic::Namespace;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::backend::pulsar::{Compression, ProducerSettings, PulsarConfig};
+use gateway_kafka::{GroupSettings, KafkaConfig};
 
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -328,6 +329,77 @@ pub struct Config {
     pub embedded: EmbeddedSettings,
     /// How producers toward Pulsar behave (`backend = "pulsar"`).
     pub pulsar_producers: PulsarProducerSettings,
+    /// How the Kafka handler behaves.
+    pub kafka: KafkaSettings,
+}
+
+/// The Kafka handler (`[kafka]` in the TOML file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaSettings {
+    /// `host:port` Metadata and FindCoordinator give clients for the
+    /// broker (Kafka's `advertised.listeners`); unset: the address each
+    /// client connected to. Set it behind NAT or a load balancer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertised_addr: Option<String>,
+    /// Partitions of a topic created because a client used it (Kafka's
+    /// `num.partitions`); 1 creates a topic without partitions.
+    pub default_partitions: u32,
+    /// How long a new consumer group waits for more members before its
+    /// first generation (`group.initial.rebalance.delay.ms`).
+    pub group_initial_rebalance_delay: HumanDuration,
+    /// The shortest session timeout a consumer may ask for.
+    pub group_min_session_timeout: HumanDuration,
+    /// The longest session timeout a consumer may ask for.
+    pub group_max_session_timeout: HumanDuration,
+}
+
+impl Default for KafkaSettings {
+    fn default() -> KafkaSettings {
+        let d = KafkaConfig::default();
+        KafkaSettings {
+            advertised_addr: None,
+            default_partitions: d.default_partitions,
+            group_initial_rebalance_delay: HumanDuration(d.groups.initial_rebalance_delay),
+            group_min_session_timeout: HumanDuration(d.groups.min_session_timeout),
+            group_max_session_timeout: HumanDuration(d.groups.max_session_timeout),
+        }
+    }
+}
+
+impl KafkaSettings {
+    /// The handler's settings; refuses an advertised address that is not
+    /// `host:port`.
+    pub fn handler_config(&self) -> Result<KafkaConfig, ConfigError> {
+        let advertised = match &self.advertised_addr {
+            None => None,
+            Some(addr) => {
+                let invalid = || ConfigError::Invalid {
+                    key: "kafka.advertised_addr",
+                    message: format!("\"{addr}\" is not host:port"),
+                };
+                let (host, port) = addr.rsplit_once(':').ok_or_else(invalid)?;
+                let port: u16 = port.parse().map_err(|_| invalid())?;
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                if host.is_empty() || port == 0 {
+                    return Err(invalid());
+                }
+                Some((host.to_owned(), port))
+            }
+        };
+        let d = KafkaConfig::default();
+        Ok(KafkaConfig {
+            advertised,
+            default_partitions: self.default_partitions,
+            groups: GroupSettings {
+                initial_rebalance_delay: self.group_initial_rebalance_delay.0,
+                min_session_timeout: self.group_min_session_timeout.0,
+                max_session_timeout: self.group_max_session_timeout.0,
+                ..d.groups
+            },
+            ..d
+        })
+    }
 }
 
 /// Producers toward Pulsar (`[pulsar_producers]` in the TOML file).
@@ -419,6 +491,7 @@ impl Default for Config {
             drain_timeout: defaults::drain_timeout(),
             embedded: EmbeddedSettings::default(),
             pulsar_producers: PulsarProducerSettings::default(),
+            kafka: KafkaSettings::default(),
         }
     }
 }
@@ -550,6 +623,25 @@ struct Cli {
     /// Pulsar: a batch is sent at the latest this long after its first message, e.g. 1ms.
     #[arg(long, env = "PULSAR_GATEWAY_PULSAR_BATCH_MAX_DELAY", value_name = "DURATION", default_value_t = PulsarProducerSettings::default().batch_max_delay)]
     pulsar_batch_max_delay: HumanDuration,
+    /// Kafka: host:port given to clients for the broker (default: the address they connected to).
+    #[arg(
+        long,
+        env = "PULSAR_GATEWAY_KAFKA_ADVERTISED_ADDR",
+        value_name = "HOST:PORT"
+    )]
+    kafka_advertised_addr: Option<String>,
+    /// Kafka: partitions of an auto-created topic (1: not partitioned).
+    #[arg(long, env = "PULSAR_GATEWAY_KAFKA_DEFAULT_PARTITIONS", value_name = "N", default_value_t = KafkaSettings::default().default_partitions)]
+    kafka_default_partitions: u32,
+    /// Kafka: how long a new consumer group waits for more members, e.g. 3s.
+    #[arg(long, env = "PULSAR_GATEWAY_KAFKA_GROUP_INITIAL_REBALANCE_DELAY", value_name = "DURATION", default_value_t = KafkaSettings::default().group_initial_rebalance_delay)]
+    kafka_group_initial_rebalance_delay: HumanDuration,
+    /// Kafka: shortest consumer session timeout accepted.
+    #[arg(long, env = "PULSAR_GATEWAY_KAFKA_GROUP_MIN_SESSION_TIMEOUT", value_name = "DURATION", default_value_t = KafkaSettings::default().group_min_session_timeout)]
+    kafka_group_min_session_timeout: HumanDuration,
+    /// Kafka: longest consumer session timeout accepted.
+    #[arg(long, env = "PULSAR_GATEWAY_KAFKA_GROUP_MAX_SESSION_TIMEOUT", value_name = "DURATION", default_value_t = KafkaSettings::default().group_max_session_timeout)]
+    kafka_group_max_session_timeout: HumanDuration,
 }
 
 /// Overwrites `target` with the argument `id` if it came from the command
@@ -664,6 +756,24 @@ impl Config {
         overlay(m, "pulsar_batch_max_messages", &mut p.batch_max_messages);
         overlay(m, "pulsar_batch_max_bytes", &mut p.batch_max_bytes);
         overlay(m, "pulsar_batch_max_delay", &mut p.batch_max_delay);
+        let k = &mut self.kafka;
+        overlay_opt(m, "kafka_advertised_addr", &mut k.advertised_addr);
+        overlay(m, "kafka_default_partitions", &mut k.default_partitions);
+        overlay(
+            m,
+            "kafka_group_initial_rebalance_delay",
+            &mut k.group_initial_rebalance_delay,
+        );
+        overlay(
+            m,
+            "kafka_group_min_session_timeout",
+            &mut k.group_min_session_timeout,
+        );
+        overlay(
+            m,
+            "kafka_group_max_session_timeout",
+            &mut k.group_max_session_timeout,
+        );
     }
 
     /// Checks what types alone do not.
@@ -682,6 +792,19 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "max_inbound_bytes",
                 message: format!("{} is below the minimum of 65536", self.max_inbound_bytes),
+            });
+        }
+        self.kafka.handler_config()?;
+        if self.kafka.default_partitions == 0 {
+            return Err(ConfigError::Invalid {
+                key: "kafka.default_partitions",
+                message: "must be at least 1 (1: not partitioned)".into(),
+            });
+        }
+        if self.kafka.group_min_session_timeout.0 > self.kafka.group_max_session_timeout.0 {
+            return Err(ConfigError::Invalid {
+                key: "kafka.group_min_session_timeout",
+                message: "is longer than kafka.group_max_session_timeout".into(),
             });
         }
         let p = &self.pulsar_producers;
@@ -1316,5 +1439,30 @@ mod tests {
             config.pulsar_tls_trust_certs_file,
             Some(PathBuf::from("/flag/ca.pem"))
         );
+    }
+
+    #[test]
+    fn kafka_settings_reach_the_handler_and_a_bad_advertised_address_is_refused() {
+        let config = Config::load_from([
+            "pulsar-gateway",
+            "--kafka-advertised-addr",
+            "kafka.example.com:19092",
+            "--kafka-default-partitions",
+            "3",
+            "--kafka-group-initial-rebalance-delay",
+            "0",
+        ])
+        .unwrap();
+        let kafka = config.kafka.handler_config().unwrap();
+        assert_eq!(kafka.advertised, Some(("kafka.example.com".into(), 19092)));
+        assert_eq!(kafka.default_partitions, 3);
+        assert_eq!(kafka.groups.initial_rebalance_delay, Duration::ZERO);
+        assert_eq!(kafka.groups.min_session_timeout, Duration::from_secs(6));
+        for bad in ["no-port", "host:0", ":9092", "host:99999"] {
+            let err = Config::load_from(["pulsar-gateway", "--kafka-advertised-addr", bad])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("kafka.advertised_addr"), "{bad}: {err}");
+        }
     }
 }

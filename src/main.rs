@@ -187,16 +187,17 @@ type Wiring = (Protocol, ListenAddr, Option<Arc<dyn ProtocolHandler>>);
 /// The protocol handlers of this build, with the address each listens on.
 /// Adding a protocol is one line here: its address key and its handler
 /// (`None` keeps the address in `Config` for the handler to come).
-fn protocol_handlers(config: &Config) -> Vec<Wiring> {
-    vec![
+fn protocol_handlers(config: &Config) -> Result<Vec<Wiring>, StartupError> {
+    let kafka = config.kafka.handler_config()?;
+    Ok(vec![
         (
             Protocol::Kafka,
             config.kafka_addr,
-            Some(Arc::new(KafkaHandler::new(KafkaConfig::default()))),
+            Some(Arc::new(KafkaHandler::new(kafka))),
         ),
         (Protocol::Mqtt, config.mqtt_addr, None),
         (Protocol::Amqp, config.amqp_addr, None),
-    ]
+    ])
 }
 
 /// Starts everything, serves until a stop signal, then shuts down.
@@ -223,7 +224,7 @@ async fn run(config: Config) -> Result<(), StartupError> {
         None => None,
     };
     let mut protocol_sockets = Vec::new();
-    for (protocol, addr, handler) in protocol_handlers(&config) {
+    for (protocol, addr, handler) in protocol_handlers(&config)? {
         match (addr.addr(), handler) {
             (None, _) => info!("{protocol} listener is off"),
             (Some(addr), None) => {

@@ -309,7 +309,7 @@ pub async fn offset_commit(
                 metadata: p.committed_metadata.as_ref().map(text).unwrap_or_default(),
             };
             let (group, store, name) = (&group, &store, topic.name.as_str());
-            let (allowed, valid_name) = (allowed, valid_name.clone());
+            let (allowed, valid_name) = (allowed, valid_name);
             async move {
                 allowed.map_err(GroupError::code)?;
                 valid_name?;
