@@ -21,7 +21,7 @@ use gateway_api::{
     AllowAll, Backend, BackendError, ByteBudget, Context, DefaultRouter, Metrics, Protocol,
     ProtocolHandler,
 };
-use gateway_kafka::{KafkaConfig, KafkaHandler};
+use gateway_kafka::KafkaHandler;
 use prometheus_client::registry::Registry;
 use pulsar_gateway::admin::{self, AdminState};
 use pulsar_gateway::backend::deferred::{Backoff, Deferred};
