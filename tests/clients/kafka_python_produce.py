@@ -1,8 +1,9 @@
 """Produces with kafka-python at its default settings (idempotent, acks=all).
 
-Usage: kafka_python_produce.py BOOTSTRAP TOPIC COUNT
+Usage: kafka_python_produce.py BOOTSTRAP TOPIC COUNT [spread]
   Sends COUNT records (value vN, key kN%3, header h=xN) and prints one JSON
-  list of {"partition", "offset"} in send order.
+  list of {"partition", "offset"} in send order. With "spread", record N
+  goes to partition N % (the topic's partition count) rather than by key.
 Usage: kafka_python_produce.py BOOTSTRAP TOPIC forever
   Sends until killed, one record at a time, printing each acknowledged
   value on its own line as soon as the gateway acknowledged it.
@@ -28,12 +29,15 @@ if count == "forever":
         print(value.decode(), flush=True)
         i += 1
 else:
+    spread = len(sys.argv) > 4 and sys.argv[4] == "spread"
+    partitions = sorted(producer.partitions_for(topic)) if spread else []
     futures = [
         producer.send(
             topic,
             key=b"k%d" % (i % 3),
             value=b"v%d" % i,
             headers=[("h", b"x%d" % i)],
+            partition=partitions[i % len(partitions)] if spread else None,
         )
         for i in range(int(count))
     ]

@@ -1,0 +1,183 @@
+//! Consumer groups end to end, with kafka-python's group consumer
+//! (`subscribe`, manual commits): committed offsets survive the consumer,
+//! and two members of one group split a topic's partitions.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use super::common::{BackendKind, Gateway};
+use super::{python, run_client, script, unique};
+
+/// Values of a consumer's records, in arrival order.
+fn values(result: &Value) -> Vec<String> {
+    result["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .map(|r| r["value"].as_str().expect("a value").to_owned())
+        .collect()
+}
+
+fn expected(range: std::ops::Range<u64>) -> Vec<String> {
+    range.map(|i| format!("v{i}")).collect()
+}
+
+async fn produce(bootstrap: &str, topic: &str, count: u64, spread: bool) {
+    let mut args = vec![bootstrap.to_owned(), topic.to_owned(), count.to_string()];
+    if spread {
+        args.push("spread".into());
+    }
+    let acked = run_client("kafka_python_produce.py", args).await;
+    assert_eq!(acked.as_array().map(Vec::len), Some(count as usize));
+}
+
+async fn group_consume(bootstrap: &str, topic: &str, group: &str, count: u64) -> Value {
+    let args = vec![
+        bootstrap.to_owned(),
+        topic.to_owned(),
+        group.to_owned(),
+        count.to_string(),
+    ];
+    run_client("kafka_python_group_consume.py", args).await
+}
+
+async fn a_group_resumes_after_its_committed_offsets(backend: BackendKind) {
+    let gw = Gateway::builder(backend)
+        .arg("--kafka-group-initial-rebalance-delay")
+        .arg("0")
+        .start()
+        .await;
+    let bootstrap = gw.kafka_addr.expect("a Kafka listener").to_string();
+    let topic = unique("group-resume");
+    produce(&bootstrap, &topic, 10, false).await;
+
+    let first = group_consume(&bootstrap, &topic, "readers", 10).await;
+    assert_eq!(values(&first), expected(0..10));
+    assert_eq!(first["committed"]["0"], 10, "{first}");
+
+    produce(&bootstrap, &topic, 5, false).await;
+    let second = group_consume(&bootstrap, &topic, "readers", 5).await;
+    assert_eq!(
+        values(&second),
+        expected(10..15),
+        "the group resumes where it committed"
+    );
+    assert_eq!(second["committed"]["0"], 15);
+
+    let other = group_consume(&bootstrap, &topic, "others", 15).await;
+    assert_eq!(values(&other), expected(0..15), "another group starts over");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_resumes_after_its_committed_offsets_on_the_embedded_store() {
+    a_group_resumes_after_its_committed_offsets(BackendKind::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_resumes_after_its_committed_offsets_on_pulsar() {
+    a_group_resumes_after_its_committed_offsets(BackendKind::Pulsar).await;
+}
+
+/// A group consumer running in the background: its "assigned" lines as
+/// they come, its JSON at the end.
+struct Member {
+    lines: mpsc::Receiver<String>,
+    done: tokio::task::JoinHandle<Value>,
+}
+
+impl Member {
+    /// After `count` records it stays in the group `hold` seconds more.
+    fn start(bootstrap: &str, topic: &str, group: &str, count: u64, hold: u64) -> Member {
+        let mut child = Command::new(python())
+            .arg(script("kafka_python_group_consume.py"))
+            .args([bootstrap, topic, group, &count.to_string(), &hold.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the Python consumer");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = mpsc::channel(64);
+        let done = tokio::task::spawn_blocking(move || {
+            let mut last = String::new();
+            for line in BufReader::new(stdout).lines() {
+                let line = line.expect("a line of output");
+                let _ = tx.blocking_send(line.clone());
+                last = line;
+            }
+            let status = child.wait().expect("the consumer ends");
+            assert!(status.success(), "the group consumer failed: {status}");
+            serde_json::from_str(&last).unwrap_or_else(|e| panic!("no JSON ({e}): {last}"))
+        });
+        Member { lines, done }
+    }
+
+    /// Waits until the group assigns this member exactly one partition;
+    /// returns it.
+    async fn wait_for_one_partition(&mut self) -> u64 {
+        let within = Duration::from_secs(60);
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.lines.recv())
+                .await
+                .unwrap_or_else(|_| panic!("not given one partition within {within:?}"))
+                .expect("the consumer ended before it was given one partition");
+            let Some(list) = line.strip_prefix("assigned ") else {
+                continue;
+            };
+            let partitions: Vec<u64> = serde_json::from_str(list).expect("a JSON list");
+            if let [partition] = partitions[..] {
+                return partition;
+            }
+        }
+    }
+}
+
+async fn two_members_split_the_partitions(backend: BackendKind) {
+    let gw = Gateway::builder(backend)
+        .arg("--kafka-default-partitions")
+        .arg("2")
+        .start()
+        .await;
+    let bootstrap = gw.kafka_addr.expect("a Kafka listener").to_string();
+    let topic = unique("group-split");
+    // Creates the topic (two partitions) before the consumers look for it.
+    produce(&bootstrap, &topic, 2, true).await;
+
+    // Each stays a while after its 6 records, so neither's leaving
+    // rebalances the other before it has read its own.
+    let mut a = Member::start(&bootstrap, &topic, "pair", 6, 5);
+    let mut b = Member::start(&bootstrap, &topic, "pair", 6, 5);
+    let (pa, pb) = tokio::join!(a.wait_for_one_partition(), b.wait_for_one_partition());
+    assert_ne!(pa, pb, "each member owns its own partition");
+
+    // 10 more records, 5 to each partition: each member reads its
+    // partition's 6.
+    produce(&bootstrap, &topic, 10, true).await;
+    let (a, b) = tokio::join!(a.done, b.done);
+    let (a, b) = (a.unwrap(), b.unwrap());
+    for (result, partition) in [(&a, pa), (&b, pb)] {
+        let records = result["records"].as_array().expect("records");
+        assert_eq!(records.len(), 6, "{result}");
+        assert!(
+            records.iter().all(|r| r["partition"] == partition),
+            "a member reads only its partition: {result}"
+        );
+    }
+    let all: BTreeSet<String> = values(&a).into_iter().chain(values(&b)).collect();
+    assert_eq!(all, expected(0..12).into_iter().collect());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_members_split_the_partitions_on_the_embedded_store() {
+    two_members_split_the_partitions(BackendKind::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_members_split_the_partitions_on_pulsar() {
+    two_members_split_the_partitions(BackendKind::Pulsar).await;
+}
