@@ -14,6 +14,9 @@ cd "$ROOT"
 
 CACHE_ROOT="${XDG_CACHE_HOME:-$HOME/.cache}/pulsar-gateway"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE_ROOT/target}"
+# Each run builds a fresh clone: incremental artifacts would only pile up
+# in the shared target dir (gigabytes per run).
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 REQUIREMENTS="tests/python/requirements.txt"
 PYTHON="${PYTHON:-python3}"
 
