@@ -1,10 +1,13 @@
 //! The Kafka protocol handler: Kafka clients connect to the gateway as to
-//! a broker and publish through the handler contract.
+//! a broker and publish and consume through the handler contract.
 //!
 //! Built so far: ApiVersions, Metadata (the gateway as the one broker of
 //! every partition, auto-creating topics), Produce (record batch v2,
-//! uncompressed; acks 0, 1 and all, answered once the backend persisted)
-//! and InitProducerId with the idempotent producer's sequence checks.
+//! uncompressed; acks 0, 1 and all, answered once the backend persisted),
+//! InitProducerId with the idempotent producer's sequence checks,
+//! ListOffsets (earliest, latest, by time) and Fetch (record batch v2,
+//! Kafka's byte limits, long polls; no fetch sessions), so consumers that
+//! assign partitions themselves work; consumer groups do not yet.
 //! Requests of a connection are served one at a time, in order.
 //!
 //! Kafka partition `p` of topic `t` is the backend topic `t-partition-p`;
@@ -13,7 +16,9 @@
 //! event time.
 
 mod api;
+mod fetch;
 mod frame;
+mod list_offsets;
 mod metadata;
 mod produce;
 
@@ -38,6 +43,14 @@ pub struct KafkaConfig {
     /// Partitions of a topic created because a client asked for it
     /// (Kafka's `num.partitions`); 1 creates a topic without partitions.
     pub default_partitions: u32,
+    /// The most record bytes one Fetch response holds, whatever the client
+    /// asks (Kafka's broker `fetch.max.bytes`, 55 MiB); a single record
+    /// larger than this still goes, alone.
+    pub fetch_max_bytes: usize,
+    /// Partitions a connection keeps a reader open on between Fetch
+    /// requests; past it the least recently fetched one is closed (and
+    /// opened again, at a cost, when fetched again).
+    pub fetch_readers: usize,
 }
 
 impl Default for KafkaConfig {
@@ -46,6 +59,8 @@ impl Default for KafkaConfig {
             max_frame_bytes: 100 << 20,
             advertised: None,
             default_partitions: 1,
+            fetch_max_bytes: 55 << 20,
+            fetch_readers: 100,
         }
     }
 }
@@ -90,6 +105,7 @@ impl ProtocolHandler for KafkaHandler {
             partition_counts: self.partition_counts.clone(),
             local,
             ctx: ctx.clone(),
+            readers: tokio::sync::Mutex::new(fetch::Readers::new(self.config.fetch_readers)),
         };
         loop {
             let frame = tokio::select! {
