@@ -165,3 +165,175 @@ async fn a_gateway_killed_under_load_loses_no_acknowledged_message() {
         .collect();
     assert!(lost.is_empty(), "acknowledged but not in Pulsar: {lost:?}");
 }
+
+/// The records a consume script printed, checked against what
+/// `kafka_python_produce.py` sent: offsets 0..n contiguous, value `vN`,
+/// key `kN%3`, header `h=xN`, a create time.
+fn assert_produced_records(records: &Value, n: u64) {
+    let records = records.as_array().expect("a list");
+    assert_eq!(records.len() as u64, n, "{records:?}");
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r["offset"], i as u64, "{r}");
+        assert_eq!(r["value"], format!("v{i}"), "{r}");
+        assert_eq!(r["key"], format!("k{}", i % 3), "{r}");
+        assert_eq!(
+            r["headers"],
+            serde_json::json!([["h", format!("x{i}")]]),
+            "{r}"
+        );
+        assert!(r["timestamp"].as_u64().unwrap() > 1_600_000_000_000, "{r}");
+    }
+}
+
+/// Produces `n` records with kafka-python to a new topic; its name.
+async fn produce_records(bootstrap: &str, name: &str, n: u64) -> String {
+    let topic = unique(name);
+    run_client(
+        "kafka_python_produce.py",
+        vec![bootstrap.to_owned(), topic.clone(), n.to_string()],
+    )
+    .await;
+    topic
+}
+
+async fn kafka_python_consumes_without_a_group(backend: BackendKind) {
+    let gw = Gateway::start(backend).await;
+    let bootstrap = gw.kafka_addr.expect("a Kafka listener").to_string();
+    let topic = produce_records(&bootstrap, "kafka-python-assign", 20).await;
+    let records = run_client(
+        "kafka_python_consume.py",
+        vec![bootstrap, topic, "20".into()],
+    )
+    .await;
+    assert_produced_records(&records, 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_python_consumes_assigned_partitions_on_the_embedded_store() {
+    kafka_python_consumes_without_a_group(BackendKind::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_python_consumes_assigned_partitions_on_pulsar() {
+    kafka_python_consumes_without_a_group(BackendKind::Pulsar).await;
+}
+
+/// librdkafka's consumer needs a `group.id`, but with `assign()` and no
+/// commits it never asks for the group's coordinator.
+async fn librdkafka_consumes_without_a_group(backend: BackendKind) {
+    let gw = Gateway::start(backend).await;
+    let bootstrap = gw.kafka_addr.expect("a Kafka listener").to_string();
+    let topic = produce_records(&bootstrap, "librdkafka-assign", 20).await;
+    let records = run_client("confluent_consume.py", vec![bootstrap, topic, "20".into()]).await;
+    assert_produced_records(&records, 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn librdkafka_consumes_assigned_partitions_on_the_embedded_store() {
+    librdkafka_consumes_without_a_group(BackendKind::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn librdkafka_consumes_assigned_partitions_on_pulsar() {
+    librdkafka_consumes_without_a_group(BackendKind::Pulsar).await;
+}
+
+/// A consumer waiting at the end of a partition (its Fetch long-polls)
+/// receives what is produced after it got there.
+async fn a_consumer_at_the_end_receives_new_records(backend: BackendKind) {
+    let gw = Gateway::start(backend).await;
+    let bootstrap = gw.kafka_addr.expect("a Kafka listener").to_string();
+    // Three records before, which the consumer must not see.
+    let topic = produce_records(&bootstrap, "kafka-tail", 3).await;
+
+    let (args, bootstrap_for_consumer) = (
+        vec![topic.clone(), "2".to_owned(), "tail".to_owned()],
+        bootstrap.clone(),
+    );
+    let mut consumer = tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(python())
+            .arg(script("kafka_python_consume.py"))
+            .arg(bootstrap_for_consumer)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run the consumer");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = lines.next();
+        assert!(
+            matches!(&ready, Some(Ok(line)) if line == "ready"),
+            "the consumer did not get ready: {ready:?}"
+        );
+        (child, lines)
+    })
+    .await
+    .unwrap();
+
+    run_client(
+        "kafka_python_produce.py",
+        vec![bootstrap, topic, "2".into()],
+    )
+    .await;
+
+    let (status, last, stderr) = tokio::task::spawn_blocking(move || {
+        let (mut child, lines) = (consumer.0, &mut consumer.1);
+        let last = lines.map_while(Result::ok).last().unwrap_or_default();
+        let status = child.wait().expect("wait for the consumer");
+        let mut stderr = String::new();
+        if let Some(mut err) = child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut err, &mut stderr);
+        }
+        (status, last, stderr)
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "the consumer failed: {status}\n{stderr}");
+    let records: Value = serde_json::from_str(&last).expect("the consumer's JSON");
+    let records = records.as_array().expect("a list");
+    let got: Vec<(u64, &str)> = records
+        .iter()
+        .map(|r| (r["offset"].as_u64().unwrap(), r["value"].as_str().unwrap()))
+        .collect();
+    assert_eq!(got, vec![(3, "v0"), (4, "v1")]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_at_the_end_receives_new_records_on_the_embedded_store() {
+    a_consumer_at_the_end_receives_new_records(BackendKind::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_at_the_end_receives_new_records_on_pulsar() {
+    a_consumer_at_the_end_receives_new_records(BackendKind::Pulsar).await;
+}
+
+/// kafka-python's beginning_offsets, end_offsets and offsets_for_times.
+async fn list_offsets_answers_earliest_latest_and_by_time(backend: BackendKind) {
+    let gw = Gateway::start(backend).await;
+    let bootstrap = gw.kafka_addr.expect("a Kafka listener").to_string();
+    let topic = unique("kafka-offsets");
+    let out = run_client(
+        "kafka_python_offsets.py",
+        vec![bootstrap, topic, "3".into(), "4".into()],
+    )
+    .await;
+    assert_eq!(out["beginning"], 0, "{out}");
+    assert_eq!(out["end"], 7, "{out}");
+    // The first record produced after the time.
+    assert_eq!(out["at_t"]["offset"], 3, "{out}");
+    let t = out["t"].as_u64().unwrap();
+    assert!(out["at_t"]["timestamp"].as_u64().unwrap() >= t, "{out}");
+    assert!(out["future"].is_null(), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_offsets_answers_earliest_latest_and_by_time_on_the_embedded_store() {
+    list_offsets_answers_earliest_latest_and_by_time(BackendKind::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_offsets_answers_earliest_latest_and_by_time_on_pulsar() {
+    list_offsets_answers_earliest_latest_and_by_time(BackendKind::Pulsar).await;
+}
