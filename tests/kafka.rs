@@ -247,7 +247,7 @@ async fn a_consumer_at_the_end_receives_new_records(backend: BackendKind) {
     let topic = produce_records(&bootstrap, "kafka-tail", 3).await;
 
     let (args, bootstrap_for_consumer) = (
-        vec![topic.clone(), "2".to_owned(), "tail".to_owned()],
+        vec![topic.clone(), "2".to_owned(), "--tail".to_owned()],
         bootstrap.clone(),
     );
     let mut consumer = tokio::task::spawn_blocking(move || {
@@ -336,4 +336,71 @@ async fn list_offsets_answers_earliest_latest_and_by_time_on_the_embedded_store(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_offsets_answers_earliest_latest_and_by_time_on_pulsar() {
     list_offsets_answers_earliest_latest_and_by_time(BackendKind::Pulsar).await;
+}
+
+/// A consumer asking for an offset past the end is told it is out of range
+/// and starts over where its reset policy says (here: the earliest).
+async fn an_offset_past_the_end_is_out_of_range(backend: BackendKind) {
+    let gw = Gateway::start(backend).await;
+    let bootstrap = gw.kafka_addr.expect("a Kafka listener").to_string();
+    let topic = produce_records(&bootstrap, "kafka-out-of-range", 5).await;
+    let records = run_client(
+        "kafka_python_consume.py",
+        vec![bootstrap, topic, "5".into(), "--seek".into(), "100".into()],
+    )
+    .await;
+    assert_produced_records(&records, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offset_past_the_end_is_out_of_range_on_the_embedded_store() {
+    an_offset_past_the_end_is_out_of_range(BackendKind::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offset_past_the_end_is_out_of_range_on_pulsar() {
+    an_offset_past_the_end_is_out_of_range(BackendKind::Pulsar).await;
+}
+
+/// Records larger than the consumer's fetch limits arrive all the same,
+/// in order, one per response.
+async fn records_over_the_fetch_limits_still_arrive(backend: BackendKind) {
+    let gw = Gateway::start(backend).await;
+    let bootstrap = gw.kafka_addr.expect("a Kafka listener").to_string();
+    let topic = unique("kafka-large");
+    let records = run_client(
+        "kafka_python_large_records.py",
+        vec![bootstrap, topic, "4".into(), "20000".into()],
+    )
+    .await;
+    let records = records.as_array().expect("a list");
+    let got: Vec<(u64, u64, &str)> = records
+        .iter()
+        .map(|r| {
+            (
+                r["offset"].as_u64().unwrap(),
+                r["size"].as_u64().unwrap(),
+                r["prefix"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (0, 20000, "v0xx"),
+            (1, 20000, "v1xx"),
+            (2, 20000, "v2xx"),
+            (3, 20000, "v3xx")
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_over_the_fetch_limits_still_arrive_on_the_embedded_store() {
+    records_over_the_fetch_limits_still_arrive(BackendKind::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_over_the_fetch_limits_still_arrive_on_pulsar() {
+    records_over_the_fetch_limits_still_arrive(BackendKind::Pulsar).await;
 }

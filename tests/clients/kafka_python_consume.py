@@ -1,42 +1,52 @@
 """Consumes one partition with kafka-python, without a consumer group.
 
-Usage: kafka_python_consume.py BOOTSTRAP TOPIC COUNT
+Usage: kafka_python_consume.py BOOTSTRAP TOPIC COUNT [--tail | --seek OFFSET]
   Assigns partition 0 (group_id=None, no commits), seeks to the beginning
   and prints one JSON list of {"offset", "key", "value", "headers",
   "timestamp"} for the first COUNT records (fails if they do not all arrive
   in 30 s).
-Usage: kafka_python_consume.py BOOTSTRAP TOPIC COUNT tail
-  Seeks to the end instead, prints "ready" once its position is known,
-  then reads COUNT records published after that.
+  --tail: seeks to the end instead, prints "ready" once its position is
+  known, then reads COUNT records published after that.
+  --seek OFFSET: starts at OFFSET, resetting to the earliest offset when
+  the gateway answers that it is out of range.
 """
 
+import argparse
 import json
 import sys
 import time
 
 from kafka import KafkaConsumer, TopicPartition
 
-bootstrap, topic, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
-tail = len(sys.argv) > 4 and sys.argv[4] == "tail"
+parser = argparse.ArgumentParser()
+parser.add_argument("bootstrap")
+parser.add_argument("topic")
+parser.add_argument("count", type=int)
+parser.add_argument("--tail", action="store_true")
+parser.add_argument("--seek", type=int)
+args = parser.parse_args()
 
 consumer = KafkaConsumer(
-    bootstrap_servers=bootstrap,
+    bootstrap_servers=args.bootstrap,
     group_id=None,
     enable_auto_commit=False,
+    auto_offset_reset="earliest",
 )
-tp = TopicPartition(topic, 0)
+tp = TopicPartition(args.topic, 0)
 consumer.assign([tp])
-if tail:
+if args.tail:
     consumer.seek_to_end(tp)
     # Resolves the end now (ListOffsets), before anything is produced.
     consumer.position(tp)
     print("ready", flush=True)
+elif args.seek is not None:
+    consumer.seek(tp, args.seek)
 else:
     consumer.seek_to_beginning(tp)
 
 out = []
 deadline = time.monotonic() + 30
-while len(out) < count and time.monotonic() < deadline:
+while len(out) < args.count and time.monotonic() < deadline:
     for records in consumer.poll(timeout_ms=1000).values():
         for r in records:
             out.append(
@@ -49,6 +59,6 @@ while len(out) < count and time.monotonic() < deadline:
                 }
             )
 consumer.close()
-if len(out) < count:
-    sys.exit("only %d of %d records arrived: %s" % (len(out), count, out))
-print(json.dumps(out[:count]))
+if len(out) < args.count:
+    sys.exit("only %d of %d records arrived: %s" % (len(out), args.count, out))
+print(json.dumps(out[: args.count]))
