@@ -26,12 +26,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures::future::select_all;
+use futures::future::{join_all, select_all};
 use gateway_api::TopicName;
 use gateway_api::{Action, Backend, BackendError, Message, OffsetRange, Reader, StartPosition};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::indexmap::IndexMap;
-use kafka_protocol::messages::fetch_request::FetchPartition;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{FetchRequest, FetchResponse};
 use kafka_protocol::protocol::StrBytes;
@@ -47,6 +46,11 @@ use crate::api::{error_code, Connection};
 /// over (on Pulsar it may still be on its way from the broker) before the
 /// response goes without it; it stays in the reader for the next Fetch.
 const HANDOVER: Duration = Duration::from_secs(1);
+
+/// How long a partition's offsets read from the backend stand in for it
+/// while a consumer reads on within them (on Pulsar a lookup is two admin
+/// API requests). An offset outside them is always checked again.
+const RANGE_TTL: Duration = Duration::from_secs(5);
 
 /// Bytes of a record batch (v2) before its records: base offset (8),
 /// length (4), leader epoch (4), magic (1), crc (4), attributes (2), last
@@ -75,6 +79,8 @@ struct Cursor {
     head: Option<Message>,
     /// [`Readers::clock`] at the last use.
     used: u64,
+    /// The partition's offsets as last read from the backend, and when.
+    range: Option<(OffsetRange, Instant)>,
 }
 
 impl Cursor {
@@ -168,6 +174,7 @@ impl Readers {
                         next: offset,
                         head: None,
                         used: clock,
+                        range: None,
                     },
                 );
             }
@@ -178,6 +185,25 @@ impl Readers {
                 Ok(cursor)
             }
             None => Err(BackendError::Closed),
+        }
+    }
+
+    /// The offsets of `topic` read from the backend less than [`RANGE_TTL`]
+    /// ago; the next offset is at least where the cursor stands (it only
+    /// passed messages that exist).
+    fn known_range(&self, topic: &TopicName) -> Option<OffsetRange> {
+        let cursor = self.cursors.get(topic)?;
+        let (range, read) = cursor.range?;
+        (read.elapsed() < RANGE_TTL).then(|| OffsetRange {
+            earliest: range.earliest,
+            next: range.next.max(cursor.next),
+        })
+    }
+
+    /// Remembers the offsets of `topic` read from the backend at `read`.
+    fn note_range(&mut self, topic: &TopicName, range: OffsetRange, read: Instant) {
+        if let Some(cursor) = self.cursors.get_mut(topic) {
+            cursor.range = Some((range, read));
         }
     }
 
@@ -256,10 +282,6 @@ impl Batches {
             record.sequence = (record.offset.wrapping_sub(base) as i32).wrapping_sub(1);
         }
         self.records.push(record);
-    }
-
-    fn last_offset(&self) -> Option<i64> {
-        self.records.last().map(|r| r.offset)
     }
 
     /// The batches on the wire.
@@ -366,6 +388,8 @@ enum State {
     Reading {
         partition: TopicName,
         range: OffsetRange,
+        /// When `range` was read from the backend; `None`: it was known.
+        range_read: Option<Instant>,
         /// The offset to read from next.
         next: u64,
         batches: Batches,
@@ -398,27 +422,41 @@ impl Wanted {
 }
 
 /// The partition's state at the start: where its records are, or why
-/// there are none.
-async fn start(conn: &Connection, topic: &str, asked: &FetchPartition) -> State {
-    let partition = match conn
-        .partition(topic, asked.partition, Action::Consume)
-        .await
-    {
+/// there are none. `known`: its offsets, if recently read; an offset
+/// outside them is checked with the backend.
+async fn start(
+    conn: &Connection,
+    partition: Result<TopicName, ResponseError>,
+    offset: i64,
+    known: Option<OffsetRange>,
+) -> State {
+    let partition = match partition {
         Ok(partition) => partition,
         Err(code) => return State::Failed(code),
     };
+    let offset = u64::try_from(offset).ok();
+    let reading = |range: OffsetRange, range_read, offset| State::Reading {
+        partition: partition.clone(),
+        range,
+        range_read,
+        next: offset,
+        batches: Batches::default(),
+        full: false,
+    };
+    if let (Some(range), Some(offset)) = (known, offset) {
+        if (range.earliest..=range.next).contains(&offset) {
+            return reading(range, None, offset);
+        }
+    }
+    let read = Instant::now();
     let range = match conn.ctx.backend.offsets(&partition).await {
         Ok(range) => range,
         Err(e) => return State::Failed(error_code(&e)),
     };
-    match u64::try_from(asked.fetch_offset) {
-        Ok(offset) if (range.earliest..=range.next).contains(&offset) => State::Reading {
-            partition,
-            range,
-            next: offset,
-            batches: Batches::default(),
-            full: false,
-        },
+    match offset {
+        Some(offset) if (range.earliest..=range.next).contains(&offset) => {
+            reading(range, Some(read), offset)
+        }
         _ => State::Failed(ResponseError::OffsetOutOfRange),
     }
 }
@@ -429,6 +467,15 @@ struct Budget {
     total: usize,
     /// The response's bound.
     max: usize,
+}
+
+/// Whether a record of `cost` bytes joins a partition holding
+/// `partition_bytes` of its `partition_max`, in the response of `budget`.
+/// Kafka's rule: the first record of the response goes whatever its size,
+/// so that a consumer always progresses; after it, both limits hold.
+fn fits(cost: usize, partition_bytes: usize, partition_max: usize, budget: &Budget) -> bool {
+    budget.total == 0
+        || (partition_bytes + cost <= partition_max && budget.total + cost <= budget.max)
 }
 
 /// Adds the records available now to one partition, within the limits.
@@ -470,11 +517,7 @@ async fn read_available(
         };
         let record = record(&message);
         let cost = batches.cost(&record);
-        // Kafka's rule: the first record of the response goes whatever its
-        // size, so that a consumer always progresses.
-        let fits = budget.total == 0
-            || (batches.bytes + cost <= wanted.max_bytes && budget.total + cost <= budget.max);
-        if !fits {
+        if !fits(cost, batches.bytes, wanted.max_bytes, budget) {
             cursor.put_back(message);
             if let State::Reading { full, .. } = &mut wanted.state {
                 *full = true;
@@ -562,23 +605,39 @@ pub async fn handle(conn: &Connection, request: FetchRequest, version: i16) -> F
             .min(conn.config.fetch_max_bytes),
     };
 
-    let mut wanted = Vec::new();
+    let mut asked = Vec::new();
     for (t, topic) in request.topics.iter().enumerate() {
         let mut out = FetchableTopicResponse::default();
         out.topic = topic.topic.clone();
         response.responses.push(out);
-        for asked in &topic.partitions {
-            wanted.push(Wanted {
-                topic: t,
-                index: asked.partition,
-                max_bytes: usize::try_from(asked.partition_max_bytes).unwrap_or(0),
-                state: start(conn, &topic.topic.0, asked).await,
-            });
-        }
+        asked.extend(topic.partitions.iter().map(|p| (t, &topic.topic.0, p)));
     }
-
+    // Partitions resolve and their offsets are read all at once (on Pulsar
+    // each is a round trip).
+    let partitions = join_all(
+        asked
+            .iter()
+            .map(|&(_, name, p)| conn.partition(name, p.partition, Action::Consume)),
+    )
+    .await;
     let backend = conn.ctx.backend.as_ref();
     let mut readers = conn.readers.lock().await;
+    let starts = asked.iter().zip(partitions).map(|(&(t, _, p), partition)| {
+        let known = partition
+            .as_ref()
+            .ok()
+            .and_then(|partition| readers.known_range(partition));
+        async move {
+            Wanted {
+                topic: t,
+                index: p.partition,
+                max_bytes: usize::try_from(p.partition_max_bytes).unwrap_or(0),
+                state: start(conn, partition, p.fetch_offset, known).await,
+            }
+        }
+    });
+    let mut wanted = join_all(starts).await;
+
     loop {
         for w in wanted.iter_mut() {
             read_available(backend, &mut readers, w, &mut budget).await;
@@ -590,6 +649,17 @@ pub async fn handle(conn: &Connection, request: FetchRequest, version: i16) -> F
         match wait_any(conn, &mut readers, &mut wanted, deadline).await {
             Woken::Message => {}
             Woken::Done => break,
+        }
+    }
+    for w in &wanted {
+        if let State::Reading {
+            partition,
+            range,
+            range_read: Some(read),
+            ..
+        } = &w.state
+        {
+            readers.note_range(partition, *range, *read);
         }
     }
     drop(readers);
@@ -607,7 +677,7 @@ pub async fn handle(conn: &Connection, request: FetchRequest, version: i16) -> F
 fn partition_data(wanted: Wanted, version: i16) -> PartitionData {
     let mut out = PartitionData::default();
     out.partition_index = wanted.index;
-    let (range, batches) = match wanted.state {
+    let (range, next, batches) = match wanted.state {
         State::Failed(code) => {
             out.error_code = code.code();
             out.high_watermark = -1;
@@ -615,13 +685,16 @@ fn partition_data(wanted: Wanted, version: i16) -> PartitionData {
             out.log_start_offset = -1;
             return out;
         }
-        State::Reading { range, batches, .. } => (range, batches),
+        State::Reading {
+            range,
+            next,
+            batches,
+            ..
+        } => (range, next, batches),
     };
-    // Records published since the offsets were read may be in the response.
-    let next = i64::try_from(range.next).unwrap_or(i64::MAX);
-    let high_watermark = batches
-        .last_offset()
-        .map_or(next, |last| next.max(last + 1));
+    // Where the reading stopped is at most the partition's end: records
+    // published since its offsets were read may be in the response.
+    let high_watermark = i64::try_from(range.next.max(next)).unwrap_or(i64::MAX);
     out.high_watermark = high_watermark;
     out.last_stable_offset = high_watermark;
     if version >= 5 {
@@ -705,6 +778,20 @@ mod tests {
             batches.push(record(&message(1 << 40, None, &"x".repeat(len))));
             assert_eq!(batches.encode().unwrap().len(), batches.bytes, "{len}");
         }
+    }
+
+    #[test]
+    fn the_first_record_of_a_response_goes_whatever_its_size_then_limits_hold() {
+        let empty = Budget { total: 0, max: 100 };
+        assert!(fits(1_000_000, 0, 10, &empty), "the first record");
+        let started = Budget {
+            total: 60,
+            max: 100,
+        };
+        assert!(fits(40, 0, 50, &started), "up to the response's limit");
+        assert!(!fits(41, 0, 50, &started), "over the response's limit");
+        assert!(!fits(10, 45, 50, &started), "over the partition's limit");
+        assert!(!fits(1, 0, 0, &started), "a partition limit of 0");
     }
 
     #[test]
