@@ -404,3 +404,90 @@ async fn records_over_the_fetch_limits_still_arrive_on_the_embedded_store() {
 async fn records_over_the_fetch_limits_still_arrive_on_pulsar() {
     records_over_the_fetch_limits_still_arrive(BackendKind::Pulsar).await;
 }
+
+/// Creates a topic of `partitions` partitions on the test standalone
+/// through Pulsar's admin API.
+async fn create_partitioned_on_pulsar(topic: &str, partitions: u32) {
+    let (_, web_url) = test_pulsar_urls();
+    let url = format!("{web_url}/admin/v2/persistent/public/default/{topic}/partitions");
+    let status = tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        agent
+            .put(&url)
+            .header("Content-Type", "application/json")
+            .send(partitions.to_string())
+            .map(|r| r.status().as_u16())
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        status,
+        Ok(204),
+        "creating {topic} with {partitions} partitions"
+    );
+}
+
+/// Each Kafka partition of a partitioned Pulsar topic is consumed from its
+/// own Pulsar partition: every record arrives at the partition and offset
+/// its producer was told. (On Pulsar only: nothing creates a partitioned
+/// topic on the embedded store from outside yet.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_of_a_partitioned_pulsar_topic_are_consumed_where_produced() {
+    let gw = Gateway::start(BackendKind::Pulsar).await;
+    let bootstrap = gw.kafka_addr.expect("a Kafka listener").to_string();
+    let topic = unique("kafka-partitioned");
+    create_partitioned_on_pulsar(&topic, 3).await;
+    let acked = run_client(
+        "kafka_python_produce.py",
+        vec![bootstrap.clone(), topic.clone(), "30".into()],
+    )
+    .await;
+    let acked: Vec<(u64, u64)> = acked
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|r| {
+            (
+                r["partition"].as_u64().unwrap(),
+                r["offset"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let records = run_client(
+        "kafka_python_consume.py",
+        vec![
+            bootstrap,
+            topic,
+            "30".into(),
+            "--partitions".into(),
+            "3".into(),
+        ],
+    )
+    .await;
+    let mut consumed: Vec<(u64, u64, String)> = records
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|r| {
+            (
+                r["partition"].as_u64().unwrap(),
+                r["offset"].as_u64().unwrap(),
+                r["value"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    consumed.sort();
+    let mut expected: Vec<(u64, u64, String)> = acked
+        .iter()
+        .enumerate()
+        .map(|(i, &(p, o))| (p, o, format!("v{i}")))
+        .collect();
+    expected.sort();
+    assert_eq!(consumed, expected);
+    let used: std::collections::HashSet<u64> = acked.iter().map(|&(p, _)| p).collect();
+    assert!(used.len() > 1, "the keys went to one partition: {acked:?}");
+}

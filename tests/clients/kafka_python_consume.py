@@ -1,10 +1,13 @@
 """Consumes one partition with kafka-python, without a consumer group.
 
-Usage: kafka_python_consume.py BOOTSTRAP TOPIC COUNT [--tail | --seek OFFSET]
+Usage: kafka_python_consume.py BOOTSTRAP TOPIC COUNT [--partitions N]
+                               [--tail | --seek OFFSET]
   Assigns partition 0 (group_id=None, no commits), seeks to the beginning
-  and prints one JSON list of {"offset", "key", "value", "headers",
-  "timestamp"} for the first COUNT records (fails if they do not all arrive
-  in 30 s).
+  and prints one JSON list of {"partition", "offset", "key", "value",
+  "headers", "timestamp"} for the first COUNT records (fails if they do not
+  all arrive in 30 s).
+  --partitions N: assigns partitions 0..N-1 instead (with --seek or --tail,
+  only partition 0 is read).
   --tail: seeks to the end instead, prints "ready" once its position is
   known, then reads COUNT records published after that.
   --seek OFFSET: starts at OFFSET, resetting to the earliest offset when
@@ -24,6 +27,7 @@ parser.add_argument("topic")
 parser.add_argument("count", type=int)
 parser.add_argument("--tail", action="store_true")
 parser.add_argument("--seek", type=int)
+parser.add_argument("--partitions", type=int, default=1)
 args = parser.parse_args()
 
 consumer = KafkaConsumer(
@@ -33,7 +37,11 @@ consumer = KafkaConsumer(
     auto_offset_reset="earliest",
 )
 tp = TopicPartition(args.topic, 0)
-consumer.assign([tp])
+if args.partitions > 1:
+    consumer.assign([TopicPartition(args.topic, p) for p in range(args.partitions)])
+    consumer.seek_to_beginning()
+else:
+    consumer.assign([tp])
 if args.tail:
     consumer.seek_to_end(tp)
     # Resolves the end now (ListOffsets), before anything is produced.
@@ -41,7 +49,7 @@ if args.tail:
     print("ready", flush=True)
 elif args.seek is not None:
     consumer.seek(tp, args.seek)
-else:
+elif args.partitions == 1:
     consumer.seek_to_beginning(tp)
 
 out = []
@@ -51,6 +59,7 @@ while len(out) < args.count and time.monotonic() < deadline:
         for r in records:
             out.append(
                 {
+                    "partition": r.partition,
                     "offset": r.offset,
                     "key": r.key.decode() if r.key is not None else None,
                     "value": r.value.decode(),
