@@ -81,6 +81,9 @@ struct Cursor {
     used: u64,
     /// The partition's offsets as last read from the backend, and when.
     range: Option<(OffsetRange, Instant)>,
+    /// The position the reader was last moved back to because it skipped
+    /// offsets: a second skip from there is a real gap.
+    resought: Option<u64>,
 }
 
 impl Cursor {
@@ -98,20 +101,35 @@ impl Cursor {
             let Ok(message) = tokio::time::timeout(HANDOVER, self.reader.next()).await else {
                 return Ok(None);
             };
-            if let Some(message) = self.accept(message?) {
+            if let Some(message) = self.offer(message?).await? {
                 return Ok(Some(message));
             }
         }
     }
 
-    /// `message` if it is not older than the cursor's position, which
-    /// then moves past it.
-    fn accept(&mut self, message: Message) -> Option<Message> {
-        if message.id.offset < self.next {
-            return None;
+    /// `message` (just read) if it is the cursor's next, which then moves
+    /// past it. Older ones are passed over. A later one means the reader
+    /// skipped offsets, which are contiguous: it is moved back to the
+    /// cursor's position once (a reader opened at the end of a Pulsar
+    /// partition can miss a message published while it opens); skipping
+    /// again from there is a real gap (retention), and accepted.
+    async fn offer(&mut self, message: Message) -> Result<Option<Message>, BackendError> {
+        let offset = message.id.offset;
+        if offset < self.next {
+            return Ok(None);
         }
-        self.next = message.id.offset + 1;
-        Some(message)
+        if offset > self.next && self.resought != Some(self.next) {
+            tracing::debug!(
+                expected = self.next,
+                offset,
+                "a reader skipped offsets; moving it back"
+            );
+            self.resought = Some(self.next);
+            self.reader.seek(StartPosition::Offset(self.next)).await?;
+            return Ok(None);
+        }
+        self.next = offset + 1;
+        Ok(Some(message))
     }
 
     /// Makes `message` (just taken) the next one returned.
@@ -175,6 +193,7 @@ impl Readers {
                         head: None,
                         used: clock,
                         range: None,
+                        resought: None,
                     },
                 );
             }
@@ -569,14 +588,20 @@ async fn wait_any(
     let Some(partition) = w.readable().cloned() else {
         return Woken::Done;
     };
-    match result {
-        Ok(message) => {
-            if let Some(cursor) = readers.cursors.get_mut(&partition) {
-                if let Some(message) = cursor.accept(message) {
-                    cursor.put_back(message);
-                }
+    let offered = match (result, readers.cursors.get_mut(&partition)) {
+        (Ok(message), Some(cursor)) => match cursor.offer(message).await {
+            Ok(Some(message)) => {
+                cursor.put_back(message);
+                Ok(())
             }
-        }
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        },
+        (Ok(_), None) => Ok(()),
+        (Err(e), _) => Err(e),
+    };
+    match offered {
+        Ok(()) => {}
         Err(e) => {
             tracing::debug!(%partition, error = %e, "waiting for Fetch");
             readers.cursors.remove(&partition);
@@ -715,6 +740,9 @@ fn partition_data(wanted: Wanted, version: i16) -> PartitionData {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::VecDeque;
+    use std::sync::{Arc, Mutex};
+
     use gateway_api::MessageId;
     use kafka_protocol::records::RecordBatchDecoder;
 
@@ -778,6 +806,99 @@ mod tests {
             batches.push(record(&message(1 << 40, None, &"x".repeat(len))));
             assert_eq!(batches.encode().unwrap().len(), batches.bytes, "{len}");
         }
+    }
+
+    /// A reader over fixed messages that may start with some missing, as
+    /// a reader opened at a Pulsar partition's end while it grows can.
+    struct FakeReader {
+        /// Every message of the partition.
+        all: Vec<Message>,
+        /// What `next` returns, in order.
+        queue: Mutex<VecDeque<Message>>,
+        /// The offsets sought to.
+        seeks: Arc<Mutex<Vec<u64>>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Reader for FakeReader {
+        async fn next(&self) -> Result<Message, BackendError> {
+            let next = self.queue.lock().unwrap().pop_front();
+            match next {
+                Some(message) => Ok(message),
+                None => std::future::pending().await,
+            }
+        }
+
+        async fn seek(&self, position: StartPosition) -> Result<(), BackendError> {
+            let StartPosition::Offset(offset) = position else {
+                panic!("only offsets are sought to: {position:?}");
+            };
+            self.seeks.lock().unwrap().push(offset);
+            *self.queue.lock().unwrap() = self
+                .all
+                .iter()
+                .filter(|m| m.id.offset >= offset)
+                .cloned()
+                .collect();
+            Ok(())
+        }
+
+        async fn has_message_available(&self) -> Result<bool, BackendError> {
+            Ok(!self.queue.lock().unwrap().is_empty())
+        }
+    }
+
+    /// A cursor at offset 0 over `all`, whose reader first delivers
+    /// `delivered`; and the reader's record of seeks.
+    fn cursor_over(all: &[u64], delivered: &[u64]) -> (Cursor, Arc<Mutex<Vec<u64>>>) {
+        let messages = |offsets: &[u64]| -> Vec<Message> {
+            offsets.iter().map(|&o| message(o, None, "m")).collect()
+        };
+        let seeks = Arc::default();
+        let reader = Box::new(FakeReader {
+            all: messages(all),
+            queue: Mutex::new(messages(delivered).into()),
+            seeks: Arc::clone(&seeks),
+        });
+        let cursor = Cursor {
+            reader,
+            next: 0,
+            head: None,
+            used: 0,
+            range: None,
+            resought: None,
+        };
+        (cursor, seeks)
+    }
+
+    async fn drain(cursor: &mut Cursor) -> Vec<u64> {
+        let mut offsets = Vec::new();
+        while let Some(message) = cursor.take().await.unwrap() {
+            offsets.push(message.id.offset);
+        }
+        offsets
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_skipped_offsets_is_moved_back_once() {
+        let (mut cursor, seeks) = cursor_over(&[0, 1, 2, 3, 4], &[0, 1, 3, 4]);
+        assert_eq!(drain(&mut cursor).await, vec![0, 1, 2, 3, 4]);
+        assert_eq!(*seeks.lock().unwrap(), vec![2]);
+        assert_eq!(cursor.next, 5);
+
+        // Offsets really missing (retention): one try, then the gap.
+        let (mut cursor, seeks) = cursor_over(&[0, 1, 5, 6], &[0, 1, 5, 6]);
+        assert_eq!(drain(&mut cursor).await, vec![0, 1, 5, 6]);
+        assert_eq!(*seeks.lock().unwrap(), vec![2]);
+    }
+
+    #[tokio::test]
+    async fn a_message_put_back_is_the_next_one_taken() {
+        let (mut cursor, _) = cursor_over(&[0, 1], &[0, 1]);
+        let first = cursor.take().await.unwrap().unwrap();
+        cursor.put_back(first);
+        assert_eq!(cursor.next, 0);
+        assert_eq!(drain(&mut cursor).await, vec![0, 1]);
     }
 
     #[test]
