@@ -20,15 +20,19 @@
 //! session is answered `FETCH_SESSION_ID_NOT_FOUND`. Offsets are valid from
 //! the partition's earliest retained one to its next one (the high
 //! watermark; with no transactions also the last stable offset);
-//! outside, `OFFSET_OUT_OF_RANGE`.
+//! outside, `OFFSET_OUT_OF_RANGE`. A partition's offsets read from the
+//! backend serve its consumer for a few seconds while it reads on within
+//! them; the high watermark answered is the larger of that next offset and
+//! where the reading stopped, exact when the reader reached the end.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::future::{join_all, select_all};
-use gateway_api::TopicName;
-use gateway_api::{Action, Backend, BackendError, Message, OffsetRange, Reader, StartPosition};
+use gateway_api::{
+    Action, Backend, BackendError, Message, OffsetRange, Reader, StartPosition, TopicName,
+};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::indexmap::IndexMap;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
@@ -61,6 +65,7 @@ const BATCH_OVERHEAD: usize = 61;
 /// A connection's readers, one per partition it fetches, at most a bound
 /// many: past it the least recently used one is closed.
 pub struct Readers {
+    /// By partition (the backend topic `t-partition-p`, or `t`).
     cursors: HashMap<TopicName, Cursor>,
     /// Bumped at each use; the cursor used longest ago has the lowest.
     clock: u64,
