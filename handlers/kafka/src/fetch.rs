@@ -95,7 +95,7 @@ impl Cursor {
     /// The next message if one is available now.
     async fn take(&mut self) -> Result<Option<Message>, BackendError> {
         if let Some(message) = self.head.take() {
-            self.next = message.id.offset + 1;
+            self.next = message.id.offset.saturating_add(1);
             return Ok(Some(message));
         }
         loop {
@@ -133,7 +133,7 @@ impl Cursor {
             self.reader.seek(StartPosition::Offset(self.next)).await?;
             return Ok(None);
         }
-        self.next = offset + 1;
+        self.next = offset.saturating_add(1);
         Ok(Some(message))
     }
 
@@ -548,7 +548,7 @@ async fn read_available(
             }
             return;
         }
-        *next = message.id.offset + 1;
+        *next = message.id.offset.saturating_add(1);
         batches.push(record);
         budget.total += cost;
     }
@@ -585,9 +585,9 @@ async fn wait_any(
     let (result, winner) = tokio::select! {
         _ = conn.ctx.shutdown.cancelled() => return Woken::Done,
         _ = tokio::time::sleep_until(deadline) => return Woken::Done,
-        (result, i, _) = select_all(waits) => (result, who[i]),
+        (result, i, _) = select_all(waits) => (result, who.get(i).copied()),
     };
-    let Some(w) = wanted.get_mut(winner) else {
+    let Some(w) = winner.and_then(|i| wanted.get_mut(i)) else {
         return Woken::Done;
     };
     let Some(partition) = w.readable().cloned() else {
