@@ -1,8 +1,10 @@
 //! The Kafka handler end to end: the real gateway binary, driven by
 //! kafka-python at its default settings (idempotent, acks=all), on both
 //! backends; on Pulsar, what arrived is read back with the official Pulsar
-//! client. Also: a gateway killed (SIGKILL) under load loses no message it
-//! acknowledged.
+//! client. Consumers without a group (kafka-python and librdkafka, assigning
+//! partitions themselves) read back what was produced, wait at the end for
+//! new records, reset when out of range, and list offsets. Also: a gateway
+//! killed (SIGKILL) under load loses no message it acknowledged.
 
 mod common;
 
