@@ -240,9 +240,10 @@ async fn librdkafka_consumes_assigned_partitions_on_pulsar() {
     librdkafka_consumes_without_a_group(BackendKind::Pulsar).await;
 }
 
-/// A consumer waiting at the end of a partition (its Fetch long-polls)
-/// receives what is produced after it got there.
-async fn a_consumer_at_the_end_receives_new_records(backend: BackendKind) {
+/// A consumer (`script`, run with `--tail`) waiting at the end of a
+/// partition (its Fetch long-polls) receives what is produced after it got
+/// there.
+async fn a_consumer_at_the_end_receives_new_records(backend: BackendKind, script_name: &str) {
     let gw = Gateway::start(backend).await;
     let bootstrap = gw.kafka_addr.expect("a Kafka listener").to_string();
     // Three records before, which the consumer must not see.
@@ -252,9 +253,10 @@ async fn a_consumer_at_the_end_receives_new_records(backend: BackendKind) {
         vec![topic.clone(), "2".to_owned(), "--tail".to_owned()],
         bootstrap.clone(),
     );
+    let consumer_script = script(script_name);
     let mut consumer = tokio::task::spawn_blocking(move || {
         let mut child = Command::new(python())
-            .arg(script("kafka_python_consume.py"))
+            .arg(consumer_script)
             .arg(bootstrap_for_consumer)
             .args(args)
             .stdout(Stdio::piped())
@@ -303,12 +305,24 @@ async fn a_consumer_at_the_end_receives_new_records(backend: BackendKind) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_at_the_end_receives_new_records_on_the_embedded_store() {
-    a_consumer_at_the_end_receives_new_records(BackendKind::Embedded).await;
+    a_consumer_at_the_end_receives_new_records(BackendKind::Embedded, "kafka_python_consume.py")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_at_the_end_receives_new_records_on_pulsar() {
-    a_consumer_at_the_end_receives_new_records(BackendKind::Pulsar).await;
+    a_consumer_at_the_end_receives_new_records(BackendKind::Pulsar, "kafka_python_consume.py")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_librdkafka_consumer_at_the_end_receives_new_records_on_the_embedded_store() {
+    a_consumer_at_the_end_receives_new_records(BackendKind::Embedded, "confluent_consume.py").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_librdkafka_consumer_at_the_end_receives_new_records_on_pulsar() {
+    a_consumer_at_the_end_receives_new_records(BackendKind::Pulsar, "confluent_consume.py").await;
 }
 
 /// kafka-python's beginning_offsets, end_offsets and offsets_for_times.

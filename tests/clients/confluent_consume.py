@@ -1,10 +1,12 @@
 """Consumes one partition with confluent-kafka (librdkafka), without
 committing: assign() from the beginning, enable.auto.commit off.
 
-Usage: confluent_consume.py BOOTSTRAP TOPIC COUNT
+Usage: confluent_consume.py BOOTSTRAP TOPIC COUNT [--tail]
   Prints one JSON list of {"offset", "key", "value", "headers",
   "timestamp"} for the first COUNT records (fails if they do not all arrive
   in 30 s).
+  --tail: starts at the partition's end (its high watermark, asked with
+  ListOffsets), prints "ready", then reads COUNT records published after.
 """
 
 import json
@@ -14,6 +16,7 @@ import time
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 bootstrap, topic, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+tail = sys.argv[4:] == ["--tail"]
 
 consumer = Consumer(
     {
@@ -24,7 +27,12 @@ consumer = Consumer(
         "enable.auto.offset.store": False,
     }
 )
-consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+if tail:
+    _, end = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10, cached=False)
+    consumer.assign([TopicPartition(topic, 0, end)])
+    print("ready", flush=True)
+else:
+    consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
 
 out = []
 deadline = time.monotonic() + 30
