@@ -1,10 +1,14 @@
 //! The Kafka handler end to end: the real gateway binary, driven by
 //! kafka-python at its default settings (idempotent, acks=all), on both
 //! backends; on Pulsar, what arrived is read back with the official Pulsar
-//! client. Also: a gateway killed (SIGKILL) under load loses no message it
-//! acknowledged.
+//! client. Consumers without a group (kafka-python and librdkafka, assigning
+//! partitions themselves) read back what was produced, wait at the end for
+//! new records, reset when out of range, and list offsets. Also: a gateway
+//! killed (SIGKILL) under load loses no message it acknowledged.
 
 mod common;
+#[path = "kafka/groups.rs"]
+mod groups;
 
 use std::process::{Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -164,4 +168,344 @@ async fn a_gateway_killed_under_load_loses_no_acknowledged_message() {
         .filter(|v| !stored.contains(v.as_str()))
         .collect();
     assert!(lost.is_empty(), "acknowledged but not in Pulsar: {lost:?}");
+}
+
+/// The records a consume script printed, checked against what
+/// `kafka_python_produce.py` sent: offsets 0..n contiguous, value `vN`,
+/// key `kN%3`, header `h=xN`, a create time.
+fn assert_produced_records(records: &Value, n: u64) {
+    let records = records.as_array().expect("a list");
+    assert_eq!(records.len() as u64, n, "{records:?}");
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r["offset"], i as u64, "{r}");
+        assert_eq!(r["value"], format!("v{i}"), "{r}");
+        assert_eq!(r["key"], format!("k{}", i % 3), "{r}");
+        assert_eq!(
+            r["headers"],
+            serde_json::json!([["h", format!("x{i}")]]),
+            "{r}"
+        );
+        assert!(r["timestamp"].as_u64().unwrap() > 1_600_000_000_000, "{r}");
+    }
+}
+
+/// Produces `n` records with kafka-python to a new topic; its name.
+async fn produce_records(bootstrap: &str, name: &str, n: u64) -> String {
+    let topic = unique(name);
+    run_client(
+        "kafka_python_produce.py",
+        vec![bootstrap.to_owned(), topic.clone(), n.to_string()],
+    )
+    .await;
+    topic
+}
+
+async fn kafka_python_consumes_without_a_group(backend: BackendKind) {
+    let gw = Gateway::start(backend).await;
+    let bootstrap = gw.kafka_addr.expect("a Kafka listener").to_string();
+    let topic = produce_records(&bootstrap, "kafka-python-assign", 20).await;
+    let records = run_client(
+        "kafka_python_consume.py",
+        vec![bootstrap, topic, "20".into()],
+    )
+    .await;
+    assert_produced_records(&records, 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_python_consumes_assigned_partitions_on_the_embedded_store() {
+    kafka_python_consumes_without_a_group(BackendKind::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_python_consumes_assigned_partitions_on_pulsar() {
+    kafka_python_consumes_without_a_group(BackendKind::Pulsar).await;
+}
+
+/// librdkafka's consumer needs a `group.id`, but with `assign()` and no
+/// commits it never asks for the group's coordinator.
+async fn librdkafka_consumes_without_a_group(backend: BackendKind) {
+    let gw = Gateway::start(backend).await;
+    let bootstrap = gw.kafka_addr.expect("a Kafka listener").to_string();
+    let topic = produce_records(&bootstrap, "librdkafka-assign", 20).await;
+    let records = run_client("confluent_consume.py", vec![bootstrap, topic, "20".into()]).await;
+    assert_produced_records(&records, 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn librdkafka_consumes_assigned_partitions_on_the_embedded_store() {
+    librdkafka_consumes_without_a_group(BackendKind::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn librdkafka_consumes_assigned_partitions_on_pulsar() {
+    librdkafka_consumes_without_a_group(BackendKind::Pulsar).await;
+}
+
+/// A consumer (`script`, run with `--tail`) waiting at the end of a
+/// partition (its Fetch long-polls) receives what is produced after it got
+/// there.
+async fn a_consumer_at_the_end_receives_new_records(backend: BackendKind, script_name: &str) {
+    let gw = Gateway::start(backend).await;
+    let bootstrap = gw.kafka_addr.expect("a Kafka listener").to_string();
+    // Three records before, which the consumer must not see.
+    let topic = produce_records(&bootstrap, "kafka-tail", 3).await;
+
+    let (args, bootstrap_for_consumer) = (
+        vec![topic.clone(), "2".to_owned(), "--tail".to_owned()],
+        bootstrap.clone(),
+    );
+    let consumer_script = script(script_name);
+    let mut consumer = tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(python())
+            .arg(consumer_script)
+            .arg(bootstrap_for_consumer)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run the consumer");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = lines.next();
+        assert!(
+            matches!(&ready, Some(Ok(line)) if line == "ready"),
+            "the consumer did not get ready: {ready:?}"
+        );
+        (child, lines)
+    })
+    .await
+    .unwrap();
+
+    run_client(
+        "kafka_python_produce.py",
+        vec![bootstrap, topic, "2".into()],
+    )
+    .await;
+
+    let (status, last, stderr) = tokio::task::spawn_blocking(move || {
+        let (mut child, lines) = (consumer.0, &mut consumer.1);
+        let last = lines.map_while(Result::ok).last().unwrap_or_default();
+        let status = child.wait().expect("wait for the consumer");
+        let mut stderr = String::new();
+        if let Some(mut err) = child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut err, &mut stderr);
+        }
+        (status, last, stderr)
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "the consumer failed: {status}\n{stderr}");
+    let records: Value = serde_json::from_str(&last).expect("the consumer's JSON");
+    let records = records.as_array().expect("a list");
+    let got: Vec<(u64, &str)> = records
+        .iter()
+        .map(|r| (r["offset"].as_u64().unwrap(), r["value"].as_str().unwrap()))
+        .collect();
+    assert_eq!(got, vec![(3, "v0"), (4, "v1")]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_at_the_end_receives_new_records_on_the_embedded_store() {
+    a_consumer_at_the_end_receives_new_records(BackendKind::Embedded, "kafka_python_consume.py")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_at_the_end_receives_new_records_on_pulsar() {
+    a_consumer_at_the_end_receives_new_records(BackendKind::Pulsar, "kafka_python_consume.py")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_librdkafka_consumer_at_the_end_receives_new_records_on_the_embedded_store() {
+    a_consumer_at_the_end_receives_new_records(BackendKind::Embedded, "confluent_consume.py").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_librdkafka_consumer_at_the_end_receives_new_records_on_pulsar() {
+    a_consumer_at_the_end_receives_new_records(BackendKind::Pulsar, "confluent_consume.py").await;
+}
+
+/// kafka-python's beginning_offsets, end_offsets and offsets_for_times.
+async fn list_offsets_answers_earliest_latest_and_by_time(backend: BackendKind) {
+    let gw = Gateway::start(backend).await;
+    let bootstrap = gw.kafka_addr.expect("a Kafka listener").to_string();
+    let topic = unique("kafka-offsets");
+    let out = run_client(
+        "kafka_python_offsets.py",
+        vec![bootstrap, topic, "3".into(), "4".into()],
+    )
+    .await;
+    assert_eq!(out["beginning"], 0, "{out}");
+    assert_eq!(out["end"], 7, "{out}");
+    // The first record produced after the time.
+    assert_eq!(out["at_t"]["offset"], 3, "{out}");
+    let t = out["t"].as_u64().unwrap();
+    assert!(out["at_t"]["timestamp"].as_u64().unwrap() >= t, "{out}");
+    assert!(out["future"].is_null(), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_offsets_answers_earliest_latest_and_by_time_on_the_embedded_store() {
+    list_offsets_answers_earliest_latest_and_by_time(BackendKind::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_offsets_answers_earliest_latest_and_by_time_on_pulsar() {
+    list_offsets_answers_earliest_latest_and_by_time(BackendKind::Pulsar).await;
+}
+
+/// A consumer asking for an offset past the end is told it is out of range
+/// and starts over where its reset policy says (here: the earliest).
+async fn an_offset_past_the_end_is_out_of_range(backend: BackendKind) {
+    let gw = Gateway::start(backend).await;
+    let bootstrap = gw.kafka_addr.expect("a Kafka listener").to_string();
+    let topic = produce_records(&bootstrap, "kafka-out-of-range", 5).await;
+    let records = run_client(
+        "kafka_python_consume.py",
+        vec![bootstrap, topic, "5".into(), "--seek".into(), "100".into()],
+    )
+    .await;
+    assert_produced_records(&records, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offset_past_the_end_is_out_of_range_on_the_embedded_store() {
+    an_offset_past_the_end_is_out_of_range(BackendKind::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offset_past_the_end_is_out_of_range_on_pulsar() {
+    an_offset_past_the_end_is_out_of_range(BackendKind::Pulsar).await;
+}
+
+/// Records larger than the consumer's fetch limits arrive all the same,
+/// in order, one per response.
+async fn records_over_the_fetch_limits_still_arrive(backend: BackendKind) {
+    let gw = Gateway::start(backend).await;
+    let bootstrap = gw.kafka_addr.expect("a Kafka listener").to_string();
+    let topic = unique("kafka-large");
+    let records = run_client(
+        "kafka_python_large_records.py",
+        vec![bootstrap, topic, "4".into(), "20000".into()],
+    )
+    .await;
+    let records = records.as_array().expect("a list");
+    let got: Vec<(u64, u64, &str)> = records
+        .iter()
+        .map(|r| {
+            (
+                r["offset"].as_u64().unwrap(),
+                r["size"].as_u64().unwrap(),
+                r["prefix"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (0, 20000, "v0xx"),
+            (1, 20000, "v1xx"),
+            (2, 20000, "v2xx"),
+            (3, 20000, "v3xx")
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_over_the_fetch_limits_still_arrive_on_the_embedded_store() {
+    records_over_the_fetch_limits_still_arrive(BackendKind::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_over_the_fetch_limits_still_arrive_on_pulsar() {
+    records_over_the_fetch_limits_still_arrive(BackendKind::Pulsar).await;
+}
+
+/// Creates a topic of `partitions` partitions on the test standalone
+/// through Pulsar's admin API.
+async fn create_partitioned_on_pulsar(topic: &str, partitions: u32) {
+    let (_, web_url) = test_pulsar_urls();
+    let url = format!("{web_url}/admin/v2/persistent/public/default/{topic}/partitions");
+    let status = tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        agent
+            .put(&url)
+            .header("Content-Type", "application/json")
+            .send(partitions.to_string())
+            .map(|r| r.status().as_u16())
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        status,
+        Ok(204),
+        "creating {topic} with {partitions} partitions"
+    );
+}
+
+/// Each Kafka partition of a partitioned Pulsar topic is consumed from its
+/// own Pulsar partition: every record arrives at the partition and offset
+/// its producer was told. (On Pulsar only: nothing creates a partitioned
+/// topic on the embedded store from outside yet.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_of_a_partitioned_pulsar_topic_are_consumed_where_produced() {
+    let gw = Gateway::start(BackendKind::Pulsar).await;
+    let bootstrap = gw.kafka_addr.expect("a Kafka listener").to_string();
+    let topic = unique("kafka-partitioned");
+    create_partitioned_on_pulsar(&topic, 3).await;
+    let acked = run_client(
+        "kafka_python_produce.py",
+        vec![bootstrap.clone(), topic.clone(), "30".into()],
+    )
+    .await;
+    let acked: Vec<(u64, u64)> = acked
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|r| {
+            (
+                r["partition"].as_u64().unwrap(),
+                r["offset"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let records = run_client(
+        "kafka_python_consume.py",
+        vec![
+            bootstrap,
+            topic,
+            "30".into(),
+            "--partitions".into(),
+            "3".into(),
+        ],
+    )
+    .await;
+    let mut consumed: Vec<(u64, u64, String)> = records
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|r| {
+            (
+                r["partition"].as_u64().unwrap(),
+                r["offset"].as_u64().unwrap(),
+                r["value"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    consumed.sort();
+    let mut expected: Vec<(u64, u64, String)> = acked
+        .iter()
+        .enumerate()
+        .map(|(i, &(p, o))| (p, o, format!("v{i}")))
+        .collect();
+    expected.sort();
+    assert_eq!(consumed, expected);
+    let used: std::collections::HashSet<u64> = acked.iter().map(|&(p, _)| p).collect();
+    assert!(used.len() > 1, "the keys went to one partition: {acked:?}");
 }

@@ -5,23 +5,26 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use gateway_api::{BackendError, Context, HandlerError};
+use gateway_api::{Action, BackendError, Context, HandlerError, Principal, Protocol, TopicName};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, DeleteGroupsRequest, DescribeGroupsRequest,
-    FindCoordinatorRequest, HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest,
-    LeaveGroupRequest, ListGroupsRequest, MetadataRequest, OffsetCommitRequest, OffsetFetchRequest,
-    ProduceRequest, RequestHeader, RequestKind, ResponseHeader, ResponseKind, SyncGroupRequest,
+    FetchRequest, FindCoordinatorRequest, HeartbeatRequest, InitProducerIdRequest,
+    JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, MetadataRequest,
+    OffsetCommitRequest, OffsetFetchRequest, ProduceRequest, RequestHeader, RequestKind,
+    ResponseHeader, ResponseKind, SyncGroupRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, Message};
 
+use crate::fetch::Readers;
 use crate::group::coordinator::Coordinator;
 use crate::produce::Producers;
-use crate::{group, metadata, produce, KafkaConfig};
+use crate::{fetch, group, list_offsets, metadata, produce, KafkaConfig};
 
 /// What a request is served with: the handler's settings and shared state,
-/// the connection's local address, the gateway's services.
+/// the connection's local address, the gateway's services, and the
+/// connection's own readers.
 pub struct Connection {
     pub config: Arc<KafkaConfig>,
     pub producers: Arc<Producers>,
@@ -31,12 +34,17 @@ pub struct Connection {
     pub peer: SocketAddr,
     pub local: SocketAddr,
     pub ctx: Context,
+    /// The partitions this connection fetches, each with a reader standing
+    /// where the client's next Fetch is expected to ask. Behind an async
+    /// lock only because requests borrow the connection shared; they are
+    /// served one at a time, so it is never contended.
+    pub readers: tokio::sync::Mutex<Readers>,
 }
 
 /// The APIs served, each with the versions served: the message's own
 /// range (not `ApiKey::valid_versions`, which claims more than some
 /// messages decode), capped where this handler stops.
-fn supported() -> [(ApiKey, i16, i16); 14] {
+fn supported() -> [(ApiKey, i16, i16); 16] {
     [
         (
             ApiKey::ApiVersions,
@@ -61,6 +69,20 @@ fn supported() -> [(ApiKey, i16, i16); 14] {
             ApiKey::InitProducerId,
             InitProducerIdRequest::VERSIONS.min,
             InitProducerIdRequest::VERSIONS.max.min(4),
+        ),
+        // v7 adds timestamp -3, the offset of the largest timestamp, which
+        // would take a scan of the partition; v8+ add tiered-storage
+        // positions.
+        (
+            ApiKey::ListOffsets,
+            ListOffsetsRequest::VERSIONS.min,
+            ListOffsetsRequest::VERSIONS.max.min(6),
+        ),
+        // v13+ name topics by id, which the gateway does not keep.
+        (
+            ApiKey::Fetch,
+            FetchRequest::VERSIONS.min,
+            FetchRequest::VERSIONS.max.min(12),
         ),
         // v6 is for share groups.
         (
@@ -196,15 +218,21 @@ impl Connection {
             RequestKind::InitProducerId(request) => {
                 ResponseKind::InitProducerId(self.producers.init(&request))
             }
+            RequestKind::ListOffsets(request) => {
+                ResponseKind::ListOffsets(list_offsets::handle(self, request).await)
+            }
+            RequestKind::Fetch(request) => {
+                ResponseKind::Fetch(fetch::handle(self, request, version).await)
+            }
             RequestKind::FindCoordinator(request) => {
-                ResponseKind::FindCoordinator(group::find_coordinator(self, request))
+                ResponseKind::FindCoordinator(group::find_coordinator(self, request, version))
             }
             RequestKind::JoinGroup(request) => {
                 let client_id = header.client_id.as_ref().map_or("", |c| c.as_str());
                 ResponseKind::JoinGroup(group::join_group(self, request, version, client_id).await)
             }
             RequestKind::SyncGroup(request) => {
-                ResponseKind::SyncGroup(group::sync_group(self, request).await)
+                ResponseKind::SyncGroup(group::sync_group(self, request, version).await)
             }
             RequestKind::Heartbeat(request) => {
                 ResponseKind::Heartbeat(group::heartbeat(self, request))
@@ -216,13 +244,13 @@ impl Connection {
                 ResponseKind::OffsetCommit(group::offset_commit(self, request).await)
             }
             RequestKind::OffsetFetch(request) => {
-                ResponseKind::OffsetFetch(group::offset_fetch(self, request).await)
+                ResponseKind::OffsetFetch(group::offset_fetch(self, request, version).await)
             }
             RequestKind::ListGroups(request) => {
-                ResponseKind::ListGroups(group::list_groups(self, request).await)
+                ResponseKind::ListGroups(group::list_groups(self, request, version).await)
             }
             RequestKind::DescribeGroups(request) => {
-                ResponseKind::DescribeGroups(group::describe_groups(self, request).await)
+                ResponseKind::DescribeGroups(group::describe_groups(self, request, version).await)
             }
             RequestKind::DeleteGroups(request) => {
                 ResponseKind::DeleteGroups(group::delete_groups(self, request).await)
@@ -235,6 +263,35 @@ impl Connection {
             }
         };
         encode(api, version, header.correlation_id, &response).map(Some)
+    }
+}
+
+impl Connection {
+    /// The backend topic of partition `index` of the Kafka topic `name`,
+    /// if the client may perform `action` on it: `t-partition-p`, or the
+    /// topic itself as partition 0 when it has no partitions.
+    pub async fn partition(
+        &self,
+        name: &str,
+        index: i32,
+        action: Action,
+    ) -> Result<TopicName, ResponseError> {
+        let topic = self
+            .ctx
+            .router
+            .resolve(Protocol::Kafka, name, &Principal::anonymous(), action)
+            .map_err(|e| match e {
+                gateway_api::RouteError::NotAuthorized { .. } => {
+                    ResponseError::TopicAuthorizationFailed
+                }
+                _ => ResponseError::InvalidTopicException,
+            })?;
+        let count = self.partition_counts.get(self, &topic).await?;
+        match (count, u32::try_from(index)) {
+            (0, Ok(0)) => Ok(topic),
+            (n, Ok(p)) if p < n => Ok(topic.partition(p)),
+            _ => Err(ResponseError::UnknownTopicOrPartition),
+        }
     }
 }
 
@@ -286,6 +343,9 @@ mod tests {
         }
         assert!(is_supported(ApiKey::Produce, 9));
         assert!(!is_supported(ApiKey::Produce, 2), "message sets v0/v1");
-        assert!(!is_supported(ApiKey::Fetch, 4), "not built yet");
+        assert!(is_supported(ApiKey::Fetch, 4));
+        assert!(!is_supported(ApiKey::Fetch, 13), "topic ids");
+        assert!(is_supported(ApiKey::ListOffsets, 1));
+        assert!(!is_supported(ApiKey::ListOffsets, 7), "max timestamp");
     }
 }

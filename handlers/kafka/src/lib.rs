@@ -1,11 +1,17 @@
 //! The Kafka protocol handler: Kafka clients connect to the gateway as to
-//! a broker and publish through the handler contract.
+//! a broker and publish and consume through the handler contract.
 //!
 //! Built so far: ApiVersions, Metadata (the gateway as the one broker of
 //! every partition, auto-creating topics), Produce (record batch v2,
-//! uncompressed; acks 0, 1 and all, answered once the backend persisted)
-//! and InitProducerId with the idempotent producer's sequence checks.
-//! Requests of a connection are served one at a time, in order.
+//! uncompressed; acks 0, 1 and all, answered once the backend persisted),
+//! InitProducerId with the idempotent producer's sequence checks,
+//! ListOffsets (earliest, latest, by time) and Fetch (record batch v2,
+//! Kafka's byte limits, long polls; no fetch sessions), and consumer
+//! groups: FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup,
+//! OffsetCommit, OffsetFetch, ListGroups, DescribeGroups, DeleteGroups (the
+//! gateway coordinates every group; committed offsets live in the metadata
+//! store). Requests of a connection are served one at a time, in order, as
+//! a Kafka broker serves them.
 //!
 //! Kafka partition `p` of topic `t` is the backend topic `t-partition-p`;
 //! a topic without partitions is a Kafka topic of one partition. A record's
@@ -13,8 +19,10 @@
 //! event time.
 
 mod api;
+mod fetch;
 mod frame;
 mod group;
+mod list_offsets;
 mod metadata;
 mod produce;
 
@@ -42,6 +50,14 @@ pub struct KafkaConfig {
     pub default_partitions: u32,
     /// The group coordinator's settings.
     pub groups: GroupSettings,
+    /// The most record bytes one Fetch response holds, whatever the client
+    /// asks (Kafka's broker `fetch.max.bytes`, 55 MiB); a single record
+    /// larger than this still goes, alone.
+    pub fetch_max_bytes: usize,
+    /// Partitions a connection keeps a reader open on between Fetch
+    /// requests; past it the least recently fetched one is closed (and
+    /// opened again, at a cost, when fetched again).
+    pub fetch_readers: usize,
 }
 
 impl Default for KafkaConfig {
@@ -51,6 +67,8 @@ impl Default for KafkaConfig {
             advertised: None,
             default_partitions: 1,
             groups: GroupSettings::default(),
+            fetch_max_bytes: 55 << 20,
+            fetch_readers: 100,
         }
     }
 }
@@ -100,6 +118,7 @@ impl ProtocolHandler for KafkaHandler {
             peer,
             local,
             ctx: ctx.clone(),
+            readers: tokio::sync::Mutex::new(fetch::Readers::new(self.config.fetch_readers)),
         };
         loop {
             let frame = tokio::select! {

@@ -5,7 +5,9 @@
 //! [`coordinator`]'s, offsets are [`offsets`]' in the metadata store.
 //!
 //! Each function here translates one request to the coordinator's plain
-//! types and its answer back, with Kafka's error codes.
+//! types and its answer back, with Kafka's error codes. A response sets
+//! only the fields its version has: kafka-protocol refuses to encode one
+//! that sets another.
 
 pub mod coordinator;
 pub mod offsets;
@@ -78,6 +80,7 @@ fn millis(ms: i32) -> std::time::Duration {
 pub fn find_coordinator(
     conn: &Connection,
     request: FindCoordinatorRequest,
+    version: i16,
 ) -> FindCoordinatorResponse {
     let (host, port) = metadata::broker_address(conn);
     let entry = |key: StrBytes| {
@@ -96,17 +99,20 @@ pub fn find_coordinator(
     };
     let mut response = FindCoordinatorResponse::default();
     // v4+ asks for a batch of keys; earlier versions for one.
-    response.coordinators = request
-        .coordinator_keys
-        .iter()
-        .cloned()
-        .map(entry)
-        .collect();
-    let single = entry(request.key.clone());
-    response.error_code = single.error_code;
-    response.node_id = single.node_id;
-    response.host = single.host;
-    response.port = single.port;
+    if version >= 4 {
+        response.coordinators = request
+            .coordinator_keys
+            .iter()
+            .cloned()
+            .map(entry)
+            .collect();
+    } else {
+        let single = entry(request.key.clone());
+        response.error_code = single.error_code;
+        response.node_id = single.node_id;
+        response.host = single.host;
+        response.port = single.port;
+    }
     response
 }
 
@@ -159,7 +165,9 @@ pub async fn join_group(
     match outcome {
         Ok(joined) => {
             response.generation_id = joined.generation;
-            response.protocol_type = Some(str_bytes(joined.protocol_type));
+            if version >= 7 {
+                response.protocol_type = Some(str_bytes(joined.protocol_type));
+            }
             response.protocol_name = Some(str_bytes(joined.protocol));
             response.leader = str_bytes(joined.leader);
             response.member_id = str_bytes(joined.member_id);
@@ -169,7 +177,9 @@ pub async fn join_group(
                 .map(|m| {
                     let mut member = JoinGroupResponseMember::default();
                     member.member_id = str_bytes(m.member_id);
-                    member.group_instance_id = m.instance_id.map(str_bytes);
+                    if version >= 5 {
+                        member.group_instance_id = m.instance_id.map(str_bytes);
+                    }
                     member.metadata = m.metadata;
                     member
                 })
@@ -184,7 +194,11 @@ pub async fn join_group(
 }
 
 /// SyncGroup; a follower waits for the leader's assignment.
-pub async fn sync_group(conn: &Connection, request: SyncGroupRequest) -> SyncGroupResponse {
+pub async fn sync_group(
+    conn: &Connection,
+    request: SyncGroupRequest,
+    version: i16,
+) -> SyncGroupResponse {
     let assignments = request
         .assignments
         .iter()
@@ -219,8 +233,10 @@ pub async fn sync_group(conn: &Connection, request: SyncGroupRequest) -> SyncGro
             if mismatch {
                 response.error_code = ResponseError::InconsistentGroupProtocol.code();
             } else {
-                response.protocol_type = Some(str_bytes(synced.protocol_type));
-                response.protocol_name = Some(str_bytes(synced.protocol));
+                if version >= 5 {
+                    response.protocol_type = Some(str_bytes(synced.protocol_type));
+                    response.protocol_name = Some(str_bytes(synced.protocol));
+                }
                 response.assignment = synced.assignment;
             }
         }
@@ -339,7 +355,11 @@ pub async fn offset_commit(
 
 /// OffsetFetch (one group, v1-7): the partitions asked for, or every
 /// partition with a committed offset; -1 where none is.
-pub async fn offset_fetch(conn: &Connection, request: OffsetFetchRequest) -> OffsetFetchResponse {
+pub async fn offset_fetch(
+    conn: &Connection,
+    request: OffsetFetchRequest,
+    version: i16,
+) -> OffsetFetchResponse {
     let group = text(&request.group_id);
     let store = conn.ctx.backend.metadata();
     let mut response = OffsetFetchResponse::default();
@@ -349,7 +369,9 @@ pub async fn offset_fetch(conn: &Connection, request: OffsetFetchRequest) -> Off
         match committed {
             Some(c) => {
                 p.committed_offset = c.offset;
-                p.committed_leader_epoch = c.leader_epoch;
+                if version >= 5 {
+                    p.committed_leader_epoch = c.leader_epoch;
+                }
                 p.metadata = Some(str_bytes(c.metadata));
             }
             None => {
@@ -399,7 +421,9 @@ pub async fn offset_fetch(conn: &Connection, request: OffsetFetchRequest) -> Off
                     }
                 }
             }
-            Err(e) => response.error_code = error_code(&e).code(),
+            // v1 has no group-level error: the group reads as without offsets.
+            Err(e) if version >= 2 => response.error_code = error_code(&e).code(),
+            Err(_) => {}
         },
     }
     response
@@ -407,7 +431,11 @@ pub async fn offset_fetch(conn: &Connection, request: OffsetFetchRequest) -> Off
 
 /// ListGroups: groups with members here, and groups with committed
 /// offsets (Empty), filtered by state (v4+).
-pub async fn list_groups(conn: &Connection, request: ListGroupsRequest) -> ListGroupsResponse {
+pub async fn list_groups(
+    conn: &Connection,
+    request: ListGroupsRequest,
+    version: i16,
+) -> ListGroupsResponse {
     let mut response = ListGroupsResponse::default();
     let mut listed: Vec<(String, &'static str, String)> = conn
         .coordinator
@@ -439,8 +467,9 @@ pub async fn list_groups(conn: &Connection, request: ListGroupsRequest) -> ListG
             let mut group = ListedGroup::default();
             group.group_id = GroupId(str_bytes(id));
             group.protocol_type = str_bytes(protocol_type);
-            group.group_state = StrBytes::from_static_str(state);
-            group.group_type = StrBytes::from_static_str("classic");
+            if version >= 4 {
+                group.group_state = StrBytes::from_static_str(state);
+            }
             group
         })
         .collect();
@@ -452,6 +481,7 @@ pub async fn list_groups(conn: &Connection, request: ListGroupsRequest) -> ListG
 pub async fn describe_groups(
     conn: &Connection,
     request: DescribeGroupsRequest,
+    version: i16,
 ) -> DescribeGroupsResponse {
     let store = conn.ctx.backend.metadata();
     let mut response = DescribeGroupsResponse::default();
@@ -469,7 +499,9 @@ pub async fn describe_groups(
                     .map(|m| {
                         let mut member = DescribedGroupMember::default();
                         member.member_id = str_bytes(m.member_id);
-                        member.group_instance_id = m.instance_id.map(str_bytes);
+                        if version >= 4 {
+                            member.group_instance_id = m.instance_id.map(str_bytes);
+                        }
                         member.client_id = str_bytes(m.client_id);
                         member.client_host = str_bytes(m.client_host);
                         member.member_metadata = m.metadata;
