@@ -1,6 +1,6 @@
-//! Consumer groups end to end, with kafka-python's group consumer
-//! (`subscribe`, manual commits): committed offsets survive the consumer,
-//! and two members of one group split a topic's partitions.
+//! Consumer groups end to end, with the group consumers of kafka-python
+//! and librdkafka (`subscribe`, manual commits): committed offsets survive
+//! the consumer, and two members of one group split a topic's partitions.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -47,17 +47,39 @@ async fn produce(bootstrap: &str, topic: &str, count: u64, spread: bool) {
     assert_eq!(acked.as_array().map(Vec::len), Some(count as usize));
 }
 
-async fn group_consume(bootstrap: &str, topic: &str, group: &str, count: u64) -> Value {
+/// A group consumer script: kafka-python's or librdkafka's.
+#[derive(Clone, Copy)]
+enum Client {
+    KafkaPython,
+    Librdkafka,
+}
+
+impl Client {
+    fn script(self) -> &'static str {
+        match self {
+            Client::KafkaPython => "kafka_python_group_consume.py",
+            Client::Librdkafka => "confluent_group_consume.py",
+        }
+    }
+}
+
+async fn group_consume(
+    client: Client,
+    bootstrap: &str,
+    topic: &str,
+    group: &str,
+    count: u64,
+) -> Value {
     let args = vec![
         bootstrap.to_owned(),
         topic.to_owned(),
         group.to_owned(),
         count.to_string(),
     ];
-    run_client("kafka_python_group_consume.py", args).await
+    run_client(client.script(), args).await
 }
 
-async fn a_group_resumes_after_its_committed_offsets(backend: BackendKind) {
+async fn a_group_resumes_after_its_committed_offsets(backend: BackendKind, client: Client) {
     let gw = Gateway::builder(backend)
         .arg("--kafka-group-initial-rebalance-delay")
         .arg("0")
@@ -67,12 +89,12 @@ async fn a_group_resumes_after_its_committed_offsets(backend: BackendKind) {
     let topic = unique("group-resume");
     produce(&bootstrap, &topic, 10, false).await;
 
-    let first = group_consume(&bootstrap, &topic, "readers", 10).await;
+    let first = group_consume(client, &bootstrap, &topic, "readers", 10).await;
     assert_eq!(records(&first), partition0(0..10, &[0]));
     assert_eq!(first["committed"]["0"], 10, "{first}");
 
     produce(&bootstrap, &topic, 5, false).await;
-    let second = group_consume(&bootstrap, &topic, "readers", 5).await;
+    let second = group_consume(client, &bootstrap, &topic, "readers", 5).await;
     assert_eq!(
         records(&second),
         partition0(10..15, &[0, 10]),
@@ -80,7 +102,7 @@ async fn a_group_resumes_after_its_committed_offsets(backend: BackendKind) {
     );
     assert_eq!(second["committed"]["0"], 15);
 
-    let other = group_consume(&bootstrap, &topic, "others", 15).await;
+    let other = group_consume(client, &bootstrap, &topic, "others", 15).await;
     assert_eq!(
         records(&other),
         partition0(0..15, &[0, 10]),
@@ -89,13 +111,23 @@ async fn a_group_resumes_after_its_committed_offsets(backend: BackendKind) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_group_resumes_after_its_committed_offsets_on_the_embedded_store() {
-    a_group_resumes_after_its_committed_offsets(BackendKind::Embedded).await;
+async fn a_kafka_python_group_resumes_after_its_committed_offsets_on_the_embedded_store() {
+    a_group_resumes_after_its_committed_offsets(BackendKind::Embedded, Client::KafkaPython).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_group_resumes_after_its_committed_offsets_on_pulsar() {
-    a_group_resumes_after_its_committed_offsets(BackendKind::Pulsar).await;
+async fn a_kafka_python_group_resumes_after_its_committed_offsets_on_pulsar() {
+    a_group_resumes_after_its_committed_offsets(BackendKind::Pulsar, Client::KafkaPython).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_librdkafka_group_resumes_after_its_committed_offsets_on_the_embedded_store() {
+    a_group_resumes_after_its_committed_offsets(BackendKind::Embedded, Client::Librdkafka).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_librdkafka_group_resumes_after_its_committed_offsets_on_pulsar() {
+    a_group_resumes_after_its_committed_offsets(BackendKind::Pulsar, Client::Librdkafka).await;
 }
 
 /// A group consumer running in the background: its "assigned" lines as
