@@ -464,6 +464,22 @@ pub async fn readers_start_at_every_kind_of_position(b: TestBackend) {
         .unwrap();
     r.seek(StartPosition::Offset(6)).await.unwrap();
     assert_eq!(r.next().await.unwrap().id.offset, 6);
+    // The offset the next message will get: that message, once published.
+    let r = b
+        .backend
+        .reader(&topic, StartPosition::Offset(9))
+        .await
+        .unwrap();
+    assert!(!r.has_message_available().await.unwrap());
+    b.backend
+        .publish(&topic, NewMessage::new("next"))
+        .await
+        .unwrap();
+    let next = tokio::time::timeout(DEADLINE, r.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((next.id.offset, &next.payload[..]), (9, &b"next"[..]));
 }
 
 pub async fn subscription_seek_rewinds_and_skips(b: TestBackend) {

@@ -111,6 +111,18 @@ impl Start {
             at_end: false,
         }
     }
+
+    /// Just after the message `id`: the broker starts at its entry, and
+    /// the reader drops it and what came before it in the entry.
+    fn after(id: &MessageId) -> Start {
+        let data = convert::id_data(id);
+        let floor = key(&data);
+        Start {
+            id: data,
+            floor: Some(floor),
+            at_end: false,
+        }
+    }
 }
 
 /// The crate's consumer and where the reader stands on it.
@@ -234,7 +246,9 @@ impl Reader for PulsarReader {
 }
 
 /// The start for a contract position; offsets and times through `positions`
-/// (past the end: the end).
+/// (past the end: the end). The offset the next message will get starts
+/// just after the message before it, not at the end found on subscribing:
+/// a message published in between is read, as the offset promised.
 async fn resolve(
     positions: &dyn Positions,
     topic: &TopicName,
@@ -244,7 +258,14 @@ async fn resolve(
         StartPosition::Earliest => return Ok(Start::earliest()),
         StartPosition::Latest => return Ok(Start::latest()),
         StartPosition::Id(id) => Some(id),
-        StartPosition::Offset(offset) => positions.offset(topic, offset).await?,
+        StartPosition::Offset(offset) => match positions.offset(topic, offset).await? {
+            Some(id) => Some(id),
+            None if offset == 0 => return Ok(Start::earliest()),
+            None => match positions.offset(topic, offset - 1).await? {
+                Some(previous) => return Ok(Start::after(&previous)),
+                None => None,
+            },
+        },
         StartPosition::Timestamp(timestamp) => positions.timestamp(topic, timestamp).await?,
     };
     Ok(id.as_ref().map_or_else(Start::latest, Start::at))
