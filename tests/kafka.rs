@@ -3,9 +3,13 @@
 //! backends; on Pulsar, what arrived is read back with the official Pulsar
 //! client. Consumers without a group (kafka-python and librdkafka, assigning
 //! partitions themselves) read back what was produced, wait at the end for
-//! new records, reset when out of range, and list offsets. Also: a gateway
-//! killed (SIGKILL) under load loses no message it acknowledged.
+//! new records, reset when out of range, and list offsets. Topics are
+//! administered with both clients' admin APIs (`kafka/admin.rs`), consumer
+//! groups tested in `kafka/groups.rs`. Also: a gateway killed (SIGKILL)
+//! under load loses no message it acknowledged.
 
+#[path = "kafka/admin.rs"]
+mod admin;
 mod common;
 #[path = "kafka/groups.rs"]
 mod groups;

@@ -10,8 +10,10 @@
 //! groups: FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup,
 //! OffsetCommit, OffsetFetch, ListGroups, DescribeGroups, DeleteGroups (the
 //! gateway coordinates every group; committed offsets live in the metadata
-//! store). Requests of a connection are served one at a time, in order, as
-//! a Kafka broker serves them.
+//! store), and topic administration: CreateTopics, DeleteTopics,
+//! CreatePartitions, DescribeConfigs (a topic's fixed settings). Requests
+//! of a connection are served one at a time, in order, as a Kafka broker
+//! serves them.
 //!
 //! Kafka partition `p` of topic `t` is the backend topic `t-partition-p`;
 //! a topic without partitions is a Kafka topic of one partition. A record's
@@ -25,6 +27,7 @@ mod group;
 mod list_offsets;
 mod metadata;
 mod produce;
+mod topics;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
