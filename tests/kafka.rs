@@ -5,7 +5,8 @@
 //! partitions themselves) read back what was produced, wait at the end for
 //! new records, reset when out of range, and list offsets. Topics are
 //! administered with both clients' admin APIs (`kafka/admin.rs`), consumer
-//! groups tested in `kafka/groups.rs`. Also: a gateway killed (SIGKILL)
+//! groups tested in `kafka/groups.rs`. A Pulsar application's batched
+//! messages reach both consumers intact. Also: a gateway killed (SIGKILL)
 //! under load loses no message it acknowledged.
 
 #[path = "kafka/admin.rs"]
@@ -512,4 +513,80 @@ async fn partitions_of_a_partitioned_pulsar_topic_are_consumed_where_produced() 
     assert_eq!(consumed, expected);
     let used: std::collections::HashSet<u64> = acked.iter().map(|&(p, _)| p).collect();
     assert!(used.len() > 1, "the keys went to one partition: {acked:?}");
+}
+
+/// A Pulsar application's messages (the official client, batching on) are
+/// fetched by Kafka consumers with contiguous
+/// offsets, key, headers (the properties), value and timestamp (the event
+/// time) intact. On Pulsar only: the Pulsar client needs a Pulsar.
+async fn pulsar_messages_reach_kafka_consumers_intact(consumer: &str) {
+    let gw = Gateway::start(BackendKind::Pulsar).await;
+    let bootstrap = gw.kafka_addr.expect("a Kafka listener").to_string();
+    let topic = unique("from-pulsar");
+    let (url, _) = test_pulsar_urls();
+    let ids = run_client(
+        "pulsar_produce.py",
+        vec![
+            url,
+            format!("persistent://public/default/{topic}"),
+            "30".into(),
+        ],
+    )
+    .await;
+    let ids = ids.as_array().expect("a list");
+    assert!(
+        ids.iter()
+            .all(|id| !id.as_str().unwrap_or("error").starts_with("error")),
+        "{ids:?}"
+    );
+    // Batched: some ids, "(ledger,entry,partition,batch_index)", carry a
+    // batch index past the first.
+    let batch_index = |id: &Value| -> Option<i64> {
+        let id = id.as_str()?.trim_matches(|c| c == '(' || c == ')');
+        id.rsplit(',').next()?.parse().ok()
+    };
+    assert!(
+        ids.iter().any(|id| batch_index(id).is_some_and(|b| b > 0)),
+        "the messages were not batched: {ids:?}"
+    );
+
+    let records = run_client(consumer, vec![bootstrap, topic, "30".into()]).await;
+    let records = records.as_array().expect("a list");
+    assert_eq!(records.len(), 30, "{records:?}");
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r["offset"], i as u64, "{r}");
+        assert_eq!(r["value"], format!("v{i}"), "{r}");
+        assert_eq!(r["key"], format!("k{}", i % 3), "{r}");
+        let mut headers: Vec<(String, String)> = r["headers"]
+            .as_array()
+            .expect("headers")
+            .iter()
+            .map(|h| {
+                (
+                    h[0].as_str().unwrap().to_owned(),
+                    h[1].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        headers.sort();
+        assert_eq!(
+            headers,
+            vec![
+                ("h".to_owned(), format!("x{i}")),
+                ("n".to_owned(), i.to_string())
+            ],
+            "{r}"
+        );
+        assert_eq!(r["timestamp"], 1_700_000_000_000u64 + i as u64, "{r}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulsar_messages_reach_kafka_python_intact() {
+    pulsar_messages_reach_kafka_consumers_intact("kafka_python_consume.py").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulsar_messages_reach_librdkafka_intact() {
+    pulsar_messages_reach_kafka_consumers_intact("confluent_consume.py").await;
 }
