@@ -5,7 +5,8 @@
 //! partitions themselves) read back what was produced, wait at the end for
 //! new records, reset when out of range, and list offsets. Topics are
 //! administered with both clients' admin APIs (`kafka/admin.rs`), consumer
-//! groups tested in `kafka/groups.rs`. A Pulsar application's batched
+//! groups tested in `kafka/groups.rs`, the Java client in `kafka/java.rs`.
+//! A Pulsar application's batched
 //! messages reach both consumers intact. Also: a gateway killed (SIGKILL)
 //! under load loses no message it acknowledged.
 
@@ -14,6 +15,8 @@ mod admin;
 mod common;
 #[path = "kafka/groups.rs"]
 mod groups;
+#[path = "kafka/java.rs"]
+mod java;
 
 use std::process::{Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
