@@ -4,6 +4,8 @@ Usage: kafka_python_produce.py BOOTSTRAP TOPIC COUNT [spread]
   Sends COUNT records (value vN, key kN%3, header h=xN) and prints one JSON
   list of {"partition", "offset"} in send order. With "spread", record N
   goes to partition N % (the topic's partition count) rather than by key.
+  --compression TYPE (anywhere): kafka-python's compression_type, e.g.
+  gzip (the one codec it needs no extra package for).
 Usage: kafka_python_produce.py BOOTSTRAP TOPIC forever
   Sends until killed, one record at a time, printing each acknowledged
   value on its own line as soon as the gateway acknowledged it.
@@ -14,8 +16,14 @@ import sys
 
 from kafka import KafkaProducer
 
-bootstrap, topic, count = sys.argv[1], sys.argv[2], sys.argv[3]
-producer = KafkaProducer(bootstrap_servers=bootstrap)
+args = sys.argv[1:]
+compression = None
+if "--compression" in args:
+    at = args.index("--compression")
+    compression = args[at + 1]
+    del args[at : at + 2]
+bootstrap, topic, count = args[0], args[1], args[2]
+producer = KafkaProducer(bootstrap_servers=bootstrap, compression_type=compression)
 
 if count == "forever":
     i = 0
@@ -29,7 +37,7 @@ if count == "forever":
         print(value.decode(), flush=True)
         i += 1
 else:
-    spread = len(sys.argv) > 4 and sys.argv[4] == "spread"
+    spread = len(args) > 3 and args[3] == "spread"
     partitions = sorted(producer.partitions_for(topic)) if spread else []
     futures = [
         producer.send(
