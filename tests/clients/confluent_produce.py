@@ -52,5 +52,8 @@ for i in range(count):
     )
 remaining = producer.flush(30)
 if remaining or errors:
-    raise KafkaException("%d records unacknowledged; errors: %s" % (remaining, errors))
+    raise KafkaException(
+        "%d records unacknowledged, %d failed; the first: %s"
+        % (remaining, len(errors), errors[:3])
+    )
 print(json.dumps(results))

@@ -5,7 +5,9 @@ Usage: kafka_python_produce.py BOOTSTRAP TOPIC COUNT [spread]
   list of {"partition", "offset"} in send order. With "spread", record N
   goes to partition N % (the topic's partition count) rather than by key.
   --compression TYPE (anywhere): kafka-python's compression_type, e.g.
-  gzip (the one codec it needs no extra package for).
+  gzip (the one codec it needs no extra package for), with linger_ms=100 so
+  that records share batches: kafka-python sends a batch uncompressed when
+  compressing does not make it smaller, as with a single small record.
 Usage: kafka_python_produce.py BOOTSTRAP TOPIC forever
   Sends until killed, one record at a time, printing each acknowledged
   value on its own line as soon as the gateway acknowledged it.
@@ -23,7 +25,12 @@ if "--compression" in args:
     compression = args[at + 1]
     del args[at : at + 2]
 bootstrap, topic, count = args[0], args[1], args[2]
-producer = KafkaProducer(bootstrap_servers=bootstrap, compression_type=compression)
+if compression is None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap)
+else:
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap, compression_type=compression, linger_ms=100
+    )
 
 if count == "forever":
     i = 0
