@@ -38,8 +38,9 @@ const RECENT_BATCHES: usize = 5;
 /// dropped (their producers' next batch is then accepted as it comes).
 const MAX_STATES: usize = 100_000;
 
-/// Where a batch's length ends: after its base offset and the length.
-const BATCH_LENGTH_END: usize = 12;
+/// Where a batch's length (4 bytes, big-endian) starts: after its base
+/// offset. The length counts the bytes after it.
+const BATCH_LENGTH_OFFSET: usize = 8;
 
 /// Where a batch's attributes start (after base offset, length, partition
 /// leader epoch, magic and CRC); their low three bits name the codec.
@@ -268,6 +269,8 @@ async fn decode_next_batch(records: &mut Bytes, cap: usize) -> Result<Vec<Record
     if !is_compressed(&batch) {
         return decode_batch(batch, cap);
     }
+    // A decoder that panicked (a bug, not the client's doing) fails this
+    // partition only.
     tokio::task::spawn_blocking(move || decode_batch(batch, cap))
         .await
         .unwrap_or(Err(ResponseError::UnknownServerError))
@@ -277,12 +280,13 @@ async fn decode_next_batch(records: &mut Bytes, cap: usize) -> Result<Vec<Record
 /// checks the rest.
 fn split_batch(records: &mut Bytes) -> Result<Bytes, ResponseError> {
     let length = records
-        .get(BATCH_LENGTH_END - 4..BATCH_LENGTH_END)
-        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .get(BATCH_LENGTH_OFFSET..)
+        .and_then(|rest| rest.first_chunk::<4>())
+        .copied()
         .map(i32::from_be_bytes)
         .and_then(|length| usize::try_from(length).ok())
         .ok_or(ResponseError::CorruptMessage)?;
-    let end = BATCH_LENGTH_END.saturating_add(length);
+    let end = (BATCH_LENGTH_OFFSET + 4).saturating_add(length);
     if end > records.len() {
         return Err(ResponseError::CorruptMessage);
     }
@@ -306,7 +310,7 @@ fn is_compressed(batch: &[u8]) -> bool {
 /// producer splits a batch of several and sends the halves. Compressed data
 /// that does not decompress is CORRUPT_MESSAGE, as every other batch that
 /// fails its checks here.
-pub(crate) fn decode_batch(mut batch: Bytes, cap: usize) -> Result<Vec<Record>, ResponseError> {
+fn decode_batch(mut batch: Bytes, cap: usize) -> Result<Vec<Record>, ResponseError> {
     let capped = |buf: &mut Bytes, codec: Compression| -> anyhow::Result<Bytes> {
         Ok(decompress(buf, codec, cap)?)
     };
