@@ -3,12 +3,13 @@
 //! backends; on Pulsar, what arrived is read back with the official Pulsar
 //! client. Consumers without a group (kafka-python and librdkafka, assigning
 //! partitions themselves) read back what was produced, wait at the end for
-//! new records, reset when out of range, and list offsets. Topics are
-//! administered with both clients' admin APIs (`kafka/admin.rs`), consumer
-//! groups tested in `kafka/groups.rs`, the Java client in `kafka/java.rs`.
-//! A Pulsar application's batched
-//! messages reach both consumers intact. Also: a gateway killed (SIGKILL)
-//! under load loses no message it acknowledged.
+//! new records, reset when out of range, and list offsets. Batches
+//! compressed with each of Kafka's codecs (librdkafka; kafka-python with
+//! gzip) are consumed back intact. Topics are administered with both
+//! clients' admin APIs (`kafka/admin.rs`), consumer groups tested in
+//! `kafka/groups.rs`, the Java client in `kafka/java.rs`. A Pulsar
+//! application's batched messages reach both consumers intact. Also: a
+//! gateway killed (SIGKILL) under load loses no message it acknowledged.
 
 #[path = "kafka/admin.rs"]
 mod admin;
@@ -248,6 +249,81 @@ async fn librdkafka_consumes_assigned_partitions_on_the_embedded_store() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn librdkafka_consumes_assigned_partitions_on_pulsar() {
     librdkafka_consumes_without_a_group(BackendKind::Pulsar).await;
+}
+
+/// Checks a produce script's acknowledgements: `n` records on partition 0
+/// at offsets 0..n, in send order.
+fn assert_acked_in_order(acked: &Value, n: u64) {
+    let acked = acked.as_array().expect("a list");
+    let offsets: Vec<(u64, u64)> = acked
+        .iter()
+        .map(|r| {
+            (
+                r["partition"].as_u64().unwrap(),
+                r["offset"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(offsets, (0..n).map(|i| (0, i)).collect::<Vec<_>>());
+}
+
+/// Records produced compressed (librdkafka with each of Kafka's codecs,
+/// kafka-python with gzip) are acknowledged at contiguous offsets and
+/// consumed back intact, by the other client library.
+async fn compressed_batches_are_stored_and_consumed_back(backend: BackendKind) {
+    let gw = Gateway::start(backend).await;
+    let bootstrap = gw.kafka_addr.expect("a Kafka listener").to_string();
+    let n = 200;
+    for codec in ["gzip", "snappy", "lz4", "zstd"] {
+        let topic = unique(&format!("librdkafka-{codec}"));
+        let acked = run_client(
+            "confluent_produce.py",
+            vec![
+                bootstrap.clone(),
+                topic.clone(),
+                n.to_string(),
+                codec.into(),
+            ],
+        )
+        .await;
+        assert_acked_in_order(&acked, n);
+        let records = run_client(
+            "kafka_python_consume.py",
+            vec![bootstrap.clone(), topic, n.to_string()],
+        )
+        .await;
+        assert_produced_records(&records, n);
+    }
+
+    let topic = unique("kafka-python-gzip");
+    let acked = run_client(
+        "kafka_python_produce.py",
+        vec![
+            bootstrap.clone(),
+            topic.clone(),
+            n.to_string(),
+            "--compression".into(),
+            "gzip".into(),
+        ],
+    )
+    .await;
+    assert_acked_in_order(&acked, n);
+    let records = run_client(
+        "confluent_consume.py",
+        vec![bootstrap, topic, n.to_string()],
+    )
+    .await;
+    assert_produced_records(&records, n);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_batches_are_stored_and_consumed_back_on_the_embedded_store() {
+    compressed_batches_are_stored_and_consumed_back(BackendKind::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_batches_are_stored_and_consumed_back_on_pulsar() {
+    compressed_batches_are_stored_and_consumed_back(BackendKind::Pulsar).await;
 }
 
 /// A consumer (`script`, run with `--tail`) waiting at the end of a

@@ -3,10 +3,12 @@
 //!
 //! Built so far: ApiVersions, Metadata (the gateway as the one broker of
 //! every partition, auto-creating topics), Produce (record batch v2,
-//! uncompressed; acks 0, 1 and all, answered once the backend persisted),
-//! InitProducerId with the idempotent producer's sequence checks,
-//! ListOffsets (earliest, latest, by time) and Fetch (record batch v2,
-//! Kafka's byte limits, long polls; no fetch sessions), and consumer
+//! uncompressed or compressed with gzip, snappy, lz4 or zstd, each batch
+//! decompressed under a cap of `max_frame_bytes`; acks 0, 1 and all,
+//! answered once the backend persisted), InitProducerId with the
+//! idempotent producer's sequence checks, ListOffsets (earliest, latest, by
+//! time) and Fetch (record batch v2, uncompressed whatever the producer
+//! sent; Kafka's byte limits, long polls; no fetch sessions), and consumer
 //! groups: FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup,
 //! OffsetCommit, OffsetFetch, ListGroups, DescribeGroups, DeleteGroups (the
 //! gateway coordinates every group; committed offsets live in the metadata
@@ -21,6 +23,7 @@
 //! event time.
 
 mod api;
+mod decompress;
 mod fetch;
 mod frame;
 mod group;
@@ -43,7 +46,11 @@ pub use produce::Producers;
 pub struct KafkaConfig {
     /// The longest request accepted, in bytes (Kafka's
     /// `socket.request.max.bytes`, 100 MiB); a longer one closes the
-    /// connection.
+    /// connection. Also the most a produced record batch may decompress
+    /// to: a compressed batch holding more is refused (MESSAGE_TOO_LARGE)
+    /// once its decompressor has yielded one byte too many, so a
+    /// connection never holds more decompressed than it may hold on the
+    /// wire.
     pub max_frame_bytes: usize,
     /// The address Metadata gives clients for the broker (`host`, `port`);
     /// `None`: the address each client connected to.
