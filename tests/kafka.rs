@@ -7,7 +7,8 @@
 //! compressed with each of Kafka's codecs (librdkafka; kafka-python with
 //! gzip) are consumed back intact. Topics are administered with both
 //! clients' admin APIs (`kafka/admin.rs`), consumer groups tested in
-//! `kafka/groups.rs`, the Java client in `kafka/java.rs`. A Pulsar
+//! `kafka/groups.rs`, the Java client in `kafka/java.rs`, rskafka (a Rust
+//! client) in `kafka/rskafka.rs`. A Pulsar
 //! application's batched messages reach both consumers intact. Also: a
 //! gateway killed (SIGKILL) under load loses no message it acknowledged.
 
@@ -18,6 +19,8 @@ mod common;
 mod groups;
 #[path = "kafka/java.rs"]
 mod java;
+#[path = "kafka/rskafka.rs"]
+mod rskafka_client;
 
 use std::process::{Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -145,6 +145,13 @@ impl Cursor {
 }
 
 impl Readers {
+    /// Closes the readers of `topic` (a base topic: all its partitions),
+    /// as before the topic is deleted.
+    pub fn forget_topic(&mut self, topic: &TopicName) {
+        self.cursors
+            .retain(|partition, _| partition.base() != *topic);
+    }
+
     /// Keeps at most `max` readers (at least one).
     pub fn new(max: usize) -> Readers {
         Readers {

@@ -192,6 +192,9 @@ pub async fn delete_topics(
 
 async fn delete(conn: &Connection, name: &str) -> Result<(), Refusal> {
     let topic = resolve(conn, name, Action::Admin)?;
+    // This connection's own readers would hold the topic open (Pulsar
+    // refuses to delete a topic with consumers).
+    conn.readers.lock().await.forget_topic(&topic);
     let outcome = conn.ctx.backend.delete_topic(&topic).await;
     conn.partition_counts.forget(&topic);
     outcome.map_err(|e| refusal(&e))
