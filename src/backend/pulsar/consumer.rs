@@ -16,9 +16,10 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use gateway_api::{
     BackendError, Message, MessageId, StartPosition, Subscription, SubscriptionKind, TopicName,
 };
@@ -31,6 +32,60 @@ use super::opener::Opener;
 
 /// The crate's consumer of raw payloads.
 pub type RawConsumer = pulsar::Consumer<Vec<u8>, TokioExecutor>;
+
+/// How long one close or unsubscribe of the crate's consumer is waited
+/// for before its queue is drained again and the call repeated.
+const ENGINE_ATTEMPT: Duration = Duration::from_secs(1);
+
+/// How long a close or unsubscribe is tried in all.
+const ENGINE_GRACE: Duration = Duration::from_secs(10);
+
+/// A call of the crate's consumer that its engine must answer.
+#[derive(Clone, Copy, Debug)]
+enum EngineCall {
+    Close,
+    Unsubscribe,
+}
+
+/// Makes `call` on the crate's consumer, draining its delivery queue
+/// first and again whenever an attempt goes unanswered.
+///
+/// The crate's consumer engine answers calls only between deliveries, and
+/// a delivery waits while the engine's queue toward the consumer is full:
+/// a consumer that is not read (closing, or its handler stopped receiving)
+/// with more messages on their way would never be closed. Drained
+/// messages were not acknowledged; Pulsar delivers them again.
+async fn call_engine(consumer: &mut RawConsumer, call: EngineCall) -> Result<(), BackendError> {
+    let deadline = tokio::time::Instant::now() + ENGINE_GRACE;
+    loop {
+        while let Some(Some(_)) = consumer.next().now_or_never() {}
+        let attempt = async {
+            match call {
+                EngineCall::Close => consumer.close().await,
+                EngineCall::Unsubscribe => consumer.unsubscribe().await,
+            }
+        };
+        match tokio::time::timeout(ENGINE_ATTEMPT, attempt).await {
+            Ok(result) => return result.map_err(|e| convert::error(None, e)),
+            Err(_) if tokio::time::Instant::now() < deadline => {}
+            Err(_) => {
+                return Err(BackendError::Unavailable(format!(
+                    "the consumer's {call:?} went unanswered for {} s",
+                    ENGINE_GRACE.as_secs()
+                )))
+            }
+        }
+    }
+}
+
+/// Closes the crate's consumer. When its engine does not answer, the
+/// consumer is left to be dropped, which ends the engine and closes the
+/// consumer on the broker from a task of the crate's.
+pub(super) async fn close_consumer(consumer: &mut RawConsumer) {
+    if let Err(e) = call_engine(consumer, EngineCall::Close).await {
+        tracing::debug!("closing a consumer: {e}; dropping it instead");
+    }
+}
 
 /// What the handler side asks the task to do.
 enum Command {
@@ -242,7 +297,7 @@ impl Task {
                 }
                 // Every handle on the subscription is gone.
                 Event::Command(None) => {
-                    let _ = self.consumer.close().await;
+                    close_consumer(&mut self.consumer).await;
                     return;
                 }
                 Event::Next(next) => {
@@ -305,22 +360,15 @@ impl Task {
                 done
             }
             Command::Unsubscribe { reply } => {
-                let result = self
-                    .consumer
-                    .unsubscribe()
-                    .await
-                    .map_err(|e| convert::error(None, e));
-                let _ = self.consumer.close().await;
+                let result = call_engine(&mut self.consumer, EngineCall::Unsubscribe).await;
+                close_consumer(&mut self.consumer).await;
                 let _ = reply.send(result);
                 true
             }
             Command::Close { reply } => {
-                let result = self
-                    .consumer
-                    .close()
-                    .await
-                    .map_err(|e| convert::error(None, e));
-                let _ = reply.send(result);
+                // Detached either way: closed, or dropped as the task ends.
+                close_consumer(&mut self.consumer).await;
+                let _ = reply.send(Ok(()));
                 true
             }
         }
@@ -393,9 +441,7 @@ impl Task {
             Ok(planned) => planned,
             Err(e) => return (Err(e), false),
         };
-        if let Err(e) = self.consumer.close().await {
-            tracing::debug!("closing a consumer to seek: {e}");
-        }
+        close_consumer(&mut self.consumer).await;
         // A cursor that could not be moved is reported, and the consumer
         // goes on from where it was.
         let moved = self.opener.move_cursors(&planned).await;

@@ -24,7 +24,7 @@ use pulsar::message::proto::MessageIdData;
 use pulsar::{Pulsar, SubType, TokioExecutor};
 use tokio::sync::Mutex;
 
-use super::consumer::RawConsumer;
+use super::consumer::{close_consumer, RawConsumer};
 use super::convert;
 
 /// Messages the crate buffers toward a reader (its receiver queue).
@@ -225,9 +225,7 @@ impl Reader for PulsarReader {
         let fresh = subscribe(&self.client, &self.topic, start).await?;
         let mut old = std::mem::replace(&mut *state, fresh);
         // The old subscription is non-durable: closing it deletes it.
-        if let Err(e) = old.consumer.close().await {
-            tracing::debug!(topic = %self.topic, "closing a reader's old subscription: {e}");
-        }
+        close_consumer(&mut old.consumer).await;
         Ok(())
     }
 
