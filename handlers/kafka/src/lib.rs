@@ -10,8 +10,14 @@
 //! groups: FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup,
 //! OffsetCommit, OffsetFetch, ListGroups, DescribeGroups, DeleteGroups (the
 //! gateway coordinates every group; committed offsets live in the metadata
-//! store). Requests of a connection are served one at a time, in order, as
-//! a Kafka broker serves them.
+//! store), and SASL/PLAIN authentication (SaslHandshake v0-1,
+//! SaslAuthenticate v0-2) with the gateway's authenticator: with
+//! authentication on, a connection must authenticate (a Pulsar token as
+//! the password, `token:<jwt>` or bare) before any request but ApiVersions,
+//! and its principal is the one every topic it names is resolved and
+//! authorized for; with it off, SASL still succeeds with any password.
+//! Requests of a connection are served one at a time, in order, as a Kafka
+//! broker serves them.
 //!
 //! Kafka partition `p` of topic `t` is the backend topic `t-partition-p`;
 //! a topic without partitions is a Kafka topic of one partition. A record's
@@ -25,6 +31,7 @@ mod group;
 mod list_offsets;
 mod metadata;
 mod produce;
+mod sasl;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -110,6 +117,7 @@ impl ProtocolHandler for KafkaHandler {
         ctx: Context,
     ) -> Result<(), HandlerError> {
         let (mut reader, mut writer) = tokio::io::split(stream);
+        let session = sasl::Session::start(&*ctx.auth).await;
         let connection = api::Connection {
             config: self.config.clone(),
             producers: self.producers.clone(),
@@ -119,17 +127,38 @@ impl ProtocolHandler for KafkaHandler {
             local,
             ctx: ctx.clone(),
             readers: tokio::sync::Mutex::new(fetch::Readers::new(self.config.fetch_readers)),
+            session: std::sync::Mutex::new(session),
         };
         loop {
+            let (max_frame_bytes, raw_token) = {
+                let session = sasl::lock(&connection.session);
+                (
+                    session.max_frame_bytes(self.config.max_frame_bytes),
+                    session.expects_raw_token(),
+                )
+            };
             let frame = tokio::select! {
                 _ = ctx.shutdown.cancelled() => return Ok(()),
-                frame = frame::read(&mut reader, self.config.max_frame_bytes, &ctx.inbound) => frame?,
+                frame = frame::read(&mut reader, max_frame_bytes, &ctx.inbound) => frame?,
             };
             let Some(frame) = frame else {
                 return Ok(());
             };
+            if raw_token {
+                let answer = sasl::raw_token(&connection.session, &*ctx.auth, &frame.body).await?;
+                frame::write(&mut writer, &answer).await?;
+                continue;
+            }
+            let api_key = frame
+                .body
+                .get(..2)
+                .map_or(-1, |k| i16::from_be_bytes([k[0], k[1]]));
+            sasl::lock(&connection.session).admit(api_key)?;
             if let Some(response) = connection.handle(frame.body).await? {
                 frame::write(&mut writer, &response).await?;
+            }
+            if let Some(why) = sasl::lock(&connection.session).take_closing() {
+                return Err(why);
             }
         }
     }
