@@ -42,6 +42,10 @@ use gateway_api::{ClientStream, Context, HandlerError, Protocol, ProtocolHandler
 pub use group::coordinator::GroupSettings;
 pub use produce::Producers;
 
+/// How long a connection refused after its response (a failed SASL
+/// authentication) waits for the client to close it first.
+const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How the Kafka handler behaves.
 #[derive(Debug, Clone)]
 pub struct KafkaConfig {
@@ -157,7 +161,9 @@ impl ProtocolHandler for KafkaHandler {
             if let Some(response) = connection.handle(frame.body).await? {
                 frame::write(&mut writer, &response).await?;
             }
-            if let Some(why) = sasl::lock(&connection.session).take_closing() {
+            let closing = sasl::lock(&connection.session).take_closing();
+            if let Some(why) = closing {
+                frame::linger(&mut reader, CLOSE_LINGER).await;
                 return Err(why);
             }
         }
