@@ -7,6 +7,7 @@
 # Caches (all under ${XDG_CACHE_HOME:-$HOME/.cache}/pulsar-gateway/):
 #   target/             cargo build output, unless CARGO_TARGET_DIR is set
 #   venv-<hash>/        virtualenv keyed on tests/python/requirements.txt
+#   java-clients-<hash>/ the Java Kafka client's jars, keyed on tests/java/pom.xml
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -131,6 +132,26 @@ ensure_venv() {
     echo "PULSAR_GATEWAY_PYTHON=$PULSAR_GATEWAY_PYTHON"
 }
 
+# --- Java client jars --------------------------------------------------------
+# kafka-clients and its dependencies from Maven Central (tests/java/pom.xml),
+# copied once into a directory keyed on the pom.
+ensure_java_clients() {
+    command -v java >/dev/null 2>&1 || die "java not found: install a JDK 17+"
+    command -v mvn >/dev/null 2>&1 || die "mvn not found: install Maven"
+    local hash dir
+    hash="$(sha256sum tests/java/pom.xml | cut -c1-16)"
+    dir="$CACHE_ROOT/java-clients-$hash"
+    if [[ -f "$dir/.complete" ]]; then
+        echo "reusing $dir"
+    else
+        rm -rf "$dir"
+        mvn -q -B -f tests/java/pom.xml dependency:copy-dependencies -DoutputDirectory="$dir"
+        touch "$dir/.complete"
+    fi
+    export PULSAR_GATEWAY_JAVA_CLASSPATH="$dir/*"
+    echo "PULSAR_GATEWAY_JAVA_CLASSPATH=$PULSAR_GATEWAY_JAVA_CLASSPATH"
+}
+
 # --- Steps -------------------------------------------------------------------
 section "setup: Debian packages"
 ensure_debian_packages
@@ -145,6 +166,9 @@ ensure_venv
 # A real Apache Pulsar standalone for the Pulsar-backend tests: fetched
 # (cached) and started in the background while the code builds, stopped on
 # exit. Its own ports, so a developer's standalone on 6650 is left alone.
+section "setup: Java Kafka client"
+ensure_java_clients
+
 section "setup: Apache Pulsar standalone (background)"
 export PULSAR_PORT="${PULSAR_GATEWAY_TEST_PULSAR_PORT:-16650}"
 export PULSAR_WEB_PORT="${PULSAR_GATEWAY_TEST_PULSAR_WEB_PORT:-18081}"

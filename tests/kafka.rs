@@ -3,12 +3,21 @@
 //! backends; on Pulsar, what arrived is read back with the official Pulsar
 //! client. Consumers without a group (kafka-python and librdkafka, assigning
 //! partitions themselves) read back what was produced, wait at the end for
-//! new records, reset when out of range, and list offsets. Also: a gateway
-//! killed (SIGKILL) under load loses no message it acknowledged.
+//! new records, reset when out of range, and list offsets. Batches
+//! compressed with each of Kafka's codecs (librdkafka; kafka-python with
+//! gzip) are consumed back intact. Topics are administered with both
+//! clients' admin APIs (`kafka/admin.rs`), consumer groups tested in
+//! `kafka/groups.rs`, the Java client in `kafka/java.rs`. A Pulsar
+//! application's batched messages reach both consumers intact. Also: a
+//! gateway killed (SIGKILL) under load loses no message it acknowledged.
 
+#[path = "kafka/admin.rs"]
+mod admin;
 mod common;
 #[path = "kafka/groups.rs"]
 mod groups;
+#[path = "kafka/java.rs"]
+mod java;
 
 use std::process::{Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -240,6 +249,81 @@ async fn librdkafka_consumes_assigned_partitions_on_the_embedded_store() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn librdkafka_consumes_assigned_partitions_on_pulsar() {
     librdkafka_consumes_without_a_group(BackendKind::Pulsar).await;
+}
+
+/// Checks a produce script's acknowledgements: `n` records on partition 0
+/// at offsets 0..n, in send order.
+fn assert_acked_in_order(acked: &Value, n: u64) {
+    let acked = acked.as_array().expect("a list");
+    let offsets: Vec<(u64, u64)> = acked
+        .iter()
+        .map(|r| {
+            (
+                r["partition"].as_u64().unwrap(),
+                r["offset"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(offsets, (0..n).map(|i| (0, i)).collect::<Vec<_>>());
+}
+
+/// Records produced compressed (librdkafka with each of Kafka's codecs,
+/// kafka-python with gzip) are acknowledged at contiguous offsets and
+/// consumed back intact, by the other client library.
+async fn compressed_batches_are_stored_and_consumed_back(backend: BackendKind) {
+    let gw = Gateway::start(backend).await;
+    let bootstrap = gw.kafka_addr.expect("a Kafka listener").to_string();
+    let n = 200;
+    for codec in ["gzip", "snappy", "lz4", "zstd"] {
+        let topic = unique(&format!("librdkafka-{codec}"));
+        let acked = run_client(
+            "confluent_produce.py",
+            vec![
+                bootstrap.clone(),
+                topic.clone(),
+                n.to_string(),
+                codec.into(),
+            ],
+        )
+        .await;
+        assert_acked_in_order(&acked, n);
+        let records = run_client(
+            "kafka_python_consume.py",
+            vec![bootstrap.clone(), topic, n.to_string()],
+        )
+        .await;
+        assert_produced_records(&records, n);
+    }
+
+    let topic = unique("kafka-python-gzip");
+    let acked = run_client(
+        "kafka_python_produce.py",
+        vec![
+            bootstrap.clone(),
+            topic.clone(),
+            n.to_string(),
+            "--compression".into(),
+            "gzip".into(),
+        ],
+    )
+    .await;
+    assert_acked_in_order(&acked, n);
+    let records = run_client(
+        "confluent_consume.py",
+        vec![bootstrap, topic, n.to_string()],
+    )
+    .await;
+    assert_produced_records(&records, n);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_batches_are_stored_and_consumed_back_on_the_embedded_store() {
+    compressed_batches_are_stored_and_consumed_back(BackendKind::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_batches_are_stored_and_consumed_back_on_pulsar() {
+    compressed_batches_are_stored_and_consumed_back(BackendKind::Pulsar).await;
 }
 
 /// A consumer (`script`, run with `--tail`) waiting at the end of a
@@ -508,4 +592,80 @@ async fn partitions_of_a_partitioned_pulsar_topic_are_consumed_where_produced() 
     assert_eq!(consumed, expected);
     let used: std::collections::HashSet<u64> = acked.iter().map(|&(p, _)| p).collect();
     assert!(used.len() > 1, "the keys went to one partition: {acked:?}");
+}
+
+/// A Pulsar application's messages (the official client, batching on) are
+/// fetched by Kafka consumers with contiguous
+/// offsets, key, headers (the properties), value and timestamp (the event
+/// time) intact. On Pulsar only: the Pulsar client needs a Pulsar.
+async fn pulsar_messages_reach_kafka_consumers_intact(consumer: &str) {
+    let gw = Gateway::start(BackendKind::Pulsar).await;
+    let bootstrap = gw.kafka_addr.expect("a Kafka listener").to_string();
+    let topic = unique("from-pulsar");
+    let (url, _) = test_pulsar_urls();
+    let ids = run_client(
+        "pulsar_produce.py",
+        vec![
+            url,
+            format!("persistent://public/default/{topic}"),
+            "30".into(),
+        ],
+    )
+    .await;
+    let ids = ids.as_array().expect("a list");
+    assert!(
+        ids.iter()
+            .all(|id| !id.as_str().unwrap_or("error").starts_with("error")),
+        "{ids:?}"
+    );
+    // Batched: some ids, "(ledger,entry,partition,batch_index)", carry a
+    // batch index past the first.
+    let batch_index = |id: &Value| -> Option<i64> {
+        let id = id.as_str()?.trim_matches(|c| c == '(' || c == ')');
+        id.rsplit(',').next()?.parse().ok()
+    };
+    assert!(
+        ids.iter().any(|id| batch_index(id).is_some_and(|b| b > 0)),
+        "the messages were not batched: {ids:?}"
+    );
+
+    let records = run_client(consumer, vec![bootstrap, topic, "30".into()]).await;
+    let records = records.as_array().expect("a list");
+    assert_eq!(records.len(), 30, "{records:?}");
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r["offset"], i as u64, "{r}");
+        assert_eq!(r["value"], format!("v{i}"), "{r}");
+        assert_eq!(r["key"], format!("k{}", i % 3), "{r}");
+        let mut headers: Vec<(String, String)> = r["headers"]
+            .as_array()
+            .expect("headers")
+            .iter()
+            .map(|h| {
+                (
+                    h[0].as_str().unwrap().to_owned(),
+                    h[1].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        headers.sort();
+        assert_eq!(
+            headers,
+            vec![
+                ("h".to_owned(), format!("x{i}")),
+                ("n".to_owned(), i.to_string())
+            ],
+            "{r}"
+        );
+        assert_eq!(r["timestamp"], 1_700_000_000_000u64 + i as u64, "{r}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulsar_messages_reach_kafka_python_intact() {
+    pulsar_messages_reach_kafka_consumers_intact("kafka_python_consume.py").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulsar_messages_reach_librdkafka_intact() {
+    pulsar_messages_reach_kafka_consumers_intact("confluent_consume.py").await;
 }

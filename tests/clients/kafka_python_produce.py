@@ -4,6 +4,10 @@ Usage: kafka_python_produce.py BOOTSTRAP TOPIC COUNT [spread]
   Sends COUNT records (value vN, key kN%3, header h=xN) and prints one JSON
   list of {"partition", "offset"} in send order. With "spread", record N
   goes to partition N % (the topic's partition count) rather than by key.
+  --compression TYPE (anywhere): kafka-python's compression_type, e.g.
+  gzip (the one codec it needs no extra package for), with linger_ms=100 so
+  that records share batches: kafka-python sends a batch uncompressed when
+  compressing does not make it smaller, as with a single small record.
 Usage: kafka_python_produce.py BOOTSTRAP TOPIC forever
   Sends until killed, one record at a time, printing each acknowledged
   value on its own line as soon as the gateway acknowledged it.
@@ -14,8 +18,19 @@ import sys
 
 from kafka import KafkaProducer
 
-bootstrap, topic, count = sys.argv[1], sys.argv[2], sys.argv[3]
-producer = KafkaProducer(bootstrap_servers=bootstrap)
+args = sys.argv[1:]
+compression = None
+if "--compression" in args:
+    at = args.index("--compression")
+    compression = args[at + 1]
+    del args[at : at + 2]
+bootstrap, topic, count = args[0], args[1], args[2]
+if compression is None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap)
+else:
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap, compression_type=compression, linger_ms=100
+    )
 
 if count == "forever":
     i = 0
@@ -29,7 +44,7 @@ if count == "forever":
         print(value.decode(), flush=True)
         i += 1
 else:
-    spread = len(sys.argv) > 4 and sys.argv[4] == "spread"
+    spread = len(args) > 3 and args[3] == "spread"
     partitions = sorted(producer.partitions_for(topic)) if spread else []
     futures = [
         producer.send(

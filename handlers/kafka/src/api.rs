@@ -9,7 +9,8 @@ use gateway_api::{Action, BackendError, Context, HandlerError, Principal, Protoc
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, DeleteGroupsRequest, DescribeGroupsRequest,
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, CreatePartitionsRequest, CreateTopicsRequest,
+    DeleteGroupsRequest, DeleteTopicsRequest, DescribeConfigsRequest, DescribeGroupsRequest,
     FetchRequest, FindCoordinatorRequest, HeartbeatRequest, InitProducerIdRequest,
     JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, MetadataRequest,
     OffsetCommitRequest, OffsetFetchRequest, ProduceRequest, RequestHeader, RequestKind,
@@ -21,7 +22,7 @@ use kafka_protocol::protocol::{Decodable, Encodable, Message};
 use crate::fetch::Readers;
 use crate::group::coordinator::Coordinator;
 use crate::produce::Producers;
-use crate::{fetch, group, list_offsets, metadata, produce, sasl, KafkaConfig};
+use crate::{fetch, group, list_offsets, metadata, produce, sasl, topics, KafkaConfig};
 
 /// What a request is served with: the handler's settings and shared state,
 /// the connection's local address, the gateway's services, and the
@@ -48,7 +49,7 @@ pub struct Connection {
 /// The APIs served, each with the versions served: the message's own
 /// range (not `ApiKey::valid_versions`, which claims more than some
 /// messages decode), capped where this handler stops.
-fn supported() -> [(ApiKey, i16, i16); 18] {
+fn supported() -> [(ApiKey, i16, i16); 22] {
     [
         (
             ApiKey::ApiVersions,
@@ -98,6 +99,26 @@ fn supported() -> [(ApiKey, i16, i16); 18] {
             ApiKey::Fetch,
             FetchRequest::VERSIONS.min,
             FetchRequest::VERSIONS.max.min(12),
+        ),
+        (
+            ApiKey::CreateTopics,
+            CreateTopicsRequest::VERSIONS.min,
+            CreateTopicsRequest::VERSIONS.max,
+        ),
+        (
+            ApiKey::DeleteTopics,
+            DeleteTopicsRequest::VERSIONS.min,
+            DeleteTopicsRequest::VERSIONS.max,
+        ),
+        (
+            ApiKey::CreatePartitions,
+            CreatePartitionsRequest::VERSIONS.min,
+            CreatePartitionsRequest::VERSIONS.max,
+        ),
+        (
+            ApiKey::DescribeConfigs,
+            DescribeConfigsRequest::VERSIONS.min,
+            DescribeConfigsRequest::VERSIONS.max,
         ),
         // v6 is for share groups.
         (
@@ -245,6 +266,18 @@ impl Connection {
             RequestKind::Fetch(request) => {
                 ResponseKind::Fetch(fetch::handle(self, request, version).await)
             }
+            RequestKind::CreateTopics(request) => {
+                ResponseKind::CreateTopics(topics::create_topics(self, request, version).await)
+            }
+            RequestKind::DeleteTopics(request) => {
+                ResponseKind::DeleteTopics(topics::delete_topics(self, request, version).await)
+            }
+            RequestKind::CreatePartitions(request) => {
+                ResponseKind::CreatePartitions(topics::create_partitions(self, request).await)
+            }
+            RequestKind::DescribeConfigs(request) => {
+                ResponseKind::DescribeConfigs(topics::describe_configs(self, request).await)
+            }
             RequestKind::FindCoordinator(request) => {
                 ResponseKind::FindCoordinator(group::find_coordinator(self, request, version))
             }
@@ -354,6 +387,7 @@ fn encode(
 pub fn error_code(e: &BackendError) -> ResponseError {
     match e {
         BackendError::TopicNotFound(_) => ResponseError::UnknownTopicOrPartition,
+        BackendError::TopicExists(_) => ResponseError::TopicAlreadyExists,
         BackendError::NotAuthorized { .. } => ResponseError::TopicAuthorizationFailed,
         BackendError::InvalidName(_) => ResponseError::InvalidTopicException,
         BackendError::MessageTooLarge { .. } => ResponseError::MessageTooLarge,

@@ -3,21 +3,24 @@
 //!
 //! Built so far: ApiVersions, Metadata (the gateway as the one broker of
 //! every partition, auto-creating topics), Produce (record batch v2,
-//! uncompressed; acks 0, 1 and all, answered once the backend persisted),
-//! InitProducerId with the idempotent producer's sequence checks,
-//! ListOffsets (earliest, latest, by time) and Fetch (record batch v2,
-//! Kafka's byte limits, long polls; no fetch sessions), and consumer
+//! uncompressed or compressed with gzip, snappy, lz4 or zstd, each batch
+//! decompressed under a cap of `max_frame_bytes`; acks 0, 1 and all,
+//! answered once the backend persisted), InitProducerId with the
+//! idempotent producer's sequence checks, ListOffsets (earliest, latest, by
+//! time) and Fetch (record batch v2, uncompressed whatever the producer
+//! sent; Kafka's byte limits, long polls; no fetch sessions), and consumer
 //! groups: FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup,
 //! OffsetCommit, OffsetFetch, ListGroups, DescribeGroups, DeleteGroups (the
 //! gateway coordinates every group; committed offsets live in the metadata
-//! store), and SASL/PLAIN authentication (SaslHandshake v0-1,
-//! SaslAuthenticate v0-2) with the gateway's authenticator: with
-//! authentication on, a connection must authenticate (a Pulsar token as
-//! the password, `token:<jwt>` or bare) before any request but ApiVersions,
-//! and its principal is the one every topic it names is resolved and
-//! authorized for; with it off, SASL still succeeds with any password.
-//! Requests of a connection are served one at a time, in order, as a Kafka
-//! broker serves them.
+//! store), topic administration: CreateTopics, DeleteTopics,
+//! CreatePartitions, DescribeConfigs (a topic's fixed settings), and
+//! SASL/PLAIN authentication (SaslHandshake v0-1, SaslAuthenticate v0-2)
+//! with the gateway's authenticator: with authentication on, a connection
+//! must authenticate (a Pulsar token as the password, `token:<jwt>` or
+//! bare) before any request but ApiVersions, and its principal is the one
+//! every topic it names is resolved and authorized for; with it off, SASL
+//! still succeeds with any password. Requests of a connection are served
+//! one at a time, in order, as a Kafka broker serves them.
 //!
 //! Kafka partition `p` of topic `t` is the backend topic `t-partition-p`;
 //! a topic without partitions is a Kafka topic of one partition. A record's
@@ -25,6 +28,7 @@
 //! event time.
 
 mod api;
+mod decompress;
 mod fetch;
 mod frame;
 mod group;
@@ -32,6 +36,7 @@ mod list_offsets;
 mod metadata;
 mod produce;
 mod sasl;
+mod topics;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,7 +56,11 @@ const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 pub struct KafkaConfig {
     /// The longest request accepted, in bytes (Kafka's
     /// `socket.request.max.bytes`, 100 MiB); a longer one closes the
-    /// connection.
+    /// connection. Also the most a produced record batch may decompress
+    /// to: a compressed batch holding more is refused (MESSAGE_TOO_LARGE)
+    /// once its decompressor has yielded one byte too many, so a
+    /// connection never holds more decompressed than it may hold on the
+    /// wire.
     pub max_frame_bytes: usize,
     /// The address Metadata gives clients for the broker (`host`, `port`);
     /// `None`: the address each client connected to.

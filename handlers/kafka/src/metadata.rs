@@ -58,6 +58,11 @@ impl PartitionCounts {
         (read.elapsed() < PARTITION_COUNT_TTL).then_some(count)
     }
 
+    /// Drops what is known of a topic whose partitions just changed.
+    pub fn forget(&self, topic: &TopicName) {
+        self.counts().remove(topic);
+    }
+
     fn remember(&self, topic: &TopicName, count: u32) {
         let mut counts = self.counts();
         counts.retain(|_, (_, read)| read.elapsed() < PARTITION_COUNT_TTL);
@@ -173,11 +178,21 @@ async fn partitions(
     }
 }
 
-/// The backend topic of a Kafka topic name.
+/// The backend topic of a Kafka topic name, to produce to.
 pub fn resolve(conn: &Connection, name: &str) -> Result<TopicName, ResponseError> {
+    resolve_for(conn, name, Action::Produce)
+}
+
+/// The backend topic of a Kafka topic name, if the client may perform
+/// `action` on it.
+pub fn resolve_for(
+    conn: &Connection,
+    name: &str,
+    action: Action,
+) -> Result<TopicName, ResponseError> {
     conn.ctx
         .router
-        .resolve(Protocol::Kafka, name, &conn.principal(), Action::Produce)
+        .resolve(Protocol::Kafka, name, &conn.principal(), action)
         .map_err(|e| match e {
             gateway_api::RouteError::NotAuthorized { .. } => {
                 ResponseError::TopicAuthorizationFailed

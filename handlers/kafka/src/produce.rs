@@ -7,8 +7,12 @@
 //! next expected sequence is accepted, one of the last five batches again
 //! is a duplicate (answered with its first offset, not published again),
 //! anything else is out of order. The state is this gateway's memory.
+//!
+//! A compressed batch (gzip, snappy, lz4, zstd) is decompressed under a cap
+//! of `max_frame_bytes` (see [`crate::decompress`]), on a blocking thread,
+//! so inflating up to 100 MiB never stalls the connections sharing this
+//! one's runtime thread.
 
-use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
@@ -23,6 +27,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::records::{Compression, Record, RecordBatchDecoder};
 
 use crate::api::{error_code, Connection};
+use crate::decompress::{decompress, DecompressError};
 use crate::metadata;
 
 /// Batches remembered per producer and partition for deduplication (as
@@ -32,6 +37,14 @@ const RECENT_BATCHES: usize = 5;
 /// Producer-partition states kept at most; past it the oldest-looking are
 /// dropped (their producers' next batch is then accepted as it comes).
 const MAX_STATES: usize = 100_000;
+
+/// Where a batch's length (4 bytes, big-endian) starts: after its base
+/// offset. The length counts the bytes after it.
+const BATCH_LENGTH_OFFSET: usize = 8;
+
+/// Where a batch's attributes start (after base offset, length, partition
+/// leader epoch, magic and CRC); their low three bits name the codec.
+const ATTRIBUTES_OFFSET: usize = 21;
 
 /// A producer's sequence state on one partition.
 struct Sequence {
@@ -205,7 +218,7 @@ async fn produce(
     let target = partition_topic(conn, name, index).await?;
     let mut first_offset = None;
     while records.has_remaining() {
-        let records_of_batch = decode_batch(&mut records)?;
+        let records_of_batch = decode_next_batch(&mut records, conn.config.max_frame_bytes).await?;
         let Some(head) = records_of_batch.first() else {
             continue;
         };
@@ -249,22 +262,64 @@ async fn produce(
     first_offset.ok_or(ResponseError::CorruptMessage)
 }
 
-/// Decodes one record batch; compressed batches are refused for now.
-fn decode_batch(records: &mut Bytes) -> Result<Vec<Record>, ResponseError> {
-    let compressed = Cell::new(false);
-    let uncompressed_only = |buf: &mut Bytes, compression: Compression| -> anyhow::Result<Bytes> {
-        match compression {
-            Compression::None => Ok(std::mem::take(buf)),
-            _ => {
-                compressed.set(true);
-                anyhow::bail!("compressed record batches are not served yet")
-            }
-        }
+/// Splits the next batch off `records` and decodes it, decompressing at
+/// most `cap` bytes; a compressed batch is decoded on a blocking thread.
+async fn decode_next_batch(records: &mut Bytes, cap: usize) -> Result<Vec<Record>, ResponseError> {
+    let batch = split_batch(records)?;
+    if !is_compressed(&batch) {
+        return decode_batch(batch, cap);
+    }
+    // A decoder that panicked (a bug, not the client's doing) fails this
+    // partition only.
+    tokio::task::spawn_blocking(move || decode_batch(batch, cap))
+        .await
+        .unwrap_or(Err(ResponseError::UnknownServerError))
+}
+
+/// The first batch of `records`, split off by its length; the decoder
+/// checks the rest.
+fn split_batch(records: &mut Bytes) -> Result<Bytes, ResponseError> {
+    let length = records
+        .get(BATCH_LENGTH_OFFSET..)
+        .and_then(|rest| rest.first_chunk::<4>())
+        .copied()
+        .map(i32::from_be_bytes)
+        .and_then(|length| usize::try_from(length).ok())
+        .ok_or(ResponseError::CorruptMessage)?;
+    let end = (BATCH_LENGTH_OFFSET + 4).saturating_add(length);
+    if end > records.len() {
+        return Err(ResponseError::CorruptMessage);
+    }
+    Ok(records.split_to(end))
+}
+
+/// Whether a batch's attributes name a codec (the decoder checks them).
+fn is_compressed(batch: &[u8]) -> bool {
+    batch
+        .get(ATTRIBUTES_OFFSET + 1)
+        .is_some_and(|low_byte| low_byte & 0x7 != 0)
+}
+
+/// Decodes one record batch, decompressing at most `cap` bytes.
+///
+/// A batch that would decompress past the cap is answered
+/// MESSAGE_TOO_LARGE: a Kafka broker that recompresses or converts a batch
+/// checks the result against its size limit and answers that
+/// (`RecordTooLargeException`), the nearest it has to a batch growing past
+/// a limit on the broker; it is final for one record, and the Java
+/// producer splits a batch of several and sends the halves. Compressed data
+/// that does not decompress is CORRUPT_MESSAGE, as every other batch that
+/// fails its checks here.
+fn decode_batch(mut batch: Bytes, cap: usize) -> Result<Vec<Record>, ResponseError> {
+    let capped = |buf: &mut Bytes, codec: Compression| -> anyhow::Result<Bytes> {
+        Ok(decompress(buf, codec, cap)?)
     };
-    match RecordBatchDecoder::decode_with_custom_compression(records, Some(uncompressed_only)) {
+    match RecordBatchDecoder::decode_with_custom_compression(&mut batch, Some(capped)) {
         Ok(set) => Ok(set.records),
-        Err(_) if compressed.get() => Err(ResponseError::UnsupportedCompressionType),
-        Err(_) => Err(ResponseError::CorruptMessage),
+        Err(e) => match e.downcast_ref::<DecompressError>() {
+            Some(DecompressError::TooLarge { .. }) => Err(ResponseError::MessageTooLarge),
+            _ => Err(ResponseError::CorruptMessage),
+        },
     }
 }
 
@@ -287,7 +342,131 @@ fn message(record: Record) -> NewMessage {
 
 #[cfg(test)]
 mod tests {
+    use bytes::BytesMut;
+    use kafka_protocol::protocol::StrBytes;
+    use kafka_protocol::records::{RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+
     use super::*;
+    use crate::decompress::tests::{
+        gzip, largest_allocation, lz4, raw_snappy, xerial_snappy, zstd_stream,
+    };
+
+    /// A compressor for the encoder: `compress` applied to the records.
+    type Compress = fn(&[u8]) -> Vec<u8>;
+
+    fn record(i: i64, value: Bytes) -> Record {
+        let mut headers = kafka_protocol::indexmap::IndexMap::new();
+        headers.insert(
+            StrBytes::from_string(format!("h{i}")),
+            Some(Bytes::from(format!("x{i}"))),
+        );
+        Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: 0,
+            producer_id: 7,
+            producer_epoch: 0,
+            timestamp_type: TimestampType::Creation,
+            offset: i,
+            sequence: i32::try_from(i).unwrap(),
+            timestamp: 1_700_000_000_000 + i,
+            key: Some(Bytes::from(format!("k{i}"))),
+            value: Some(value),
+            headers,
+        }
+    }
+
+    /// One record batch of `records`, its records compressed with
+    /// `compress` and marked `codec`.
+    fn batch_of(records: &[Record], codec: Compression, compress: Compress) -> Bytes {
+        let mut buf = BytesMut::new();
+        let options = RecordEncodeOptions {
+            version: 2,
+            compression: codec,
+        };
+        let compressor = |records: &mut BytesMut, out: &mut BytesMut, _: Compression| {
+            out.extend_from_slice(&compress(records));
+            Ok(())
+        };
+        RecordBatchEncoder::encode_with_custom_compression(
+            &mut buf,
+            records,
+            &options,
+            Some(compressor),
+        )
+        .unwrap();
+        buf.freeze()
+    }
+
+    fn codecs() -> [(Compression, Compress); 5] {
+        [
+            (Compression::Gzip, gzip),
+            (Compression::Snappy, xerial_snappy),
+            (Compression::Snappy, raw_snappy),
+            (Compression::Lz4, lz4),
+            (Compression::Zstd, zstd_stream),
+        ]
+    }
+
+    #[test]
+    fn a_compressed_batch_decodes_to_its_records_with_every_codec() {
+        let records: Vec<Record> = (0..50)
+            .map(|i| record(i, Bytes::from(format!("value {i} ").repeat(100))))
+            .collect();
+        for (codec, compress) in codecs() {
+            let batch = batch_of(&records, codec, compress);
+            assert!(is_compressed(&batch), "{codec:?}");
+            let decoded = decode_batch(batch, 1 << 20).unwrap();
+            assert_eq!(decoded, records, "{codec:?}");
+        }
+    }
+
+    #[test]
+    fn split_batch_takes_one_batch_and_refuses_a_truncated_one() {
+        let records = [record(0, Bytes::from_static(b"v"))];
+        let one = batch_of(&records, Compression::Gzip, gzip);
+        let mut two = BytesMut::from(&one[..]);
+        two.extend_from_slice(&one);
+        let mut two = two.freeze();
+        assert_eq!(split_batch(&mut two).unwrap(), one);
+        assert_eq!(two, one);
+        let mut truncated = one.slice(..one.len() - 1);
+        assert_eq!(
+            split_batch(&mut truncated).unwrap_err(),
+            ResponseError::CorruptMessage
+        );
+    }
+
+    /// A batch of one record of zeros far larger than the cap, small on
+    /// the wire: MESSAGE_TOO_LARGE, and nothing near its size allocated.
+    #[test]
+    fn a_bomb_batch_is_message_too_large_with_every_codec() {
+        let cap = 256 << 10;
+        let bomb = 16 << 20;
+        let records = [record(0, Bytes::from(vec![0u8; bomb]))];
+        for (codec, compress) in codecs() {
+            let batch = batch_of(&records, codec, compress);
+            assert!(batch.len() < bomb / 10, "{codec:?} is no bomb");
+            let (refused, largest) = largest_allocation(|| decode_batch(batch, cap));
+            assert_eq!(refused, Err(ResponseError::MessageTooLarge), "{codec:?}");
+            assert!(largest < 9 << 20, "{codec:?} allocated {largest} bytes");
+        }
+    }
+
+    #[test]
+    fn compressed_garbage_is_a_corrupt_message() {
+        let records = [record(0, Bytes::from_static(b"v"))];
+        for (codec, _) in codecs() {
+            let garbage = |_: &[u8]| b"not compressed at all".to_vec();
+            let batch = batch_of(&records, codec, garbage);
+            assert_eq!(
+                decode_batch(batch, 1 << 20),
+                Err(ResponseError::CorruptMessage),
+                "{codec:?}"
+            );
+        }
+    }
 
     fn batch(epoch: i16, first: i32, last: i32) -> BatchSeq {
         BatchSeq {

@@ -1,0 +1,59 @@
+"""Produces with confluent-kafka (librdkafka), compressed, idempotent,
+acks=all, batching the records (linger.ms) so each batch holds many.
+
+Usage: confluent_produce.py BOOTSTRAP TOPIC COUNT COMPRESSION
+  COMPRESSION is librdkafka's compression.type: gzip, snappy, lz4, zstd or
+  none. Sends COUNT records (value vN, key kN%3, header h=xN, as
+  kafka_python_produce.py does) to partition 0 and prints one JSON list of
+  {"partition", "offset"} in send order; exits non-zero if any record
+  failed.
+"""
+
+import json
+import sys
+
+from confluent_kafka import KafkaException, Producer
+
+bootstrap, topic, count, compression = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+
+producer = Producer(
+    {
+        "bootstrap.servers": bootstrap,
+        "compression.type": compression,
+        "enable.idempotence": True,
+        "acks": "all",
+        # Long enough for all the records to go in one or a few batches.
+        "linger.ms": 100,
+    }
+)
+
+results = [None] * count
+errors = []
+
+
+def delivered(index):
+    def report(err, msg):
+        if err is not None:
+            errors.append("record %d: %s" % (index, err))
+        else:
+            results[index] = {"partition": msg.partition(), "offset": msg.offset()}
+
+    return report
+
+
+for i in range(count):
+    producer.produce(
+        topic,
+        key=b"k%d" % (i % 3),
+        value=b"v%d" % i,
+        headers=[("h", b"x%d" % i)],
+        partition=0,
+        on_delivery=delivered(i),
+    )
+remaining = producer.flush(30)
+if remaining or errors:
+    raise KafkaException(
+        "%d records unacknowledged, %d failed; the first: %s"
+        % (remaining, len(errors), errors[:3])
+    )
+print(json.dumps(results))

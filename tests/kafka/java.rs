@@ -1,0 +1,146 @@
+//! The Java client (`org.apache.kafka:kafka-clients`, the one most Kafka
+//! applications run) at its default settings: its admin client creates a
+//! partitioned topic, its producer (idempotent, acks=all) spreads records
+//! over the partitions, and its group consumer (classic protocol, default
+//! assignors) reads every record where it was acknowledged and commits.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use serde_json::Value;
+
+use super::common::{BackendKind, Gateway};
+use super::unique;
+
+/// The class path of kafka-clients and its dependencies (scripts/test.sh
+/// sets it).
+fn classpath() -> String {
+    std::env::var("PULSAR_GATEWAY_JAVA_CLASSPATH").unwrap_or_else(|_| {
+        panic!(
+            "PULSAR_GATEWAY_JAVA_CLASSPATH is not set: run scripts/test.sh, \
+             which fetches the Java client"
+        )
+    })
+}
+
+/// Runs `tests/clients/JavaClients.java` in `mode` and parses the JSON it
+/// prints last.
+async fn java(mode: &str, args: Vec<String>) -> Value {
+    let source = format!(
+        "{}/tests/clients/JavaClients.java",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let mode = mode.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new("java")
+            .arg("-cp")
+            .arg(classpath())
+            .arg(&source)
+            .arg(&mode)
+            .args(&args)
+            .output()
+            .expect("run java");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "JavaClients {mode} {args:?} failed: {}\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let last = stdout.lines().rev().find(|l| !l.trim().is_empty());
+        serde_json::from_str(last.unwrap_or(""))
+            .unwrap_or_else(|e| panic!("JavaClients {mode} printed no JSON ({e}): {stdout}"))
+    })
+    .await
+    .expect("the java task")
+}
+
+async fn the_java_client_produces_and_consumes_in_a_group(backend: BackendKind) {
+    let gw = Gateway::builder(backend)
+        .arg("--kafka-group-initial-rebalance-delay")
+        .arg("0")
+        .start()
+        .await;
+    let bootstrap = gw.kafka_addr.expect("a Kafka listener").to_string();
+    let topic = unique("java");
+
+    let created = java("create", vec![bootstrap.clone(), topic.clone(), "3".into()]).await;
+    assert_eq!(created["partitions"], 3, "{created}");
+
+    let acked = java(
+        "produce",
+        vec![bootstrap.clone(), topic.clone(), "30".into()],
+    )
+    .await;
+    let acked: Vec<(u64, u64)> = acked
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|r| {
+            (
+                r["partition"].as_u64().unwrap(),
+                r["offset"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(acked.len(), 30);
+    // Offsets are contiguous from 0 in each partition, in send order.
+    let mut per_partition: BTreeMap<u64, u64> = BTreeMap::new();
+    for &(partition, offset) in &acked {
+        let next = per_partition.entry(partition).or_default();
+        assert_eq!(offset, *next, "partition {partition}: {acked:?}");
+        *next += 1;
+    }
+    assert!(
+        per_partition.len() > 1,
+        "one partition took every key: {acked:?}"
+    );
+
+    let consumed = java(
+        "consume",
+        vec![bootstrap, topic, "java-readers".into(), "30".into()],
+    )
+    .await;
+    let mut got: Vec<(u64, u64, String, String, String)> = consumed["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .map(|r| {
+            (
+                r["partition"].as_u64().unwrap(),
+                r["offset"].as_u64().unwrap(),
+                r["value"].as_str().unwrap().to_owned(),
+                r["key"].as_str().unwrap().to_owned(),
+                r["headers"].to_string(),
+            )
+        })
+        .collect();
+    got.sort();
+    let mut expected: Vec<(u64, u64, String, String, String)> = acked
+        .iter()
+        .enumerate()
+        .map(|(i, &(p, o))| {
+            let header = serde_json::json!([["h", format!("x{i}")]]).to_string();
+            (p, o, format!("v{i}"), format!("k{}", i % 3), header)
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(got, expected);
+    for (partition, count) in per_partition {
+        assert_eq!(
+            consumed["committed"][partition.to_string()],
+            count,
+            "{consumed}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_java_client_produces_and_consumes_in_a_group_on_the_embedded_store() {
+    the_java_client_produces_and_consumes_in_a_group(BackendKind::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_java_client_produces_and_consumes_in_a_group_on_pulsar() {
+    the_java_client_produces_and_consumes_in_a_group(BackendKind::Pulsar).await;
+}
