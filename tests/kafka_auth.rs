@@ -56,11 +56,23 @@ fn token(secret: &[u8], claims: Value) -> String {
 /// `count` records of a new topic with `library`, SASL/PLAIN with
 /// `password` (none: no SASL).
 async fn sasl_client(library: &str, bootstrap: &str, password: Option<&str>, count: u32) -> Value {
+    sasl_client_with(library, bootstrap, password, count, "PLAIN").await
+}
+
+/// [`sasl_client`] with another SASL mechanism (librdkafka only).
+async fn sasl_client_with(
+    library: &str,
+    bootstrap: &str,
+    password: Option<&str>,
+    count: u32,
+    mechanism: &str,
+) -> Value {
     let script = format!("{}/tests/clients/kafka_sasl.py", env!("CARGO_MANIFEST_DIR"));
     let mut cmd = Command::new(python());
     cmd.arg(script)
         .args([library, bootstrap, &unique(library), &count.to_string()])
-        .env_remove("KAFKA_SASL_PASSWORD");
+        .env_remove("KAFKA_SASL_PASSWORD")
+        .env("KAFKA_SASL_MECHANISM", mechanism);
     if let Some(password) = password {
         cmd.env("KAFKA_SASL_PASSWORD", password);
     }
@@ -147,6 +159,13 @@ async fn only_clients_with_a_valid_token_produce_and_consume(backend: BackendKin
         &report,
         &["the token has expired"],
         "librdkafka, an expired token",
+    );
+
+    let report = sasl_client_with("confluent", &bootstrap, Some(&valid), 1, "SCRAM-SHA-256").await;
+    assert_refused(
+        &report,
+        &["SCRAM-SHA-256", "PLAIN"],
+        "librdkafka, a mechanism the gateway does not offer",
     );
 
     let report = sasl_client("kafka-python", &bootstrap, None, 1).await;

@@ -5,6 +5,7 @@ Usage: kafka_sasl.py LIBRARY BOOTSTRAP TOPIC COUNT
   LIBRARY: kafka-python or confluent (librdkafka).
   The SASL password comes from the environment variable KAFKA_SASL_PASSWORD
   (the user name is "any"); without it the client connects without SASL.
+  KAFKA_SASL_MECHANISM picks another mechanism than PLAIN (librdkafka).
   Sends COUNT records (value vN) to partition 0 of TOPIC, then reads them
   back from the beginning, and prints one JSON object:
     {"values": ["v0", ...]}               everything went through
@@ -95,7 +96,7 @@ def confluent():
         config.update(
             {
                 "security.protocol": "SASL_PLAINTEXT",
-                "sasl.mechanisms": "PLAIN",
+                "sasl.mechanisms": os.environ.get("KAFKA_SASL_MECHANISM", "PLAIN"),
                 "sasl.username": "any",
                 "sasl.password": password,
             }
