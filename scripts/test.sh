@@ -60,7 +60,7 @@ trap on_exit EXIT
 # command-that-must-exist:debian-package
 DEBIAN_NEEDS=(
     "protoc:protobuf-compiler" # Pulsar's protobuf definitions (Pulsar backend)
-    "openssl:openssl"          # test certificates for the TLS standalone (deploy/)
+    "openssl:openssl"          # test certificates for the TLS standalone (deploy/), test JWT key pairs (src/auth.rs)
 )
 
 ensure_debian_packages() {

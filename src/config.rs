@@ -299,11 +299,12 @@ pub struct Config {
     /// The HTTP server: `/metrics`, `/healthz`, `/readyz`, later the
     /// WebSocket API (`off`: no HTTP server).
     pub http_addr: ListenAddr,
-    /// HS256 secret key verifying clients' JWTs; auth is off when neither
-    /// key file is set.
+    /// HMAC (HS256) secret key verifying clients' JWTs, read at start-up
+    /// (see `crate::auth`); auth is off when neither key file is set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_token_secret_file: Option<PathBuf>,
-    /// RS256/ES256 public key (PEM) verifying clients' JWTs.
+    /// RS256/ES256 public key (PEM or DER) verifying clients' JWTs, read
+    /// at start-up.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_token_public_key_file: Option<PathBuf>,
     /// The Pulsar tenant that short topic names belong to.
@@ -556,14 +557,16 @@ struct Cli {
     /// HTTP address (/metrics, /healthz, /readyz), or `off`.
     #[arg(long, env = "PULSAR_GATEWAY_HTTP_ADDR", value_name = "ADDR", default_value_t = defaults::http_addr())]
     http_addr: ListenAddr,
-    /// HS256 secret key file for client JWTs.
+    /// Turns client authentication on: HMAC (HS256) secret key file for
+    /// client JWTs (raw bytes, or `data:;base64,...`).
     #[arg(
         long,
         env = "PULSAR_GATEWAY_AUTH_TOKEN_SECRET_FILE",
         value_name = "FILE"
     )]
     auth_token_secret_file: Option<PathBuf>,
-    /// RS256/ES256 public key file (PEM) for client JWTs.
+    /// Turns client authentication on: RS256/ES256 public key file (PEM or
+    /// DER) for client JWTs.
     #[arg(
         long,
         env = "PULSAR_GATEWAY_AUTH_TOKEN_PUBLIC_KEY_FILE",

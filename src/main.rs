@@ -18,12 +18,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gateway_api::{
-    AllowAll, Backend, BackendError, ByteBudget, Context, DefaultRouter, Metrics, Protocol,
-    ProtocolHandler,
+    AllowAll, Authenticator, Backend, BackendError, ByteBudget, Context, DefaultRouter, Metrics,
+    Protocol, ProtocolHandler,
 };
 use gateway_kafka::KafkaHandler;
 use prometheus_client::registry::Registry;
 use pulsar_gateway::admin::{self, AdminState};
+use pulsar_gateway::auth::{JwtAuthenticator, KeyFileError};
 use pulsar_gateway::backend::deferred::{Backoff, Deferred};
 use pulsar_gateway::backend::embedded::log::RetentionPolicy;
 use pulsar_gateway::backend::embedded::{EmbeddedBackend, EmbeddedConfig};
@@ -69,10 +70,11 @@ enum StartupError {
         /// What the OS said.
         source: std::io::Error,
     },
-    /// A token key was configured, but nothing would check tokens: refuse
-    /// rather than run open while the operator believes it is protected.
-    #[error("token authentication is not built yet; remove --auth-token-secret-file and --auth-token-public-key-file (or the config keys) to run without it")]
-    AuthNotBuilt,
+    /// A configured token key file is missing, empty or not a key:
+    /// refuse rather than run open while the operator believes it is
+    /// protected.
+    #[error(transparent)]
+    AuthKey(#[from] KeyFileError),
     /// The embedded store refused to open.
     #[error("cannot open the embedded store in {path}: {source}")]
     Backend {
@@ -202,9 +204,9 @@ fn protocol_handlers(config: &Config) -> Result<Vec<Wiring>, StartupError> {
 
 /// Starts everything, serves until a stop signal, then shuts down.
 async fn run(config: Config) -> Result<(), StartupError> {
-    if config.auth_token_secret_file.is_some() || config.auth_token_public_key_file.is_some() {
-        return Err(StartupError::AuthNotBuilt);
-    }
+    // Key files are read now: a bad one stops start-up before any socket
+    // is bound.
+    let auth = authenticator(&config)?;
     let namespace = config.default_namespace()?;
     // Files it names are read now: a missing one stops start-up at once.
     let pulsar = match config.backend {
@@ -254,7 +256,7 @@ async fn run(config: Config) -> Result<(), StartupError> {
     admin::register_build_info(&mut registry);
     let ctx = Context {
         backend: backend.clone(),
-        auth: Arc::new(AllowAll),
+        auth,
         router: Arc::new(DefaultRouter { namespace }),
         metrics,
         inbound: ByteBudget::new(config.max_inbound_bytes),
@@ -358,6 +360,27 @@ async fn run(config: Config) -> Result<(), StartupError> {
     close_backend(&*backend).await?;
     info!("stopped");
     Ok(())
+}
+
+/// Token authentication when a key file is configured (every client must
+/// present a valid token), else none (every client is anonymous).
+fn authenticator(config: &Config) -> Result<Arc<dyn Authenticator>, StartupError> {
+    let secret = config.auth_token_secret_file.as_deref();
+    let public = config.auth_token_public_key_file.as_deref();
+    if secret.is_none() && public.is_none() {
+        info!("client authentication is off (no auth_token_secret_file or auth_token_public_key_file)");
+        return Ok(Arc::new(AllowAll));
+    }
+    let auth = JwtAuthenticator::from_files(secret, public)?;
+    let keys: Vec<String> = [("secret key", secret), ("public key", public)]
+        .into_iter()
+        .filter_map(|(what, path)| path.map(|p| format!("{what} {}", p.display())))
+        .collect();
+    info!(
+        "client authentication: JWT, verified with the {}",
+        keys.join(" and the ")
+    );
+    Ok(Arc::new(auth))
 }
 
 /// Logs the one start-up line of a listener.

@@ -576,3 +576,52 @@ mod admin {
         assert!(http_get(format!("{base}/healthz")).await.is_err());
     }
 }
+
+#[tokio::test]
+async fn an_unusable_auth_key_file_exits_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such.key");
+    let empty = dir.path().join("empty.key");
+    std::fs::write(&empty, b"").unwrap();
+    let not_a_key = dir.path().join("public.pem");
+    std::fs::write(&not_a_key, b"-----BEGIN PUBLIC KEY-----\nbm9wZQ==\n").unwrap();
+    for (flag, file, key) in [
+        (
+            "--auth-token-secret-file",
+            &missing,
+            "auth_token_secret_file",
+        ),
+        ("--auth-token-secret-file", &empty, "auth_token_secret_file"),
+        (
+            "--auth-token-public-key-file",
+            &not_a_key,
+            "auth_token_public_key_file",
+        ),
+    ] {
+        let exited = Gateway::builder(BackendKind::Embedded)
+            .arg(flag)
+            .arg(file)
+            .run_to_exit(EXIT_TIMEOUT)
+            .await;
+        let line = assert_one_clean_error_line(&exited);
+        assert!(line.contains(&file.display().to_string()), "{line}");
+        assert!(line.contains(key), "{line}");
+    }
+}
+
+#[tokio::test]
+async fn a_secret_key_file_turns_client_authentication_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret.key");
+    std::fs::write(&secret, [7u8; 32]).unwrap();
+    let gw = Gateway::builder(BackendKind::Embedded)
+        .arg("--auth-token-secret-file")
+        .arg(&secret)
+        .start()
+        .await;
+    let out = gw.output();
+    assert!(
+        out.contains("client authentication: JWT, verified with the secret key"),
+        "{out}"
+    );
+}

@@ -7,7 +7,12 @@ use async_trait::async_trait;
 /// What a client presented when it connected.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Credentials {
-    /// Nothing (MQTT without username, Kafka without SASL, ...).
+    /// Nothing (MQTT without username, Kafka without SASL, ...). A
+    /// handler also presents it when a connection opens, before the client
+    /// sent anything: an authenticator that admits anonymous clients
+    /// answers their principal, one that requires credentials answers
+    /// [`AuthError::Missing`], and the handler then serves nothing but its
+    /// protocol's authentication until the client presents some.
     Anonymous,
     /// A user name and password; the password may be a token
     /// (`token:<jwt>` or the bare JWT).
@@ -94,13 +99,19 @@ pub enum AuthError {
 
 /// Turns credentials into a principal. One implementation serves every
 /// protocol, so the same token works everywhere.
+///
+/// Whether authentication is required is the authenticator's answer to
+/// [`Credentials::Anonymous`] (as Pulsar's `anonymousUserRole` decides it),
+/// not a separate switch: a handler cannot disagree with it.
 #[async_trait]
 pub trait Authenticator: Send + Sync + 'static {
-    /// Checks the credentials.
+    /// Checks the credentials. Refusals never hold the secret presented.
     async fn authenticate(&self, credentials: &Credentials) -> Result<Principal, AuthError>;
 }
 
-/// Authentication off: everyone is [`Principal::anonymous`].
+/// Authentication off: everyone is [`Principal::anonymous`], whatever
+/// credentials they present (so clients configured with a password or
+/// token still connect).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AllowAll;
 

@@ -16,12 +16,13 @@ use kafka_protocol::messages::{
     OffsetCommitRequest, OffsetFetchRequest, ProduceRequest, RequestHeader, RequestKind,
     ResponseHeader, ResponseKind, SyncGroupRequest,
 };
+use kafka_protocol::messages::{SaslAuthenticateRequest, SaslHandshakeRequest};
 use kafka_protocol::protocol::{Decodable, Encodable, Message};
 
 use crate::fetch::Readers;
 use crate::group::coordinator::Coordinator;
 use crate::produce::Producers;
-use crate::{fetch, group, list_offsets, metadata, produce, topics, KafkaConfig};
+use crate::{fetch, group, list_offsets, metadata, produce, sasl, topics, KafkaConfig};
 
 /// What a request is served with: the handler's settings and shared state,
 /// the connection's local address, the gateway's services, and the
@@ -40,17 +41,31 @@ pub struct Connection {
     /// lock only because requests borrow the connection shared; they are
     /// served one at a time, so it is never contended.
     pub readers: tokio::sync::Mutex<Readers>,
+    /// Who the connection is and where it is in SASL authentication (a
+    /// plain lock: never held across an await).
+    pub session: std::sync::Mutex<sasl::Session>,
 }
 
 /// The APIs served, each with the versions served: the message's own
 /// range (not `ApiKey::valid_versions`, which claims more than some
 /// messages decode), capped where this handler stops.
-fn supported() -> [(ApiKey, i16, i16); 20] {
+fn supported() -> [(ApiKey, i16, i16); 22] {
     [
         (
             ApiKey::ApiVersions,
             ApiVersionsRequest::VERSIONS.min,
             ApiVersionsRequest::VERSIONS.max,
+        ),
+        // SASL/PLAIN (sasl.rs); v0 handshakes take raw tokens.
+        (
+            ApiKey::SaslHandshake,
+            SaslHandshakeRequest::VERSIONS.min,
+            SaslHandshakeRequest::VERSIONS.max,
+        ),
+        (
+            ApiKey::SaslAuthenticate,
+            SaslAuthenticateRequest::VERSIONS.min,
+            SaslAuthenticateRequest::VERSIONS.max,
         ),
         // v13 drops topic names from errors in favour of ids.
         (
@@ -229,6 +244,12 @@ impl Connection {
             RequestKind::decode(api, &mut body, version).map_err(|e| malformed("request", e))?;
         let response = match request {
             RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions(None)),
+            RequestKind::SaslHandshake(request) => {
+                ResponseKind::SaslHandshake(sasl::lock(&self.session).handshake(&request, version))
+            }
+            RequestKind::SaslAuthenticate(request) => ResponseKind::SaslAuthenticate(
+                sasl::authenticate(&self.session, &*self.ctx.auth, &request).await,
+            ),
             RequestKind::Metadata(request) => {
                 ResponseKind::Metadata(metadata::handle(self, request, version).await)
             }
@@ -300,6 +321,20 @@ impl Connection {
 }
 
 impl Connection {
+    /// Who the connection acts as. Only an authenticated connection gets
+    /// requests served ([`sasl::Session::admit`]); were one served before,
+    /// it would act as a principal with an empty role, which no grant
+    /// names.
+    pub fn principal(&self) -> Principal {
+        sasl::lock(&self.session)
+            .principal()
+            .cloned()
+            .unwrap_or_else(|| Principal {
+                role: String::new(),
+                forward_token: None,
+            })
+    }
+
     /// The backend topic of partition `index` of the Kafka topic `name`,
     /// if the client may perform `action` on it: `t-partition-p`, or the
     /// topic itself as partition 0 when it has no partitions.
@@ -312,7 +347,7 @@ impl Connection {
         let topic = self
             .ctx
             .router
-            .resolve(Protocol::Kafka, name, &Principal::anonymous(), action)
+            .resolve(Protocol::Kafka, name, &self.principal(), action)
             .map_err(|e| match e {
                 gateway_api::RouteError::NotAuthorized { .. } => {
                     ResponseError::TopicAuthorizationFailed

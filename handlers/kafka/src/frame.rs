@@ -53,6 +53,18 @@ pub async fn write<W: AsyncWrite + Unpin>(writer: &mut W, body: &[u8]) -> Result
     Ok(())
 }
 
+/// Waits, up to `within`, for the client to close the connection after the
+/// last response was written, discarding whatever it still sends. Some
+/// clients (kafka-python) drop a response that arrives together with the
+/// connection's end, so the gateway lets the client close first; Kafka
+/// brokers likewise delay closing after a failed authentication
+/// (`connection.failed.authentication.delay.ms`).
+pub async fn linger<R: AsyncRead + Unpin>(reader: &mut R, within: std::time::Duration) {
+    let mut discard = [0u8; 1024];
+    let drain = async { while let Ok(1..) = reader.read(&mut discard).await {} };
+    let _ = tokio::time::timeout(within, drain).await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,6 +86,25 @@ mod tests {
         assert!(read(&mut input, 1024, &budget).await.unwrap().is_none());
         let mut empty: &[u8] = &[];
         assert!(read(&mut empty, 1024, &budget).await.unwrap().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn linger_ends_when_the_client_closes_or_at_the_deadline() {
+        let (mut client, mut server) = tokio::io::duplex(64);
+        client.write_all(b"ignored").await.unwrap();
+        drop(client);
+        let started = tokio::time::Instant::now();
+        linger(&mut server, Duration::from_secs(5)).await;
+        assert!(started.elapsed() < Duration::from_secs(1), "ended at EOF");
+
+        let (_client, mut server) = tokio::io::duplex(64);
+        let started = tokio::time::Instant::now();
+        linger(&mut server, Duration::from_secs(5)).await;
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(5),
+            "ended at the deadline"
+        );
     }
 
     #[tokio::test]

@@ -12,10 +12,15 @@
 //! groups: FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup,
 //! OffsetCommit, OffsetFetch, ListGroups, DescribeGroups, DeleteGroups (the
 //! gateway coordinates every group; committed offsets live in the metadata
-//! store), and topic administration: CreateTopics, DeleteTopics,
-//! CreatePartitions, DescribeConfigs (a topic's fixed settings). Requests
-//! of a connection are served one at a time, in order, as a Kafka broker
-//! serves them.
+//! store), topic administration: CreateTopics, DeleteTopics,
+//! CreatePartitions, DescribeConfigs (a topic's fixed settings), and
+//! SASL/PLAIN authentication (SaslHandshake v0-1, SaslAuthenticate v0-2)
+//! with the gateway's authenticator: with authentication on, a connection
+//! must authenticate (a Pulsar token as the password, `token:<jwt>` or
+//! bare) before any request but ApiVersions, and its principal is the one
+//! every topic it names is resolved and authorized for; with it off, SASL
+//! still succeeds with any password. Requests of a connection are served
+//! one at a time, in order, as a Kafka broker serves them.
 //!
 //! Kafka partition `p` of topic `t` is the backend topic `t-partition-p`;
 //! a topic without partitions is a Kafka topic of one partition. A record's
@@ -30,6 +35,7 @@ mod group;
 mod list_offsets;
 mod metadata;
 mod produce;
+mod sasl;
 mod topics;
 
 use std::net::SocketAddr;
@@ -40,6 +46,10 @@ use gateway_api::{ClientStream, Context, HandlerError, Protocol, ProtocolHandler
 
 pub use group::coordinator::GroupSettings;
 pub use produce::Producers;
+
+/// How long a connection refused after its response (a failed SASL
+/// authentication) waits for the client to close it first.
+const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How the Kafka handler behaves.
 #[derive(Debug, Clone)]
@@ -120,6 +130,7 @@ impl ProtocolHandler for KafkaHandler {
         ctx: Context,
     ) -> Result<(), HandlerError> {
         let (mut reader, mut writer) = tokio::io::split(stream);
+        let session = sasl::Session::start(&*ctx.auth).await;
         let connection = api::Connection {
             config: self.config.clone(),
             producers: self.producers.clone(),
@@ -129,17 +140,40 @@ impl ProtocolHandler for KafkaHandler {
             local,
             ctx: ctx.clone(),
             readers: tokio::sync::Mutex::new(fetch::Readers::new(self.config.fetch_readers)),
+            session: std::sync::Mutex::new(session),
         };
         loop {
+            let (max_frame_bytes, raw_token) = {
+                let session = sasl::lock(&connection.session);
+                (
+                    session.max_frame_bytes(self.config.max_frame_bytes),
+                    session.expects_raw_token(),
+                )
+            };
             let frame = tokio::select! {
                 _ = ctx.shutdown.cancelled() => return Ok(()),
-                frame = frame::read(&mut reader, self.config.max_frame_bytes, &ctx.inbound) => frame?,
+                frame = frame::read(&mut reader, max_frame_bytes, &ctx.inbound) => frame?,
             };
             let Some(frame) = frame else {
                 return Ok(());
             };
+            if raw_token {
+                let answer = sasl::raw_token(&connection.session, &*ctx.auth, &frame.body).await?;
+                frame::write(&mut writer, &answer).await?;
+                continue;
+            }
+            let api_key = frame
+                .body
+                .get(..2)
+                .map_or(-1, |k| i16::from_be_bytes([k[0], k[1]]));
+            sasl::lock(&connection.session).admit(api_key)?;
             if let Some(response) = connection.handle(frame.body).await? {
                 frame::write(&mut writer, &response).await?;
+            }
+            let closing = sasl::lock(&connection.session).take_closing();
+            if let Some(why) = closing {
+                frame::linger(&mut reader, CLOSE_LINGER).await;
+                return Err(why);
             }
         }
     }

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use gateway_api::{Action, BackendError, Principal, Protocol, TopicName};
+use gateway_api::{Action, BackendError, Protocol, TopicName};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
@@ -117,7 +117,7 @@ async fn all_topics(conn: &Connection) -> Result<Vec<String>, BackendError> {
     let namespace = conn
         .ctx
         .router
-        .namespace(Protocol::Kafka, &Principal::anonymous());
+        .namespace(Protocol::Kafka, &conn.principal());
     let topics = conn.ctx.backend.list_topics(&namespace).await?;
     Ok(topics
         .iter()
@@ -192,7 +192,7 @@ pub fn resolve_for(
 ) -> Result<TopicName, ResponseError> {
     conn.ctx
         .router
-        .resolve(Protocol::Kafka, name, &Principal::anonymous(), action)
+        .resolve(Protocol::Kafka, name, &conn.principal(), action)
         .map_err(|e| match e {
             gateway_api::RouteError::NotAuthorized { .. } => {
                 ResponseError::TopicAuthorizationFailed

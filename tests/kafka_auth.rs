@@ -1,0 +1,215 @@
+//! Kafka clients and token authentication end to end: the real gateway
+//! binary started with `--auth-token-secret-file`, on both backends.
+//! kafka-python (password `token:<jwt>`) and librdkafka (the bare JWT) with
+//! SASL/PLAIN produce and consume; a wrong or expired token is refused with
+//! an authentication error the client reports; a client without SASL
+//! cannot produce. With authentication off, SASL clients still connect.
+
+mod common;
+
+use std::process::Command;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use common::{BackendKind, Gateway};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+
+/// The test virtual environment's interpreter (scripts/test.sh sets it).
+fn python() -> String {
+    std::env::var("PULSAR_GATEWAY_PYTHON").unwrap_or_else(|_| {
+        panic!("PULSAR_GATEWAY_PYTHON is not set: run scripts/test.sh, which creates the venv")
+    })
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn unique(name: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{name}-{nanos:x}")
+}
+
+/// 32 random bytes, as `pulsar tokens create-secret-key` makes.
+fn random_secret() -> Vec<u8> {
+    let mut secret = vec![0u8; 32];
+    let mut urandom = std::fs::File::open("/dev/urandom").expect("/dev/urandom");
+    std::io::Read::read_exact(&mut urandom, &mut secret).expect("random bytes");
+    secret
+}
+
+/// An HS256 token with these claims, as `pulsar tokens create` makes.
+fn token(secret: &[u8], claims: Value) -> String {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret),
+    )
+    .expect("sign a token")
+}
+
+/// What `tests/clients/kafka_sasl.py` reported: produced and consumed
+/// `count` records of a new topic with `library`, SASL/PLAIN with
+/// `password` (none: no SASL).
+async fn sasl_client(library: &str, bootstrap: &str, password: Option<&str>, count: u32) -> Value {
+    sasl_client_with(library, bootstrap, password, count, "PLAIN").await
+}
+
+/// [`sasl_client`] with another SASL mechanism (librdkafka only).
+async fn sasl_client_with(
+    library: &str,
+    bootstrap: &str,
+    password: Option<&str>,
+    count: u32,
+    mechanism: &str,
+) -> Value {
+    let script = format!("{}/tests/clients/kafka_sasl.py", env!("CARGO_MANIFEST_DIR"));
+    let mut cmd = Command::new(python());
+    cmd.arg(script)
+        .args([library, bootstrap, &unique(library), &count.to_string()])
+        .env_remove("KAFKA_SASL_PASSWORD")
+        .env("KAFKA_SASL_MECHANISM", mechanism);
+    if let Some(password) = password {
+        cmd.env("KAFKA_SASL_PASSWORD", password);
+    }
+    let library = library.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let out = cmd.output().expect("run the Python client");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "kafka_sasl.py {library} failed: {}\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let last = stdout
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("");
+        serde_json::from_str(last)
+            .unwrap_or_else(|e| panic!("kafka_sasl.py printed no JSON ({e}): {stdout}"))
+    })
+    .await
+    .expect("the client task")
+}
+
+fn assert_round_trip(report: &Value, count: u32, what: &str) {
+    let wanted: Vec<String> = (0..count).map(|i| format!("v{i}")).collect();
+    assert_eq!(report["values"], json!(wanted), "{what}: {report}");
+}
+
+/// Asserts the client gave up and said, in its error or its log, each of
+/// `said`.
+fn assert_refused(report: &Value, said: &[&str], what: &str) {
+    assert!(report["error"].is_string(), "{what}: {report}");
+    let mut text = report["message"].as_str().unwrap_or_default().to_owned();
+    for line in report["log"].as_array().into_iter().flatten() {
+        text.push('\n');
+        text.push_str(line.as_str().unwrap_or_default());
+    }
+    for wanted in said {
+        assert!(text.contains(wanted), "{what}: {wanted:?} not in {report}");
+    }
+}
+
+async fn only_clients_with_a_valid_token_produce_and_consume(backend: BackendKind) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let secret = random_secret();
+    let secret_file = dir.path().join("secret.key");
+    std::fs::write(&secret_file, &secret).expect("write the secret key");
+    let gw = Gateway::builder(backend)
+        .arg("--auth-token-secret-file")
+        .arg(&secret_file)
+        .start()
+        .await;
+    let bootstrap = gw.kafka_addr.expect("a Kafka listener").to_string();
+    let valid = token(&secret, json!({"sub": "orders-service"}));
+
+    let report = sasl_client(
+        "kafka-python",
+        &bootstrap,
+        Some(&format!("token:{valid}")),
+        5,
+    )
+    .await;
+    assert_round_trip(&report, 5, "kafka-python, password token:<jwt>");
+    let report = sasl_client("confluent", &bootstrap, Some(&valid), 5).await;
+    assert_round_trip(&report, 5, "librdkafka, the bare JWT");
+
+    let wrong_key = token(&random_secret(), json!({"sub": "orders-service"}));
+    let report = sasl_client("kafka-python", &bootstrap, Some(&wrong_key), 1).await;
+    // kafka-python logs the refusal, then gives up bootstrapping.
+    assert_refused(
+        &report,
+        &[
+            "SaslAuthenticationFailedError",
+            "Authentication failed: bad credentials: the token's signature does not verify",
+        ],
+        "kafka-python, a token of another key",
+    );
+    let expired = token(&secret, json!({"sub": "orders-service", "exp": now() - 60}));
+    let report = sasl_client("confluent", &bootstrap, Some(&expired), 1).await;
+    assert_eq!(report["error"], "_AUTHENTICATION", "{report}");
+    assert_refused(
+        &report,
+        &["the token has expired"],
+        "librdkafka, an expired token",
+    );
+
+    let report = sasl_client_with("confluent", &bootstrap, Some(&valid), 1, "SCRAM-SHA-256").await;
+    assert_refused(
+        &report,
+        &["SCRAM-SHA-256", "PLAIN"],
+        "librdkafka, a mechanism the gateway does not offer",
+    );
+
+    let report = sasl_client("kafka-python", &bootstrap, None, 1).await;
+    assert!(
+        report["error"].is_string(),
+        "kafka-python without SASL: {report}"
+    );
+    let report = sasl_client("confluent", &bootstrap, None, 1).await;
+    assert!(
+        report["error"].is_string(),
+        "librdkafka without SASL: {report}"
+    );
+
+    let out = gw.output();
+    assert!(
+        out.contains("request before SASL authentication"),
+        "the gateway says why it closed a connection without SASL:\n{out}"
+    );
+    for secret_text in [&valid, &wrong_key, &expired] {
+        assert!(
+            !out.contains(secret_text.as_str()),
+            "a token was logged:\n{out}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_kafka_clients_with_a_valid_token_get_through_on_the_embedded_store() {
+    only_clients_with_a_valid_token_produce_and_consume(BackendKind::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_kafka_clients_with_a_valid_token_get_through_on_pulsar() {
+    only_clients_with_a_valid_token_produce_and_consume(BackendKind::Pulsar).await;
+}
+
+/// Authentication off: a client configured for SASL/PLAIN still connects,
+/// whatever its password, as it would to a gateway without SASL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_authentication_off_sasl_clients_connect_with_any_password() {
+    let gw = Gateway::start(BackendKind::Embedded).await;
+    let bootstrap = gw.kafka_addr.expect("a Kafka listener").to_string();
+    let report = sasl_client("kafka-python", &bootstrap, Some("anything"), 3).await;
+    assert_round_trip(&report, 3, "kafka-python");
+    let report = sasl_client("confluent", &bootstrap, Some("token:not-checked"), 3).await;
+    assert_round_trip(&report, 3, "librdkafka");
+}
