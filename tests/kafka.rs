@@ -672,3 +672,48 @@ async fn pulsar_messages_reach_kafka_python_intact() {
 async fn pulsar_messages_reach_librdkafka_intact() {
     pulsar_messages_reach_kafka_consumers_intact("confluent_consume.py").await;
 }
+
+/// Kafka headers are a list: a record whose header key repeats (h, z, h)
+/// is fetched with all three, in order, by both consumers.
+async fn repeated_header_keys_keep_their_order(backend: BackendKind) {
+    let gw = Gateway::start(backend).await;
+    let bootstrap = gw.kafka_addr.expect("a Kafka listener").to_string();
+    let topic = unique("kafka-headers");
+    run_client(
+        "kafka_python_produce.py",
+        vec![
+            bootstrap.clone(),
+            topic.clone(),
+            "3".into(),
+            "--repeat-header".into(),
+        ],
+    )
+    .await;
+    for consumer in ["kafka_python_consume.py", "confluent_consume.py"] {
+        let records =
+            run_client(consumer, vec![bootstrap.clone(), topic.clone(), "3".into()]).await;
+        let records = records.as_array().expect("a list");
+        assert_eq!(records.len(), 3, "{consumer}: {records:?}");
+        for (i, r) in records.iter().enumerate() {
+            assert_eq!(
+                r["headers"],
+                serde_json::json!([
+                    ["h", format!("x{i}")],
+                    ["z", format!("z{i}")],
+                    ["h", "again"]
+                ]),
+                "{consumer}: {r}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_header_keys_keep_their_order_on_the_embedded_store() {
+    repeated_header_keys_keep_their_order(BackendKind::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_header_keys_keep_their_order_on_pulsar() {
+    repeated_header_keys_keep_their_order(BackendKind::Pulsar).await;
+}

@@ -8,6 +8,8 @@ Usage: kafka_python_produce.py BOOTSTRAP TOPIC COUNT [spread]
   gzip (the one codec it needs no extra package for), with linger_ms=100 so
   that records share batches: kafka-python sends a batch uncompressed when
   compressing does not make it smaller, as with a single small record.
+  --repeat-header (anywhere): each record carries h=xN, then z=zN, then h
+  again (h=again), to check that repeated header keys keep their order.
 Usage: kafka_python_produce.py BOOTSTRAP TOPIC forever
   Sends until killed, one record at a time, printing each acknowledged
   value on its own line as soon as the gateway acknowledged it.
@@ -24,6 +26,9 @@ if "--compression" in args:
     at = args.index("--compression")
     compression = args[at + 1]
     del args[at : at + 2]
+repeat_header = "--repeat-header" in args
+if repeat_header:
+    args.remove("--repeat-header")
 bootstrap, topic, count = args[0], args[1], args[2]
 if compression is None:
     producer = KafkaProducer(bootstrap_servers=bootstrap)
@@ -51,7 +56,11 @@ else:
             topic,
             key=b"k%d" % (i % 3),
             value=b"v%d" % i,
-            headers=[("h", b"x%d" % i)],
+            headers=(
+                [("h", b"x%d" % i), ("z", b"z%d" % i), ("h", b"again")]
+                if repeat_header
+                else [("h", b"x%d" % i)]
+            ),
             partition=partitions[i % len(partitions)] if spread else None,
         )
         for i in range(int(count))

@@ -34,7 +34,6 @@ use gateway_api::{
     Action, Backend, BackendError, Message, OffsetRange, Reader, StartPosition, TopicName,
 };
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::indexmap::IndexMap;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{FetchRequest, FetchResponse};
 use kafka_protocol::protocol::StrBytes;
@@ -373,9 +372,8 @@ fn encoded_size(record: &Record, (base_offset, base_timestamp): (i64, i64)) -> u
 }
 
 /// The Kafka record of a message: its offset, its event time (else its
-/// publish time) as a create time, its key, its properties as headers.
-/// Repeated property keys keep the last value (Kafka's headers may repeat;
-/// the record type holds a map).
+/// publish time) as a create time, its key, its properties as headers (in
+/// order, repeated keys included).
 fn record(message: &Message) -> Record {
     let timestamp = message.event_time.unwrap_or(message.publish_time);
     Record {
@@ -400,7 +398,7 @@ fn record(message: &Message) -> Record {
                     Some(Bytes::copy_from_slice(v.as_bytes())),
                 )
             })
-            .collect::<IndexMap<_, _>>(),
+            .collect(),
     }
 }
 
@@ -764,7 +762,11 @@ mod tests {
             id: MessageId::from_offset(offset, None),
             payload: Bytes::copy_from_slice(payload.as_bytes()),
             key: (offset % 2 == 0).then(|| Bytes::from(format!("k{offset}"))),
-            properties: vec![("h".into(), format!("x{offset}")), ("n".into(), "".into())],
+            properties: vec![
+                ("h".into(), format!("x{offset}")),
+                ("n".into(), "".into()),
+                ("h".into(), "again".into()),
+            ],
             event_time,
             publish_time: 1_700_000_000_000 + offset,
             redelivery_count: 0,

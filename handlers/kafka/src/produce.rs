@@ -355,11 +355,10 @@ mod tests {
     type Compress = fn(&[u8]) -> Vec<u8>;
 
     fn record(i: i64, value: Bytes) -> Record {
-        let mut headers = kafka_protocol::indexmap::IndexMap::new();
-        headers.insert(
+        let headers = vec![(
             StrBytes::from_string(format!("h{i}")),
             Some(Bytes::from(format!("x{i}"))),
-        );
+        )];
         Record {
             transactional: false,
             control: false,

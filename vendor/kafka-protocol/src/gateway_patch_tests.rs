@@ -286,9 +286,24 @@ fn gateway_patch_true_counts_beyond_the_preallocation_still_decode() {
     let decoded = RecordBatchDecoder::decode(&mut record_batch(3, &batch)).unwrap();
     assert_eq!(decoded.records.len(), 3);
     assert_eq!(
-        decoded.records[2]
-            .headers
-            .get(&StrBytes::from_static_str("h")),
-        Some(&Some(Bytes::from_static(b"v")))
+        decoded.records[2].headers,
+        vec![(StrBytes::from_static_str("h"), Some(Bytes::from_static(b"v")))]
+    );
+}
+
+#[test]
+fn gateway_patch_repeated_header_keys_are_all_kept_in_order() {
+    // One record, no key, no value, two headers h=a then h=b.
+    let record = [
+        0x1c, 0x00, 0x00, 0x00, 0x01, 0x01, 0x04, 0x02, b'h', 0x02, b'a', 0x02, b'h', 0x02, b'b',
+    ];
+    let decoded = RecordBatchDecoder::decode(&mut record_batch(1, &record)).unwrap();
+    let h = StrBytes::from_static_str("h");
+    assert_eq!(
+        decoded.records[0].headers,
+        vec![
+            (h.clone(), Some(Bytes::from_static(b"a"))),
+            (h, Some(Bytes::from_static(b"b"))),
+        ]
     );
 }

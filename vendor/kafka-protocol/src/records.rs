@@ -42,7 +42,6 @@ use anyhow::{anyhow, bail, Result};
 use bytes::{Bytes, BytesMut};
 use crc::{Crc, CRC_32_ISO_HDLC};
 use crc32c::crc32c;
-use indexmap::IndexMap;
 
 use crate::protocol::{
     buf::{gap, ByteBuf, ByteBufMut},
@@ -180,8 +179,11 @@ pub struct Record {
     pub key: Option<Bytes>,
     /// The payload of the record.
     pub value: Option<Bytes>,
-    /// Headers associated with the record's payload.
-    pub headers: IndexMap<StrBytes, Option<Bytes>>,
+    /// Headers associated with the record's payload, in record order.
+    ///
+    /// pulsar-gateway patch: was an `IndexMap`, which kept one value per
+    /// key; Kafka's headers are a list and may repeat a key.
+    pub headers: Vec<(StrBytes, Option<Bytes>)>,
 }
 
 const MAGIC_BYTE_OFFSET: usize = 16;
@@ -906,7 +908,7 @@ impl Record {
         // pulsar-gateway patch: was `IndexMap::with_capacity(num_headers)`.
         let capacity =
             types::cautious_capacity::<(StrBytes, Option<Bytes>)>(num_headers, buf.len());
-        let mut headers = IndexMap::with_capacity(capacity);
+        let mut headers = Vec::with_capacity(capacity);
         for _ in 0..num_headers {
             // Key len
             let key_len: i32 = types::VarInt.decode(buf)?;
@@ -929,7 +931,8 @@ impl Record {
                 Ordering::Greater => Some(buf.try_get_bytes(value_len as usize)?),
             };
 
-            headers.insert(key, value);
+            // pulsar-gateway patch: was `headers.insert(key, value)`.
+            headers.push((key, value));
         }
 
         Ok(Self {
@@ -1032,18 +1035,18 @@ mod tests {
             timestamp: Default::default(),
             key: Default::default(),
             value: Default::default(),
-            headers: [
+            headers: vec![
                 ("some-key".into(), Some("some-value".into())),
                 ("other-header".into(), None),
-            ]
-            .into(),
+            ],
         };
         assert_eq!(
             Bytes::from("some-value"),
             record
                 .headers
-                // This relies on `impl Borrow<[u8]> for StrBytes`
-                .get("some-key".as_bytes())
+                .iter()
+                .find(|(k, _)| k.as_str() == "some-key")
+                .map(|(_, v)| v)
                 .expect("key exists in headers")
                 .as_ref()
                 .expect("value is present")
@@ -1065,7 +1068,7 @@ mod tests {
             timestamp: Default::default(),
             key: Default::default(),
             value: Default::default(),
-            headers: [("other-header".into(), None)].into(),
+            headers: vec![("other-header".into(), None)],
         };
         let mut buf = &mut bytes::BytesMut::new();
         record
