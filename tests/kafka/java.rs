@@ -2,7 +2,9 @@
 //! applications run) at its default settings: its admin client creates a
 //! partitioned topic, its producer (idempotent, acks=all) spreads records
 //! over the partitions, and its group consumer (classic protocol, default
-//! assignors) reads every record where it was acknowledged and commits.
+//! assignors) reads every record where it was acknowledged and commits; with
+//! the cooperative-sticky assignor a joining member takes one partition in
+//! an incremental rebalance.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -143,4 +145,70 @@ async fn the_java_client_produces_and_consumes_in_a_group_on_the_embedded_store(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_java_client_produces_and_consumes_in_a_group_on_pulsar() {
     the_java_client_produces_and_consumes_in_a_group(BackendKind::Pulsar).await;
+}
+
+/// The cooperative-sticky assignor's incremental rebalance: a second
+/// member joining takes one partition from the first, which gives up only
+/// that one (never both), and each then reads its own partition's records.
+async fn the_cooperative_sticky_assignor_moves_one_partition(backend: BackendKind) {
+    let gw = Gateway::builder(backend)
+        .arg("--kafka-group-initial-rebalance-delay")
+        .arg("0")
+        .start()
+        .await;
+    let bootstrap = gw.kafka_addr.expect("a Kafka listener").to_string();
+    let topic = unique("java-cooperative");
+    let created = java("create", vec![bootstrap.clone(), topic.clone(), "2".into()]).await;
+    assert_eq!(created["partitions"], 2, "{created}");
+
+    let out = java(
+        "cooperative",
+        vec![bootstrap, topic, "java-cooperative".into()],
+    )
+    .await;
+    let partitions = |member: &str| -> Vec<u64> {
+        out[member]["assigned"]
+            .as_array()
+            .expect("assigned")
+            .iter()
+            .map(|p| p.as_u64().expect("a partition"))
+            .collect()
+    };
+    let (first, second) = (partitions("first"), partitions("second"));
+    assert_eq!(first.len(), 1, "{out}");
+    assert_eq!(second.len(), 1, "{out}");
+    assert_ne!(first, second, "{out}");
+    for revocation in out["first"]["revoked"].as_array().expect("revoked") {
+        assert_eq!(
+            revocation.as_array().map(Vec::len),
+            Some(1),
+            "the first member gave up more than the moving partition: {out}"
+        );
+    }
+    assert!(
+        out["second"]["revoked"]
+            .as_array()
+            .is_some_and(Vec::is_empty),
+        "{out}"
+    );
+    for (member, partition) in [("first", first[0]), ("second", second[0])] {
+        let records: Vec<(u64, u64)> = out[member]["records"]
+            .as_array()
+            .expect("records")
+            .iter()
+            .map(|r| (r[0].as_u64().unwrap(), r[1].as_u64().unwrap()))
+            .collect();
+        let own: Vec<(u64, u64)> = (0..5).map(|offset| (partition, offset)).collect();
+        assert_eq!(records, own, "{member} reads its own partition: {out}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cooperative_sticky_assignor_moves_one_partition_on_the_embedded_store() {
+    the_cooperative_sticky_assignor_moves_one_partition(BackendKind::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cooperative_sticky_assignor_moves_one_partition_on_pulsar() {
+    the_cooperative_sticky_assignor_moves_one_partition(BackendKind::Pulsar).await;
 }
