@@ -163,12 +163,12 @@ check_rust
 section "setup: Python virtualenv"
 ensure_venv
 
-# A real Apache Pulsar standalone for the Pulsar-backend tests: fetched
-# (cached) and started in the background while the code builds, stopped on
-# exit. Its own ports, so a developer's standalone on 6650 is left alone.
 section "setup: Java Kafka client"
 ensure_java_clients
 
+# A real Apache Pulsar standalone for the Pulsar-backend tests: fetched
+# (cached) and started in the background while the code builds, stopped on
+# exit. Its own ports, so a developer's standalone on 6650 is left alone.
 section "setup: Apache Pulsar standalone (background)"
 export PULSAR_PORT="${PULSAR_GATEWAY_TEST_PULSAR_PORT:-16650}"
 export PULSAR_WEB_PORT="${PULSAR_GATEWAY_TEST_PULSAR_WEB_PORT:-18081}"

@@ -299,11 +299,12 @@ pub struct Config {
     /// The HTTP server: `/metrics`, `/healthz`, `/readyz`, later the
     /// WebSocket API (`off`: no HTTP server).
     pub http_addr: ListenAddr,
-    /// HMAC (HS256) secret key verifying clients' JWTs, read at start-up
+    /// HMAC (HS256/384/512) secret key verifying clients' JWTs, read at start-up
     /// (see `crate::auth`); auth is off when neither key file is set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_token_secret_file: Option<PathBuf>,
-    /// RS256/ES256 public key (PEM or DER) verifying clients' JWTs, read
+    /// RSA or ECDSA (RS256/384/512, ES256/384) public key (PEM or DER)
+    /// verifying clients' JWTs, read
     /// at start-up.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_token_public_key_file: Option<PathBuf>,
@@ -346,6 +347,11 @@ pub struct KafkaSettings {
     /// Partitions of a topic created because a client used it (Kafka's
     /// `num.partitions`); 1 creates a topic without partitions.
     pub default_partitions: u32,
+    /// The most partitions a Kafka client may give a topic (CreateTopics,
+    /// CreatePartitions): each partition costs the backend (a log and an
+    /// I/O thread on the embedded store), and a client must not be able to
+    /// ask for millions.
+    pub max_partitions: u32,
     /// How long a new consumer group waits for more members before its
     /// first generation (`group.initial.rebalance.delay.ms`).
     pub group_initial_rebalance_delay: HumanDuration,
@@ -361,6 +367,7 @@ impl Default for KafkaSettings {
         KafkaSettings {
             advertised_addr: None,
             default_partitions: d.default_partitions,
+            max_partitions: d.max_partitions,
             group_initial_rebalance_delay: HumanDuration(d.groups.initial_rebalance_delay),
             group_min_session_timeout: HumanDuration(d.groups.min_session_timeout),
             group_max_session_timeout: HumanDuration(d.groups.max_session_timeout),
@@ -392,6 +399,7 @@ impl KafkaSettings {
         Ok(KafkaConfig {
             advertised,
             default_partitions: self.default_partitions,
+            max_partitions: self.max_partitions,
             groups: GroupSettings {
                 initial_rebalance_delay: self.group_initial_rebalance_delay.0,
                 min_session_timeout: self.group_min_session_timeout.0,
@@ -557,7 +565,7 @@ struct Cli {
     /// HTTP address (/metrics, /healthz, /readyz), or `off`.
     #[arg(long, env = "PULSAR_GATEWAY_HTTP_ADDR", value_name = "ADDR", default_value_t = defaults::http_addr())]
     http_addr: ListenAddr,
-    /// Turns client authentication on: HMAC (HS256) secret key file for
+    /// Turns client authentication on: HMAC (HS256/384/512) secret key file for
     /// client JWTs (raw bytes, or `data:;base64,...`).
     #[arg(
         long,
@@ -565,8 +573,8 @@ struct Cli {
         value_name = "FILE"
     )]
     auth_token_secret_file: Option<PathBuf>,
-    /// Turns client authentication on: RS256/ES256 public key file (PEM or
-    /// DER) for client JWTs.
+    /// Turns client authentication on: RSA or ECDSA (RS256/384/512,
+    /// ES256/384) public key file (PEM or DER) for client JWTs.
     #[arg(
         long,
         env = "PULSAR_GATEWAY_AUTH_TOKEN_PUBLIC_KEY_FILE",
@@ -636,6 +644,9 @@ struct Cli {
     /// Kafka: partitions of an auto-created topic (1: not partitioned).
     #[arg(long, env = "PULSAR_GATEWAY_KAFKA_DEFAULT_PARTITIONS", value_name = "N", default_value_t = KafkaSettings::default().default_partitions)]
     kafka_default_partitions: u32,
+    /// Kafka: the most partitions a client may give a topic.
+    #[arg(long, env = "PULSAR_GATEWAY_KAFKA_MAX_PARTITIONS", value_name = "N", default_value_t = KafkaSettings::default().max_partitions)]
+    kafka_max_partitions: u32,
     /// Kafka: how long a new consumer group waits for more members, e.g. 3s.
     #[arg(long, env = "PULSAR_GATEWAY_KAFKA_GROUP_INITIAL_REBALANCE_DELAY", value_name = "DURATION", default_value_t = KafkaSettings::default().group_initial_rebalance_delay)]
     kafka_group_initial_rebalance_delay: HumanDuration,
@@ -762,6 +773,7 @@ impl Config {
         let k = &mut self.kafka;
         overlay_opt(m, "kafka_advertised_addr", &mut k.advertised_addr);
         overlay(m, "kafka_default_partitions", &mut k.default_partitions);
+        overlay(m, "kafka_max_partitions", &mut k.max_partitions);
         overlay(
             m,
             "kafka_group_initial_rebalance_delay",
@@ -802,6 +814,12 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "kafka.default_partitions",
                 message: "must be at least 1 (1: not partitioned)".into(),
+            });
+        }
+        if self.kafka.max_partitions < self.kafka.default_partitions {
+            return Err(ConfigError::Invalid {
+                key: "kafka.max_partitions",
+                message: "is below kafka.default_partitions".into(),
             });
         }
         if self.kafka.group_min_session_timeout.0 > self.kafka.group_max_session_timeout.0 {

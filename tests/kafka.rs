@@ -538,8 +538,9 @@ async fn create_partitioned_on_pulsar(topic: &str, partitions: u32) {
 
 /// Each Kafka partition of a partitioned Pulsar topic is consumed from its
 /// own Pulsar partition: every record arrives at the partition and offset
-/// its producer was told. (On Pulsar only: nothing creates a partitioned
-/// topic on the embedded store from outside yet.)
+/// its producer was told. (On Pulsar only: the topic is made with Pulsar's
+/// own admin API; Kafka-created partitioned topics are tested on both
+/// backends in `kafka/admin.rs` and `kafka/java.rs`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitions_of_a_partitioned_pulsar_topic_are_consumed_where_produced() {
     let gw = Gateway::start(BackendKind::Pulsar).await;

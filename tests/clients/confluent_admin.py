@@ -45,6 +45,7 @@ def listed(name):
 step("create", admin.create_topics([NewTopic(topic, num_partitions=3)]))
 out["partitions_after_create"] = partition_count(topic)
 step("create_again", admin.create_topics([NewTopic(topic, num_partitions=3)]))
+step("create_too_many", admin.create_topics([NewTopic(topic + "-huge", num_partitions=100000)]))
 step(
     "validate_only",
     admin.create_topics([NewTopic(topic + "-dry", num_partitions=2)], validate_only=True),

@@ -39,6 +39,9 @@ step("create", lambda: admin.create_topics({topic: {"num_partitions": 3, "replic
 out["partitions_after_create"] = partition_count(topic)
 step("create_again", lambda: admin.create_topics({topic: {"num_partitions": 3}}))
 step("create_zero_partitions", lambda: admin.create_topics({topic + "-zero": {"num_partitions": 0}}))
+step("create_too_many", lambda: admin.create_topics({topic + "-huge": {"num_partitions": 100000}}))
+step("create_assigned", lambda: admin.create_topics({topic + "-assigned": {"assignments": {0: [0], 1: [0]}}}))
+out["partitions_assigned"] = partition_count(topic + "-assigned")
 step("validate_only", lambda: admin.create_topics({topic + "-dry": {"num_partitions": 2}}, validate_only=True))
 out["dry_run_listed"] = topic + "-dry" in admin.list_topics()
 out["listed"] = topic in admin.list_topics()
@@ -69,5 +72,7 @@ out["produced_to_new_partition"] = [sent.partition, sent.offset] if sent else No
 step("delete", lambda: admin.delete_topics([topic]))
 out["listed_after_delete"] = topic in admin.list_topics()
 step("delete_again", lambda: admin.delete_topics([topic]))
+# The gateway's own metadata log is internal: no client may touch it.
+step("delete_internal", lambda: admin.delete_topics(["__pulsar-gateway-metadata"]))
 admin.close()
 print(json.dumps(out))

@@ -1,8 +1,10 @@
 //! Topic administration end to end, with the admin clients of kafka-python
 //! and librdkafka: CreateTopics (partition count, an existing topic, an
-//! invalid count, validate-only), CreatePartitions (more, and fewer),
+//! invalid count, too many partitions, replica assignments,
+//! validate-only), CreatePartitions (more, and fewer),
 //! DescribeConfigs, a record produced to an added partition, DeleteTopics
-//! (and again), each answered with the error a Kafka broker gives.
+//! (and again, and of an internal topic), each answered with the error a
+//! Kafka broker gives.
 
 use serde_json::json;
 
@@ -30,6 +32,7 @@ impl Admin {
 const UNKNOWN_TOPIC_OR_PARTITION: i64 = 3;
 const TOPIC_ALREADY_EXISTS: i64 = 36;
 const INVALID_PARTITIONS: i64 = 37;
+const TOPIC_AUTHORIZATION_FAILED: i64 = 29;
 
 async fn topics_are_administered(backend: BackendKind, admin: Admin) {
     let gw = Gateway::start(backend).await;
@@ -43,6 +46,7 @@ async fn topics_are_administered(backend: BackendKind, admin: Admin) {
     expect("create", json!("ok"));
     expect("partitions_after_create", json!(3));
     expect("create_again", json!(TOPIC_ALREADY_EXISTS));
+    expect("create_too_many", json!(INVALID_PARTITIONS));
     expect("validate_only", json!("ok"));
     expect("dry_run_listed", json!(false));
     expect("listed", json!(true));
@@ -67,6 +71,10 @@ async fn topics_are_administered(backend: BackendKind, admin: Admin) {
     if let Admin::KafkaPython = admin {
         // librdkafka refuses a count of 0 itself, before sending.
         expect("create_zero_partitions", json!(INVALID_PARTITIONS));
+        // Replica assignments: one partition each, placed by the backend.
+        expect("create_assigned", json!("ok"));
+        expect("partitions_assigned", json!(2));
+        expect("delete_internal", json!(TOPIC_AUTHORIZATION_FAILED));
     }
 }
 

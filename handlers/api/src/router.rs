@@ -76,8 +76,18 @@ pub trait Router: Send + Sync + 'static {
     fn namespace(&self, protocol: Protocol, principal: &Principal) -> Namespace;
 }
 
-/// Every name maps into one namespace and every action is allowed: the
-/// router when no rules or grants are configured.
+/// Whether a topic is internal (its local name starts with `__`, as
+/// Kafka's and Pulsar's own system topics do, and the gateway's metadata
+/// log): no client of any protocol may produce to, consume from or
+/// administer it, since its messages are the state of the gateway or of
+/// the cluster.
+pub fn is_internal(topic: &TopicName) -> bool {
+    topic.local_name().starts_with("__")
+}
+
+/// Every name maps into one namespace and every action is allowed on every
+/// topic but the internal ones: the router when no rules or grants are
+/// configured.
 #[derive(Debug, Clone, Default)]
 pub struct DefaultRouter {
     /// Where short names live (`public/default` unless configured).
@@ -89,21 +99,29 @@ impl Router for DefaultRouter {
         &self,
         protocol: Protocol,
         name: &str,
-        _principal: &Principal,
-        _action: Action,
+        principal: &Principal,
+        action: Action,
     ) -> Result<TopicName, RouteError> {
         // Fully-qualified Pulsar names are accepted wherever the protocol's
-        // grammar allows them.
-        if name.contains("://") {
-            return Ok(TopicName::parse(name, &self.namespace)?);
-        }
-        let topic = match protocol {
-            Protocol::Kafka => TopicName::from_kafka(name, &self.namespace)?,
-            Protocol::Mqtt => TopicName::from_mqtt(name, &self.namespace)?,
-            Protocol::Amqp => TopicName::from_amqp_key(name, &self.namespace)?,
-            Protocol::WebSocket => TopicName::from_websocket_path(name)?,
-            Protocol::Pulsar => TopicName::parse(name, &self.namespace)?,
+        // grammar allows them; Kafka's alphabet has neither `:` nor `/`.
+        let topic = if name.contains("://") && protocol != Protocol::Kafka {
+            TopicName::parse(name, &self.namespace)?
+        } else {
+            match protocol {
+                Protocol::Kafka => TopicName::from_kafka(name, &self.namespace)?,
+                Protocol::Mqtt => TopicName::from_mqtt(name, &self.namespace)?,
+                Protocol::Amqp => TopicName::from_amqp_key(name, &self.namespace)?,
+                Protocol::WebSocket => TopicName::from_websocket_path(name)?,
+                Protocol::Pulsar => TopicName::parse(name, &self.namespace)?,
+            }
         };
+        if is_internal(&topic) {
+            return Err(RouteError::NotAuthorized {
+                role: principal.role.clone(),
+                action,
+                topic,
+            });
+        }
         Ok(topic)
     }
 
@@ -115,6 +133,55 @@ impl Router for DefaultRouter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn internal_topics_are_refused_to_every_protocol_and_action() {
+        let r = DefaultRouter::default();
+        let p = Principal::anonymous();
+        for (proto, name) in [
+            (Protocol::Kafka, "__pulsar-gateway-metadata"),
+            (Protocol::Kafka, "__consumer_offsets"),
+            (Protocol::Mqtt, "__pulsar-gateway-metadata"),
+            (
+                Protocol::Pulsar,
+                "persistent://public/default/__pulsar-gateway-metadata",
+            ),
+            (
+                Protocol::Mqtt,
+                "persistent://public/default/__change_events",
+            ),
+        ] {
+            for action in [Action::Produce, Action::Consume, Action::Admin] {
+                assert!(
+                    matches!(
+                        r.resolve(proto, name, &p, action),
+                        Err(RouteError::NotAuthorized { .. })
+                    ),
+                    "{proto} {name} {action}"
+                );
+            }
+        }
+        assert!(r
+            .resolve(Protocol::Kafka, "_one_underscore", &p, Action::Produce)
+            .is_ok());
+    }
+
+    #[test]
+    fn kafka_names_never_leave_the_namespace() {
+        let r = DefaultRouter::default();
+        let p = Principal::anonymous();
+        let name = "persistent://other/ns/t";
+        assert!(matches!(
+            r.resolve(Protocol::Kafka, name, &p, Action::Admin),
+            Err(RouteError::InvalidName(_))
+        ));
+        let other: TopicName = name.parse().unwrap();
+        assert_eq!(
+            r.resolve(Protocol::Mqtt, name, &p, Action::Produce)
+                .unwrap(),
+            other
+        );
+    }
 
     #[test]
     fn each_protocol_reaches_the_same_topic() {

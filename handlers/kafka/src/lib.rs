@@ -58,9 +58,9 @@ pub struct KafkaConfig {
     /// `socket.request.max.bytes`, 100 MiB); a longer one closes the
     /// connection. Also the most a produced record batch may decompress
     /// to: a compressed batch holding more is refused (MESSAGE_TOO_LARGE)
-    /// once its decompressor has yielded one byte too many, so a
-    /// connection never holds more decompressed than it may hold on the
-    /// wire.
+    /// once its decompressor has yielded one byte too many. (The decoded
+    /// records of a batch that fits take more memory than its bytes, and
+    /// decompressed bytes are not yet counted in `max_inbound_bytes`.)
     pub max_frame_bytes: usize,
     /// The address Metadata gives clients for the broker (`host`, `port`);
     /// `None`: the address each client connected to.
@@ -68,6 +68,9 @@ pub struct KafkaConfig {
     /// Partitions of a topic created because a client asked for it
     /// (Kafka's `num.partitions`); 1 creates a topic without partitions.
     pub default_partitions: u32,
+    /// The most partitions a client may give a topic (CreateTopics,
+    /// CreatePartitions).
+    pub max_partitions: u32,
     /// The group coordinator's settings.
     pub groups: GroupSettings,
     /// The most record bytes one Fetch response holds, whatever the client
@@ -86,6 +89,7 @@ impl Default for KafkaConfig {
             max_frame_bytes: 100 << 20,
             advertised: None,
             default_partitions: 1,
+            max_partitions: 1024,
             groups: GroupSettings::default(),
             fetch_max_bytes: 55 << 20,
             fetch_readers: 100,

@@ -17,6 +17,11 @@ use crate::api::{error_code, Connection};
 /// The one broker's id.
 pub const BROKER_ID: i32 = 0;
 
+/// The most partitions Metadata lists for one topic: a topic made outside
+/// the gateway with more (Pulsar sets no limit by default) is answered
+/// with an error rather than with a list that size.
+const MAX_LISTED_PARTITIONS: u32 = 65_536;
+
 /// How long a partition count read from the backend serves Produce
 /// requests before it is read again.
 const PARTITION_COUNT_TTL: Duration = Duration::from_secs(10);
@@ -130,6 +135,10 @@ async fn topic(conn: &Connection, name: String, auto_create: bool) -> MetadataRe
     let mut out = MetadataResponseTopic::default();
     out.name = Some(messages::TopicName(StrBytes::from_string(name.clone())));
     match partitions(conn, &name, auto_create).await {
+        Ok(count) if count > MAX_LISTED_PARTITIONS => {
+            tracing::warn!(topic = %name, count, "a topic with more partitions than Metadata lists");
+            out.error_code = ResponseError::InvalidPartitions.code();
+        }
         Ok(count) => {
             out.partitions = (0..count.max(1))
                 .map(|p| {

@@ -12,6 +12,7 @@
 use gateway_api::{Action, BackendError, TopicName};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::describe_configs_response::{
@@ -76,6 +77,48 @@ async fn existing_partitions(
     }
 }
 
+/// The partitions a CreateTopics entry asks for: its count, the broker's
+/// default (-1), or one per replica assignment (where the replicas go is
+/// the backend's; the count is kept). Kafka refuses a count or replication
+/// factor alongside assignments, and so does this.
+fn partition_count(conn: &Connection, wanted: &CreatableTopic) -> Result<u32, Refusal> {
+    let assigned = wanted.assignments.len();
+    let count = match (wanted.num_partitions, assigned) {
+        (-1, 0) => conn.config.default_partitions.max(1),
+        (-1, n) if wanted.replication_factor == -1 => u32::try_from(n).unwrap_or(u32::MAX),
+        (_, n) if n > 0 => {
+            return Err((
+                ResponseError::InvalidRequest,
+                "give either replica assignments or a partition count and replication factor"
+                    .to_owned(),
+            ))
+        }
+        (n, _) => match u32::try_from(n) {
+            Ok(n) if n >= 1 => n,
+            _ => {
+                return Err((
+                    ResponseError::InvalidPartitions,
+                    format!("{n} partitions: at least 1"),
+                ))
+            }
+        },
+    };
+    within_limit(conn, count)?;
+    Ok(count)
+}
+
+/// Refuses a count over the configured maximum.
+fn within_limit(conn: &Connection, count: u32) -> Result<(), Refusal> {
+    let max = conn.config.max_partitions;
+    if count > max {
+        return Err((
+            ResponseError::InvalidPartitions,
+            format!("{count} partitions: at most {max} here (kafka.max_partitions)"),
+        ));
+    }
+    Ok(())
+}
+
 /// CreateTopics: each topic on its own; `validate_only` checks without
 /// creating.
 pub async fn create_topics(
@@ -85,18 +128,7 @@ pub async fn create_topics(
 ) -> CreateTopicsResponse {
     let mut response = CreateTopicsResponse::default();
     for wanted in request.topics {
-        let count = match wanted.num_partitions {
-            -1 => Ok(conn.config.default_partitions.max(1)),
-            n if n >= 1 && wanted.assignments.is_empty() => Ok(n as u32),
-            _ if !wanted.assignments.is_empty() => Err((
-                ResponseError::InvalidReplicaAssignment,
-                "replica assignments are the backend's; give num_partitions".to_owned(),
-            )),
-            n => Err((
-                ResponseError::InvalidPartitions,
-                format!("{n} partitions: at least 1"),
-            )),
-        };
+        let count = partition_count(conn, &wanted);
         let valid_replication = wanted.replication_factor == -1 || wanted.replication_factor >= 1;
         let outcome = match count {
             Ok(_) if !valid_replication => Err((
@@ -246,6 +278,7 @@ async fn raise(
             ))
         }
     };
+    within_limit(conn, wanted)?;
     if current == 0 {
         return invalid(format!(
             "topic {name} was created without partitions and cannot be given more; \
@@ -298,11 +331,11 @@ async fn topic_configs(
     let topic = resolve(conn, name, Action::Consume)?;
     existing_partitions(conn, &topic, name).await?;
     // What the gateway does whatever a client sets: records are deleted
-    // by retention, never compacted; batches are kept as the producer sent
-    // them; timestamps are the producer's; a record may fill a request.
+    // by retention, never compacted; records are fetched uncompressed;
+    // timestamps are the producer's; a record may fill a request.
     let fixed: [(&'static str, String, i8); 4] = [
         ("cleanup.policy", "delete".into(), TYPE_LIST),
-        ("compression.type", "producer".into(), TYPE_STRING),
+        ("compression.type", "uncompressed".into(), TYPE_STRING),
         ("message.timestamp.type", "CreateTime".into(), TYPE_STRING),
         (
             "max.message.bytes",
