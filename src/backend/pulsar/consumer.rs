@@ -40,10 +40,15 @@ const ENGINE_ATTEMPT: Duration = Duration::from_secs(1);
 /// How long a close or unsubscribe is tried in all.
 const ENGINE_GRACE: Duration = Duration::from_secs(10);
 
+/// The most buffered messages drained before one attempt.
+const DRAIN_MAX: usize = 10_000;
+
 /// A call of the crate's consumer that its engine must answer.
 #[derive(Clone, Copy, Debug)]
 enum EngineCall {
+    /// Detach the consumer; the subscription stays.
     Close,
+    /// Delete the subscription.
     Unsubscribe,
 }
 
@@ -58,7 +63,14 @@ enum EngineCall {
 async fn call_engine(consumer: &mut RawConsumer, call: EngineCall) -> Result<(), BackendError> {
     let deadline = tokio::time::Instant::now() + ENGINE_GRACE;
     loop {
-        while let Some(Some(_)) = consumer.next().now_or_never() {}
+        // What is buffered now (the engine's queue is bounded by the
+        // receiver queue), without waiting for more.
+        for _ in 0..DRAIN_MAX {
+            if !matches!(consumer.next().now_or_never(), Some(Some(_))) {
+                break;
+            }
+        }
+        tokio::task::yield_now().await;
         let attempt = async {
             match call {
                 EngineCall::Close => consumer.close().await,
@@ -78,12 +90,16 @@ async fn call_engine(consumer: &mut RawConsumer, call: EngineCall) -> Result<(),
     }
 }
 
-/// Closes the crate's consumer. When its engine does not answer, the
-/// consumer is left to be dropped, which ends the engine and closes the
-/// consumer on the broker from a task of the crate's.
-pub(super) async fn close_consumer(consumer: &mut RawConsumer) {
-    if let Err(e) = call_engine(consumer, EngineCall::Close).await {
-        tracing::debug!("closing a consumer: {e}; dropping it instead");
+/// Closes the crate's consumer; false when its engine did not answer.
+/// The caller then drops the consumer, which ends the engine and closes
+/// the consumer on the broker from a task of the crate's.
+pub(super) async fn close_consumer(consumer: &mut RawConsumer) -> bool {
+    match call_engine(consumer, EngineCall::Close).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::debug!("closing a consumer: {e}; dropping it instead");
+            false
+        }
     }
 }
 
@@ -297,7 +313,7 @@ impl Task {
                 }
                 // Every handle on the subscription is gone.
                 Event::Command(None) => {
-                    close_consumer(&mut self.consumer).await;
+                    let _ = close_consumer(&mut self.consumer).await;
                     return;
                 }
                 Event::Next(next) => {
@@ -361,13 +377,13 @@ impl Task {
             }
             Command::Unsubscribe { reply } => {
                 let result = call_engine(&mut self.consumer, EngineCall::Unsubscribe).await;
-                close_consumer(&mut self.consumer).await;
+                let _ = close_consumer(&mut self.consumer).await;
                 let _ = reply.send(result);
                 true
             }
             Command::Close { reply } => {
                 // Detached either way: closed, or dropped as the task ends.
-                close_consumer(&mut self.consumer).await;
+                let _ = close_consumer(&mut self.consumer).await;
                 let _ = reply.send(Ok(()));
                 true
             }
@@ -441,7 +457,14 @@ impl Task {
             Ok(planned) => planned,
             Err(e) => return (Err(e), false),
         };
-        close_consumer(&mut self.consumer).await;
+        if !close_consumer(&mut self.consumer).await {
+            // Still attached: a new consumer could be refused as a second
+            // one. The task ends, dropping it; the subscription is closed.
+            let stuck = BackendError::Unavailable(
+                "the consumer did not close for the seek; subscribe again".into(),
+            );
+            return (Err(stuck), true);
+        }
         // A cursor that could not be moved is reported, and the consumer
         // goes on from where it was.
         let moved = self.opener.move_cursors(&planned).await;

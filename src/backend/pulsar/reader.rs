@@ -225,7 +225,7 @@ impl Reader for PulsarReader {
         let fresh = subscribe(&self.client, &self.topic, start).await?;
         let mut old = std::mem::replace(&mut *state, fresh);
         // The old subscription is non-durable: closing it deletes it.
-        close_consumer(&mut old.consumer).await;
+        let _ = close_consumer(&mut old.consumer).await;
         Ok(())
     }
 
