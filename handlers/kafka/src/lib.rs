@@ -28,6 +28,7 @@
 //! event time.
 
 mod api;
+mod cluster;
 mod decompress;
 mod fetch;
 mod frame;
@@ -100,8 +101,11 @@ pub struct KafkaHandler {
     producers: Arc<Producers>,
     /// Partition counts for Produce, shared by all connections.
     partition_counts: Arc<metadata::PartitionCounts>,
-    /// Every consumer group's membership.
+    /// Every consumer group's membership, for the groups this gateway
+    /// coordinates.
     coordinator: Arc<group::coordinator::Coordinator>,
+    /// This gateway's node id and the other Kafka gateways on the backend.
+    cluster: Arc<cluster::Cluster>,
 }
 
 impl KafkaHandler {
@@ -109,6 +113,7 @@ impl KafkaHandler {
     pub fn new(config: KafkaConfig) -> KafkaHandler {
         KafkaHandler {
             coordinator: group::coordinator::Coordinator::new(config.groups.clone()),
+            cluster: Arc::new(cluster::Cluster::new(config.advertised.clone())),
             config: Arc::new(config),
             producers: Arc::new(Producers::default()),
             partition_counts: Arc::default(),
@@ -122,6 +127,12 @@ impl ProtocolHandler for KafkaHandler {
         Protocol::Kafka
     }
 
+    /// Registers this gateway as a broker in the metadata store, refreshed
+    /// until shutdown.
+    fn start(&self, listening: SocketAddr, ctx: Context) {
+        self.cluster.start(listening, ctx);
+    }
+
     async fn serve(
         &self,
         stream: Box<dyn ClientStream>,
@@ -129,6 +140,9 @@ impl ProtocolHandler for KafkaHandler {
         local: SocketAddr,
         ctx: Context,
     ) -> Result<(), HandlerError> {
+        // Bound to a wildcard address, the gateway registers the first
+        // address a client reached it at.
+        self.cluster.learn_address(local);
         let (mut reader, mut writer) = tokio::io::split(stream);
         let session = sasl::Session::start(&*ctx.auth).await;
         let connection = api::Connection {
@@ -136,6 +150,7 @@ impl ProtocolHandler for KafkaHandler {
             producers: self.producers.clone(),
             partition_counts: self.partition_counts.clone(),
             coordinator: self.coordinator.clone(),
+            cluster: self.cluster.clone(),
             peer,
             local,
             ctx: ctx.clone(),
