@@ -2,7 +2,7 @@
 //! and which of them coordinates each consumer group.
 //!
 //! Each handler has a node id of its own (random at start) and registers
-//! itself under `kafka/brokers/<node id>` with the address clients reach it
+//! itself under `kafka/brokers/<cluster id>/<node id>` with the address clients reach it
 //! at and the time, every [`HEARTBEAT_INTERVAL`]; it deletes the key when
 //! the gateway shuts down. A registration refreshed within [`LIVENESS`] is
 //! a live broker. On Pulsar every gateway of the cluster reads the same
@@ -12,7 +12,10 @@
 //! each partition's leader. A group is coordinated by one live broker,
 //! chosen by rendezvous hashing of the group id over the live node ids: the
 //! same on every gateway that sees the same live set, and only the groups of
-//! a broker that comes or goes move. Liveness compares wall clocks across
+//! a broker that comes or goes move. Gateways configured with another
+//! cluster id on the same backend are another cluster: they neither list
+//! nor coordinate for these (committed offsets are still shared, keyed by
+//! group alone). Liveness compares wall clocks across
 //! gateways: they must agree within a few seconds.
 
 use std::hash::{BuildHasher, Hasher};
@@ -35,7 +38,7 @@ pub const LIVENESS: Duration = Duration::from_secs(10);
 /// again, so a group request does not cost a store scan.
 const LIVE_CACHE: Duration = Duration::from_secs(1);
 
-/// Where registrations live in the metadata store.
+/// Where registrations live in the metadata store, under the cluster id.
 const PREFIX: &str = "kafka/brokers/";
 
 /// The first byte of every registration this version writes.
@@ -56,6 +59,8 @@ pub struct Broker {
 pub struct Cluster {
     /// This gateway's broker id, in Metadata and FindCoordinator.
     node_id: i32,
+    /// Where this cluster's registrations live: `kafka/brokers/<id>/`.
+    prefix: String,
     /// The address registered for other gateways to hand out: the
     /// advertised one, else the bound one, else (bound to a wildcard
     /// address) the first address a client reached. `None` until known;
@@ -71,9 +76,10 @@ pub struct Cluster {
 impl Cluster {
     /// This gateway, with a random node id and the advertised address if
     /// configured.
-    pub fn new(advertised: Option<(String, u16)>) -> Cluster {
+    pub fn new(cluster_id: &str, advertised: Option<(String, u16)>) -> Cluster {
         Cluster {
             node_id: random_node_id(),
+            prefix: format!("{PREFIX}{cluster_id}/"),
             address: Mutex::new(advertised),
             address_known: Notify::new(),
             live: Mutex::new(None),
@@ -111,7 +117,7 @@ impl Cluster {
     /// while its address is known, deletes it at shutdown.
     async fn register(&self, ctx: Context) {
         let store = ctx.backend.metadata();
-        let key = format!("{PREFIX}{}", self.node_id);
+        let key = format!("{}{}", self.prefix, self.node_id);
         let mut ticks = tokio::time::interval(HEARTBEAT_INTERVAL);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Failures are logged when they start, not at every heartbeat (the
@@ -179,11 +185,11 @@ impl Cluster {
         let now = now_millis();
         let liveness = i64::try_from(LIVENESS.as_millis()).unwrap_or(i64::MAX);
         let mut brokers: Vec<Broker> = store
-            .scan(PREFIX)
+            .scan(&self.prefix)
             .await?
             .into_iter()
             .filter_map(|(key, versioned)| {
-                let node_id: i32 = key.strip_prefix(PREFIX)?.parse().ok()?;
+                let node_id: i32 = key.strip_prefix(&self.prefix)?.parse().ok()?;
                 let (host, port, heartbeat) = decode(versioned.value)?;
                 let fresh = now.saturating_sub(heartbeat) <= liveness;
                 (fresh && node_id != self.node_id).then_some(Broker {
@@ -425,20 +431,24 @@ mod tests {
             let store = &store;
             async move { store.put(&key, value, ExpectedVersion::Any).await }
         };
-        put(format!("{PREFIX}1"), encode("gw-a", 9092, now))
+        put(format!("{PREFIX}c/1"), encode("gw-a", 9092, now))
             .await
             .unwrap();
-        put(format!("{PREFIX}2"), encode("gw-b", 9093, stale))
+        put(format!("{PREFIX}c/2"), encode("gw-b", 9093, stale))
             .await
             .unwrap();
-        put(format!("{PREFIX}oops"), encode("gw-c", 9094, now))
+        put(format!("{PREFIX}c/oops"), encode("gw-c", 9094, now))
             .await
             .unwrap();
-        put(format!("{PREFIX}3"), Bytes::from_static(b"garbage"))
+        put(format!("{PREFIX}c/3"), Bytes::from_static(b"garbage"))
             .await
             .unwrap();
 
-        let cluster = Cluster::new(Some(("gw-self".into(), 9095)));
+        // Another cluster's live broker is not this one's.
+        put(format!("{PREFIX}other/4"), encode("gw-d", 9096, now))
+            .await
+            .unwrap();
+        let cluster = Cluster::new("c", Some(("gw-self".into(), 9095)));
         let own = cluster.node_id();
         let live = cluster.live(&store).await;
         let mut expected = vec![
@@ -476,7 +486,7 @@ mod tests {
     #[tokio::test]
     async fn alone_a_gateway_coordinates_every_group() {
         let store = Memory::default();
-        let cluster = Cluster::new(None);
+        let cluster = Cluster::new("c", None);
         for group in groups().take(50) {
             assert!(cluster.coordinates(&store, &group).await);
         }

@@ -66,6 +66,10 @@ pub struct KafkaConfig {
     /// The address Metadata gives clients for the broker (`host`, `port`);
     /// `None`: the address each client connected to.
     pub advertised: Option<(String, u16)>,
+    /// The Kafka cluster this gateway is a broker of: Metadata's cluster
+    /// id, and the gateways on the backend it lists as brokers and shares
+    /// group coordination with (those with the same id).
+    pub cluster_id: String,
     /// Partitions of a topic created because a client asked for it
     /// (Kafka's `num.partitions`); 1 creates a topic without partitions.
     pub default_partitions: u32,
@@ -86,6 +90,7 @@ impl Default for KafkaConfig {
         KafkaConfig {
             max_frame_bytes: 100 << 20,
             advertised: None,
+            cluster_id: "pulsar-gateway".to_owned(),
             default_partitions: 1,
             groups: GroupSettings::default(),
             fetch_max_bytes: 55 << 20,
@@ -113,7 +118,10 @@ impl KafkaHandler {
     pub fn new(config: KafkaConfig) -> KafkaHandler {
         KafkaHandler {
             coordinator: group::coordinator::Coordinator::new(config.groups.clone()),
-            cluster: Arc::new(cluster::Cluster::new(config.advertised.clone())),
+            cluster: Arc::new(cluster::Cluster::new(
+                &config.cluster_id,
+                config.advertised.clone(),
+            )),
             config: Arc::new(config),
             producers: Arc::new(Producers::default()),
             partition_counts: Arc::default(),

@@ -104,7 +104,7 @@ pub async fn handle(conn: &Connection, request: MetadataRequest, version: i16) -
 
     let mut response = MetadataResponse::default();
     response.brokers = brokers;
-    response.cluster_id = Some(StrBytes::from_static_str("pulsar-gateway"));
+    response.cluster_id = Some(StrBytes::from_string(conn.config.cluster_id.clone()));
     response.controller_id = BrokerId(own);
     // Before v4 a request could not say; brokers created topics then.
     let auto_create = version < 4 || request.allow_auto_topic_creation;
