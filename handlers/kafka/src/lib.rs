@@ -1,18 +1,24 @@
 //! The Kafka protocol handler: Kafka clients connect to the gateway as to
 //! a broker and publish and consume through the handler contract.
 //!
-//! Built so far: ApiVersions, Metadata (the gateway as the one broker of
-//! every partition, auto-creating topics), Produce (record batch v2,
-//! uncompressed or compressed with gzip, snappy, lz4 or zstd, each batch
-//! decompressed under a cap of `max_frame_bytes`; acks 0, 1 and all,
+//! Several gateways on one backend are one Kafka cluster (`cluster.rs`):
+//! each registers as a broker in the metadata store, Metadata lists the
+//! live ones and names the gateway asked as every partition's leader, and
+//! one live gateway, chosen per group alike on all of them, coordinates each
+//! consumer group; the others answer its requests NOT_COORDINATOR.
+//!
+//! Built so far: ApiVersions, Metadata (every live gateway a broker, the
+//! one asked the leader of every partition, auto-creating topics), Produce
+//! (record batch v2, uncompressed or compressed with gzip, snappy, lz4 or
+//! zstd, each batch decompressed under a cap of `max_frame_bytes`; acks 0,
+//! 1 and all,
 //! answered once the backend persisted), InitProducerId with the
 //! idempotent producer's sequence checks, ListOffsets (earliest, latest, by
 //! time) and Fetch (record batch v2, uncompressed whatever the producer
 //! sent; Kafka's byte limits, long polls; no fetch sessions), and consumer
 //! groups: FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup,
-//! OffsetCommit, OffsetFetch, ListGroups, DescribeGroups, DeleteGroups (the
-//! gateway coordinates every group; committed offsets live in the metadata
-//! store), topic administration: CreateTopics, DeleteTopics,
+//! OffsetCommit, OffsetFetch, ListGroups, DescribeGroups, DeleteGroups
+//! (committed offsets live in the metadata store), topic administration: CreateTopics, DeleteTopics,
 //! CreatePartitions, DescribeConfigs (a topic's fixed settings), and
 //! SASL/PLAIN authentication (SaslHandshake v0-1, SaslAuthenticate v0-2)
 //! with the gateway's authenticator: with authentication on, a connection
