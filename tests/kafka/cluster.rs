@@ -97,6 +97,22 @@ async fn brokers(addr: SocketAddr) -> (Vec<(i32, String, i32)>, i32) {
     (brokers, fields.i32())
 }
 
+/// Creates `topic` (with the gateway's default partitions) by asking
+/// Metadata v1 for it, which creates a missing topic.
+async fn create_topic(addr: SocketAddr, topic: &str) {
+    let mut body = 1i32.to_be_bytes().to_vec();
+    body.extend_from_slice(&string(topic));
+    let response = call(addr, 3, 1, &body).await;
+    let mut fields = Fields(&response);
+    for _ in 0..fields.i32() {
+        let (_id, _host, _port, _rack) =
+            (fields.i32(), fields.string(), fields.i32(), fields.string());
+    }
+    let _controller = fields.i32();
+    assert_eq!(fields.i32(), 1, "one topic");
+    assert_eq!(fields.i16(), 0, "{topic} is created");
+}
+
 /// FindCoordinator v0: (error, node id, host, port).
 async fn find_coordinator(addr: SocketAddr, group: &str) -> (i16, i32, String, i32) {
     let response = call(addr, 10, 0, &string(group)).await;
@@ -183,9 +199,11 @@ async fn two_gateways_on_one_pulsar_serve_one_group_together() {
     let here = heartbeat(coordinator, &group).await;
     assert_ne!(here, NOT_COORDINATOR, "the coordinator serves the group");
 
-    // A two-partition topic with a record in each.
+    // A two-partition topic, empty until both members hold a partition:
+    // a member alone in the group holds both for a while and would read
+    // records of the other's partition.
     let topic = unique("group-spread");
-    produce(&a.to_string(), &topic, 2, true).await;
+    create_topic(a, &topic).await;
 
     // One member bootstrapped at each gateway; each stays a while after
     // its 6 records, so neither's leaving rebalances the other before it
@@ -198,8 +216,8 @@ async fn two_gateways_on_one_pulsar_serve_one_group_together() {
     );
     assert_ne!(pa, pb, "each member owns its own partition");
 
-    // 10 more records through the other gateway, 5 to each partition.
-    produce(&b.to_string(), &topic, 10, true).await;
+    // 12 records through the other gateway, 6 to each partition.
+    produce(&b.to_string(), &topic, 12, true).await;
     let (result_a, result_b) = tokio::join!(member_a.done, member_b.done);
     let (result_a, result_b) = (result_a.unwrap(), result_b.unwrap());
     for (result, partition) in [(&result_a, pa), (&result_b, pb)] {

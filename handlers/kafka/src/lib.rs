@@ -11,8 +11,7 @@
 //! one asked the leader of every partition, auto-creating topics), Produce
 //! (record batch v2, uncompressed or compressed with gzip, snappy, lz4 or
 //! zstd, each batch decompressed under a cap of `max_frame_bytes`; acks 0,
-//! 1 and all,
-//! answered once the backend persisted), InitProducerId with the
+//! 1 and all, answered once the backend persisted), InitProducerId with the
 //! idempotent producer's sequence checks, ListOffsets (earliest, latest, by
 //! time) and Fetch (record batch v2, uncompressed whatever the producer
 //! sent; Kafka's byte limits, long polls; no fetch sessions), and consumer
