@@ -344,6 +344,10 @@ pub struct KafkaSettings {
     /// client connected to. Set it behind NAT or a load balancer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub advertised_addr: Option<String>,
+    /// The Kafka cluster this gateway is a broker of (Metadata's cluster
+    /// id): gateways on one backend with the same id list each other as
+    /// brokers and share the coordination of consumer groups.
+    pub cluster_id: String,
     /// Partitions of a topic created because a client used it (Kafka's
     /// `num.partitions`); 1 creates a topic without partitions.
     pub default_partitions: u32,
@@ -366,6 +370,7 @@ impl Default for KafkaSettings {
         let d = KafkaConfig::default();
         KafkaSettings {
             advertised_addr: None,
+            cluster_id: d.cluster_id,
             default_partitions: d.default_partitions,
             max_partitions: d.max_partitions,
             group_initial_rebalance_delay: HumanDuration(d.groups.initial_rebalance_delay),
@@ -395,9 +400,16 @@ impl KafkaSettings {
                 Some((host.to_owned(), port))
             }
         };
+        if self.cluster_id.is_empty() || self.cluster_id.contains('/') {
+            return Err(ConfigError::Invalid {
+                key: "kafka.cluster_id",
+                message: format!("\"{}\" is empty or has a '/'", self.cluster_id),
+            });
+        }
         let d = KafkaConfig::default();
         Ok(KafkaConfig {
             advertised,
+            cluster_id: self.cluster_id.clone(),
             default_partitions: self.default_partitions,
             max_partitions: self.max_partitions,
             groups: GroupSettings {
@@ -641,6 +653,9 @@ struct Cli {
         value_name = "HOST:PORT"
     )]
     kafka_advertised_addr: Option<String>,
+    /// Kafka: the cluster this gateway is a broker of; gateways on one backend with the same id share consumer groups.
+    #[arg(long, env = "PULSAR_GATEWAY_KAFKA_CLUSTER_ID", value_name = "ID", default_value_t = KafkaSettings::default().cluster_id)]
+    kafka_cluster_id: String,
     /// Kafka: partitions of an auto-created topic (1: not partitioned).
     #[arg(long, env = "PULSAR_GATEWAY_KAFKA_DEFAULT_PARTITIONS", value_name = "N", default_value_t = KafkaSettings::default().default_partitions)]
     kafka_default_partitions: u32,
@@ -772,6 +787,7 @@ impl Config {
         overlay(m, "pulsar_batch_max_delay", &mut p.batch_max_delay);
         let k = &mut self.kafka;
         overlay_opt(m, "kafka_advertised_addr", &mut k.advertised_addr);
+        overlay(m, "kafka_cluster_id", &mut k.cluster_id);
         overlay(m, "kafka_default_partitions", &mut k.default_partitions);
         overlay(m, "kafka_max_partitions", &mut k.max_partitions);
         overlay(
@@ -1484,6 +1500,16 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(err.contains("kafka.advertised_addr"), "{bad}: {err}");
+        }
+        assert_eq!(kafka.cluster_id, "pulsar-gateway");
+        let named = Config::load_from(["pulsar-gateway", "--kafka-cluster-id", "east"]).unwrap();
+        assert_eq!(named.kafka.handler_config().unwrap().cluster_id, "east");
+        for bad in ["", "a/b"] {
+            let err = Config::load_from(["pulsar-gateway", "--kafka-cluster-id", bad])
+                .and_then(|c| c.kafka.handler_config().map(drop))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("kafka.cluster_id"), "{bad:?}: {err}");
         }
     }
 }

@@ -279,6 +279,11 @@ impl Listener {
     /// their handler returns; each holds a shutdown guard.
     pub async fn run(mut self) {
         let protocol = self.handler.protocol();
+        // The handler's own work (a Kafka gateway announcing itself) starts
+        // with its listener, knowing the address it is bound to.
+        if let Ok(addr) = self.local_addr() {
+            self.handler.start(addr, self.ctx.clone());
+        }
         loop {
             let (stream, peer) = tokio::select! {
                 biased;

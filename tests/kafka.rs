@@ -7,13 +7,16 @@
 //! compressed with each of Kafka's codecs (librdkafka; kafka-python with
 //! gzip) are consumed back intact. Topics are administered with both
 //! clients' admin APIs (`kafka/admin.rs`), consumer groups tested in
-//! `kafka/groups.rs`, the Java client in `kafka/java.rs`, rskafka (a Rust
+//! `kafka/groups.rs` (and spread over two gateways on one Pulsar in
+//! `kafka/cluster.rs`), the Java client in `kafka/java.rs`, rskafka (a Rust
 //! client) in `kafka/rskafka.rs`. A Pulsar
 //! application's batched messages reach both consumers intact. Also: a
 //! gateway killed (SIGKILL) under load loses no message it acknowledged.
 
 #[path = "kafka/admin.rs"]
 mod admin;
+#[path = "kafka/cluster.rs"]
+mod cluster;
 mod common;
 #[path = "kafka/groups.rs"]
 mod groups;

@@ -262,6 +262,16 @@ impl GatewayBuilder {
         if self.default_http {
             cmd.arg("--http-addr").arg("127.0.0.1:0");
         }
+        // Each gateway its own Kafka cluster, so that tests sharing the test
+        // Pulsar never see each other's brokers (a killed one stays listed
+        // for seconds); a test of several gateways names one cluster.
+        if !self.args.iter().any(|a| a == "--kafka-cluster-id") {
+            let id = temp.path().file_name().map_or_else(
+                || format!("test-{}", std::process::id()),
+                |name| name.to_string_lossy().into_owned(),
+            );
+            cmd.arg("--kafka-cluster-id").arg(id);
+        }
         cmd.args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .current_dir(temp.path())

@@ -13,7 +13,7 @@ use super::common::{BackendKind, Gateway};
 use super::{python, run_client, script, unique};
 
 /// (partition, offset, value) of a consumer's records, in arrival order.
-fn records(result: &Value) -> Vec<(u64, u64, String)> {
+pub(super) fn records(result: &Value) -> Vec<(u64, u64, String)> {
     result["records"]
         .as_array()
         .expect("records")
@@ -38,7 +38,7 @@ fn partition0(offsets: std::ops::Range<u64>, round_starts: &[u64]) -> Vec<(u64, 
         .collect()
 }
 
-async fn produce(bootstrap: &str, topic: &str, count: u64, spread: bool) {
+pub(super) async fn produce(bootstrap: &str, topic: &str, count: u64, spread: bool) {
     let mut args = vec![bootstrap.to_owned(), topic.to_owned(), count.to_string()];
     if spread {
         args.push("spread".into());
@@ -132,14 +132,20 @@ async fn a_librdkafka_group_resumes_after_its_committed_offsets_on_pulsar() {
 
 /// A group consumer running in the background: its "assigned" lines as
 /// they come, its JSON at the end.
-struct Member {
+pub(super) struct Member {
     lines: mpsc::Receiver<String>,
-    done: tokio::task::JoinHandle<Value>,
+    pub(super) done: tokio::task::JoinHandle<Value>,
 }
 
 impl Member {
     /// After `count` records it stays in the group `hold` seconds more.
-    fn start(bootstrap: &str, topic: &str, group: &str, count: u64, hold: u64) -> Member {
+    pub(super) fn start(
+        bootstrap: &str,
+        topic: &str,
+        group: &str,
+        count: u64,
+        hold: u64,
+    ) -> Member {
         let mut child = Command::new(python())
             .arg(script("kafka_python_group_consume.py"))
             .args([
@@ -171,7 +177,7 @@ impl Member {
 
     /// Waits until the group assigns this member exactly one partition;
     /// returns it.
-    async fn wait_for_one_partition(&mut self) -> u64 {
+    pub(super) async fn wait_for_one_partition(&mut self) -> u64 {
         let within = Duration::from_secs(60);
         let deadline = tokio::time::Instant::now() + within;
         loop {

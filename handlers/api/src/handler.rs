@@ -85,6 +85,15 @@ pub trait ProtocolHandler: Send + Sync + 'static {
     /// The protocol spoken, for metric labels and logs.
     fn protocol(&self) -> Protocol;
 
+    /// Called once, when the listener is bound and before it accepts, with
+    /// the address it is bound to: a handler with work of its own besides
+    /// connections (announcing itself to other gateways through the
+    /// metadata store) spawns it here and ends it when `ctx.shutdown` is
+    /// cancelled. Most handlers have none.
+    fn start(&self, listening: SocketAddr, ctx: Context) {
+        let _ = (listening, ctx);
+    }
+
     /// Serves one client connection until the client leaves, the protocol
     /// ends the session, or the gateway shuts down.
     ///

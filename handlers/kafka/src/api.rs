@@ -19,6 +19,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::messages::{SaslAuthenticateRequest, SaslHandshakeRequest};
 use kafka_protocol::protocol::{Decodable, Encodable, Message};
 
+use crate::cluster::Cluster;
 use crate::fetch::Readers;
 use crate::group::coordinator::Coordinator;
 use crate::produce::Producers;
@@ -32,6 +33,7 @@ pub struct Connection {
     pub producers: Arc<Producers>,
     pub partition_counts: Arc<metadata::PartitionCounts>,
     pub coordinator: Arc<Coordinator>,
+    pub cluster: Arc<Cluster>,
     /// The client's address (DescribeGroups shows it per member).
     pub peer: SocketAddr,
     pub local: SocketAddr,
@@ -279,7 +281,7 @@ impl Connection {
                 ResponseKind::DescribeConfigs(topics::describe_configs(self, request).await)
             }
             RequestKind::FindCoordinator(request) => {
-                ResponseKind::FindCoordinator(group::find_coordinator(self, request, version))
+                ResponseKind::FindCoordinator(group::find_coordinator(self, request, version).await)
             }
             RequestKind::JoinGroup(request) => {
                 let client_id = header.client_id.as_ref().map_or("", |c| c.as_str());
@@ -289,10 +291,10 @@ impl Connection {
                 ResponseKind::SyncGroup(group::sync_group(self, request, version).await)
             }
             RequestKind::Heartbeat(request) => {
-                ResponseKind::Heartbeat(group::heartbeat(self, request))
+                ResponseKind::Heartbeat(group::heartbeat(self, request).await)
             }
             RequestKind::LeaveGroup(request) => {
-                ResponseKind::LeaveGroup(group::leave_group(self, request, version))
+                ResponseKind::LeaveGroup(group::leave_group(self, request, version).await)
             }
             RequestKind::OffsetCommit(request) => {
                 ResponseKind::OffsetCommit(group::offset_commit(self, request).await)

@@ -1,18 +1,23 @@
 //! The Kafka protocol handler: Kafka clients connect to the gateway as to
 //! a broker and publish and consume through the handler contract.
 //!
-//! Built so far: ApiVersions, Metadata (the gateway as the one broker of
-//! every partition, auto-creating topics), Produce (record batch v2,
-//! uncompressed or compressed with gzip, snappy, lz4 or zstd, each batch
-//! decompressed under a cap of `max_frame_bytes`; acks 0, 1 and all,
-//! answered once the backend persisted), InitProducerId with the
+//! Several gateways on one backend are one Kafka cluster (`cluster.rs`):
+//! each registers as a broker in the metadata store, Metadata lists the
+//! live ones and names the gateway asked as every partition's leader, and
+//! one live gateway, chosen per group alike on all of them, coordinates each
+//! consumer group; the others answer its requests NOT_COORDINATOR.
+//!
+//! Built so far: ApiVersions, Metadata (every live gateway a broker, the
+//! one asked the leader of every partition, auto-creating topics), Produce
+//! (record batch v2, uncompressed or compressed with gzip, snappy, lz4 or
+//! zstd, each batch decompressed under a cap of `max_frame_bytes`; acks 0,
+//! 1 and all, answered once the backend persisted), InitProducerId with the
 //! idempotent producer's sequence checks, ListOffsets (earliest, latest, by
 //! time) and Fetch (record batch v2, uncompressed whatever the producer
 //! sent; Kafka's byte limits, long polls; no fetch sessions), and consumer
 //! groups: FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup,
-//! OffsetCommit, OffsetFetch, ListGroups, DescribeGroups, DeleteGroups (the
-//! gateway coordinates every group; committed offsets live in the metadata
-//! store), topic administration: CreateTopics, DeleteTopics,
+//! OffsetCommit, OffsetFetch, ListGroups, DescribeGroups, DeleteGroups
+//! (committed offsets live in the metadata store), topic administration: CreateTopics, DeleteTopics,
 //! CreatePartitions, DescribeConfigs (a topic's fixed settings), and
 //! SASL/PLAIN authentication (SaslHandshake v0-1, SaslAuthenticate v0-2)
 //! with the gateway's authenticator: with authentication on, a connection
@@ -28,6 +33,7 @@
 //! event time.
 
 mod api;
+mod cluster;
 mod decompress;
 mod fetch;
 mod frame;
@@ -65,6 +71,10 @@ pub struct KafkaConfig {
     /// The address Metadata gives clients for the broker (`host`, `port`);
     /// `None`: the address each client connected to.
     pub advertised: Option<(String, u16)>,
+    /// The Kafka cluster this gateway is a broker of: Metadata's cluster
+    /// id, and the gateways on the backend it lists as brokers and shares
+    /// group coordination with (those with the same id).
+    pub cluster_id: String,
     /// Partitions of a topic created because a client asked for it
     /// (Kafka's `num.partitions`); 1 creates a topic without partitions.
     pub default_partitions: u32,
@@ -88,6 +98,7 @@ impl Default for KafkaConfig {
         KafkaConfig {
             max_frame_bytes: 100 << 20,
             advertised: None,
+            cluster_id: "pulsar-gateway".to_owned(),
             default_partitions: 1,
             max_partitions: 1024,
             groups: GroupSettings::default(),
@@ -104,8 +115,11 @@ pub struct KafkaHandler {
     producers: Arc<Producers>,
     /// Partition counts for Produce, shared by all connections.
     partition_counts: Arc<metadata::PartitionCounts>,
-    /// Every consumer group's membership.
+    /// Every consumer group's membership, for the groups this gateway
+    /// coordinates.
     coordinator: Arc<group::coordinator::Coordinator>,
+    /// This gateway's node id and the other Kafka gateways on the backend.
+    cluster: Arc<cluster::Cluster>,
 }
 
 impl KafkaHandler {
@@ -113,6 +127,10 @@ impl KafkaHandler {
     pub fn new(config: KafkaConfig) -> KafkaHandler {
         KafkaHandler {
             coordinator: group::coordinator::Coordinator::new(config.groups.clone()),
+            cluster: Arc::new(cluster::Cluster::new(
+                &config.cluster_id,
+                config.advertised.clone(),
+            )),
             config: Arc::new(config),
             producers: Arc::new(Producers::default()),
             partition_counts: Arc::default(),
@@ -126,6 +144,12 @@ impl ProtocolHandler for KafkaHandler {
         Protocol::Kafka
     }
 
+    /// Registers this gateway as a broker in the metadata store, refreshed
+    /// until shutdown.
+    fn start(&self, listening: SocketAddr, ctx: Context) {
+        self.cluster.start(listening, ctx);
+    }
+
     async fn serve(
         &self,
         stream: Box<dyn ClientStream>,
@@ -133,6 +157,9 @@ impl ProtocolHandler for KafkaHandler {
         local: SocketAddr,
         ctx: Context,
     ) -> Result<(), HandlerError> {
+        // Bound to a wildcard address, the gateway registers the first
+        // address a client reached it at.
+        self.cluster.learn_address(local);
         let (mut reader, mut writer) = tokio::io::split(stream);
         let session = sasl::Session::start(&*ctx.auth).await;
         let connection = api::Connection {
@@ -140,6 +167,7 @@ impl ProtocolHandler for KafkaHandler {
             producers: self.producers.clone(),
             partition_counts: self.partition_counts.clone(),
             coordinator: self.coordinator.clone(),
+            cluster: self.cluster.clone(),
             peer,
             local,
             ctx: ctx.clone(),

@@ -1,4 +1,6 @@
-//! Metadata: the gateway is the one broker, leader of every partition.
+//! Metadata: every live Kafka gateway on the backend is a broker
+//! ([`crate::cluster`]); the one asked leads every partition, since any
+//! gateway serves any partition.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -13,9 +15,6 @@ use kafka_protocol::messages::{self, BrokerId, MetadataRequest, MetadataResponse
 use kafka_protocol::protocol::StrBytes;
 
 use crate::api::{error_code, Connection};
-
-/// The one broker's id.
-pub const BROKER_ID: i32 = 0;
 
 /// The most partitions Metadata lists for one topic: a topic made outside
 /// the gateway with more (Pulsar sets no limit by default) is answered
@@ -85,16 +84,33 @@ pub fn broker_address(conn: &Connection) -> (String, u16) {
 }
 
 pub async fn handle(conn: &Connection, request: MetadataRequest, version: i16) -> MetadataResponse {
-    let (host, port) = broker_address(conn);
-    let mut broker = MetadataResponseBroker::default();
-    broker.node_id = BrokerId(BROKER_ID);
-    broker.host = StrBytes::from_string(host);
-    broker.port = i32::from(port);
+    let own = conn.cluster.node_id();
+    let live = conn
+        .cluster
+        .live(conn.ctx.backend.metadata().as_ref())
+        .await;
+    let brokers = live
+        .iter()
+        .map(|b| {
+            // This gateway is where the client reached it (or the advertised
+            // address); another is where it registered.
+            let (host, port) = if b.node_id == own {
+                broker_address(conn)
+            } else {
+                (b.host.clone(), b.port)
+            };
+            let mut broker = MetadataResponseBroker::default();
+            broker.node_id = BrokerId(b.node_id);
+            broker.host = StrBytes::from_string(host);
+            broker.port = i32::from(port);
+            broker
+        })
+        .collect();
 
     let mut response = MetadataResponse::default();
-    response.brokers = vec![broker];
-    response.cluster_id = Some(StrBytes::from_static_str("pulsar-gateway"));
-    response.controller_id = BrokerId(BROKER_ID);
+    response.brokers = brokers;
+    response.cluster_id = Some(StrBytes::from_string(conn.config.cluster_id.clone()));
+    response.controller_id = BrokerId(own);
     // Before v4 a request could not say; brokers created topics then.
     let auto_create = version < 4 || request.allow_auto_topic_creation;
     let names = match request.topics {
@@ -144,9 +160,10 @@ async fn topic(conn: &Connection, name: String, auto_create: bool) -> MetadataRe
                 .map(|p| {
                     let mut partition = MetadataResponsePartition::default();
                     partition.partition_index = i32::try_from(p).unwrap_or(i32::MAX);
-                    partition.leader_id = BrokerId(BROKER_ID);
-                    partition.replica_nodes = vec![BrokerId(BROKER_ID)];
-                    partition.isr_nodes = vec![BrokerId(BROKER_ID)];
+                    let own = BrokerId(conn.cluster.node_id());
+                    partition.leader_id = own;
+                    partition.replica_nodes = vec![own];
+                    partition.isr_nodes = vec![own];
                     partition
                 })
                 .collect();

@@ -1,8 +1,11 @@
 //! Consumer groups: FindCoordinator, the membership requests (JoinGroup,
 //! SyncGroup, Heartbeat, LeaveGroup), committed offsets (OffsetCommit,
 //! OffsetFetch) and the admin requests (ListGroups, DescribeGroups,
-//! DeleteGroups). The gateway is every group's coordinator; membership is
-//! [`coordinator`]'s, offsets are [`offsets`]' in the metadata store.
+//! DeleteGroups). One live gateway coordinates each group
+//! ([`crate::cluster`]); the others answer its requests NOT_COORDINATOR,
+//! which sends clients back to FindCoordinator. Membership is
+//! [`coordinator`]'s, in the coordinating gateway's memory; offsets are
+//! [`offsets`]' in the metadata store.
 //!
 //! Each function here translates one request to the coordinator's plain
 //! types and its answer back, with Kafka's error codes. A response sets
@@ -75,39 +78,58 @@ fn millis(ms: i32) -> std::time::Duration {
     std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
-/// FindCoordinator: this gateway, for every group. Transactions are not
-/// served, so a transactional id has no coordinator.
-pub fn find_coordinator(
+/// Whether this gateway coordinates `group`; `NOT_COORDINATOR` if another
+/// live gateway does.
+async fn coordinated_here(conn: &Connection, group: &str) -> Result<(), ResponseError> {
+    let store = conn.ctx.backend.metadata();
+    if conn.cluster.coordinates(store.as_ref(), group).await {
+        Ok(())
+    } else {
+        Err(ResponseError::NotCoordinator)
+    }
+}
+
+/// FindCoordinator: the live gateway chosen for the group (the same on
+/// every gateway). Transactions are not served, so a transactional id has
+/// no coordinator.
+pub async fn find_coordinator(
     conn: &Connection,
     request: FindCoordinatorRequest,
     version: i16,
 ) -> FindCoordinatorResponse {
-    let (host, port) = metadata::broker_address(conn);
+    let store = conn.ctx.backend.metadata();
     let entry = |key: StrBytes| {
-        let mut entry = CoordinatorEntry::default();
-        entry.key = key;
-        if request.key_type == KEY_TYPE_TRANSACTION {
-            entry.error_code = ResponseError::CoordinatorNotAvailable.code();
-            entry.node_id = BrokerId(-1);
-            entry.port = -1;
-        } else {
-            entry.node_id = BrokerId(metadata::BROKER_ID);
-            entry.host = str_bytes(host.clone());
-            entry.port = i32::from(port);
+        let store = store.clone();
+        async move {
+            let mut entry = CoordinatorEntry::default();
+            if request.key_type == KEY_TYPE_TRANSACTION {
+                entry.error_code = ResponseError::CoordinatorNotAvailable.code();
+                entry.node_id = BrokerId(-1);
+                entry.port = -1;
+            } else {
+                let chosen = conn.cluster.coordinator(store.as_ref(), key.as_str()).await;
+                // This gateway is where the client reached it (or the
+                // advertised address); another is where it registered.
+                let (host, port) = if chosen.node_id == conn.cluster.node_id() {
+                    metadata::broker_address(conn)
+                } else {
+                    (chosen.host, chosen.port)
+                };
+                entry.node_id = BrokerId(chosen.node_id);
+                entry.host = str_bytes(host);
+                entry.port = i32::from(port);
+            }
+            entry.key = key;
+            entry
         }
-        entry
     };
     let mut response = FindCoordinatorResponse::default();
     // v4+ asks for a batch of keys; earlier versions for one.
     if version >= 4 {
-        response.coordinators = request
-            .coordinator_keys
-            .iter()
-            .cloned()
-            .map(entry)
-            .collect();
+        let keys = request.coordinator_keys.iter().cloned().map(entry);
+        response.coordinators = futures::future::join_all(keys).await;
     } else {
-        let single = entry(request.key.clone());
+        let single = entry(request.key.clone()).await;
         response.error_code = single.error_code;
         response.node_id = single.node_id;
         response.host = single.host;
@@ -147,6 +169,11 @@ pub async fn join_group(
     };
     let mut response = JoinGroupResponse::default();
     response.generation_id = -1;
+    if let Err(code) = coordinated_here(conn, &join.group).await {
+        response.error_code = code.code();
+        response.member_id = request.member_id;
+        return response;
+    }
     let outcome = match conn.coordinator.join(join) {
         JoinReply::Now(outcome) => outcome,
         JoinReply::Later(waiting) => {
@@ -199,6 +226,11 @@ pub async fn sync_group(
     request: SyncGroupRequest,
     version: i16,
 ) -> SyncGroupResponse {
+    if let Err(code) = coordinated_here(conn, request.group_id.as_str()).await {
+        let mut response = SyncGroupResponse::default();
+        response.error_code = code.code();
+        return response;
+    }
     let assignments = request
         .assignments
         .iter()
@@ -246,8 +278,12 @@ pub async fn sync_group(
 }
 
 /// Heartbeat.
-pub fn heartbeat(conn: &Connection, request: HeartbeatRequest) -> HeartbeatResponse {
+pub async fn heartbeat(conn: &Connection, request: HeartbeatRequest) -> HeartbeatResponse {
     let mut response = HeartbeatResponse::default();
+    if let Err(code) = coordinated_here(conn, request.group_id.as_str()).await {
+        response.error_code = code.code();
+        return response;
+    }
     if let Err(e) = conn.coordinator.heartbeat(
         request.group_id.as_str(),
         request.member_id.as_str(),
@@ -260,12 +296,16 @@ pub fn heartbeat(conn: &Connection, request: HeartbeatRequest) -> HeartbeatRespo
 }
 
 /// LeaveGroup: one member (v0-2) or a batch (v3+).
-pub fn leave_group(
+pub async fn leave_group(
     conn: &Connection,
     request: LeaveGroupRequest,
     version: i16,
 ) -> LeaveGroupResponse {
     let mut response = LeaveGroupResponse::default();
+    if let Err(code) = coordinated_here(conn, request.group_id.as_str()).await {
+        response.error_code = code.code();
+        return response;
+    }
     if version < 3 {
         let results = conn.coordinator.leave(
             request.group_id.as_str(),
@@ -304,12 +344,19 @@ pub async fn offset_commit(
     request: OffsetCommitRequest,
 ) -> OffsetCommitResponse {
     let group = text(&request.group_id);
-    let allowed = conn.coordinator.check_commit(
-        &group,
-        request.member_id.as_str(),
-        request.group_instance_id.as_ref().map(|i| i.as_str()),
-        request.generation_id_or_member_epoch,
-    );
+    // Each partition is answered NOT_COORDINATOR, as Kafka does.
+    let allowed = match coordinated_here(conn, &group).await {
+        Ok(()) => conn
+            .coordinator
+            .check_commit(
+                &group,
+                request.member_id.as_str(),
+                request.group_instance_id.as_ref().map(|i| i.as_str()),
+                request.generation_id_or_member_epoch,
+            )
+            .map_err(GroupError::code),
+        Err(code) => Err(code),
+    };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
@@ -327,7 +374,7 @@ pub async fn offset_commit(
             let (group, store, name) = (&group, &store, topic.name.as_str());
             let (allowed, valid_name) = (allowed, valid_name);
             async move {
-                allowed.map_err(GroupError::code)?;
+                allowed?;
                 valid_name?;
                 offsets::commit(store.as_ref(), group, name, p.partition_index, &committed)
                     .await
@@ -382,6 +429,24 @@ pub async fn offset_fetch(
         }
         p
     };
+    if let Err(code) = coordinated_here(conn, &group).await {
+        // v1 has no group-level error: each partition asked for says it.
+        if version >= 2 {
+            response.error_code = code.code();
+        } else {
+            for topic in request.topics.into_iter().flatten() {
+                let mut out = OffsetFetchResponseTopic::default();
+                out.name = topic.name;
+                for index in topic.partition_indexes {
+                    let mut p = partition(index, None);
+                    p.error_code = code.code();
+                    out.partitions.push(p);
+                }
+                response.topics.push(out);
+            }
+        }
+        return response;
+    }
     match request.topics {
         Some(topics) => {
             for topic in topics {
@@ -488,6 +553,12 @@ pub async fn describe_groups(
     for group_id in request.groups {
         let mut described = DescribedGroup::default();
         described.authorized_operations = i32::MIN;
+        if let Err(code) = coordinated_here(conn, group_id.as_str()).await {
+            described.error_code = code.code();
+            described.group_id = group_id;
+            response.groups.push(described);
+            continue;
+        }
         match conn.coordinator.describe(group_id.as_str()) {
             Some(description) => {
                 described.group_state = StrBytes::from_static_str(description.phase.name());
@@ -533,6 +604,12 @@ pub async fn delete_groups(
     let mut response = DeleteGroupsResponse::default();
     for group_id in request.groups_names {
         let mut result = DeletableGroupResult::default();
+        if let Err(code) = coordinated_here(conn, group_id.as_str()).await {
+            result.error_code = code.code();
+            result.group_id = group_id;
+            response.results.push(result);
+            continue;
+        }
         let known_here = conn.coordinator.describe(group_id.as_str()).is_some();
         result.error_code = match conn.coordinator.delete(group_id.as_str()) {
             Err(e) => e.code().code(),

@@ -1,0 +1,256 @@
+//! Two gateways on one Pulsar are one Kafka cluster: each lists both as
+//! brokers, both name the same coordinator for a group, the other answers
+//! the group's requests NOT_COORDINATOR, and one group whose members
+//! bootstrap at different gateways splits a topic's partitions and
+//! consumes every record once. Alone (the embedded store) a gateway is the
+//! one broker and coordinates every group.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::common::{eventually, BackendKind, Gateway};
+use super::groups::{produce, records, Member};
+use super::unique;
+
+/// Kafka's NOT_COORDINATOR.
+const NOT_COORDINATOR: i16 = 16;
+
+/// A Kafka string: its length (i16), then its bytes.
+fn string(s: &str) -> Vec<u8> {
+    let mut out = i16::try_from(s.len())
+        .expect("a short string")
+        .to_be_bytes()
+        .to_vec();
+    out.extend_from_slice(s.as_bytes());
+    out
+}
+
+/// Sends one request (header v1) and returns the response body after its
+/// correlation id. Hand-encoded: the versions used (Metadata v1,
+/// FindCoordinator v0, Heartbeat v0) are a few fixed fields each.
+async fn call(addr: SocketAddr, api_key: i16, version: i16, body: &[u8]) -> Vec<u8> {
+    let mut request = Vec::new();
+    request.extend_from_slice(&api_key.to_be_bytes());
+    request.extend_from_slice(&version.to_be_bytes());
+    request.extend_from_slice(&7i32.to_be_bytes());
+    request.extend_from_slice(&string("cluster-test"));
+    request.extend_from_slice(body);
+    let mut conn = TcpStream::connect(addr)
+        .await
+        .expect("connect to the gateway");
+    let len = u32::try_from(request.len()).expect("a small request");
+    conn.write_all(&len.to_be_bytes()).await.expect("send");
+    conn.write_all(&request).await.expect("send");
+    let mut len = [0; 4];
+    tokio::time::timeout(Duration::from_secs(30), conn.read_exact(&mut len))
+        .await
+        .expect("an answer within 30 s")
+        .expect("a response length");
+    let mut response = vec![0; u32::from_be_bytes(len) as usize];
+    conn.read_exact(&mut response).await.expect("a response");
+    assert_eq!(response[..4], 7i32.to_be_bytes(), "the correlation id");
+    response.split_off(4)
+}
+
+/// Reads a response's fields in order.
+struct Fields<'a>(&'a [u8]);
+
+impl Fields<'_> {
+    fn take<const N: usize>(&mut self) -> [u8; N] {
+        let (head, rest) = self.0.split_first_chunk::<N>().expect("a longer response");
+        self.0 = rest;
+        *head
+    }
+    fn i16(&mut self) -> i16 {
+        i16::from_be_bytes(self.take())
+    }
+    fn i32(&mut self) -> i32 {
+        i32::from_be_bytes(self.take())
+    }
+    fn string(&mut self) -> Option<String> {
+        let len = usize::try_from(self.i16()).ok()?;
+        let (s, rest) = self.0.split_at(len);
+        self.0 = rest;
+        Some(String::from_utf8(s.to_vec()).expect("UTF-8"))
+    }
+}
+
+/// Metadata v1 for no topic: the brokers (node id, host, port) and the
+/// controller.
+async fn brokers(addr: SocketAddr) -> (Vec<(i32, String, i32)>, i32) {
+    let response = call(addr, 3, 1, &0i32.to_be_bytes()).await;
+    let mut fields = Fields(&response);
+    let count = fields.i32();
+    let mut brokers: Vec<(i32, String, i32)> = (0..count)
+        .map(|_| {
+            let node_id = fields.i32();
+            let host = fields.string().expect("a host");
+            let port = fields.i32();
+            let _rack = fields.string();
+            (node_id, host, port)
+        })
+        .collect();
+    brokers.sort();
+    (brokers, fields.i32())
+}
+
+/// Creates `topic` (with the gateway's default partitions) by asking
+/// Metadata v1 for it, which creates a missing topic.
+async fn create_topic(addr: SocketAddr, topic: &str) {
+    let mut body = 1i32.to_be_bytes().to_vec();
+    body.extend_from_slice(&string(topic));
+    let response = call(addr, 3, 1, &body).await;
+    let mut fields = Fields(&response);
+    for _ in 0..fields.i32() {
+        let (_id, _host, _port, _rack) =
+            (fields.i32(), fields.string(), fields.i32(), fields.string());
+    }
+    let _controller = fields.i32();
+    assert_eq!(fields.i32(), 1, "one topic");
+    assert_eq!(fields.i16(), 0, "{topic} is created");
+}
+
+/// FindCoordinator v0: (error, node id, host, port).
+async fn find_coordinator(addr: SocketAddr, group: &str) -> (i16, i32, String, i32) {
+    let response = call(addr, 10, 0, &string(group)).await;
+    let mut fields = Fields(&response);
+    let error = fields.i16();
+    let node_id = fields.i32();
+    let host = fields.string().unwrap_or_default();
+    (error, node_id, host, fields.i32())
+}
+
+/// Heartbeat v0 from a member nobody knows: its error code.
+async fn heartbeat(addr: SocketAddr, group: &str) -> i16 {
+    let mut body = string(group);
+    body.extend_from_slice(&1i32.to_be_bytes());
+    body.extend_from_slice(&string("nobody"));
+    let response = call(addr, 12, 0, &body).await;
+    Fields(&response).i16()
+}
+
+/// A gateway on Pulsar in Kafka cluster `cluster`, whose new groups form
+/// at once and whose new topics have two partitions.
+async fn start_gateway(cluster: &str) -> Gateway {
+    Gateway::builder(BackendKind::Pulsar)
+        .arg("--kafka-cluster-id")
+        .arg(cluster)
+        .arg("--kafka-group-initial-rebalance-delay")
+        .arg("0")
+        .arg("--kafka-default-partitions")
+        .arg("2")
+        .start()
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_on_one_pulsar_serve_one_group_together() {
+    let cluster = unique("cluster");
+    let (gw_a, gw_b) = tokio::join!(start_gateway(&cluster), start_gateway(&cluster));
+    let a = gw_a.kafka_addr.expect("a Kafka listener");
+    let b = gw_b.kafka_addr.expect("a Kafka listener");
+
+    // Each gateway registers within a heartbeat; until then the other
+    // does not list it.
+    let both_listed = eventually(Duration::from_secs(30), || async {
+        let ((at_a, _), (at_b, _)) = tokio::join!(brokers(a), brokers(b));
+        at_a.len() == 2 && at_a == at_b
+    })
+    .await;
+    assert!(
+        both_listed,
+        "A lists {:?}, B {:?}",
+        brokers(a).await,
+        brokers(b).await
+    );
+    let (listed, controller_a) = brokers(a).await;
+    let (_, controller_b) = brokers(b).await;
+    assert_ne!(
+        controller_a, controller_b,
+        "each gateway has its own node id"
+    );
+    let ports: Vec<i32> = listed.iter().map(|(_, _, port)| *port).collect();
+    let mut expected = vec![i32::from(a.port()), i32::from(b.port())];
+    expected.sort();
+    let mut ports_sorted = ports.clone();
+    ports_sorted.sort();
+    assert_eq!(
+        ports_sorted, expected,
+        "both listed at their own address: {listed:?}"
+    );
+
+    // Both name the same coordinator; the other answers NOT_COORDINATOR.
+    let group = unique("spread");
+    let at_a = find_coordinator(a, &group).await;
+    let at_b = find_coordinator(b, &group).await;
+    assert_eq!(at_a, at_b, "both gateways name one coordinator");
+    assert_eq!(at_a.0, 0, "no error: {at_a:?}");
+    let (coordinator, other) = if at_a.1 == controller_a {
+        (a, b)
+    } else {
+        assert_eq!(at_a.1, controller_b, "the coordinator is one of the two");
+        (b, a)
+    };
+    assert_eq!(at_a.3, i32::from(coordinator.port()));
+    assert_eq!(heartbeat(other, &group).await, NOT_COORDINATOR);
+    let here = heartbeat(coordinator, &group).await;
+    assert_ne!(here, NOT_COORDINATOR, "the coordinator serves the group");
+
+    // A two-partition topic, empty until both members hold a partition:
+    // a member alone in the group holds both for a while and would read
+    // records of the other's partition.
+    let topic = unique("group-spread");
+    create_topic(a, &topic).await;
+
+    // One member bootstrapped at each gateway; each stays a while after
+    // its 6 records, so neither's leaving rebalances the other before it
+    // has read its own.
+    let mut member_a = Member::start(&a.to_string(), &topic, &group, 6, 5);
+    let mut member_b = Member::start(&b.to_string(), &topic, &group, 6, 5);
+    let (pa, pb) = tokio::join!(
+        member_a.wait_for_one_partition(),
+        member_b.wait_for_one_partition()
+    );
+    assert_ne!(pa, pb, "each member owns its own partition");
+
+    // 12 records through the other gateway, 6 to each partition.
+    produce(&b.to_string(), &topic, 12, true).await;
+    let (result_a, result_b) = tokio::join!(member_a.done, member_b.done);
+    let (result_a, result_b) = (result_a.unwrap(), result_b.unwrap());
+    for (result, partition) in [(&result_a, pa), (&result_b, pb)] {
+        let read: Vec<(u64, u64)> = records(result).iter().map(|r| (r.0, r.1)).collect();
+        let whole: Vec<(u64, u64)> = (0..6).map(|offset| (partition, offset)).collect();
+        assert_eq!(
+            read, whole,
+            "a member reads its own partition, all of it, once: {result}"
+        );
+        assert_eq!(
+            result["committed"][partition.to_string()],
+            6,
+            "its offsets are committed: {result}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alone_a_gateway_is_the_one_broker_and_coordinates_every_group() {
+    let gw = Gateway::start(BackendKind::Embedded).await;
+    let addr = gw.kafka_addr.expect("a Kafka listener");
+    let (listed, controller) = brokers(addr).await;
+    assert_eq!(
+        listed,
+        vec![(controller, addr.ip().to_string(), i32::from(addr.port()))]
+    );
+    for group in ["g1", "g2", "g3", "orders-service"] {
+        let (error, node_id, host, port) = find_coordinator(addr, group).await;
+        assert_eq!((error, node_id), (0, controller));
+        assert_eq!(
+            (host, port),
+            (addr.ip().to_string(), i32::from(addr.port()))
+        );
+        assert_ne!(heartbeat(addr, group).await, NOT_COORDINATOR);
+    }
+}
