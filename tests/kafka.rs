@@ -26,50 +26,21 @@ mod java;
 mod rskafka_client;
 
 use std::process::{Command, Stdio};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use common::{test_pulsar_urls, BackendKind, Gateway};
+use common::{client_script, python, run_json, test_pulsar_urls, unique, BackendKind, Gateway};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 
-/// The test virtual environment's interpreter (scripts/test.sh sets it).
-fn python() -> String {
-    std::env::var("PULSAR_GATEWAY_PYTHON").unwrap_or_else(|_| {
-        panic!("PULSAR_GATEWAY_PYTHON is not set: run scripts/test.sh, which creates the venv")
-    })
+/// Runs `tests/clients/<name>` with the venv's Python to completion and
+/// parses the JSON it prints.
+async fn run_client(name: &str, args: Vec<String>) -> Value {
+    let mut command = Command::new(python());
+    command.arg(script(name)).args(&args);
+    run_json(format!("{name} {args:?}"), command).await
 }
 
 fn script(name: &str) -> String {
-    format!("{}/tests/clients/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Runs a client script to completion and parses the JSON it prints.
-async fn run_client(name: &str, args: Vec<String>) -> Value {
-    let name = name.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let out = Command::new(python())
-            .arg(script(&name))
-            .args(&args)
-            .output()
-            .expect("run the Python client");
-        assert!(
-            out.status.success(),
-            "{name} {args:?} failed: {}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        // The JSON is the last line (client libraries may log before it).
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let last = stdout
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("");
-        serde_json::from_str(last)
-            .unwrap_or_else(|e| panic!("{name} printed no JSON ({e}): {stdout}"))
-    })
-    .await
-    .unwrap()
+    client_script(name)
 }
 
 /// Reads `count` messages (or `"all"`) of a topic of the test standalone
@@ -81,13 +52,6 @@ async fn read_from_pulsar(topic: &str, count: &str) -> Vec<Value> {
         Value::Array(messages) => messages,
         other => panic!("pulsar_read.py printed {other}"),
     }
-}
-
-fn unique(name: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!("{name}-{nanos:x}")
 }
 
 async fn kafka_python_produces_with_contiguous_offsets(backend: BackendKind) {

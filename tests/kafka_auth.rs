@@ -10,28 +10,14 @@ mod common;
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use common::{BackendKind, Gateway};
+use common::{client_script, python, run_json, unique, BackendKind, Gateway};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
-
-/// The test virtual environment's interpreter (scripts/test.sh sets it).
-fn python() -> String {
-    std::env::var("PULSAR_GATEWAY_PYTHON").unwrap_or_else(|_| {
-        panic!("PULSAR_GATEWAY_PYTHON is not set: run scripts/test.sh, which creates the venv")
-    })
-}
 
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-fn unique(name: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!("{name}-{nanos:x}")
 }
 
 /// 32 random bytes, as `pulsar tokens create-secret-key` makes.
@@ -67,35 +53,15 @@ async fn sasl_client_with(
     count: u32,
     mechanism: &str,
 ) -> Value {
-    let script = format!("{}/tests/clients/kafka_sasl.py", env!("CARGO_MANIFEST_DIR"));
     let mut cmd = Command::new(python());
-    cmd.arg(script)
+    cmd.arg(client_script("kafka_sasl.py"))
         .args([library, bootstrap, &unique(library), &count.to_string()])
         .env_remove("KAFKA_SASL_PASSWORD")
         .env("KAFKA_SASL_MECHANISM", mechanism);
     if let Some(password) = password {
         cmd.env("KAFKA_SASL_PASSWORD", password);
     }
-    let library = library.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let out = cmd.output().expect("run the Python client");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "kafka_sasl.py {library} failed: {}\n{stdout}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let last = stdout
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("");
-        serde_json::from_str(last)
-            .unwrap_or_else(|e| panic!("kafka_sasl.py printed no JSON ({e}): {stdout}"))
-    })
-    .await
-    .expect("the client task")
+    run_json(format!("kafka_sasl.py {library}"), cmd).await
 }
 
 fn assert_round_trip(report: &Value, count: u32, what: &str) {

@@ -83,6 +83,54 @@ where
     }
 }
 
+/// The test virtual environment's interpreter (scripts/test.sh sets
+/// `PULSAR_GATEWAY_PYTHON`).
+pub fn python() -> String {
+    std::env::var("PULSAR_GATEWAY_PYTHON").unwrap_or_else(|_| {
+        panic!("PULSAR_GATEWAY_PYTHON is not set: run scripts/test.sh, which creates the venv")
+    })
+}
+
+/// The path of a client program under `tests/clients/`.
+pub fn client_script(name: &str) -> String {
+    format!("{}/tests/clients/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `name` made unique to this run (a topic, a group).
+pub fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{name}-{nanos:x}")
+}
+
+/// Runs a client program to completion, fails the test (with its output)
+/// unless it succeeded, and parses the JSON it printed last (client
+/// libraries may log before it). `what` names it in failures.
+pub async fn run_json(what: String, mut command: Command) -> serde_json::Value {
+    tokio::task::spawn_blocking(move || {
+        let out = command
+            .output()
+            .unwrap_or_else(|e| panic!("{what} did not start: {e}"));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{what} failed: {}\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let last = stdout
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("");
+        serde_json::from_str(last)
+            .unwrap_or_else(|e| panic!("{what} printed no JSON ({e}): {stdout}"))
+    })
+    .await
+    .expect("the client task")
+}
+
 /// An HTTP response, read whole.
 #[derive(Debug, Clone)]
 pub struct HttpResponse {

@@ -11,8 +11,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use super::common::{BackendKind, Gateway};
-use super::unique;
+use super::common::{client_script, run_json, unique, BackendKind, Gateway};
 
 /// The class path of kafka-clients and its dependencies (scripts/test.sh
 /// sets it).
@@ -28,33 +27,14 @@ fn classpath() -> String {
 /// Runs `tests/clients/JavaClients.java` in `mode` and parses the JSON it
 /// prints last.
 async fn java(mode: &str, args: Vec<String>) -> Value {
-    let source = format!(
-        "{}/tests/clients/JavaClients.java",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let mode = mode.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let out = Command::new("java")
-            .arg("-cp")
-            .arg(classpath())
-            .arg(&source)
-            .arg(&mode)
-            .args(&args)
-            .output()
-            .expect("run java");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "JavaClients {mode} {args:?} failed: {}\n{stdout}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let last = stdout.lines().rev().find(|l| !l.trim().is_empty());
-        serde_json::from_str(last.unwrap_or(""))
-            .unwrap_or_else(|e| panic!("JavaClients {mode} printed no JSON ({e}): {stdout}"))
-    })
-    .await
-    .expect("the java task")
+    let mut command = Command::new("java");
+    command
+        .arg("-cp")
+        .arg(classpath())
+        .arg(client_script("JavaClients.java"))
+        .arg(mode)
+        .args(&args);
+    run_json(format!("JavaClients {mode} {args:?}"), command).await
 }
 
 async fn the_java_client_produces_and_consumes_in_a_group(backend: BackendKind) {
