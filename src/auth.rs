@@ -103,6 +103,10 @@ pub struct JwtAuthenticator {
 struct Claims {
     /// Pulsar's role claim.
     sub: Option<String>,
+    /// When the token expires (s since the epoch), if it does; already
+    /// checked by the validation, kept for the principal. Read as any JSON
+    /// value, so a malformed one is reported by the validation.
+    exp: Option<serde_json::Value>,
 }
 
 impl JwtAuthenticator {
@@ -156,6 +160,13 @@ impl JwtAuthenticator {
             Some(role) if !role.trim().is_empty() => Ok(Principal {
                 role,
                 forward_token: None,
+                expires_at: data
+                    .claims
+                    .exp
+                    .as_ref()
+                    .and_then(serde_json::Value::as_f64)
+                    // Whole or fractional seconds; `as` saturates.
+                    .map(|s| (s * 1000.0) as u64),
             }),
             _ => Err(AuthError::Invalid(
                 "the token has no sub (role) claim".into(),
@@ -374,8 +385,11 @@ mod tests {
             let principal = block_on(auth.authenticate(&credentials)).unwrap();
             assert_eq!(principal.role, "orders-service", "{credentials:?}");
         }
+        assert_eq!(auth.verify(&token).unwrap().expires_at, None);
         let later = hs256(SECRET, json!({"sub": "a", "exp": now() + 3600}));
-        assert_eq!(auth.verify(&later).unwrap().role, "a");
+        let principal = auth.verify(&later).unwrap();
+        assert_eq!(principal.role, "a");
+        assert_eq!(principal.expires_at, Some((now() + 3600) * 1000));
     }
 
     #[test]

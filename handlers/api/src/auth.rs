@@ -47,6 +47,10 @@ pub struct Principal {
     /// The token to forward to Pulsar so the cluster's own ACLs apply,
     /// when forwarding is on.
     pub forward_token: Option<String>,
+    /// When the credentials stop being valid (ms since the epoch: a JWT's
+    /// `exp`); `None`: never. A connection must not act on them after
+    /// that: it authenticates again or is closed, as Pulsar does.
+    pub expires_at: Option<u64>,
 }
 
 impl Principal {
@@ -55,7 +59,14 @@ impl Principal {
         Principal {
             role: "anonymous".into(),
             forward_token: None,
+            expires_at: None,
         }
+    }
+
+    /// Whether the credentials have expired at `now_ms` (ms since the
+    /// epoch).
+    pub fn expired_at(&self, now_ms: u64) -> bool {
+        self.expires_at.is_some_and(|at| now_ms >= at)
     }
 }
 

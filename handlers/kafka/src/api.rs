@@ -334,6 +334,7 @@ impl Connection {
             .unwrap_or_else(|| Principal {
                 role: String::new(),
                 forward_token: None,
+                expires_at: None,
             })
     }
 

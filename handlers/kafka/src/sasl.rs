@@ -14,7 +14,10 @@
 //! answered (SASL_AUTHENTICATION_FAILED with the reason, or nothing after a
 //! v0 handshake), then the connection closes. Authenticating again on an
 //! authenticated connection (KIP-368 re-authentication) replaces its
-//! principal; sessions never expire (`session_lifetime_ms` 0).
+//! principal. Credentials that expire (a token's `exp`) give the session
+//! that lifetime (`session_lifetime_ms`, so clients that re-authenticate
+//! do it in time); a request after it closes the connection, as a Kafka
+//! broker does with KIP-368 and Pulsar with expired tokens.
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -26,6 +29,13 @@ use kafka_protocol::messages::{
     SaslHandshakeResponse,
 };
 use kafka_protocol::protocol::StrBytes;
+
+/// Now, in ms since the epoch.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
 
 /// The mechanisms offered, in the handshake's answer.
 const MECHANISMS: &[&str] = &["PLAIN"];
@@ -117,7 +127,15 @@ impl Session {
             ApiKey::SaslHandshake as i16,
             ApiKey::SaslAuthenticate as i16,
         ];
-        if self.principal.is_some() || before_auth.contains(&api_key) {
+        if before_auth.contains(&api_key) {
+            return Ok(());
+        }
+        if let Some(principal) = &self.principal {
+            if principal.expired_at(now_ms()) {
+                return Err(HandlerError::Auth(AuthError::Invalid(
+                    "the session's credentials expired; authenticate again".into(),
+                )));
+            }
             return Ok(());
         }
         let api =
@@ -195,6 +213,10 @@ pub async fn authenticate(
     match outcome {
         Ok(principal) => {
             tracing::debug!(role = %principal.role, "Kafka client authenticated");
+            if let Some(at) = principal.expires_at {
+                let left = at.saturating_sub(now_ms());
+                response.session_lifetime_ms = i64::try_from(left).unwrap_or(i64::MAX).max(1);
+            }
             lock(session).principal = Some(principal);
         }
         Err(e) => {
@@ -270,6 +292,7 @@ mod tests {
                     Ok(Principal {
                         role: "alice".into(),
                         forward_token: None,
+                        expires_at: None,
                     })
                 }
                 Credentials::Anonymous => Err(AuthError::Missing),
@@ -406,5 +429,53 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    /// Accepts "good" as a principal whose credentials expire at
+    /// `expires_at`.
+    struct Expiring {
+        expires_at: u64,
+    }
+
+    #[async_trait]
+    impl Authenticator for Expiring {
+        async fn authenticate(&self, credentials: &Credentials) -> Result<Principal, AuthError> {
+            match credentials {
+                Credentials::Anonymous => Err(AuthError::Missing),
+                _ => Ok(Principal {
+                    role: "bob".into(),
+                    forward_token: None,
+                    expires_at: Some(self.expires_at),
+                }),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn expiring_credentials_bound_the_session_and_close_it_once_past() {
+        let auth = Expiring {
+            expires_at: now_ms() + 60_000,
+        };
+        let session = Mutex::new(Session::start(&auth).await);
+        lock(&session).handshake(&handshake("PLAIN"), 1);
+        let response = authenticate(&session, &auth, &plain("good")).await;
+        assert_eq!(response.error_code, 0);
+        assert!(
+            (1..=60_000).contains(&response.session_lifetime_ms),
+            "{}",
+            response.session_lifetime_ms
+        );
+        lock(&session).admit(ApiKey::Produce as i16).unwrap();
+
+        let auth = Expiring {
+            expires_at: now_ms().saturating_sub(1),
+        };
+        let session = Mutex::new(Session::start(&auth).await);
+        lock(&session).handshake(&handshake("PLAIN"), 1);
+        authenticate(&session, &auth, &plain("good")).await;
+        let refused = lock(&session).admit(ApiKey::Fetch as i16).unwrap_err();
+        assert!(refused.to_string().contains("expired"), "{refused}");
+        // Re-authentication stays open.
+        lock(&session).admit(ApiKey::SaslHandshake as i16).unwrap();
     }
 }
