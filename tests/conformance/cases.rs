@@ -16,9 +16,9 @@ use super::TestBackend;
 /// How long a message may take to arrive before a case fails.
 pub const DEADLINE: Duration = Duration::from_secs(15);
 /// How long a case waits to be sure nothing more arrives.
-const QUIET: Duration = Duration::from_millis(500);
+pub const QUIET: Duration = Duration::from_millis(500);
 
-async fn recv(sub: &dyn Subscription) -> Message {
+pub async fn recv(sub: &dyn Subscription) -> Message {
     match tokio::time::timeout(DEADLINE, sub.receive()).await {
         Ok(Ok(m)) => m,
         Ok(Err(e)) => panic!("receive failed: {e}"),

@@ -1,15 +1,20 @@
 //! The Pulsar backend's producers: idle ones close, a bound on bytes in
-//! flight holds publishes back without losing any, and batching and
-//! compression toward Pulsar keep offsets and payloads intact.
+//! flight holds publishes back without losing any, batching and
+//! compression toward Pulsar keep offsets and payloads intact, and single
+//! members of batched entries are acknowledged and nacked alone.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use gateway_api::{Backend, MessageId, NewMessage, SubscribeRequest, TopicName};
+use gateway_api::{
+    Backend, Message, MessageId, NewMessage, SubscribeRequest, Subscription, SubscriptionKind,
+    TopicName,
+};
 use pulsar_gateway::backend::pulsar::{Compression, ProducerSettings};
 
+use super::cases::recv;
 use super::{Kind, TestBackend};
 
 /// The topic's URL in the test cluster's admin API.
@@ -192,4 +197,155 @@ async fn compressed_publishes_are_stored_compressed_and_read_back_whole() {
     );
     assert_contiguous(&ids);
     assert_read_back(&b, &topic, &ids).await;
+}
+
+/// Publishes 20 messages in bursts of ten concurrent publishes through
+/// producers that batch ten messages; returns their ids in offset order,
+/// after checking that entries really hold several messages.
+async fn publish_batched(b: &TestBackend, topic: &TopicName) -> Vec<MessageId> {
+    let backend = b
+        .with_producers(ProducerSettings {
+            batch_max_messages: 10,
+            // Long enough for a burst of ten to share one entry.
+            batch_max_delay: Duration::from_millis(100),
+            ..ProducerSettings::default()
+        })
+        .await;
+    let mut ids: Vec<MessageId> = publish_concurrently(&backend, topic, 10, 2, 10)
+        .await
+        .into_values()
+        .collect();
+    ids.sort_unstable();
+    let mut members: HashMap<(u64, u64), usize> = HashMap::new();
+    for id in &ids {
+        *members.entry((id.ledger_id, id.entry_id)).or_default() += 1;
+    }
+    assert!(
+        members.values().any(|&n| n >= 4),
+        "no entry holds four messages or more: {members:?}"
+    );
+    ids
+}
+
+/// The members of the entry holding the most messages, by batch index.
+fn largest_batch(ids: &[MessageId]) -> Vec<MessageId> {
+    let mut entries: HashMap<(u64, u64), Vec<MessageId>> = HashMap::new();
+    for id in ids {
+        entries
+            .entry((id.ledger_id, id.entry_id))
+            .or_default()
+            .push(*id);
+    }
+    let mut batch = entries
+        .into_values()
+        .max_by_key(Vec::len)
+        .unwrap_or_default();
+    batch.sort_unstable_by_key(|id| id.batch_index);
+    batch
+}
+
+/// Every message that arrives until none has for a while.
+async fn drain(sub: &dyn Subscription) -> Vec<Message> {
+    let mut got = Vec::new();
+    while let Ok(next) = tokio::time::timeout(super::cases::QUIET, sub.receive()).await {
+        got.push(next.unwrap());
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_members_of_batched_entries_are_acknowledged_alone() {
+    let b = TestBackend::start(Kind::Pulsar).await;
+    let topic = b.topic("batch-ack");
+    let ids = publish_batched(&b, &topic).await;
+    let request = SubscribeRequest::new(topic.clone(), "s");
+    let sub = b.subscribe(request.clone()).await;
+    let mut unacked = Vec::new();
+    for _ in 0..ids.len() {
+        let got = recv(&*sub).await;
+        // Every other member of each entry: some members of every batch,
+        // never all of one with more than one.
+        if got.id.batch_index % 2 == 0 {
+            sub.ack(&topic, got.id).await.unwrap();
+        } else {
+            unacked.push(got.id);
+        }
+    }
+    sub.close().await.unwrap();
+    drop(sub);
+    let sub = b.subscribe(request.clone()).await;
+    let again: Vec<MessageId> = drain(&*sub).await.iter().map(|m| m.id).collect();
+    assert_eq!(again, unacked, "exactly the unacknowledged members return");
+    // The rest acknowledged by a consumer that never saw the first half:
+    // the entries are complete and nothing returns.
+    for id in again {
+        sub.ack(&topic, id).await.unwrap();
+    }
+    sub.close().await.unwrap();
+    drop(sub);
+    let sub = b.subscribe(request).await;
+    assert_eq!(drain(&*sub).await, Vec::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cumulative_ack_inside_a_batch_stops_at_that_member() {
+    let b = TestBackend::start(Kind::Pulsar).await;
+    let topic = b.topic("batch-cumulative");
+    let ids = publish_batched(&b, &topic).await;
+    let batch = largest_batch(&ids);
+    let (middle, later) = (batch[1], batch[3]);
+    let request = SubscribeRequest::new(topic.clone(), "s");
+    let sub = b.subscribe(request.clone()).await;
+    for _ in 0..ids.len() {
+        recv(&*sub).await;
+    }
+    sub.ack_cumulative(&topic, middle).await.unwrap();
+    // A member after the cumulative point, acknowledged alone, takes only
+    // itself with it.
+    sub.ack(&topic, later).await.unwrap();
+    sub.close().await.unwrap();
+    drop(sub);
+    let sub = b.subscribe(request).await;
+    let again: Vec<MessageId> = drain(&*sub).await.iter().map(|m| m.id).collect();
+    let expected: Vec<MessageId> = ids
+        .iter()
+        .copied()
+        .filter(|id| *id > middle && *id != later)
+        .collect();
+    assert_eq!(again, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nacked_batch_member_comes_back_without_its_acknowledged_siblings() {
+    let b = TestBackend::start(Kind::Pulsar).await;
+    let topic = b.topic("batch-nack");
+    let ids = publish_batched(&b, &topic).await;
+    let batch = largest_batch(&ids);
+    let sub = b
+        .subscribe(SubscribeRequest::new(topic.clone(), "s").kind(SubscriptionKind::Shared))
+        .await;
+    for _ in 0..ids.len() {
+        let got = recv(&*sub).await;
+        // Of the batch, members 0 and 2 are acknowledged, 1 is nacked
+        // below and the rest stay unacknowledged; every other entry is
+        // acknowledged.
+        if !batch.contains(&got.id) || got.id == batch[0] || got.id == batch[2] {
+            sub.ack(&topic, got.id).await.unwrap();
+        }
+    }
+    sub.nack(&topic, batch[1]).await.unwrap();
+    // Pulsar redelivers the whole entry, less the members acknowledged
+    // (the broker's ack set): the nacked member and the siblings still
+    // unacknowledged, each counted as redelivered.
+    let again = drain(&*sub).await;
+    let returned: Vec<MessageId> = again.iter().map(|m| m.id).collect();
+    let expected: Vec<MessageId> = batch
+        .iter()
+        .copied()
+        .filter(|id| *id != batch[0] && *id != batch[2])
+        .collect();
+    assert_eq!(returned, expected, "not the acknowledged siblings");
+    for m in &again {
+        assert!(m.redelivery_count >= 1, "{:?}", m.id);
+    }
 }

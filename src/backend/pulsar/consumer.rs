@@ -433,9 +433,12 @@ impl Task {
             data.batch_index = None;
         }
         if cumulative {
-            // Everything before this entry is acknowledged too.
+            // Every entry before this one is acknowledged too. This entry's
+            // own remainder (if any) stays: a later ack of one of its
+            // members must still carry the ack set, or the broker would
+            // take it for the whole entry.
             self.batches.retain(|(t, l, e), _| {
-                t != topic.as_str() || (*l, *e) > (id.ledger_id, id.entry_id)
+                t != topic.as_str() || (*l, *e) >= (id.ledger_id, id.entry_id)
             });
         }
         data
