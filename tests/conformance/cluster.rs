@@ -1,10 +1,13 @@
 //! What only a Pulsar cluster has: two gateways on it (what one writes,
-//! the other sees), and Pulsar's own retention.
+//! the other sees), Pulsar's own retention, and the start-up probe of
+//! the broker's features.
 
 use std::collections::HashSet;
 
 use bytes::Bytes;
 use gateway_api::{BackendError, ExpectedVersion, NewMessage, SubscribeRequest};
+
+use pulsar_gateway::backend::pulsar::PulsarBackend;
 
 use super::{Kind, TestBackend};
 
@@ -154,4 +157,14 @@ fn internal_stats(path: &str) -> serde_json::Value {
         .read_to_string()
         .unwrap();
     serde_json::from_str(&stats).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_start_up_probe_finds_entry_indexes_and_batch_index_acks() {
+    let backend = PulsarBackend::connect(super::pulsar_config())
+        .await
+        .unwrap();
+    // Twice: each probe works on a topic of its own and removes it.
+    backend.probe_cluster().await.unwrap();
+    backend.probe_cluster().await.unwrap();
 }

@@ -21,6 +21,7 @@ pub mod convert;
 pub mod index;
 pub mod metadata;
 mod opener;
+mod probe;
 mod producers;
 pub mod reader;
 
@@ -167,8 +168,8 @@ impl PulsarBackend {
             .build()
             .await
             .map_err(|e| connect_error(&config.service_url, e))?;
-        let settings = check_settings(&admin).await?;
         let namespace = config.namespace.clone();
+        let settings = check_settings(&client, &admin, &namespace).await?;
         ensure_retention(&admin, &namespace, DEFAULT_RETENTION, settings.as_ref()).await?;
         let producers = Producers::start(client.clone(), admin.clone(), config.producers.clone());
         let backend = PulsarBackend {
@@ -183,6 +184,14 @@ impl PulsarBackend {
         let store = PulsarMetadata::start(backend.without_metadata(), &namespace).await?;
         let _ = backend.metadata.set(Arc::new(store));
         Ok(backend)
+    }
+
+    /// Runs the probe `connect` runs when the gateway's role may not read
+    /// the broker's settings. For tests: a role on the test cluster reads
+    /// them, so `connect` never probes there.
+    #[doc(hidden)]
+    pub async fn probe_cluster(&self) -> Result<(), BackendError> {
+        probe::probe(&self.client, &self.admin, &self.config.namespace).await
     }
 
     /// How readers and seeks find offsets and times.
@@ -292,20 +301,29 @@ fn untrusted_certificate(e: &std::io::Error) -> bool {
 }
 
 /// Refuses a cluster without the settings in [`REQUIRED_SETTINGS`]. When the
-/// gateway's role may not read broker settings, the check cannot be made;
-/// it says so and goes on.
-async fn check_settings(admin: &Admin) -> Result<Option<HashMap<String, String>>, BackendError> {
+/// gateway's role may not read the broker's settings, proves the features
+/// on a topic of its own instead ([`probe`]) and refuses the same way if
+/// one is missing. The settings, when they could be read.
+async fn check_settings(
+    client: &Pulsar<TokioExecutor>,
+    admin: &Admin,
+    namespace: &Namespace,
+) -> Result<Option<HashMap<String, String>>, BackendError> {
     let Some(settings) = admin.broker_settings().await? else {
-        tracing::warn!(
-            "cannot read the broker's settings (needs a super-user token); make sure it has: {}",
-            REQUIRED_SETTINGS
-                .iter()
-                .map(|(k, v, _)| format!("{k} containing {v}"))
-                .collect::<Vec<_>>()
-                .join(", ")
+        tracing::info!(
+            "the broker's settings are not readable (needs a super-user token); \
+             probing the cluster for them instead"
         );
+        probe::probe(client, admin, namespace).await?;
         return Ok(None);
     };
+    check_values(&settings)?;
+    Ok(Some(settings))
+}
+
+/// The decision over the broker's runtime settings: the first of
+/// [`REQUIRED_SETTINGS`] missing, named with why it is needed.
+fn check_values(settings: &HashMap<String, String>) -> Result<(), BackendError> {
     for (key, wanted, why) in REQUIRED_SETTINGS {
         let value = settings.get(key).map(String::as_str).unwrap_or("");
         // Lists come as `[a, b]`.
@@ -318,7 +336,7 @@ async fn check_settings(admin: &Admin) -> Result<Option<HashMap<String, String>>
             )));
         }
     }
-    Ok(Some(settings))
+    Ok(())
 }
 
 /// Raises `namespace`'s retention to `wanted` when it keeps less (its own
@@ -544,4 +562,92 @@ fn not_built(key: &str) -> BackendError {
     BackendError::Unavailable(format!(
         "no metadata store on this handle of the Pulsar backend (key {key})"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runtime settings as Pulsar 4.0's admin API returns them, with the
+    /// gateway's requirements met; `change` applies a difference.
+    fn settings(change: &[(&str, &str)]) -> HashMap<String, String> {
+        let mut settings: HashMap<String, String> = [
+            (
+                "brokerEntryMetadataInterceptors",
+                "[org.apache.pulsar.common.intercept.AppendIndexMetadataInterceptor, \
+                 org.apache.pulsar.common.intercept.AppendBrokerTimestampMetadataInterceptor]",
+            ),
+            ("exposingBrokerEntryMetadataToClientEnabled", "true"),
+            ("acknowledgmentAtBatchIndexLevelEnabled", "true"),
+            ("defaultRetentionTimeInMinutes", "0"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        for (key, value) in change {
+            settings.insert((*key).to_owned(), (*value).to_owned());
+        }
+        settings
+    }
+
+    /// The refusal's message, failing the test if there is none.
+    fn refused(settings: &HashMap<String, String>) -> String {
+        match check_values(settings) {
+            Err(BackendError::InvalidRequest(message)) => message,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_cluster_with_every_setting_is_accepted() {
+        assert!(check_values(&settings(&[])).is_ok());
+        // A single interceptor, written without brackets, is a list too.
+        let single = settings(&[(
+            "brokerEntryMetadataInterceptors",
+            "org.apache.pulsar.common.intercept.AppendIndexMetadataInterceptor",
+        )]);
+        assert!(check_values(&single).is_ok());
+    }
+
+    #[test]
+    fn a_cluster_without_the_index_interceptor_is_refused_naming_it() {
+        let only_timestamps = settings(&[(
+            "brokerEntryMetadataInterceptors",
+            "[org.apache.pulsar.common.intercept.AppendBrokerTimestampMetadataInterceptor]",
+        )]);
+        let message = refused(&only_timestamps);
+        assert!(
+            message.contains("brokerEntryMetadataInterceptors"),
+            "{message}"
+        );
+        assert!(
+            message.contains("AppendIndexMetadataInterceptor"),
+            "{message}"
+        );
+        let none = settings(&[("brokerEntryMetadataInterceptors", "[]")]);
+        assert!(refused(&none).contains("brokerEntryMetadataInterceptors"));
+        let mut absent = settings(&[]);
+        absent.remove("brokerEntryMetadataInterceptors");
+        assert!(refused(&absent).contains("brokerEntryMetadataInterceptors"));
+    }
+
+    #[test]
+    fn a_cluster_that_hides_entry_metadata_from_clients_is_refused() {
+        let hidden = settings(&[("exposingBrokerEntryMetadataToClientEnabled", "false")]);
+        let message = refused(&hidden);
+        assert!(
+            message.contains("exposingBrokerEntryMetadataToClientEnabled"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_cluster_without_batch_index_acknowledgement_is_refused() {
+        let whole_entries = settings(&[("acknowledgmentAtBatchIndexLevelEnabled", "false")]);
+        let message = refused(&whole_entries);
+        assert!(
+            message.contains("acknowledgmentAtBatchIndexLevelEnabled"),
+            "{message}"
+        );
+    }
 }
