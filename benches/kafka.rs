@@ -21,7 +21,11 @@
 //!   `buffer.memory` = 1000 records, pulsar-perf's `-o 1000`), so their
 //!   latencies, measured from the send call to its acknowledgement, are
 //!   queueing at the same depth. ProducerPerformance reports whole
-//!   milliseconds.
+//!   milliseconds. Topics exist before the clock starts. ProducerPerformance
+//!   times from its first send to its last acknowledgement; pulsar-perf's
+//!   rate here is taken from its log, from its producer's creation to its
+//!   last send (its own summary counts from the JVM's start), so it may be
+//!   up to 1000 records (2% at 50000) high.
 //! - `consume rec/s`: those records are read back from the earliest
 //!   offset: `ConsumerPerformance` (a consumer group; its fetch rate,
 //!   which leaves out the group join) or `pulsar-perf consume` (an
