@@ -63,17 +63,10 @@ async fn kafka_python_produces_with_contiguous_offsets(backend: BackendKind) {
         vec![bootstrap, topic.clone(), "20".into()],
     )
     .await;
-    let acked = acked.as_array().expect("a list");
-    let offsets: Vec<(u64, u64)> = acked
-        .iter()
-        .map(|r| {
-            (
-                r["partition"].as_u64().unwrap(),
-                r["offset"].as_u64().unwrap(),
-            )
-        })
-        .collect();
-    assert_eq!(offsets, (0..20).map(|i| (0, i)).collect::<Vec<_>>());
+    assert_eq!(
+        acked_offsets(&acked),
+        (0..20).map(|i| (0, i)).collect::<Vec<_>>()
+    );
 
     if backend == BackendKind::Pulsar {
         let read = read_from_pulsar(&topic, "20").await;
@@ -224,8 +217,18 @@ async fn librdkafka_consumes_assigned_partitions_on_pulsar() {
 /// Checks a produce script's acknowledgements: `n` records on partition 0
 /// at offsets 0..n, in send order.
 fn assert_acked_in_order(acked: &Value, n: u64) {
-    let acked = acked.as_array().expect("a list");
-    let offsets: Vec<(u64, u64)> = acked
+    assert_eq!(
+        acked_offsets(acked),
+        (0..n).map(|i| (0, i)).collect::<Vec<_>>()
+    );
+}
+
+/// The (partition, offset) of each record a produce program reports
+/// acknowledged, in send order.
+fn acked_offsets(acked: &Value) -> Vec<(u64, u64)> {
+    acked
+        .as_array()
+        .expect("a list of acknowledgements")
         .iter()
         .map(|r| {
             (
@@ -233,8 +236,7 @@ fn assert_acked_in_order(acked: &Value, n: u64) {
                 r["offset"].as_u64().unwrap(),
             )
         })
-        .collect();
-    assert_eq!(offsets, (0..n).map(|i| (0, i)).collect::<Vec<_>>());
+        .collect()
 }
 
 /// Records produced compressed (librdkafka with each of Kafka's codecs,
@@ -519,17 +521,7 @@ async fn partitions_of_a_partitioned_pulsar_topic_are_consumed_where_produced() 
         vec![bootstrap.clone(), topic.clone(), "30".into()],
     )
     .await;
-    let acked: Vec<(u64, u64)> = acked
-        .as_array()
-        .expect("a list")
-        .iter()
-        .map(|r| {
-            (
-                r["partition"].as_u64().unwrap(),
-                r["offset"].as_u64().unwrap(),
-            )
-        })
-        .collect();
+    let acked = acked_offsets(&acked);
     let records = run_client(
         "kafka_python_consume.py",
         vec![

@@ -11,6 +11,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
+use super::acked_offsets;
 use super::common::{client_script, run_json, unique, BackendKind, Gateway};
 
 /// The class path of kafka-clients and its dependencies (scripts/test.sh
@@ -54,17 +55,7 @@ async fn the_java_client_produces_and_consumes_in_a_group(backend: BackendKind) 
         vec![bootstrap.clone(), topic.clone(), "30".into()],
     )
     .await;
-    let acked: Vec<(u64, u64)> = acked
-        .as_array()
-        .expect("a list")
-        .iter()
-        .map(|r| {
-            (
-                r["partition"].as_u64().unwrap(),
-                r["offset"].as_u64().unwrap(),
-            )
-        })
-        .collect();
+    let acked = acked_offsets(&acked);
     assert_eq!(acked.len(), 30);
     // Offsets are contiguous from 0 in each partition, in send order.
     let mut per_partition: BTreeMap<u64, u64> = BTreeMap::new();
