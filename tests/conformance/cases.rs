@@ -96,6 +96,34 @@ pub async fn publish_keeps_every_field_and_offsets_start_at_zero(b: TestBackend)
     assert_eq!(reader.next().await.unwrap().id, second);
 }
 
+pub async fn a_published_batch_keeps_its_order_with_consecutive_offsets(b: TestBackend) {
+    let topic = b.topic("batch");
+    publish_n(&b, &topic, 2).await;
+    let batch: Vec<NewMessage> = (2..52)
+        .map(|i| NewMessage::new(format!("m{i}")).with_key(format!("k{}", i % 3)))
+        .collect();
+    let ids = b.backend.publish_batch(&topic, batch).await.unwrap();
+    let offsets: Vec<u64> = ids.iter().map(|id| id.offset).collect();
+    assert_eq!(offsets, (2..52).collect::<Vec<u64>>());
+    let sub = b.subscribe(SubscribeRequest::new(topic.clone(), "s")).await;
+    let got = recv_n(&*sub, 52).await;
+    assert_eq!(payloads(&got), expected(52));
+    for (m, id) in got[2..].iter().zip(&ids) {
+        assert_eq!(m.id.offset, id.offset);
+        assert_eq!(
+            m.key.as_deref(),
+            Some(format!("k{}", m.id.offset % 3).as_bytes())
+        );
+    }
+    // An empty batch stores nothing.
+    assert!(b
+        .backend
+        .publish_batch(&topic, Vec::new())
+        .await
+        .unwrap()
+        .is_empty());
+}
+
 pub async fn concurrent_publishers_get_contiguous_offsets(b: TestBackend) {
     let topic = b.topic("contiguous");
     let mut tasks = Vec::new();

@@ -140,6 +140,7 @@ macro_rules! all_cases {
         suite!($kind:
             publish_keeps_every_field_and_offsets_start_at_zero,
             concurrent_publishers_get_contiguous_offsets,
+            a_published_batch_keeps_its_order_with_consecutive_offsets,
             exclusive_subscription_refuses_a_second_consumer,
             shared_subscription_spreads_messages_over_consumers,
             failover_standby_takes_over_unacked_messages,

@@ -189,6 +189,26 @@ pub trait Backend: Send + Sync + 'static {
         message: NewMessage,
     ) -> Result<MessageId, BackendError>;
 
+    /// Stores `messages` in order on one partition (or topic without
+    /// partitions) and returns their ids, in order, once all are
+    /// persisted: they get ascending offsets (consecutive unless another
+    /// publisher's messages land between them). Backends store them
+    /// together (one group commit, one round of sends) rather than one
+    /// after another. On an error some first messages may be stored. On a
+    /// partitioned topic's base name each message is routed as by
+    /// [`Backend::publish`].
+    async fn publish_batch(
+        &self,
+        topic: &TopicName,
+        messages: Vec<NewMessage>,
+    ) -> Result<Vec<MessageId>, BackendError> {
+        let mut ids = Vec::with_capacity(messages.len());
+        for message in messages {
+            ids.push(self.publish(topic, message).await?);
+        }
+        Ok(ids)
+    }
+
     /// Attaches a consumer to a subscription, creating it if needed.
     async fn subscribe(
         &self,

@@ -1,8 +1,10 @@
 //! Produce, and the idempotent producer's InitProducerId and sequence
 //! checks.
 //!
-//! Each record of a batch is published in turn and the partition answered
-//! once all are persisted, with the first record's offset. An idempotent
+//! A batch's records are published together, in order
+//! (`Backend::publish_batch`: one group commit on the embedded store, one
+//! round of sends on Pulsar), and the partition answered once all are
+//! persisted, with the first record's offset. An idempotent
 //! producer's batch is checked against the partition's sequence state: the
 //! next expected sequence is accepted, one of the last five batches again
 //! is a duplicate (answered with its first offset, not published again),
@@ -242,16 +244,17 @@ async fn produce(
                 Check::Reject(code) => return Err(code),
             }
         }
-        let mut batch_offset = None;
-        for record in records_of_batch {
-            let id = conn
-                .ctx
-                .backend
-                .publish(&target, message(record))
-                .await
-                .map_err(|e| error_code(&e))?;
-            batch_offset.get_or_insert(i64::try_from(id.offset).unwrap_or(i64::MAX));
-        }
+        // The batch's records are stored together, in order.
+        let messages = records_of_batch.into_iter().map(message).collect();
+        let ids = conn
+            .ctx
+            .backend
+            .publish_batch(&target, messages)
+            .await
+            .map_err(|e| error_code(&e))?;
+        let batch_offset = ids
+            .first()
+            .map(|id| i64::try_from(id.offset).unwrap_or(i64::MAX));
         if let Some(offset) = batch_offset {
             if idempotent {
                 conn.producers.accepted(&target, batch, offset);

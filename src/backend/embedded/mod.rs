@@ -614,6 +614,34 @@ impl Backend for EmbeddedBackend {
         Ok(MessageId::from_offset(offset, target.partition_index()))
     }
 
+    async fn publish_batch(
+        &self,
+        topic: &TopicName,
+        messages: Vec<NewMessage>,
+    ) -> Result<Vec<MessageId>, BackendError> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let partitions = inner.resolve_partitions(topic, true).await?;
+        let [target] = partitions.as_slice() else {
+            // A partitioned topic's base name: each message is routed.
+            let mut ids = Vec::with_capacity(messages.len());
+            for message in messages {
+                ids.push(self.publish(topic, message).await?);
+            }
+            return Ok(ids);
+        };
+        let partition = inner.open_partition(target).await?;
+        let appended = partition
+            .log
+            .append_batch(messages)
+            .await
+            .map_err(log_error)?;
+        Ok(appended
+            .into_iter()
+            .map(|(offset, _)| MessageId::from_offset(offset, target.partition_index()))
+            .collect())
+    }
+
     async fn subscribe(
         &self,
         request: SubscribeRequest,

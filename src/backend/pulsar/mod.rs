@@ -383,6 +383,24 @@ impl gateway_api::Backend for PulsarBackend {
         self.producers.publish(&target, message).await
     }
 
+    async fn publish_batch(
+        &self,
+        topic: &TopicName,
+        messages: Vec<NewMessage>,
+    ) -> Result<Vec<MessageId>, BackendError> {
+        let one_partition =
+            topic.partition_index().is_some() || self.partition_count(topic).await? == 0;
+        if !one_partition {
+            // A partitioned topic's base name: each message is routed.
+            let mut ids = Vec::with_capacity(messages.len());
+            for message in messages {
+                ids.push(self.publish(topic, message).await?);
+            }
+            return Ok(ids);
+        }
+        self.producers.publish_batch(topic, messages).await
+    }
+
     async fn subscribe(
         &self,
         request: SubscribeRequest,

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use clap::ValueEnum;
 use gateway_api::{BackendError, ByteBudget, MessageId, NewMessage, TopicName};
 use pulsar::compression;
-use pulsar::producer::ProducerOptions;
+use pulsar::producer::{ProducerOptions, SendFuture};
 use pulsar::{Producer, Pulsar, TokioExecutor};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, Mutex};
@@ -129,6 +129,16 @@ struct Sender {
     previous: Option<oneshot::Receiver<Option<Placed>>>,
 }
 
+/// A message handed to a producer, not yet acknowledged.
+struct Sent {
+    /// Resolves to Pulsar's receipt.
+    pending: SendFuture,
+    /// Where the send before it landed, to derive its offset.
+    previous: Option<oneshot::Receiver<Option<Placed>>>,
+    /// Tells the send after it where this one landed.
+    placed: oneshot::Sender<Option<Placed>>,
+}
+
 /// A cache entry: the producer and when a publish last took it.
 struct Slot {
     sender: Mutex<Sender>,
@@ -179,16 +189,67 @@ impl Producers {
     ) -> Result<MessageId, BackendError> {
         let _in_flight = self.budget.reserve(size(&message)).await;
         let slot = self.slot(target).await?;
+        let sent = self.send(&slot, target, message).await?;
+        self.complete(target, sent).await
+    }
+
+    /// Publishes `messages` in order on the partition `target`: every one
+    /// is handed to the producer first (so they travel together, batched
+    /// when batching is on), then each receipt is awaited. The batch holds
+    /// one reservation of its whole size (at most the budget), never one
+    /// per message: two batches each holding part of the budget while
+    /// waiting for more would wait for ever.
+    pub(super) async fn publish_batch(
+        &self,
+        target: &TopicName,
+        messages: Vec<NewMessage>,
+    ) -> Result<Vec<MessageId>, BackendError> {
+        let total = messages.iter().map(size).fold(0, usize::saturating_add);
+        let _in_flight = self.budget.reserve(total).await;
+        let slot = self.slot(target).await?;
+        let mut sent = Vec::with_capacity(messages.len());
+        for message in messages {
+            sent.push(self.send(&slot, target, message).await?);
+        }
+        let mut ids = Vec::with_capacity(sent.len());
+        for one in sent {
+            ids.push(self.complete(target, one).await?);
+        }
+        Ok(ids)
+    }
+
+    /// Hands `message` to the partition's producer, in call order. The
+    /// caller holds its size of the in-flight budget until
+    /// [`Producers::complete`].
+    async fn send(
+        &self,
+        slot: &Slot,
+        target: &TopicName,
+        message: NewMessage,
+    ) -> Result<Sent, BackendError> {
         let (placed, placed_rx) = oneshot::channel();
-        let (pending, previous) = {
-            let mut sender = slot.sender.lock().await;
-            let pending = sender
-                .producer
-                .send_non_blocking(convert::outgoing(message))
-                .await
-                .map_err(|e| convert::error(Some(target), e))?;
-            (pending, sender.previous.replace(placed_rx))
-        };
+        let mut sender = slot.sender.lock().await;
+        let pending = sender
+            .producer
+            .send_non_blocking(convert::outgoing(message))
+            .await
+            .map_err(|e| convert::error(Some(target), e))?;
+        let previous = sender.previous.replace(placed_rx);
+        Ok(Sent {
+            pending,
+            previous,
+            placed,
+        })
+    }
+
+    /// Waits for Pulsar's receipt of a sent message and works out its id
+    /// and offset.
+    async fn complete(&self, target: &TopicName, sent: Sent) -> Result<MessageId, BackendError> {
+        let Sent {
+            pending,
+            previous,
+            placed,
+        } = sent;
         // On any error below `placed` is dropped: the next send looks its
         // entry up.
         let receipt = pending.await.map_err(|e| convert::error(Some(target), e))?;

@@ -533,6 +533,42 @@ impl PartitionLog {
     /// Appends `message`; resolves with (offset, publish time in ms) once
     /// the fdatasync covering it returned. Waits while the queue is full.
     pub async fn append(&self, message: NewMessage) -> Result<(u64, u64), LogError> {
+        let answer = self.enqueue(message).await?;
+        answer
+            .await
+            .map_err(|_| self.handle.inner.stopped_error())?
+    }
+
+    /// Appends `messages` in order, with consecutive offsets unless another
+    /// append lands between them: all are queued first, so they share
+    /// group commits, then each is waited for. Resolves once the last is
+    /// durable; on an error, some first ones may be stored.
+    pub async fn append_batch(
+        &self,
+        messages: Vec<NewMessage>,
+    ) -> Result<Vec<(u64, u64)>, LogError> {
+        let mut answers = Vec::with_capacity(messages.len());
+        for message in messages {
+            answers.push(self.enqueue(message).await?);
+        }
+        let mut appended = Vec::with_capacity(answers.len());
+        for answer in answers {
+            appended.push(
+                answer
+                    .await
+                    .map_err(|_| self.handle.inner.stopped_error())??,
+            );
+        }
+        Ok(appended)
+    }
+
+    /// Checks `message` and queues its append (waiting while the queue is
+    /// full); the receiver answers once it is durable. Appends are written
+    /// in the order they are queued.
+    async fn enqueue(
+        &self,
+        message: NewMessage,
+    ) -> Result<oneshot::Receiver<Result<(u64, u64), LogError>>, LogError> {
         let inner = &self.handle.inner;
         if self.handle.closed.load(Ordering::Acquire) {
             return Err(LogError::Closed);
@@ -555,7 +591,7 @@ impl PartitionLog {
             .send(Command::Append { message, reply })
             .await
             .map_err(|_| inner.stopped_error())?;
-        answer.await.map_err(|_| inner.stopped_error())?
+        Ok(answer)
     }
 
     /// The oldest retained offset.
