@@ -79,13 +79,21 @@ async fn group_consume(
     run_client(client.script(), args).await
 }
 
-async fn a_group_resumes_after_its_committed_offsets(backend: BackendKind, client: Client) {
+/// A gateway whose new groups start at once (no initial rebalance delay),
+/// and its Kafka bootstrap address.
+pub async fn start_for_groups(backend: BackendKind) -> (Gateway, String) {
     let gw = Gateway::builder(backend)
         .arg("--kafka-group-initial-rebalance-delay")
         .arg("0")
         .start()
         .await;
     let bootstrap = gw.kafka_addr.expect("a Kafka listener").to_string();
+    (gw, bootstrap)
+}
+
+async fn a_group_resumes_after_its_committed_offsets(backend: BackendKind, client: Client) {
+    // Held to the end: the gateway stops when dropped.
+    let (_gw, bootstrap) = start_for_groups(backend).await;
     let topic = unique("group-resume");
     produce(&bootstrap, &topic, 10, false).await;
 

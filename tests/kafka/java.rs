@@ -12,7 +12,8 @@ use std::process::Command;
 use serde_json::Value;
 
 use super::acked_offsets;
-use super::common::{client_script, run_json, unique, BackendKind, Gateway};
+use super::common::{client_script, run_json, unique, BackendKind};
+use super::groups::start_for_groups;
 
 /// The class path of kafka-clients and its dependencies (scripts/test.sh
 /// sets it).
@@ -39,12 +40,8 @@ async fn java(mode: &str, args: Vec<String>) -> Value {
 }
 
 async fn the_java_client_produces_and_consumes_in_a_group(backend: BackendKind) {
-    let gw = Gateway::builder(backend)
-        .arg("--kafka-group-initial-rebalance-delay")
-        .arg("0")
-        .start()
-        .await;
-    let bootstrap = gw.kafka_addr.expect("a Kafka listener").to_string();
+    // Held to the end: the gateway stops when dropped.
+    let (_gw, bootstrap) = start_for_groups(backend).await;
     let topic = unique("java");
 
     let created = java("create", vec![bootstrap.clone(), topic.clone(), "3".into()]).await;
@@ -122,12 +119,8 @@ async fn the_java_client_produces_and_consumes_in_a_group_on_pulsar() {
 /// member joining takes one partition from the first, which gives up only
 /// that one (never both), and each then reads its own partition's records.
 async fn the_cooperative_sticky_assignor_moves_one_partition(backend: BackendKind) {
-    let gw = Gateway::builder(backend)
-        .arg("--kafka-group-initial-rebalance-delay")
-        .arg("0")
-        .start()
-        .await;
-    let bootstrap = gw.kafka_addr.expect("a Kafka listener").to_string();
+    // Held to the end: the gateway stops when dropped.
+    let (_gw, bootstrap) = start_for_groups(backend).await;
     let topic = unique("java-cooperative");
     let created = java("create", vec![bootstrap.clone(), topic.clone(), "2".into()]).await;
     assert_eq!(created["partitions"], 2, "{created}");
