@@ -435,12 +435,11 @@ pub struct PulsarProducerSettings {
     pub max_in_flight_bytes: usize,
     /// Compression toward Pulsar: none, lz4, zlib, zstd or snappy.
     pub compression: Compression,
-    /// Messages gathered into one Pulsar entry at most (1: no batching).
+    /// Messages published together (a Kafka record batch) are sent as
+    /// batched entries of at most this many messages (1: no batching).
     pub batch_max_messages: u32,
-    /// A batch is sent once it holds this many bytes.
+    /// A batched entry is closed once it holds this many bytes.
     pub batch_max_bytes: usize,
-    /// A batch is sent at the latest this long after its first message.
-    pub batch_max_delay: HumanDuration,
 }
 
 impl Default for PulsarProducerSettings {
@@ -452,7 +451,6 @@ impl Default for PulsarProducerSettings {
             compression: d.compression,
             batch_max_messages: d.batch_max_messages,
             batch_max_bytes: d.batch_max_bytes,
-            batch_max_delay: HumanDuration(d.batch_max_delay),
         }
     }
 }
@@ -466,7 +464,6 @@ impl PulsarProducerSettings {
             compression: self.compression,
             batch_max_messages: self.batch_max_messages,
             batch_max_bytes: self.batch_max_bytes,
-            batch_max_delay: self.batch_max_delay.0,
         }
     }
 }
@@ -637,15 +634,12 @@ struct Cli {
         default_value_t
     )]
     pulsar_compression: Compression,
-    /// Pulsar: messages per entry at most (1: no batching).
+    /// Pulsar: messages published together go as batched entries of at most N messages (1: no batching).
     #[arg(long, env = "PULSAR_GATEWAY_PULSAR_BATCH_MAX_MESSAGES", value_name = "N", default_value_t = PulsarProducerSettings::default().batch_max_messages)]
     pulsar_batch_max_messages: u32,
-    /// Pulsar: a batch is sent once it holds this many bytes.
+    /// Pulsar: a batched entry is closed once it holds this many bytes.
     #[arg(long, env = "PULSAR_GATEWAY_PULSAR_BATCH_MAX_BYTES", value_name = "BYTES", default_value_t = PulsarProducerSettings::default().batch_max_bytes)]
     pulsar_batch_max_bytes: usize,
-    /// Pulsar: a batch is sent at the latest this long after its first message, e.g. 1ms.
-    #[arg(long, env = "PULSAR_GATEWAY_PULSAR_BATCH_MAX_DELAY", value_name = "DURATION", default_value_t = PulsarProducerSettings::default().batch_max_delay)]
-    pulsar_batch_max_delay: HumanDuration,
     /// Kafka: host:port given to clients for the broker (default: the address they connected to).
     #[arg(
         long,
@@ -784,7 +778,6 @@ impl Config {
         overlay(m, "pulsar_compression", &mut p.compression);
         overlay(m, "pulsar_batch_max_messages", &mut p.batch_max_messages);
         overlay(m, "pulsar_batch_max_bytes", &mut p.batch_max_bytes);
-        overlay(m, "pulsar_batch_max_delay", &mut p.batch_max_delay);
         let k = &mut self.kafka;
         overlay_opt(m, "kafka_advertised_addr", &mut k.advertised_addr);
         overlay(m, "kafka_cluster_id", &mut k.cluster_id);
@@ -1456,13 +1449,13 @@ mod tests {
             "/flag/ca.pem".as_ref(),
             "--pulsar-compression".as_ref(),
             "zstd".as_ref(),
-            "--pulsar-batch-max-delay".as_ref(),
-            "10ms".as_ref(),
+            "--pulsar-batch-max-bytes".as_ref(),
+            "4096".as_ref(),
         ])
         .unwrap();
         let p = config.pulsar_producers.settings();
         assert_eq!(p.compression, Compression::Zstd);
-        assert_eq!(p.batch_max_delay, Duration::from_millis(10));
+        assert_eq!(p.batch_max_bytes, 4096);
         assert_eq!(p.batch_max_messages, 100, "from the file");
         assert_eq!(p.idle_timeout, Duration::from_secs(300), "the default");
         assert_eq!(config.backend, BackendKind::Pulsar);

@@ -115,6 +115,13 @@ pub async fn a_published_batch_keeps_its_order_with_consecutive_offsets(b: TestB
             Some(format!("k{}", m.id.offset % 3).as_bytes())
         );
     }
+    // A reader may start inside a batch.
+    let reader = b
+        .backend
+        .reader(&topic, StartPosition::Offset(10))
+        .await
+        .unwrap();
+    assert_eq!(reader.next().await.unwrap().id, ids[8]);
     // An empty batch stores nothing.
     assert!(b
         .backend
@@ -232,10 +239,18 @@ pub async fn key_shared_keeps_each_key_on_one_consumer_in_order(b: TestBackend) 
     let req = SubscribeRequest::new(topic.clone(), "ks").kind(SubscriptionKind::KeyShared);
     let c1 = b.subscribe(req.clone().consumer_name("c1")).await;
     let c2 = b.subscribe(req.consumer_name("c2")).await;
-    for i in 0..200 {
+    for i in 0..100 {
         let key = format!("k{}", i % 10);
         let msg = NewMessage::new(format!("{i}")).with_key(key);
         b.backend.publish(&topic, msg).await.unwrap();
+    }
+    // Then batches whose keys change every third message: a backend that
+    // batches must not hand one consumer another's key with them.
+    for start in (100..200).step_by(25) {
+        let batch = (start..start + 25)
+            .map(|i| NewMessage::new(format!("{i}")).with_key(format!("k{}", (i / 3) % 10)))
+            .collect();
+        b.backend.publish_batch(&topic, batch).await.unwrap();
     }
     let mut owner: HashMap<Bytes, usize> = HashMap::new();
     let mut last: HashMap<Bytes, u64> = HashMap::new();

@@ -148,22 +148,92 @@ async fn a_small_in_flight_bound_slows_publishes_and_loses_none() {
     assert_read_back(&b, &topic, &ids).await;
 }
 
+/// A published message's id and key.
+type Keyed = (MessageId, Option<Bytes>);
+
+/// Publishes `batches` batches of `per_batch` messages from each of
+/// `tasks` concurrent tasks with `publish_batch`, message `i` of a batch
+/// keyed `key(i)`; returns the id each payload got, and its key.
+async fn publish_batches_concurrently(
+    backend: &Arc<dyn Backend>,
+    topic: &TopicName,
+    tasks: usize,
+    batches: usize,
+    per_batch: usize,
+    key: fn(usize) -> Option<Bytes>,
+) -> HashMap<Bytes, Keyed> {
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let (backend, topic) = (backend.clone(), topic.clone());
+        handles.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for n in 0..batches {
+                let messages: Vec<NewMessage> = (0..per_batch)
+                    .map(|i| NewMessage {
+                        key: key(i),
+                        ..NewMessage::new(format!("{t}-{n}-{i}"))
+                    })
+                    .collect();
+                let sent = messages.clone();
+                let got = backend.publish_batch(&topic, messages).await.unwrap();
+                assert_eq!(got.len(), sent.len());
+                ids.extend(
+                    sent.into_iter()
+                        .zip(got)
+                        .map(|(m, id)| (m.payload, (id, m.key))),
+                );
+            }
+            ids
+        }));
+    }
+    let mut all = HashMap::new();
+    for handle in handles {
+        all.extend(handle.await.unwrap());
+    }
+    all
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batched_publishes_get_the_offsets_and_ids_they_are_read_with() {
+async fn batches_become_entries_of_one_key_with_the_offsets_and_ids_they_are_read_with() {
     let b = TestBackend::start(Kind::Pulsar).await;
     let backend = b
         .with_producers(ProducerSettings {
-            batch_max_messages: 20,
-            batch_max_delay: Duration::from_millis(5),
+            batch_max_messages: 10,
             ..ProducerSettings::default()
         })
         .await;
     let topic = b.topic("batched");
-    let ids = publish_concurrently(&backend, &topic, 8, 25, 100).await;
-    assert!(
-        ids.values().any(|id| id.batch_index > 0),
-        "concurrent publishes share entries"
-    );
+    // Runs of 12 messages of one key, then 13 without: entries split at
+    // the key and at ten messages.
+    let keyed = publish_batches_concurrently(&backend, &topic, 4, 3, 25, |i| {
+        (i < 12).then(|| Bytes::from_static(b"k"))
+    })
+    .await;
+    let mut entries: HashMap<(u64, u64), Vec<Keyed>> = HashMap::new();
+    for (id, key) in keyed.values() {
+        entries
+            .entry((id.ledger_id, id.entry_id))
+            .or_default()
+            .push((*id, key.clone()));
+    }
+    for (entry, members) in &entries {
+        assert!(members.len() <= 10, "entry {entry:?}: {}", members.len());
+        assert!(
+            members.iter().all(|(_, key)| *key == members[0].1),
+            "entry {entry:?} mixes keys"
+        );
+        let mut indexes: Vec<i32> = members.iter().map(|(id, _)| id.batch_index).collect();
+        indexes.sort_unstable();
+        let expected: Vec<i32> = if members.len() == 1 {
+            vec![-1]
+        } else {
+            (0..members.len() as i32).collect()
+        };
+        assert_eq!(indexes, expected, "entry {entry:?}");
+    }
+    // 4 tasks x 3 batches, each split 10 + 2 + 10 + 3.
+    assert_eq!(entries.len(), 4 * 3 * 4);
+    let ids: HashMap<Bytes, MessageId> = keyed.into_iter().map(|(p, (id, _))| (p, id)).collect();
     assert_contiguous(&ids);
     assert_read_back(&b, &topic, &ids).await;
 }
@@ -199,30 +269,30 @@ async fn compressed_publishes_are_stored_compressed_and_read_back_whole() {
     assert_read_back(&b, &topic, &ids).await;
 }
 
-/// Publishes 20 messages in bursts of ten concurrent publishes through
-/// producers that batch ten messages; returns their ids in offset order,
-/// after checking that entries really hold several messages.
+/// Publishes two batches of ten messages through producers that batch
+/// ten messages; returns their ids in offset order, after checking that
+/// entries really hold several messages.
 async fn publish_batched(b: &TestBackend, topic: &TopicName) -> Vec<MessageId> {
     let backend = b
         .with_producers(ProducerSettings {
             batch_max_messages: 10,
-            // Long enough for a burst of ten to share one entry.
-            batch_max_delay: Duration::from_millis(100),
             ..ProducerSettings::default()
         })
         .await;
-    let mut ids: Vec<MessageId> = publish_concurrently(&backend, topic, 10, 2, 10)
+    let mut ids: Vec<MessageId> = publish_batches_concurrently(&backend, topic, 1, 2, 10, |_| None)
         .await
         .into_values()
+        .map(|(id, _)| id)
         .collect();
     ids.sort_unstable();
     let mut members: HashMap<(u64, u64), usize> = HashMap::new();
     for id in &ids {
         *members.entry((id.ledger_id, id.entry_id)).or_default() += 1;
     }
-    assert!(
-        members.values().any(|&n| n >= 4),
-        "no entry holds four messages or more: {members:?}"
+    assert_eq!(
+        members.values().copied().collect::<Vec<_>>(),
+        vec![10, 10],
+        "two entries of ten"
     );
     ids
 }

@@ -10,15 +10,24 @@
 //!   failing with `SlowDown`: more concurrent publishes than that queue
 //!   holds are back-pressure, not an error.
 //!
+//! Batching: messages published together ([`Producers::publish_batch`], a
+//! Kafka record batch) go to Pulsar as batched entries, in order, each of
+//! at most `batch_max_messages` and `batch_max_bytes`, a new entry begun
+//! wherever the key changes: Key_Shared subscriptions dispatch a whole
+//! entry by its key (the first message's), as the Java client's key-based
+//! batcher makes them. Entries are sent without waiting for each other's
+//! receipts (vendor patch 8); the crate's own batching, which waits for
+//! each batch's receipt before sending the next, is not used. A message
+//! published alone is sent alone.
+//!
 //! Offsets: a message's offset is its entry's broker index (that of the
-//! entry's last message), less the messages after it in a batched entry.
-//! The send receipt does not carry the index, so each send waits for where
-//! the previous send of the same producer landed (receipts come in send
-//! order): in the same entry (a batch), its entry's index is that one's;
-//! in the next entry of the same ledger, that one's plus this entry's
-//! message count. Otherwise (the first send, after a reconnect or ledger
-//! roll-over, or when another producer wrote in between) the admin API
-//! tells the entry's index.
+//! entry's last message), less the messages after it in the entry. The
+//! send receipt does not carry the index, so each entry waits for where
+//! the previous entry of the same producer landed (receipts come in send
+//! order): in the next entry of the same ledger, its index is that one's
+//! plus this entry's message count. Otherwise (the first send, after a
+//! reconnect or ledger roll-over, or when another producer wrote in
+//! between) the admin API tells the entry's index.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
@@ -76,39 +85,60 @@ pub struct ProducerSettings {
     pub max_in_flight_bytes: usize,
     /// Compression of what is sent.
     pub compression: Compression,
-    /// Messages gathered into one entry at most; 1 sends each message as an
-    /// entry of its own (no batching).
+    /// The most messages of one batched entry, for messages published
+    /// together; 1 sends every message as an entry of its own.
     pub batch_max_messages: u32,
-    /// A batch is sent once it holds this many bytes.
+    /// An entry being batched is closed once it holds this many bytes.
     pub batch_max_bytes: usize,
-    /// A batch is sent at the latest this long after its first message.
-    pub batch_max_delay: Duration,
 }
 
 impl Default for ProducerSettings {
     fn default() -> ProducerSettings {
+        // Pulsar's Java client's defaults.
         ProducerSettings {
             idle_timeout: Duration::from_secs(300),
             max_in_flight_bytes: 64 << 20,
             compression: Compression::None,
-            batch_max_messages: 1,
+            batch_max_messages: 1000,
             batch_max_bytes: 128 << 10,
-            batch_max_delay: Duration::from_millis(1),
         }
     }
 }
 
 impl ProducerSettings {
     fn options(&self) -> ProducerOptions {
-        let batching = self.batch_max_messages > 1;
         ProducerOptions {
             block_queue_if_full: true,
             compression: Some(self.compression.to_pulsar()),
-            batch_size: batching.then_some(self.batch_max_messages),
-            batch_byte_size: batching.then_some(self.batch_max_bytes),
-            batch_timeout: batching.then_some(self.batch_max_delay),
             ..Default::default()
         }
+    }
+
+    /// Splits messages published together into the entries they are sent
+    /// as, in order: a new entry where the key changes or one would
+    /// outgrow the limits.
+    fn entries(&self, messages: Vec<NewMessage>) -> Vec<Vec<NewMessage>> {
+        let max_messages = usize::try_from(self.batch_max_messages.max(1)).unwrap_or(usize::MAX);
+        let mut entries: Vec<Vec<NewMessage>> = Vec::new();
+        let mut bytes = 0;
+        for message in messages {
+            let weight = size(&message);
+            let joins = entries.last().is_some_and(|entry| {
+                entry.len() < max_messages
+                    && bytes + weight <= self.batch_max_bytes
+                    && entry.first().map(|m| &m.key) == Some(&message.key)
+            });
+            if joins {
+                bytes += weight;
+                if let Some(entry) = entries.last_mut() {
+                    entry.push(message);
+                }
+            } else {
+                bytes = weight;
+                entries.push(vec![message]);
+            }
+        }
+        entries
     }
 }
 
@@ -129,14 +159,23 @@ struct Sender {
     previous: Option<oneshot::Receiver<Option<Placed>>>,
 }
 
-/// A message handed to a producer, not yet acknowledged.
+/// An entry handed to a producer, not yet acknowledged.
 struct Sent {
     /// Resolves to Pulsar's receipt.
     pending: SendFuture,
-    /// Where the send before it landed, to derive its offset.
+    /// Messages in the entry; `None`: one message, not batched.
+    batched: Option<u32>,
+    /// Where the entry before it landed, to derive its offsets.
     previous: Option<oneshot::Receiver<Option<Placed>>>,
-    /// Tells the send after it where this one landed.
+    /// Tells the entry after it where this one landed.
     placed: oneshot::Sender<Option<Placed>>,
+}
+
+impl Sent {
+    /// Messages in the entry.
+    fn count(&self) -> u64 {
+        self.batched.map_or(1, u64::from)
+    }
 }
 
 /// A cache entry: the producer and when a publish last took it.
@@ -189,16 +228,19 @@ impl Producers {
     ) -> Result<MessageId, BackendError> {
         let _in_flight = self.budget.reserve(size(&message)).await;
         let slot = self.slot(target).await?;
-        let sent = self.send(&slot, target, message).await?;
-        self.complete(target, sent).await
+        let sent = self.send(&slot, target, vec![message]).await?;
+        let mut ids = self.complete(target, sent).await?;
+        ids.pop().ok_or_else(|| {
+            BackendError::Unavailable(format!("no id for a message published to {target}"))
+        })
     }
 
-    /// Publishes `messages` in order on the partition `target`: every one
-    /// is handed to the producer first (so they travel together, batched
-    /// when batching is on), then each receipt is awaited. The batch holds
-    /// one reservation of its whole size (at most the budget), never one
-    /// per message: two batches each holding part of the budget while
-    /// waiting for more would wait for ever.
+    /// Publishes `messages` in order on the partition `target`, batched
+    /// (see the module's notes): every entry is handed to the producer
+    /// first, then each receipt is awaited. The batch holds one
+    /// reservation of its whole size (at most the budget), never one per
+    /// message: two batches each holding part of the budget while waiting
+    /// for more would wait for ever.
     pub(super) async fn publish_batch(
         &self,
         target: &TopicName,
@@ -207,51 +249,68 @@ impl Producers {
         let total = messages.iter().map(size).fold(0, usize::saturating_add);
         let _in_flight = self.budget.reserve(total).await;
         let slot = self.slot(target).await?;
-        let mut sent = Vec::with_capacity(messages.len());
-        for message in messages {
-            sent.push(self.send(&slot, target, message).await?);
+        let count = messages.len();
+        let mut sent = Vec::new();
+        for entry in self.settings.entries(messages) {
+            sent.push(self.send(&slot, target, entry).await?);
         }
-        let mut ids = Vec::with_capacity(sent.len());
+        let mut ids = Vec::with_capacity(count);
         for one in sent {
-            ids.push(self.complete(target, one).await?);
+            ids.extend(self.complete(target, one).await?);
         }
         Ok(ids)
     }
 
-    /// Hands `message` to the partition's producer, in call order. The
-    /// caller holds its size of the in-flight budget until
-    /// [`Producers::complete`].
+    /// Hands one entry's messages (one message: not batched) to the
+    /// partition's producer, in call order. The caller holds their size
+    /// of the in-flight budget until [`Producers::complete`].
     async fn send(
         &self,
         slot: &Slot,
         target: &TopicName,
-        message: NewMessage,
+        mut messages: Vec<NewMessage>,
     ) -> Result<Sent, BackendError> {
         let (placed, placed_rx) = oneshot::channel();
         let mut sender = slot.sender.lock().await;
-        let pending = sender
-            .producer
-            .send_non_blocking(convert::outgoing(message))
-            .await
-            .map_err(|e| convert::error(Some(target), e))?;
+        let (pending, batched) = if messages.len() == 1 {
+            let message = messages.pop().map(convert::outgoing).unwrap_or_default();
+            (sender.producer.send_non_blocking(message).await, None)
+        } else {
+            let count = u32::try_from(messages.len()).map_err(|_| {
+                BackendError::Unavailable(format!("an entry of {} messages", messages.len()))
+            })?;
+            let entry = messages.into_iter().map(convert::outgoing).collect();
+            (
+                sender.producer.send_entry_non_blocking(entry).await,
+                Some(count),
+            )
+        };
+        let pending = pending.map_err(|e| convert::error(Some(target), e))?;
         let previous = sender.previous.replace(placed_rx);
         Ok(Sent {
             pending,
+            batched,
             previous,
             placed,
         })
     }
 
-    /// Waits for Pulsar's receipt of a sent message and works out its id
-    /// and offset.
-    async fn complete(&self, target: &TopicName, sent: Sent) -> Result<MessageId, BackendError> {
+    /// Waits for Pulsar's receipt of a sent entry and works out the ids
+    /// and offsets of its messages.
+    async fn complete(
+        &self,
+        target: &TopicName,
+        sent: Sent,
+    ) -> Result<Vec<MessageId>, BackendError> {
+        let in_entry = sent.count();
         let Sent {
             pending,
+            batched,
             previous,
             placed,
         } = sent;
-        // On any error below `placed` is dropped: the next send looks its
-        // entry up.
+        // On any error below `placed` is dropped: the next entry looks its
+        // index up.
         let receipt = pending.await.map_err(|e| convert::error(Some(target), e))?;
         let id = receipt.message_id.ok_or_else(|| {
             BackendError::Unavailable(format!("Pulsar's receipt for {target} had no message id"))
@@ -260,9 +319,7 @@ impl Producers {
             Some(previous) => previous.await.ok().flatten(),
             None => None,
         };
-        let in_entry = u64::try_from(id.batch_size.unwrap_or(1).max(1)).unwrap_or(1);
         let entry_index = match previous {
-            Some(p) if p.ledger == id.ledger_id && p.entry == id.entry_id => p.index,
             Some(p) if p.ledger == id.ledger_id && p.entry.checked_add(1) == Some(id.entry_id) => {
                 p.index + in_entry
             }
@@ -277,17 +334,17 @@ impl Producers {
             entry: id.entry_id,
             index: entry_index,
         }));
-        // Not batched (-1): the entry's only, hence last, message.
-        let batch_index = id.batch_index.unwrap_or(-1);
-        let last = in_entry - 1;
-        let position = u64::try_from(batch_index).map_or(last, |i| i.min(last));
-        Ok(MessageId {
-            offset: entry_index.saturating_sub(last - position),
+        let partition = target.partition_index().map_or(-1, |p| p as i32);
+        let first = entry_index.saturating_sub(in_entry - 1);
+        let ids = (0..in_entry).map(|position| MessageId {
+            offset: first + position,
             ledger_id: id.ledger_id,
             entry_id: id.entry_id,
-            partition: target.partition_index().map_or(-1, |p| p as i32),
-            batch_index,
-        })
+            partition,
+            // Not batched: -1.
+            batch_index: batched.map_or(-1, |_| i32::try_from(position).unwrap_or(i32::MAX)),
+        });
+        Ok(ids.collect())
     }
 
     /// The cached producer of a partition, created on first use.

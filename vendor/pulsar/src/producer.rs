@@ -521,6 +521,32 @@ impl<Exe: Executor> Producer<Exe> {
         }
     }
 
+    /// pulsar-gateway patch: sends `messages` now as one batched entry (a
+    /// batch of their count, in their order), bypassing the producer's own
+    /// batching, and returns the entry's receipt: message `i` of the
+    /// entry is batch index `i`. The entry's own key (which Key_Shared
+    /// subscriptions dispatch by) is the first message's partition and
+    /// ordering key; the caller batches messages of one key together.
+    ///
+    /// Unlike the batching of [`ProducerOptions::batch_size`], which sends
+    /// one batch at a time and waits for its receipt before the next,
+    /// entries sent this way are in flight together, and the caller
+    /// decides what travels together. Only for a producer of one topic
+    /// (or partition) whose own batching is off.
+    #[cfg_attr(feature = "telemetry", tracing::instrument(skip_all))]
+    pub async fn send_entry_non_blocking(
+        &mut self,
+        messages: Vec<Message>,
+    ) -> Result<SendFuture, Error> {
+        match &mut self.inner {
+            ProducerInner::Single(p) => p.send_entry(messages).await,
+            ProducerInner::Partitioned(_) => Err(ProducerError::Custom(
+                "a batched entry goes to one topic, not a partitioned topic".to_string(),
+            )
+            .into()),
+        }
+    }
+
     /// sends the current batch of messages
     #[cfg_attr(feature = "telemetry", tracing::instrument(skip_all))]
     pub async fn send_batch(&mut self) -> Result<(), Error> {
@@ -757,6 +783,48 @@ impl<Exe: Executor> TopicProducer<Exe> {
             None if self.options.enabled_batching() => Err(ProducerError::Closed.into()),
             _ => Err(ProducerError::Custom("not a batching producer".to_string()).into()),
         }
+    }
+
+    /// pulsar-gateway patch: see [`Producer::send_entry_non_blocking`].
+    #[cfg_attr(feature = "telemetry", tracing::instrument(skip_all))]
+    async fn send_entry(&mut self, messages: Vec<Message>) -> Result<SendFuture, Error> {
+        if self.batch.is_some() {
+            return Err(ProducerError::Custom(
+                "a batching producer batches by itself".to_string(),
+            )
+            .into());
+        }
+        let count = i32::try_from(messages.len())
+            .map_err(|_| ProducerError::Custom("too many messages for one entry".to_string()))?;
+        let mut envelope = ProducerMessage {
+            num_messages_in_batch: Some(count),
+            ..Default::default()
+        };
+        let mut payload = Vec::new();
+        for (i, message) in messages.into_iter().enumerate() {
+            let message = ProducerMessage::from(message);
+            if i == 0 {
+                envelope.partition_key = message.partition_key.clone();
+                envelope.partition_key_b64_encoded = message.partition_key_b64_encoded;
+                envelope.ordering_key = message.ordering_key.clone();
+            }
+            BatchedMessage {
+                metadata: proto::SingleMessageMetadata {
+                    properties: message.properties,
+                    partition_key: message.partition_key,
+                    partition_key_b64_encoded: message.partition_key_b64_encoded,
+                    ordering_key: message.ordering_key,
+                    payload_size: message.payload.len() as i32,
+                    event_time: message.event_time,
+                    ..Default::default()
+                },
+                payload: message.payload,
+            }
+            .serialize(&mut payload);
+        }
+        envelope.payload = payload;
+        let compressed = compress_message(envelope, &self.compression)?;
+        self.connection.send(compressed).await
     }
 
     #[cfg_attr(feature = "telemetry", tracing::instrument(skip_all))]
