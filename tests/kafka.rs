@@ -288,6 +288,45 @@ async fn compressed_batches_are_stored_and_consumed_back(backend: BackendKind) {
     assert_produced_records(&records, n);
 }
 
+/// An idempotent librdkafka producer sending small batches without
+/// lingering keeps several Produce requests in flight on its connection:
+/// each is acknowledged, none refused as out of order, at offsets in send
+/// order, and the records are consumed back in that order.
+async fn pipelined_produce_requests_keep_their_order(backend: BackendKind) {
+    let gw = Gateway::start(backend).await;
+    let bootstrap = gw.kafka_addr.expect("a Kafka listener").to_string();
+    let n = 3000;
+    let topic = unique("pipelined");
+    let acked = run_client(
+        "confluent_produce.py",
+        vec![
+            bootstrap.clone(),
+            topic.clone(),
+            n.to_string(),
+            "none".into(),
+            "10".into(),
+        ],
+    )
+    .await;
+    assert_acked_in_order(&acked, n);
+    let records = run_client(
+        "kafka_python_consume.py",
+        vec![bootstrap, topic, n.to_string()],
+    )
+    .await;
+    assert_produced_records(&records, n);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_produce_requests_keep_their_order_on_the_embedded_store() {
+    pipelined_produce_requests_keep_their_order(BackendKind::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_produce_requests_keep_their_order_on_pulsar() {
+    pipelined_produce_requests_keep_their_order(BackendKind::Pulsar).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compressed_batches_are_stored_and_consumed_back_on_the_embedded_store() {
     compressed_batches_are_stored_and_consumed_back(BackendKind::Embedded).await;

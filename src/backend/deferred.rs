@@ -16,7 +16,9 @@ use async_trait::async_trait;
 use gateway_api::backend::{OffsetRange, Reader, SubscribeRequest, Subscription};
 use gateway_api::metadata::{ExpectedVersion, MetadataStore, Versioned};
 use gateway_api::topic::Namespace;
-use gateway_api::{Backend, BackendError, MessageId, NewMessage, StartPosition, TopicName};
+use gateway_api::{
+    Backend, BackendError, MessageId, NewMessage, Persisting, StartPosition, TopicName,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -192,6 +194,14 @@ impl Backend for Deferred {
         messages: Vec<NewMessage>,
     ) -> Result<Vec<MessageId>, BackendError> {
         self.slot.get()?.publish_batch(topic, messages).await
+    }
+
+    async fn queue_batch(
+        &self,
+        topic: &TopicName,
+        messages: Vec<NewMessage>,
+    ) -> Result<Persisting, BackendError> {
+        self.slot.get()?.queue_batch(topic, messages).await
     }
 
     async fn subscribe(

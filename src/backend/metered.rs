@@ -12,7 +12,8 @@ use gateway_api::backend::{OffsetRange, Reader, SubscribeRequest, Subscription};
 use gateway_api::metadata::MetadataStore;
 use gateway_api::topic::Namespace;
 use gateway_api::{
-    Backend, BackendError, Message, MessageId, Metrics, NewMessage, StartPosition, TopicName,
+    Backend, BackendError, Message, MessageId, Metrics, NewMessage, Persisting, StartPosition,
+    TopicName,
 };
 
 /// Counts the errors and publish latency of the backend it wraps.
@@ -73,6 +74,29 @@ impl Backend for Metered {
                 .observe(started.elapsed().as_secs_f64());
         }
         count(&self.metrics, "publish_batch", result)
+    }
+
+    async fn queue_batch(
+        &self,
+        topic: &TopicName,
+        messages: Vec<NewMessage>,
+    ) -> Result<Persisting, BackendError> {
+        let started = Instant::now();
+        let persisting = count(
+            &self.metrics,
+            "queue_batch",
+            self.inner.queue_batch(topic, messages).await,
+        )?;
+        let metrics = self.metrics.clone();
+        Ok(Box::pin(async move {
+            let result = persisting.await;
+            if result.is_ok() {
+                metrics
+                    .backend_publish_latency
+                    .observe(started.elapsed().as_secs_f64());
+            }
+            count(&metrics, "publish_batch", result)
+        }))
     }
 
     async fn subscribe(

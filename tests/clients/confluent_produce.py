@@ -1,9 +1,11 @@
 """Produces with confluent-kafka (librdkafka), compressed, idempotent,
 acks=all, batching the records (linger.ms) so each batch holds many.
 
-Usage: confluent_produce.py BOOTSTRAP TOPIC COUNT COMPRESSION
+Usage: confluent_produce.py BOOTSTRAP TOPIC COUNT COMPRESSION [BATCH]
   COMPRESSION is librdkafka's compression.type: gzip, snappy, lz4, zstd or
-  none. Sends COUNT records (value vN, key kN%3, header h=xN, as
+  none. BATCH, when given, sends batches of at most BATCH records at once
+  (linger.ms 0), so that several Produce requests are in flight (five at
+  most, the idempotent producer's limit). Sends COUNT records (value vN, key kN%3, header h=xN, as
   kafka_python_produce.py does) to partition 0 and prints one JSON list of
   {"partition", "offset"} in send order; exits non-zero if any record
   failed.
@@ -15,17 +17,19 @@ import sys
 from confluent_kafka import KafkaException, Producer
 
 bootstrap, topic, count, compression = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+batch = int(sys.argv[5]) if len(sys.argv) > 5 else None
 
-producer = Producer(
-    {
-        "bootstrap.servers": bootstrap,
-        "compression.type": compression,
-        "enable.idempotence": True,
-        "acks": "all",
-        # Long enough for all the records to go in one or a few batches.
-        "linger.ms": 100,
-    }
-)
+settings = {
+    "bootstrap.servers": bootstrap,
+    "compression.type": compression,
+    "enable.idempotence": True,
+    "acks": "all",
+    # Long enough for all the records to go in one or a few batches.
+    "linger.ms": 100,
+}
+if batch is not None:
+    settings.update({"linger.ms": 0, "batch.num.messages": batch})
+producer = Producer(settings)
 
 results = [None] * count
 errors = []

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures::future::BoxFuture;
 
 use crate::error::BackendError;
 use crate::message::{Message, MessageId, NewMessage};
@@ -176,6 +177,10 @@ pub struct OffsetRange {
     pub next: u64,
 }
 
+/// A batch queued by [`Backend::queue_batch`]: resolves to the ids of its
+/// messages, in order, once all are persisted.
+pub type Persisting = BoxFuture<'static, Result<Vec<MessageId>, BackendError>>;
+
 /// Where messages are stored: the embedded store or a Pulsar cluster.
 #[async_trait]
 pub trait Backend: Send + Sync + 'static {
@@ -207,6 +212,24 @@ pub trait Backend: Send + Sync + 'static {
             ids.push(self.publish(topic, message).await?);
         }
         Ok(ids)
+    }
+
+    /// [`Backend::publish_batch`] in two steps: returns once `messages` are
+    /// queued on their partition, ahead of anything queued there after
+    /// this call returned, and the returned future resolves to their ids
+    /// once they are persisted. A handler can so queue a connection's next
+    /// batch while the previous one is being persisted (Kafka producers
+    /// keep several Produce requests in flight) and still store them in
+    /// the order they came. On an error while queueing, some first
+    /// messages may be queued. The default persists the batch before it
+    /// returns: correct, without the overlap.
+    async fn queue_batch(
+        &self,
+        topic: &TopicName,
+        messages: Vec<NewMessage>,
+    ) -> Result<Persisting, BackendError> {
+        let ids = self.publish_batch(topic, messages).await?;
+        Ok(Box::pin(futures::future::ready(Ok(ids))))
     }
 
     /// Attaches a consumer to a subscription, creating it if needed.

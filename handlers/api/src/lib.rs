@@ -35,8 +35,8 @@ pub mod topic;
 
 pub use auth::{Action, AllowAll, AuthError, Authenticator, Credentials, Principal};
 pub use backend::{
-    Backend, OffsetRange, Reader, StartPosition, SubscribeRequest, Subscription, SubscriptionKind,
-    TopicSelector,
+    Backend, OffsetRange, Persisting, Reader, StartPosition, SubscribeRequest, Subscription,
+    SubscriptionKind, TopicSelector,
 };
 pub use budget::{ByteBudget, Reservation};
 pub use context::Context;

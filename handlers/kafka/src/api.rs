@@ -1,10 +1,12 @@
-//! One request in, at most one response out: the header, the APIs served
-//! and their versions, and the mapping of contract errors to Kafka's codes.
+//! One request in, at most one response out (at once, or once its produce
+//! is persisted): the header, the APIs served and their versions, and the
+//! mapping of contract errors to Kafka's codes.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use futures::future::BoxFuture;
 use gateway_api::{Action, BackendError, Context, HandlerError, Principal, Protocol, TopicName};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
@@ -202,14 +204,22 @@ fn api_versions(error: Option<ResponseError>) -> ApiVersionsResponse {
     response
 }
 
+/// What a request is answered with.
+pub enum Reply {
+    /// This response, now.
+    Now(BytesMut),
+    /// A Produce request's response (none for acks = 0), once its batches
+    /// are persisted; the connection may read further requests meanwhile.
+    Later(BoxFuture<'static, Result<Option<BytesMut>, HandlerError>>),
+}
+
 fn malformed(what: &str, e: impl std::fmt::Display) -> HandlerError {
     HandlerError::Protocol(format!("{what}: {e}"))
 }
 
 impl Connection {
-    /// Serves one request frame; `None` when the request has no response
-    /// (Produce with acks = 0).
-    pub async fn handle(&self, frame: Bytes) -> Result<Option<BytesMut>, HandlerError> {
+    /// Serves one request frame.
+    pub async fn handle(&self, frame: Bytes) -> Result<Reply, HandlerError> {
         let [k0, k1, v0, v1, c0, c1, c2, c3, ..] = frame[..] else {
             return Err(HandlerError::Protocol(format!(
                 "a request of {} bytes is shorter than its header",
@@ -233,7 +243,7 @@ impl Connection {
                     correlation_id,
                     &ResponseKind::ApiVersions(response),
                 )
-                .map(Some);
+                .map(Reply::Now);
             }
             return Err(HandlerError::Protocol(format!(
                 "API key {key} version {version} is not served"
@@ -255,10 +265,22 @@ impl Connection {
             RequestKind::Metadata(request) => {
                 ResponseKind::Metadata(metadata::handle(self, request, version).await)
             }
-            RequestKind::Produce(request) => match produce::handle(self, request).await {
-                Some(response) => ResponseKind::Produce(response),
-                None => return Ok(None),
-            },
+            RequestKind::Produce(request) => {
+                let producing = produce::start(self, request).await;
+                let correlation_id = header.correlation_id;
+                return Ok(Reply::Later(Box::pin(async move {
+                    match producing.await {
+                        Some(response) => encode(
+                            api,
+                            version,
+                            correlation_id,
+                            &ResponseKind::Produce(response),
+                        )
+                        .map(Some),
+                        None => Ok(None),
+                    }
+                })));
+            }
             RequestKind::InitProducerId(request) => {
                 ResponseKind::InitProducerId(self.producers.init(&request))
             }
@@ -318,7 +340,7 @@ impl Connection {
                 )))
             }
         };
-        encode(api, version, header.correlation_id, &response).map(Some)
+        encode(api, version, header.correlation_id, &response).map(Reply::Now)
     }
 }
 

@@ -25,7 +25,11 @@
 //! bare) before any request but ApiVersions, and its principal is the one
 //! every topic it names is resolved and authorized for; with it off, SASL
 //! still succeeds with any password. Requests of a connection are served
-//! one at a time, in order, as a Kafka broker serves them.
+//! in order, as a Kafka broker serves them, with one difference: while a
+//! Produce request's batches are being persisted, the connection reads on,
+//! and queues the batches of the Produce requests that follow (up to
+//! eight unanswered); any other request waits until those are answered.
+//! Responses go out in request order.
 //!
 //! Kafka partition `p` of topic `t` is the backend topic `t-partition-p`;
 //! a topic without partitions is a Kafka topic of one partition. A record's
@@ -48,10 +52,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use gateway_api::{ClientStream, Context, HandlerError, Protocol, ProtocolHandler};
+use futures::future::BoxFuture;
+use futures::stream::{FuturesOrdered, StreamExt};
+use gateway_api::{ByteBudget, ClientStream, Context, HandlerError, Protocol, ProtocolHandler};
+use kafka_protocol::messages::ApiKey;
 
 pub use group::coordinator::GroupSettings;
 pub use produce::Producers;
+
+/// Produce requests a connection may have queued and not yet answered;
+/// further requests wait unread. Kafka producers keep five in flight by
+/// default (librdkafka far more).
+const MAX_PRODUCING: usize = 8;
 
 /// How long a connection refused after its response (a failed SASL
 /// authentication) waits for the client to close it first.
@@ -108,6 +120,43 @@ impl Default for KafkaConfig {
     }
 }
 
+/// The reading half of a client's connection.
+type ClientReader = tokio::io::ReadHalf<Box<dyn ClientStream>>;
+
+/// The read of a connection's next frame, owning the reader until it is
+/// done (so that the read is never cut off half-way by the wait for a
+/// Produce response).
+type ReadNext = BoxFuture<'static, (ClientReader, Result<Option<frame::Frame>, HandlerError>)>;
+
+/// Reads the next frame of at most `max` bytes.
+fn read_next(mut reader: ClientReader, max: usize, inbound: ByteBudget) -> ReadNext {
+    Box::pin(async move {
+        let frame = frame::read(&mut reader, max, &inbound).await;
+        (reader, frame)
+    })
+}
+
+/// The read under way; never resolves when there is none.
+async fn next_frame(
+    reading: &mut Option<ReadNext>,
+) -> (ClientReader, Result<Option<frame::Frame>, HandlerError>) {
+    match reading.as_mut() {
+        Some(read) => read.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes a queued Produce request's response, if it has one.
+async fn answer<W: tokio::io::AsyncWrite + Unpin>(
+    writer: &mut W,
+    done: Result<Option<bytes::BytesMut>, HandlerError>,
+) -> Result<(), HandlerError> {
+    match done? {
+        Some(response) => frame::write(writer, &response).await,
+        None => Ok(()),
+    }
+}
+
 /// Serves Kafka clients.
 pub struct KafkaHandler {
     config: Arc<KafkaConfig>,
@@ -160,7 +209,7 @@ impl ProtocolHandler for KafkaHandler {
         // Bound to a wildcard address, the gateway registers the first
         // address a client reached it at.
         self.cluster.learn_address(local);
-        let (mut reader, mut writer) = tokio::io::split(stream);
+        let (reader, mut writer) = tokio::io::split(stream);
         let session = sasl::Session::start(&*ctx.auth).await;
         let connection = api::Connection {
             config: self.config.clone(),
@@ -174,37 +223,71 @@ impl ProtocolHandler for KafkaHandler {
             readers: tokio::sync::Mutex::new(fetch::Readers::new(self.config.fetch_readers)),
             session: std::sync::Mutex::new(session),
         };
+        // Produce requests queued and not yet answered, in request order:
+        // the next request is read while they are persisted.
+        let mut producing = FuturesOrdered::new();
+        let mut idle = Some(reader);
+        let mut reading: Option<ReadNext> = None;
         loop {
-            let (max_frame_bytes, raw_token) = {
-                let session = sasl::lock(&connection.session);
-                (
-                    session.max_frame_bytes(self.config.max_frame_bytes),
-                    session.expects_raw_token(),
-                )
-            };
+            if producing.len() < MAX_PRODUCING {
+                if let Some(reader) = idle.take() {
+                    let max = sasl::lock(&connection.session)
+                        .max_frame_bytes(self.config.max_frame_bytes);
+                    reading = Some(read_next(reader, max, ctx.inbound.clone()));
+                }
+            }
             let frame = tokio::select! {
+                biased;
                 _ = ctx.shutdown.cancelled() => return Ok(()),
-                frame = frame::read(&mut reader, max_frame_bytes, &ctx.inbound) => frame?,
+                Some(done) = producing.next(), if !producing.is_empty() => {
+                    answer(&mut writer, done).await?;
+                    continue;
+                }
+                (reader, frame) = next_frame(&mut reading) => {
+                    reading = None;
+                    idle = Some(reader);
+                    frame
+                }
             };
-            let Some(frame) = frame else {
+            let Some(frame) = frame? else {
+                // The client is gone; what it produced is still persisted.
+                while let Some(done) = producing.next().await {
+                    let _ = answer(&mut writer, done).await;
+                }
                 return Ok(());
             };
-            if raw_token {
-                let answer = sasl::raw_token(&connection.session, &*ctx.auth, &frame.body).await?;
-                frame::write(&mut writer, &answer).await?;
-                continue;
-            }
             let api_key = frame
                 .body
                 .get(..2)
                 .map_or(-1, |k| i16::from_be_bytes([k[0], k[1]]));
+            if api_key != ApiKey::Produce as i16 {
+                // Served in order: after the Produce requests before it.
+                while let Some(done) = producing.next().await {
+                    answer(&mut writer, done).await?;
+                }
+            }
+            if sasl::lock(&connection.session).expects_raw_token() {
+                let answer = sasl::raw_token(&connection.session, &*ctx.auth, &frame.body).await?;
+                frame::write(&mut writer, &answer).await?;
+                continue;
+            }
             sasl::lock(&connection.session).admit(api_key)?;
-            if let Some(response) = connection.handle(frame.body).await? {
-                frame::write(&mut writer, &response).await?;
+            let frame::Frame { body, _held } = frame;
+            match connection.handle(body).await? {
+                api::Reply::Now(response) => frame::write(&mut writer, &response).await?,
+                api::Reply::Later(response) => {
+                    // The request's bytes stay counted until it is answered.
+                    producing.push_back(async move {
+                        let _held = _held;
+                        response.await
+                    });
+                }
             }
             let closing = sasl::lock(&connection.session).take_closing();
             if let Some(why) = closing {
-                frame::linger(&mut reader, CLOSE_LINGER).await;
+                if let Some(reader) = idle.as_mut() {
+                    frame::linger(reader, CLOSE_LINGER).await;
+                }
                 return Err(why);
             }
         }

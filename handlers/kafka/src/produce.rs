@@ -1,14 +1,24 @@
 //! Produce, and the idempotent producer's InitProducerId and sequence
 //! checks.
 //!
-//! A batch's records are published together, in order
-//! (`Backend::publish_batch`: one group commit on the embedded store, one
-//! round of sends on Pulsar), and the partition answered once all are
-//! persisted, with the first record's offset. An idempotent
-//! producer's batch is checked against the partition's sequence state: the
-//! next expected sequence is accepted, one of the last five batches again
-//! is a duplicate (answered with its first offset, not published again),
-//! anything else is out of order. The state is this gateway's memory.
+//! A Produce request is served in two steps so that a connection can queue
+//! its next request's batches while this one's are being persisted (Kafka
+//! producers keep up to five requests in flight): [`start`] decodes each
+//! partition's record batches, checks them and queues them on the backend
+//! in order (`Backend::queue_batch`: one group commit on the embedded
+//! store, one round of sends on Pulsar), and returns the wait for the
+//! response, which names each partition's first offset once all its
+//! batches are persisted.
+//!
+//! An idempotent producer's batch is checked against the partition's
+//! sequence state when it is queued: the next expected sequence is
+//! accepted (and the state moves past it at once, so the producer's next
+//! batch may follow before this one is persisted), one of the last five
+//! batches again is a duplicate (answered with its first offset once that
+//! is known, not stored again), anything else is out of order. A batch
+//! that fails to persist takes the state back to its first sequence and
+//! forgets the batches queued after it, so the producer's retries are
+//! accepted. The state is this gateway's memory.
 //!
 //! A compressed batch (gzip, snappy, lz4, zstd) is decompressed under a cap
 //! of `max_frame_bytes` (see [`crate::decompress`]), on a blocking thread,
@@ -20,7 +30,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
 
 use bytes::{Buf, Bytes};
-use gateway_api::{NewMessage, TopicName};
+use futures::future::{ready, BoxFuture};
+use gateway_api::{NewMessage, Persisting, TopicName};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{
@@ -48,13 +59,17 @@ const BATCH_LENGTH_OFFSET: usize = 8;
 /// leader epoch, magic and CRC); their low three bits name the codec.
 const ATTRIBUTES_OFFSET: usize = 21;
 
+/// A batch's first offset: known once it is persisted. The sender is
+/// dropped if it never will be.
+type Offset = tokio::sync::watch::Receiver<Option<i64>>;
+
 /// A producer's sequence state on one partition.
 struct Sequence {
     epoch: i16,
     /// The sequence the next batch must start with.
     next: i32,
     /// The last batches accepted: first and last sequence, first offset.
-    recent: VecDeque<(i32, i32, i64)>,
+    recent: VecDeque<(i32, i32, Offset)>,
 }
 
 /// An idempotent producer's batch on one partition: who sent it, and the
@@ -70,7 +85,7 @@ struct BatchSeq {
 /// What to do with an idempotent producer's batch.
 enum Check {
     Accept,
-    Duplicate(i64),
+    Duplicate(Offset),
     Reject(ResponseError),
 }
 
@@ -134,12 +149,19 @@ impl Producers {
             .iter()
             .find(|(f, l, _)| (*f, *l) == (batch.first, batch.last))
         {
-            Some(&(_, _, offset)) => Check::Duplicate(offset),
+            Some((_, _, offset)) => Check::Duplicate(offset.clone()),
             None => Check::Reject(ResponseError::OutOfOrderSequenceNumber),
         }
     }
 
-    fn accepted(&self, partition: &TopicName, batch: BatchSeq, offset: i64) {
+    /// Moves the state past an accepted batch, now; the returned sender
+    /// tells the batch's first offset once it is persisted.
+    fn accepted(
+        &self,
+        partition: &TopicName,
+        batch: BatchSeq,
+    ) -> tokio::sync::watch::Sender<Option<i64>> {
+        let (tell, offset) = tokio::sync::watch::channel(None);
         let mut states = self.states();
         if states.len() >= MAX_STATES {
             if let Some(key) = states.keys().next().cloned() {
@@ -162,37 +184,77 @@ impl Producers {
             state.recent.pop_front();
         }
         state.recent.push_back((batch.first, batch.last, offset));
+        tell
+    }
+
+    /// Takes the state back to before a batch that failed: its first
+    /// sequence is expected again, and it and the batches accepted after
+    /// it are forgotten (the producer sends them again).
+    fn failed(&self, partition: &TopicName, batch: BatchSeq) {
+        let mut states = self.states();
+        let Some(state) = states.get_mut(&(batch.producer, partition.clone())) else {
+            return;
+        };
+        if state.epoch != batch.epoch {
+            return;
+        }
+        if let Some(at) = state.recent.iter().position(|(f, _, _)| *f == batch.first) {
+            state.recent.truncate(at);
+            state.next = batch.first;
+        }
     }
 }
 
-/// Serves a Produce request; `None` for acks = 0 (no response).
-pub async fn handle(conn: &Connection, request: ProduceRequest) -> Option<ProduceResponse> {
-    let mut response = ProduceResponse::default();
+/// A Produce request queued: resolves to its response once every batch
+/// is persisted (`None` for acks = 0: no response).
+pub type Producing = BoxFuture<'static, Option<ProduceResponse>>;
+
+/// A partition's batches queued: resolves to its first offset once all are
+/// persisted.
+type Queued = BoxFuture<'static, Result<i64, ResponseError>>;
+
+/// Queues a Produce request's batches, in order, and returns the wait for
+/// its response.
+pub async fn start(conn: &Connection, request: ProduceRequest) -> Producing {
+    let mut topics = Vec::with_capacity(request.topic_data.len());
     for topic in request.topic_data {
-        let mut topic_response = TopicProduceResponse::default();
         let name = topic.name.0.to_string();
-        topic_response.name = topic.name;
+        let mut partitions = Vec::with_capacity(topic.partition_data.len());
         for data in topic.partition_data {
-            let mut partition = PartitionProduceResponse::default();
-            partition.index = data.index;
-            partition.log_append_time_ms = -1;
-            let outcome = if request.transactional_id.is_some() {
-                Err(ResponseError::TransactionalIdAuthorizationFailed)
+            let queued = if request.transactional_id.is_some() {
+                Box::pin(ready(Err(
+                    ResponseError::TransactionalIdAuthorizationFailed,
+                )))
             } else {
-                produce(conn, &name, data.index, data.records.unwrap_or_default()).await
+                queue(conn, &name, data.index, data.records.unwrap_or_default()).await
             };
-            match outcome {
-                Ok(offset) => partition.base_offset = offset,
-                Err(code) => {
-                    partition.error_code = code.code();
-                    partition.base_offset = -1;
-                }
-            }
-            topic_response.partition_responses.push(partition);
+            partitions.push((data.index, queued));
         }
-        response.responses.push(topic_response);
+        topics.push((topic.name, partitions));
     }
-    (request.acks != 0).then_some(response)
+    let acks = request.acks;
+    Box::pin(async move {
+        let mut response = ProduceResponse::default();
+        for (name, partitions) in topics {
+            let mut topic_response = TopicProduceResponse::default();
+            topic_response.name = name;
+            for (index, queued) in partitions {
+                let mut partition = PartitionProduceResponse::default();
+                partition.index = index;
+                partition.log_append_time_ms = -1;
+                match queued.await {
+                    Ok(offset) => partition.base_offset = offset,
+                    Err(code) => {
+                        partition.error_code = code.code();
+                        partition.base_offset = -1;
+                    }
+                }
+                topic_response.partition_responses.push(partition);
+            }
+            response.responses.push(topic_response);
+        }
+        (acks != 0).then_some(response)
+    })
 }
 
 /// The backend topic of a Kafka partition.
@@ -210,15 +272,54 @@ async fn partition_topic(
     }
 }
 
-/// Publishes the record batches of one partition; the first offset.
-async fn produce(
+/// One record batch on its way: queued (with, for an idempotent
+/// producer's, what tells its sequence state where it landed), or a
+/// duplicate of one already accepted.
+enum Pending {
+    Queued {
+        persisting: Persisting,
+        idempotent: Option<(BatchSeq, tokio::sync::watch::Sender<Option<i64>>)>,
+    },
+    Duplicate(Offset),
+}
+
+/// Queues the record batches of one partition, in order; an error found
+/// before anything was queued answers the partition at once.
+async fn queue(conn: &Connection, name: &str, index: i32, records: Bytes) -> Queued {
+    let mut pending = Vec::new();
+    if let Err(code) = queue_batches(conn, name, index, records, &mut pending).await {
+        if pending.is_empty() {
+            return Box::pin(ready(Err(code)));
+        }
+        // The batches before the bad one are queued: the partition's
+        // answer is the error, once they are done with.
+        let producers = conn.producers.clone();
+        return Box::pin(async move {
+            let _ = persisted(&producers, pending).await;
+            Err(code)
+        });
+    }
+    let producers = conn.producers.clone();
+    Box::pin(async move {
+        persisted(&producers, pending)
+            .await?
+            .ok_or(ResponseError::CorruptMessage)
+    })
+}
+
+/// A partition's queued batches with the partition each went to.
+type PendingBatches = Vec<(Pending, Option<TopicName>)>;
+
+/// Decodes, checks and queues each record batch of `records` onto
+/// `pending`, in order, stopping at the first that fails.
+async fn queue_batches(
     conn: &Connection,
     name: &str,
     index: i32,
     mut records: Bytes,
-) -> Result<i64, ResponseError> {
+    pending: &mut PendingBatches,
+) -> Result<(), ResponseError> {
     let target = partition_topic(conn, name, index).await?;
-    let mut first_offset = None;
     while records.has_remaining() {
         let records_of_batch = decode_next_batch(&mut records, conn.config.max_frame_bytes).await?;
         let Some(head) = records_of_batch.first() else {
@@ -238,31 +339,86 @@ async fn produce(
             match conn.producers.check(&target, batch) {
                 Check::Accept => {}
                 Check::Duplicate(offset) => {
-                    first_offset.get_or_insert(offset);
+                    pending.push((Pending::Duplicate(offset), None));
                     continue;
                 }
                 Check::Reject(code) => return Err(code),
             }
         }
+        let tell = idempotent.then(|| (batch, conn.producers.accepted(&target, batch)));
         // The batch's records are stored together, in order.
         let messages = records_of_batch.into_iter().map(message).collect();
-        let ids = conn
-            .ctx
-            .backend
-            .publish_batch(&target, messages)
-            .await
-            .map_err(|e| error_code(&e))?;
-        let batch_offset = ids
-            .first()
-            .map(|id| i64::try_from(id.offset).unwrap_or(i64::MAX));
-        if let Some(offset) = batch_offset {
-            if idempotent {
-                conn.producers.accepted(&target, batch, offset);
+        match conn.ctx.backend.queue_batch(&target, messages).await {
+            Ok(persisting) => pending.push((
+                Pending::Queued {
+                    persisting,
+                    idempotent: tell,
+                },
+                Some(target.clone()),
+            )),
+            Err(e) => {
+                if let Some((batch, _)) = tell {
+                    conn.producers.failed(&target, batch);
+                }
+                return Err(error_code(&e));
             }
-            first_offset.get_or_insert(offset);
         }
     }
-    first_offset.ok_or(ResponseError::CorruptMessage)
+    Ok(())
+}
+
+/// Waits for a partition's batches, in order; the first one's first
+/// offset (`None` if there were none). Every batch is waited for, also
+/// after one failed, so that each idempotent one's state is settled.
+async fn persisted(
+    producers: &Producers,
+    pending: PendingBatches,
+) -> Result<Option<i64>, ResponseError> {
+    let mut first_offset = None;
+    let mut failure = None;
+    for (batch, target) in pending {
+        let offset = match batch {
+            Pending::Duplicate(mut offset) => match offset.wait_for(Option::is_some).await {
+                Ok(known) => known.ok_or(ResponseError::RequestTimedOut),
+                // The batch it repeats failed: the producer retries.
+                Err(_) => Err(ResponseError::RequestTimedOut),
+            },
+            Pending::Queued {
+                persisting,
+                idempotent,
+            } => {
+                let stored = persisting.await;
+                let offset = stored.as_ref().map(|ids| {
+                    ids.first()
+                        .map(|id| i64::try_from(id.offset).unwrap_or(i64::MAX))
+                });
+                match (idempotent, &offset, &target) {
+                    (Some((_, tell)), Ok(Some(offset)), _) => {
+                        let _ = tell.send(Some(*offset));
+                    }
+                    (Some((batch, _)), _, Some(target)) => producers.failed(target, batch),
+                    _ => {}
+                }
+                match offset {
+                    Ok(Some(offset)) => Ok(offset),
+                    Ok(None) => continue,
+                    Err(e) => Err(error_code(e)),
+                }
+            }
+        };
+        match offset {
+            Ok(offset) => {
+                first_offset.get_or_insert(offset);
+            }
+            Err(code) => {
+                failure.get_or_insert(code);
+            }
+        }
+    }
+    match failure {
+        Some(code) => Err(code),
+        None => Ok(first_offset),
+    }
 }
 
 /// Splits the next batch off `records` and decodes it, decompressing at
@@ -484,23 +640,45 @@ mod tests {
         let producers = Producers::default();
         let p: TopicName = "persistent://public/default/t".parse().unwrap();
         assert!(matches!(producers.check(&p, batch(0, 0, 4)), Check::Accept));
-        producers.accepted(&p, batch(0, 0, 4), 100);
+        let first = producers.accepted(&p, batch(0, 0, 4));
+        // The next batch may come before the first is persisted.
         assert!(matches!(producers.check(&p, batch(0, 5, 9)), Check::Accept));
-        producers.accepted(&p, batch(0, 5, 9), 105);
-        // A retry of a batch already written: its first offset, again.
-        assert!(matches!(
-            producers.check(&p, batch(0, 0, 4)),
-            Check::Duplicate(100)
-        ));
+        let _second = producers.accepted(&p, batch(0, 5, 9));
+        // A retry of a batch accepted: its first offset, once known.
+        let Check::Duplicate(offset) = producers.check(&p, batch(0, 0, 4)) else {
+            panic!("not a duplicate");
+        };
+        assert_eq!(*offset.borrow(), None);
+        first.send(Some(100)).unwrap();
+        assert_eq!(*offset.borrow(), Some(100));
         assert!(matches!(
             producers.check(&p, batch(0, 20, 21)),
             Check::Reject(ResponseError::OutOfOrderSequenceNumber)
         ));
         // A new epoch starts over; an old one is fenced.
-        producers.accepted(&p, batch(1, 0, 0), 110);
+        let _ = producers.accepted(&p, batch(1, 0, 0));
         assert!(matches!(
             producers.check(&p, batch(0, 10, 10)),
             Check::Reject(ResponseError::InvalidProducerEpoch)
+        ));
+    }
+
+    #[test]
+    fn a_failed_batch_is_expected_again_and_the_ones_after_it_forgotten() {
+        let producers = Producers::default();
+        let p: TopicName = "persistent://public/default/t".parse().unwrap();
+        let _first = producers.accepted(&p, batch(0, 0, 4));
+        let _second = producers.accepted(&p, batch(0, 5, 9));
+        let _third = producers.accepted(&p, batch(0, 10, 14));
+        producers.failed(&p, batch(0, 5, 9));
+        assert!(matches!(producers.check(&p, batch(0, 5, 9)), Check::Accept));
+        assert!(matches!(
+            producers.check(&p, batch(0, 0, 4)),
+            Check::Duplicate(_)
+        ));
+        assert!(matches!(
+            producers.check(&p, batch(0, 10, 14)),
+            Check::Reject(ResponseError::OutOfOrderSequenceNumber)
         ));
     }
 }

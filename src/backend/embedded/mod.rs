@@ -29,7 +29,7 @@ use async_trait::async_trait;
 use gateway_api::backend::OffsetRange;
 use gateway_api::topic::Namespace;
 use gateway_api::{
-    Backend, BackendError, MessageId, MetadataStore, NewMessage, Reader, StartPosition,
+    Backend, BackendError, MessageId, MetadataStore, NewMessage, Persisting, Reader, StartPosition,
     SubscribeRequest, Subscription, TopicName, TopicSelector,
 };
 use regex::Regex;
@@ -619,6 +619,14 @@ impl Backend for EmbeddedBackend {
         topic: &TopicName,
         messages: Vec<NewMessage>,
     ) -> Result<Vec<MessageId>, BackendError> {
+        self.queue_batch(topic, messages).await?.await
+    }
+
+    async fn queue_batch(
+        &self,
+        topic: &TopicName,
+        messages: Vec<NewMessage>,
+    ) -> Result<Persisting, BackendError> {
         let inner = &self.inner;
         inner.check_open()?;
         let partitions = inner.resolve_partitions(topic, true).await?;
@@ -628,18 +636,22 @@ impl Backend for EmbeddedBackend {
             for message in messages {
                 ids.push(self.publish(topic, message).await?);
             }
-            return Ok(ids);
+            return Ok(Box::pin(futures::future::ready(Ok(ids))));
         };
         let partition = inner.open_partition(target).await?;
-        let appended = partition
+        let appending = partition
             .log
-            .append_batch(messages)
+            .queue_batch(messages)
             .await
             .map_err(log_error)?;
-        Ok(appended
-            .into_iter()
-            .map(|(offset, _)| MessageId::from_offset(offset, target.partition_index()))
-            .collect())
+        let index = target.partition_index();
+        Ok(Box::pin(async move {
+            let appended = appending.await.map_err(log_error)?;
+            Ok(appended
+                .into_iter()
+                .map(|(offset, _)| MessageId::from_offset(offset, index))
+                .collect())
+        }))
     }
 
     async fn subscribe(

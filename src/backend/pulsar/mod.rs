@@ -34,7 +34,7 @@ use async_trait::async_trait;
 use gateway_api::backend::{OffsetRange, Reader, SubscribeRequest, Subscription};
 use gateway_api::metadata::MetadataStore;
 use gateway_api::topic::Namespace;
-use gateway_api::{BackendError, MessageId, NewMessage, StartPosition, TopicName};
+use gateway_api::{BackendError, MessageId, NewMessage, Persisting, StartPosition, TopicName};
 use pulsar::{Pulsar, TokioExecutor};
 
 use admin::{Admin, Retention};
@@ -388,17 +388,25 @@ impl gateway_api::Backend for PulsarBackend {
         topic: &TopicName,
         messages: Vec<NewMessage>,
     ) -> Result<Vec<MessageId>, BackendError> {
+        self.queue_batch(topic, messages).await?.await
+    }
+
+    async fn queue_batch(
+        &self,
+        topic: &TopicName,
+        messages: Vec<NewMessage>,
+    ) -> Result<Persisting, BackendError> {
         let one_partition =
             topic.partition_index().is_some() || self.partition_count(topic).await? == 0;
-        if !one_partition {
-            // A partitioned topic's base name: each message is routed.
-            let mut ids = Vec::with_capacity(messages.len());
-            for message in messages {
-                ids.push(self.publish(topic, message).await?);
-            }
-            return Ok(ids);
+        if one_partition {
+            return self.producers.queue_batch(topic, messages).await;
         }
-        self.producers.publish_batch(topic, messages).await
+        // A partitioned topic's base name: each message is routed.
+        let mut ids = Vec::with_capacity(messages.len());
+        for message in messages {
+            ids.push(self.publish(topic, message).await?);
+        }
+        Ok(Box::pin(futures::future::ready(Ok(ids))))
     }
 
     async fn subscribe(

@@ -34,7 +34,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use clap::ValueEnum;
-use gateway_api::{BackendError, ByteBudget, MessageId, NewMessage, TopicName};
+use gateway_api::{BackendError, ByteBudget, MessageId, NewMessage, Persisting, TopicName};
 use pulsar::compression;
 use pulsar::producer::{ProducerOptions, SendFuture};
 use pulsar::{Producer, Pulsar, TokioExecutor};
@@ -235,30 +235,33 @@ impl Producers {
         })
     }
 
-    /// Publishes `messages` in order on the partition `target`, batched
-    /// (see the module's notes): every entry is handed to the producer
-    /// first, then each receipt is awaited. The batch holds one
-    /// reservation of its whole size (at most the budget), never one per
-    /// message: two batches each holding part of the budget while waiting
-    /// for more would wait for ever.
-    pub(super) async fn publish_batch(
+    /// Hands `messages` to the partition's producer, batched, in order,
+    /// and returns the wait for their receipts. The batch holds one
+    /// reservation of its whole size (at most the budget) until then,
+    /// never one per message: two batches each holding part of the budget
+    /// while waiting for more would wait for ever.
+    pub(super) async fn queue_batch(
         &self,
         target: &TopicName,
         messages: Vec<NewMessage>,
-    ) -> Result<Vec<MessageId>, BackendError> {
+    ) -> Result<Persisting, BackendError> {
         let total = messages.iter().map(size).fold(0, usize::saturating_add);
-        let _in_flight = self.budget.reserve(total).await;
+        let in_flight = self.budget.reserve(total).await;
         let slot = self.slot(target).await?;
         let count = messages.len();
         let mut sent = Vec::new();
         for entry in self.settings.entries(messages) {
             sent.push(self.send(&slot, target, entry).await?);
         }
-        let mut ids = Vec::with_capacity(count);
-        for one in sent {
-            ids.extend(self.complete(target, one).await?);
-        }
-        Ok(ids)
+        let (producers, target) = (self.clone(), target.clone());
+        Ok(Box::pin(async move {
+            let _in_flight = in_flight;
+            let mut ids = Vec::with_capacity(count);
+            for one in sent {
+                ids.extend(producers.complete(&target, one).await?);
+            }
+            Ok(ids)
+        }))
     }
 
     /// Hands one entry's messages (one message: not batched) to the

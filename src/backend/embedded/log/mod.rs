@@ -103,6 +103,7 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -547,19 +548,29 @@ impl PartitionLog {
         &self,
         messages: Vec<NewMessage>,
     ) -> Result<Vec<(u64, u64)>, LogError> {
+        self.queue_batch(messages).await?.await
+    }
+
+    /// [`Log::append_batch`] in two steps: returns once every append is
+    /// queued (later appends land after them) and the returned future
+    /// resolves once the last is durable.
+    pub async fn queue_batch(
+        &self,
+        messages: Vec<NewMessage>,
+    ) -> Result<impl Future<Output = Result<Vec<(u64, u64)>, LogError>> + Send + 'static, LogError>
+    {
         let mut answers = Vec::with_capacity(messages.len());
         for message in messages {
             answers.push(self.enqueue(message).await?);
         }
-        let mut appended = Vec::with_capacity(answers.len());
-        for answer in answers {
-            appended.push(
-                answer
-                    .await
-                    .map_err(|_| self.handle.inner.stopped_error())??,
-            );
-        }
-        Ok(appended)
+        let inner = self.handle.inner.clone();
+        Ok(async move {
+            let mut appended = Vec::with_capacity(answers.len());
+            for answer in answers {
+                appended.push(answer.await.map_err(|_| inner.stopped_error())??);
+            }
+            Ok(appended)
+        })
     }
 
     /// Checks `message` and queues its append (waiting while the queue is
