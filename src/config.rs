@@ -435,7 +435,7 @@ pub struct PulsarProducerSettings {
     pub max_in_flight_bytes: usize,
     /// Compression toward Pulsar: none, lz4, zlib, zstd or snappy.
     pub compression: Compression,
-    /// Messages published together (a Kafka record batch) are sent as
+    /// Publishes waiting for a partition's producer are sent together as
     /// batched entries of at most this many messages (1: no batching).
     pub batch_max_messages: u32,
     /// A batched entry is closed once it holds this many bytes.
@@ -634,7 +634,7 @@ struct Cli {
         default_value_t
     )]
     pulsar_compression: Compression,
-    /// Pulsar: messages published together go as batched entries of at most N messages (1: no batching).
+    /// Pulsar: publishes waiting for a partition's producer go as batched entries of at most N messages (1: no batching).
     #[arg(long, env = "PULSAR_GATEWAY_PULSAR_BATCH_MAX_MESSAGES", value_name = "N", default_value_t = PulsarProducerSettings::default().batch_max_messages)]
     pulsar_batch_max_messages: u32,
     /// Pulsar: a batched entry is closed once it holds this many bytes.

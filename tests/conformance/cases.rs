@@ -131,6 +131,40 @@ pub async fn a_published_batch_keeps_its_order_with_consecutive_offsets(b: TestB
         .is_empty());
 }
 
+/// A reader asked whether a message is available before every read
+/// keeps answering, at the pace of the reads, through batches larger than
+/// what a backend buffers toward it (on Pulsar the crate's queue of 1000:
+/// its engine, blocked halfway through an entry, used to leave the
+/// question unanswered for ever).
+pub async fn a_reader_polled_for_availability_reads_through_large_batches(b: TestBackend) {
+    let topic = b.topic("polled");
+    let total = 7500u64;
+    for start in (0..total).step_by(2500) {
+        let batch = (start..start + 2500)
+            .map(|i| NewMessage::new(format!("m{i}")))
+            .collect();
+        b.backend.publish_batch(&topic, batch).await.unwrap();
+    }
+    let reader = b
+        .backend
+        .reader(&topic, StartPosition::Earliest)
+        .await
+        .unwrap();
+    for i in 0..total {
+        let available = tokio::time::timeout(DEADLINE, reader.has_message_available())
+            .await
+            .unwrap_or_else(|_| panic!("no answer before message {i}"))
+            .unwrap();
+        assert!(available, "message {i} is there");
+        let got = tokio::time::timeout(DEADLINE, reader.next())
+            .await
+            .unwrap_or_else(|_| panic!("message {i} did not arrive"))
+            .unwrap();
+        assert_eq!(got.id.offset, i);
+    }
+    assert!(!reader.has_message_available().await.unwrap());
+}
+
 pub async fn concurrent_publishers_get_contiguous_offsets(b: TestBackend) {
     let topic = b.topic("contiguous");
     let mut tasks = Vec::new();

@@ -152,6 +152,7 @@ macro_rules! all_cases {
             unacked_messages_go_to_the_next_consumer,
             new_subscription_starts_where_asked,
             readers_start_at_every_kind_of_position,
+            a_reader_polled_for_availability_reads_through_large_batches,
             subscription_seek_rewinds_and_skips,
             seeks_forget_buffered_messages_and_move_every_partition,
             partitioned_topics_route_by_key_and_subscribe_as_one,

@@ -239,6 +239,26 @@ async fn batches_become_entries_of_one_key_with_the_offsets_and_ids_they_are_rea
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishes_share_entries_under_load() {
+    let b = TestBackend::start(Kind::Pulsar).await;
+    let topic = b.topic("grouped");
+    // Sixteen publishers at once: while the sender sends one publish, the
+    // others queue and go together.
+    let ids = publish_concurrently(&b.backend, &topic, 16, 20, 100).await;
+    let mut members: HashMap<(u64, u64), usize> = HashMap::new();
+    for id in ids.values() {
+        *members.entry((id.ledger_id, id.entry_id)).or_default() += 1;
+    }
+    assert!(
+        members.values().any(|&n| n > 1),
+        "every one of {} publishes went alone",
+        ids.len()
+    );
+    assert_contiguous(&ids);
+    assert_read_back(&b, &topic, &ids).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compressed_publishes_are_stored_compressed_and_read_back_whole() {
     let b = TestBackend::start(Kind::Pulsar).await;
     let backend = b

@@ -630,8 +630,13 @@ pub async fn handle(conn: &Connection, request: FetchRequest, version: i16) -> F
         response.error_code = ResponseError::FetchSessionIdNotFound.code();
         return response;
     }
-    let deadline =
-        Instant::now() + Duration::from_millis(u64::try_from(request.max_wait_ms).unwrap_or(0));
+    let started = Instant::now();
+    tracing::debug!(
+        offsets = ?request.topics.iter().flat_map(|t| t.partitions.iter().map(|p| p.fetch_offset)).collect::<Vec<_>>(),
+        max_wait_ms = request.max_wait_ms,
+        "fetch asked"
+    );
+    let deadline = started + Duration::from_millis(u64::try_from(request.max_wait_ms).unwrap_or(0));
     let min_bytes = usize::try_from(request.min_bytes).unwrap_or(0);
     let mut budget = Budget {
         total: 0,
@@ -699,6 +704,12 @@ pub async fn handle(conn: &Connection, request: FetchRequest, version: i16) -> F
     }
     drop(readers);
 
+    tracing::debug!(
+        partitions = wanted.len(),
+        bytes = budget.total,
+        took_ms = started.elapsed().as_millis() as u64,
+        "fetch answered"
+    );
     for w in wanted {
         let Some(topic) = response.responses.get_mut(w.topic) else {
             continue;

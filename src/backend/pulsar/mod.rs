@@ -24,6 +24,7 @@ mod opener;
 mod probe;
 mod producers;
 pub mod reader;
+mod sender;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};

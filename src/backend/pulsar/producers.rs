@@ -1,33 +1,24 @@
-//! The producers toward Pulsar, and the offsets of what they publish.
+//! The producers toward Pulsar.
 //!
 //! - One producer per partition (or topic without partitions), created on
 //!   first publish and closed once no publish used it for the idle timeout
-//!   (a sweeper checks twice per timeout).
+//!   (a sweeper checks twice per timeout). Each is driven by a sender of
+//!   its own ([`sender`](super::sender)), which publishes take turns at
+//!   through a bounded queue: the queue's order is the partition's order.
 //! - A publish reserves its size from the gateway-wide [`ByteBudget`] until
 //!   Pulsar answered it: when Pulsar is slow, publishes wait there and
 //!   memory stays bounded.
-//! - A send waits for room in the connection's send queue rather than
-//!   failing with `SlowDown`: more concurrent publishes than that queue
-//!   holds are back-pressure, not an error.
 //!
-//! Batching: messages published together ([`Producers::publish_batch`], a
-//! Kafka record batch) go to Pulsar as batched entries, in order, each of
-//! at most `batch_max_messages` and `batch_max_bytes`, a new entry begun
-//! wherever the key changes: Key_Shared subscriptions dispatch a whole
-//! entry by its key (the first message's), as the Java client's key-based
-//! batcher makes them. Entries are sent without waiting for each other's
-//! receipts (vendor patch 8); the crate's own batching, which waits for
-//! each batch's receipt before sending the next, is not used. A message
-//! published alone is sent alone.
-//!
-//! Offsets: a message's offset is its entry's broker index (that of the
-//! entry's last message), less the messages after it in the entry. The
-//! send receipt does not carry the index, so each entry waits for where
-//! the previous entry of the same producer landed (receipts come in send
-//! order): in the next entry of the same ledger, its index is that one's
-//! plus this entry's message count. Otherwise (the first send, after a
-//! reconnect or ledger roll-over, or when another producer wrote in
-//! between) the admin API tells the entry's index.
+//! Batching: the sender takes every publish waiting in its queue at once
+//! (up to `batch_max_messages` messages) and sends them as batched
+//! entries, in order, each of at most `batch_max_messages` and
+//! `batch_max_bytes`, a new entry begun wherever the key changes:
+//! Key_Shared subscriptions dispatch a whole entry by its key (the first
+//! message's), as the Java client's key-based batcher makes them. A
+//! publish alone in the queue goes at once, alone: batches form under load
+//! only, and never wait for company (the embedded store's group commit
+//! works alike). The messages of one [`Producers::queue_batch`] stay
+//! together, in order.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
@@ -36,13 +27,18 @@ use std::time::{Duration, Instant};
 use clap::ValueEnum;
 use gateway_api::{BackendError, ByteBudget, MessageId, NewMessage, Persisting, TopicName};
 use pulsar::compression;
-use pulsar::producer::{ProducerOptions, SendFuture};
-use pulsar::{Producer, Pulsar, TokioExecutor};
+use pulsar::producer::ProducerOptions;
+use pulsar::{Pulsar, TokioExecutor};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{oneshot, Mutex};
+use tokio::sync::{mpsc, oneshot};
 
 use super::admin::Admin;
-use super::{convert, index, lock};
+use super::sender::{self, Job};
+use super::{convert, lock};
+
+/// Publishes waiting for a partition's sender, at most; further publishes
+/// wait to join the queue.
+const QUEUED_JOBS: usize = 1024;
 
 /// How messages are compressed toward Pulsar (consumers of every protocol
 /// get them decompressed).
@@ -85,8 +81,9 @@ pub struct ProducerSettings {
     pub max_in_flight_bytes: usize,
     /// Compression of what is sent.
     pub compression: Compression,
-    /// The most messages of one batched entry, for messages published
-    /// together; 1 sends every message as an entry of its own.
+    /// The most messages of one batched entry (and of the publishes a
+    /// sender takes at once); 1 sends every message as an entry of its
+    /// own.
     pub batch_max_messages: u32,
     /// An entry being batched is closed once it holds this many bytes.
     pub batch_max_bytes: usize,
@@ -106,7 +103,7 @@ impl Default for ProducerSettings {
 }
 
 impl ProducerSettings {
-    fn options(&self) -> ProducerOptions {
+    pub(super) fn options(&self) -> ProducerOptions {
         ProducerOptions {
             block_queue_if_full: true,
             compression: Some(self.compression.to_pulsar()),
@@ -114,10 +111,10 @@ impl ProducerSettings {
         }
     }
 
-    /// Splits messages published together into the entries they are sent
-    /// as, in order: a new entry where the key changes or one would
-    /// outgrow the limits.
-    fn entries(&self, messages: Vec<NewMessage>) -> Vec<Vec<NewMessage>> {
+    /// Splits messages sent together into the entries they are sent as,
+    /// in order: a new entry where the key changes or one would outgrow
+    /// the limits.
+    pub(super) fn entries(&self, messages: Vec<NewMessage>) -> Vec<Vec<NewMessage>> {
         let max_messages = usize::try_from(self.batch_max_messages.max(1)).unwrap_or(usize::MAX);
         let mut entries: Vec<Vec<NewMessage>> = Vec::new();
         let mut bytes = 0;
@@ -142,46 +139,14 @@ impl ProducerSettings {
     }
 }
 
-/// Where a published message's entry landed: ledger, entry, and the index
-/// of the entry's last message.
-#[derive(Debug, Clone, Copy)]
-struct Placed {
-    ledger: u64,
-    entry: u64,
-    index: u64,
-}
-
-/// A cached producer, locked only to enqueue a send, with the end of its
-/// chain of placements.
-struct Sender {
-    producer: Producer<TokioExecutor>,
-    /// Resolves to where the previous send landed, `None` if unknown.
-    previous: Option<oneshot::Receiver<Option<Placed>>>,
-}
-
-/// An entry handed to a producer, not yet acknowledged.
-struct Sent {
-    /// Resolves to Pulsar's receipt.
-    pending: SendFuture,
-    /// Messages in the entry; `None`: one message, not batched.
-    batched: Option<u32>,
-    /// Where the entry before it landed, to derive its offsets.
-    previous: Option<oneshot::Receiver<Option<Placed>>>,
-    /// Tells the entry after it where this one landed.
-    placed: oneshot::Sender<Option<Placed>>,
-}
-
-impl Sent {
-    /// Messages in the entry.
-    fn count(&self) -> u64 {
-        self.batched.map_or(1, u64::from)
-    }
-}
-
-/// A cache entry: the producer and when a publish last took it.
+/// A cache entry: the queue to the partition's sender, and when a publish
+/// last took it.
 struct Slot {
-    sender: Mutex<Sender>,
+    jobs: mpsc::Sender<Job>,
     last_used: std::sync::Mutex<Instant>,
+    /// The sender, which ends once every clone of `jobs` is dropped and
+    /// the queue is drained, having closed its producer.
+    sender: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 type Cache = HashMap<TopicName, Arc<Slot>>;
@@ -226,20 +191,17 @@ impl Producers {
         target: &TopicName,
         message: NewMessage,
     ) -> Result<MessageId, BackendError> {
-        let _in_flight = self.budget.reserve(size(&message)).await;
-        let slot = self.slot(target).await?;
-        let sent = self.send(&slot, target, vec![message]).await?;
-        let mut ids = self.complete(target, sent).await?;
+        let mut ids = self.queue_batch(target, vec![message]).await?.await?;
         ids.pop().ok_or_else(|| {
             BackendError::Unavailable(format!("no id for a message published to {target}"))
         })
     }
 
-    /// Hands `messages` to the partition's producer, batched, in order,
-    /// and returns the wait for their receipts. The batch holds one
-    /// reservation of its whole size (at most the budget) until then,
-    /// never one per message: two batches each holding part of the budget
-    /// while waiting for more would wait for ever.
+    /// Queues `messages` on the partition `target`'s sender, to be sent
+    /// together and in order, and returns the wait for their ids. The
+    /// batch holds one reservation of its whole size (at most the budget)
+    /// until answered, never one per message: two batches each holding
+    /// part of the budget while waiting for more would wait for ever.
     pub(super) async fn queue_batch(
         &self,
         target: &TopicName,
@@ -248,106 +210,23 @@ impl Producers {
         let total = messages.iter().map(size).fold(0, usize::saturating_add);
         let in_flight = self.budget.reserve(total).await;
         let slot = self.slot(target).await?;
-        let count = messages.len();
-        let mut sent = Vec::new();
-        for entry in self.settings.entries(messages) {
-            sent.push(self.send(&slot, target, entry).await?);
-        }
-        let (producers, target) = (self.clone(), target.clone());
-        Ok(Box::pin(async move {
-            let _in_flight = in_flight;
-            let mut ids = Vec::with_capacity(count);
-            for one in sent {
-                ids.extend(producers.complete(&target, one).await?);
-            }
-            Ok(ids)
-        }))
-    }
-
-    /// Hands one entry's messages (one message: not batched) to the
-    /// partition's producer, in call order. The caller holds their size
-    /// of the in-flight budget until [`Producers::complete`].
-    async fn send(
-        &self,
-        slot: &Slot,
-        target: &TopicName,
-        mut messages: Vec<NewMessage>,
-    ) -> Result<Sent, BackendError> {
-        let (placed, placed_rx) = oneshot::channel();
-        let mut sender = slot.sender.lock().await;
-        let (pending, batched) = if messages.len() == 1 {
-            let message = messages.pop().map(convert::outgoing).unwrap_or_default();
-            (sender.producer.send_non_blocking(message).await, None)
-        } else {
-            let count = u32::try_from(messages.len()).map_err(|_| {
-                BackendError::Unavailable(format!("an entry of {} messages", messages.len()))
-            })?;
-            let entry = messages.into_iter().map(convert::outgoing).collect();
-            (
-                sender.producer.send_entry_non_blocking(entry).await,
-                Some(count),
-            )
+        let (reply, ids) = oneshot::channel();
+        let job = Job {
+            messages,
+            reply,
+            in_flight,
         };
-        let pending = pending.map_err(|e| convert::error(Some(target), e))?;
-        let previous = sender.previous.replace(placed_rx);
-        Ok(Sent {
-            pending,
-            batched,
-            previous,
-            placed,
-        })
-    }
-
-    /// Waits for Pulsar's receipt of a sent entry and works out the ids
-    /// and offsets of its messages.
-    async fn complete(
-        &self,
-        target: &TopicName,
-        sent: Sent,
-    ) -> Result<Vec<MessageId>, BackendError> {
-        let in_entry = sent.count();
-        let Sent {
-            pending,
-            batched,
-            previous,
-            placed,
-        } = sent;
-        // On any error below `placed` is dropped: the next entry looks its
-        // index up.
-        let receipt = pending.await.map_err(|e| convert::error(Some(target), e))?;
-        let id = receipt.message_id.ok_or_else(|| {
-            BackendError::Unavailable(format!("Pulsar's receipt for {target} had no message id"))
+        slot.jobs.send(job).await.map_err(|_| {
+            BackendError::Unavailable(format!("the producer of {target} is closed"))
         })?;
-        let previous = match previous {
-            Some(previous) => previous.await.ok().flatten(),
-            None => None,
-        };
-        let entry_index = match previous {
-            Some(p) if p.ledger == id.ledger_id && p.entry.checked_add(1) == Some(id.entry_id) => {
-                p.index + in_entry
-            }
-            _ => {
-                index::entry(&self.admin, target, id.ledger_id, id.entry_id)
-                    .await?
-                    .last_index
-            }
-        };
-        let _ = placed.send(Some(Placed {
-            ledger: id.ledger_id,
-            entry: id.entry_id,
-            index: entry_index,
-        }));
-        let partition = target.partition_index().map_or(-1, |p| p as i32);
-        let first = entry_index.saturating_sub(in_entry - 1);
-        let ids = (0..in_entry).map(|position| MessageId {
-            offset: first + position,
-            ledger_id: id.ledger_id,
-            entry_id: id.entry_id,
-            partition,
-            // Not batched: -1.
-            batch_index: batched.map_or(-1, |_| i32::try_from(position).unwrap_or(i32::MAX)),
-        });
-        Ok(ids.collect())
+        let target = target.clone();
+        Ok(Box::pin(async move {
+            ids.await.unwrap_or_else(|_| {
+                Err(BackendError::Unavailable(format!(
+                    "the producer of {target} stopped"
+                )))
+            })
+        }))
     }
 
     /// The cached producer of a partition, created on first use.
@@ -364,17 +243,30 @@ impl Producers {
             .build()
             .await
             .map_err(|e| convert::error(Some(topic), e))?;
+        let mut cache = lock(&self.cache);
+        if let Some(slot) = cache.get(topic) {
+            // Another publish made one meanwhile: this one goes.
+            let mut spare = producer;
+            tokio::spawn(async move {
+                let _ = spare.close().await;
+            });
+            return Ok(slot.clone());
+        }
+        let (jobs, queue) = mpsc::channel(QUEUED_JOBS);
+        let task = tokio::spawn(sender::run(
+            producer,
+            topic.clone(),
+            self.settings.clone(),
+            self.admin.clone(),
+            queue,
+        ));
         let slot = Arc::new(Slot {
-            sender: Mutex::new(Sender {
-                producer,
-                previous: None,
-            }),
+            jobs,
             last_used: std::sync::Mutex::new(Instant::now()),
+            sender: std::sync::Mutex::new(Some(task)),
         });
-        Ok(lock(&self.cache)
-            .entry(topic.clone())
-            .or_insert(slot)
-            .clone())
+        cache.insert(topic.clone(), slot.clone());
+        Ok(slot)
     }
 
     /// Closes the producers of every partition of `topic`'s base topic.
@@ -398,14 +290,20 @@ impl Producers {
     }
 }
 
+/// Lets the senders of `slots` finish what is queued and close their
+/// producers, and waits for them.
 async fn close(slots: Vec<Arc<Slot>>) {
     for slot in slots {
-        let _ = slot.sender.lock().await.producer.close().await;
+        let task = lock(&slot.sender).take();
+        drop(slot);
+        if let Some(task) = task {
+            let _ = task.await;
+        }
     }
 }
 
 /// What a message weighs against the in-flight budget.
-fn size(message: &NewMessage) -> usize {
+pub(super) fn size(message: &NewMessage) -> usize {
     let properties: usize = message
         .properties
         .iter()

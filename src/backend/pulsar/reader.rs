@@ -238,7 +238,9 @@ impl Reader for PulsarReader {
             state.peeked = Some(message);
             return Ok(true);
         }
+        tracing::debug!(topic = %self.topic, floor = ?state.floor, "asking for the last message id");
         let last = last_message_id(&mut state.consumer, &self.topic).await?;
+        tracing::debug!(topic = %self.topic, last = ?last.as_ref().map(key), "last message id");
         Ok(last.is_some_and(|last| state.floor.is_none_or(|floor| key(&last) > floor)))
     }
 }

@@ -32,9 +32,15 @@ use crate::{
 const SYSTEM_PROPERTY_REAL_TOPIC: &str = "REAL_TOPIC";
 const SYSTEM_PROPERTY_ORIGIN_MESSAGE_ID: &str = "ORIGIN_MESSAGE_ID";
 
+/// pulsar-gateway patch: the engine's current connection, shared with its
+/// consumer (see [`ConsumerEngine::shared_connection`]).
+pub type SharedConnection<Exe> = Arc<std::sync::Mutex<Arc<Connection<Exe>>>>;
+
 pub struct ConsumerEngine<Exe: Executor> {
     client: Pulsar<Exe>,
     connection: Arc<Connection<Exe>>,
+    /// pulsar-gateway patch: `connection`, also readable by the consumer.
+    shared_connection: SharedConnection<Exe>,
     topic: String,
     subscription: String,
     sub_type: SubType,
@@ -74,6 +80,7 @@ impl<Exe: Executor> ConsumerEngine<Exe> {
         let (event_tx, event_rx) = mpsc::unbounded();
         ConsumerEngine {
             client,
+            shared_connection: Arc::new(std::sync::Mutex::new(connection.clone())),
             connection,
             topic,
             subscription,
@@ -92,6 +99,17 @@ impl<Exe: Executor> ConsumerEngine<Exe> {
             dead_letter_policy,
             options,
         }
+    }
+
+    /// pulsar-gateway patch: the engine's current connection, kept up to
+    /// date across reconnections. Requests that need only the connection
+    /// (`GetLastMessageId`, stats, pings) read it here instead of asking
+    /// the engine, which answers only between deliveries: while it waits
+    /// for room in the consumer's queue, halfway through a batched entry
+    /// larger than the queue, a caller that asked it and stopped reading
+    /// the queue waited for ever.
+    pub fn shared_connection(&self) -> SharedConnection<Exe> {
+        self.shared_connection.clone()
     }
 
     fn register_source<E, M>(&self, mut rx: mpsc::UnboundedReceiver<E>, mapper: M) -> Result<(), ()>
@@ -663,6 +681,11 @@ impl<Exe: Executor> ConsumerEngine<Exe> {
 
         self.remaining_messages = self.batch_size as i64;
         self.messages_rx = Some(messages);
+        // pulsar-gateway patch: the consumer reads the new connection.
+        *self
+            .shared_connection
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = self.connection.clone();
 
         Ok(())
     }

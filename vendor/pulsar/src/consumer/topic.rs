@@ -11,7 +11,7 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use futures::{
-    channel::{mpsc, oneshot},
+    channel::mpsc,
     FutureExt, SinkExt, Stream, StreamExt,
 };
 
@@ -23,7 +23,7 @@ use crate::{
         engine::ConsumerEngine,
         message::Message,
     },
-    error::{ConnectionError, ConsumerError},
+    error::ConsumerError,
     message::proto::{MessageIdData, Schema},
     proto::CommandConsumerStatsResponse,
     retry_op::{retry_subscribe_consumer, SubscribeAttempt},
@@ -37,6 +37,8 @@ pub struct TopicConsumer<T: DeserializeMessage, Exe: Executor> {
     topic: String,
     messages: Pin<Box<MessageIdDataReceiver>>,
     engine_tx: mpsc::UnboundedSender<EngineMessage<Exe>>,
+    /// pulsar-gateway patch: the engine's current connection.
+    connection: super::engine::SharedConnection<Exe>,
     data_type: PhantomData<fn(Payload) -> T::Output>,
     pub(crate) dead_letter_policy: Option<DeadLetterPolicy>,
     pub(super) last_message_received: Option<DateTime<Utc>>,
@@ -123,6 +125,7 @@ impl<T: DeserializeMessage, Exe: Executor> TopicConsumer<T, Exe> {
             dead_letter_policy.clone(),
             options.clone(),
         );
+        let shared_connection = c.shared_connection();
         let engine_task = client.executor.spawn(Box::pin(async move {
             c.engine()
                 .map(|res| {
@@ -140,6 +143,7 @@ impl<T: DeserializeMessage, Exe: Executor> TopicConsumer<T, Exe> {
             topic,
             messages: Box::pin(rx),
             engine_tx,
+            connection: shared_connection,
             data_type: PhantomData,
             dead_letter_policy,
             last_message_received: None,
@@ -154,16 +158,14 @@ impl<T: DeserializeMessage, Exe: Executor> TopicConsumer<T, Exe> {
 
     #[cfg_attr(feature = "telemetry", tracing::instrument(skip_all))]
     pub async fn connection(&mut self) -> Result<Arc<Connection<Exe>>, Error> {
-        let (resolver, response) = oneshot::channel();
-        self.engine_tx
-            .send(EngineMessage::GetConnection(resolver))
-            .await
-            .map_err(|_| ConsumerError::Connection(ConnectionError::Disconnected))?;
-
-        response.await.map_err(|oneshot::Canceled| {
-            error!("the consumer engine dropped the request");
-            ConnectionError::Disconnected.into()
-        })
+        // pulsar-gateway patch: read without asking the engine (see
+        // `ConsumerEngine::shared_connection`); the engine still answers
+        // `EngineMessage::GetConnection`.
+        Ok(self
+            .connection
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone())
     }
 
     #[cfg_attr(feature = "telemetry", tracing::instrument(skip_all))]
