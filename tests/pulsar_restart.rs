@@ -8,6 +8,11 @@
 //! gateway process (`--pulsar-tls-trust-certs-file`) connect through
 //! `pulsar+ssl://` and `https://` with the test CA, and not without it.
 //!
+//! With Pulsar stalled (its process stopped), a gateway with small
+//! buffers stops reading from a Kafka producer instead of holding what it
+//! sends: its memory stays within a bound, and once Pulsar resumes every
+//! record is acknowledged and stored.
+//!
 //! This test runs its own standalone (deploy/pulsar-standalone.sh, on ports
 //! of its own) since it stops it; it needs the Pulsar tarball the test
 //! command fetches.
@@ -347,5 +352,190 @@ async fn pulsar_restart_under_load_loses_no_acknowledged_message() {
             .unwrap();
         missing.remove(String::from_utf8_lossy(&message.payload).as_ref());
     }
+    a_stalled_pulsar_slows_clients_and_bounds_memory(&cluster, &token_file, &backend).await;
     backend.close().await.unwrap();
+}
+
+/// Producers of the stall test, the records each sends, and their size:
+/// 40 MiB in all, far more than the gateway's buffers (2 MiB) hold.
+const STALL_PRODUCERS: usize = 4;
+const STALL_RECORDS: usize = 10_000;
+const STALL_RECORD_BYTES: usize = 1024;
+/// How long Pulsar stays stopped.
+const STALL: Duration = Duration::from_secs(10);
+/// How much the gateway's resident memory may grow while Pulsar is
+/// stopped: its two byte budgets (1 MiB each), decoding and the
+/// allocator's slack, well under what the producers have queued (each
+/// keeps up to eight requests of up to 1 MB in flight).
+const STALL_GROWTH_BYTES: u64 = 12 << 20;
+
+/// The resident memory of process `pid`, in bytes.
+fn resident_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/<pid>/status");
+    kib * 1024
+}
+
+/// Sends `signal` to the standalone's broker process.
+fn signal_pulsar(cluster: &Standalone, signal: nix::sys::signal::Signal) {
+    let pid: i32 = std::fs::read_to_string(cluster.run_dir.join("pulsar.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).unwrap();
+}
+
+/// A running producer program and its output lines.
+struct BulkProducer {
+    child: std::process::Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl BulkProducer {
+    /// Starts one, sending to `topic`, and waits for its first
+    /// acknowledgement; it sends the rest once told to [`go`](Self::go).
+    fn start(bootstrap: &str, topic: &str, name: &str) -> BulkProducer {
+        use std::io::BufRead;
+        let mut child = Command::new(common::python())
+            .arg(common::client_script("confluent_produce_bulk.py"))
+            .args([bootstrap, topic])
+            .arg(STALL_RECORDS.to_string())
+            .arg(STALL_RECORD_BYTES.to_string())
+            .args(["120", name])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("the producer starts");
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().and_then(Result::ok);
+        assert_eq!(first.as_deref(), Some("started"), "{name}'s first record");
+        BulkProducer { child, lines }
+    }
+
+    /// Lets it send the rest.
+    fn go(&mut self) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().expect("the producer's stdin");
+        stdin
+            .write_all(b"go\n")
+            .and_then(|()| stdin.flush())
+            .unwrap();
+    }
+
+    /// Waits for it to end; its report.
+    fn finish(mut self) -> serde_json::Value {
+        let report = self.lines.last().and_then(Result::ok).unwrap_or_default();
+        let status = self.child.wait().unwrap();
+        let report: serde_json::Value = serde_json::from_str(&report)
+            .unwrap_or_else(|e| panic!("a producer printed {report:?} ({e})"));
+        assert!(
+            status.success(),
+            "not every record was acknowledged: {report}"
+        );
+        report
+    }
+}
+
+/// Four librdkafka producers, each with its first record stored, send 40
+/// MiB to a gateway whose inbound and in-flight budgets are 1 MiB each
+/// while Pulsar is stopped: the gateway
+/// stops reading (its memory grows by less than `STALL_GROWTH_BYTES`),
+/// the producers are held back (none done during the stall), and once
+/// Pulsar resumes every record is acknowledged and in Pulsar.
+async fn a_stalled_pulsar_slows_clients_and_bounds_memory(
+    cluster: &Standalone,
+    token_file: &Path,
+    backend: &Arc<dyn Backend>,
+) {
+    use nix::sys::signal::Signal;
+
+    let gateway = Gateway::builder(BackendKind::Pulsar)
+        .pulsar_urls(
+            format!("pulsar://127.0.0.1:{PORT}"),
+            format!("http://127.0.0.1:{WEB_PORT}"),
+        )
+        .arg("--pulsar-token-file")
+        .arg(token_file)
+        .arg("--pulsar-max-in-flight-bytes")
+        .arg((1 << 20).to_string())
+        .arg("--max-inbound-bytes")
+        .arg((1 << 20).to_string())
+        .start()
+        .await;
+    let bootstrap = gateway.kafka_addr.expect("a Kafka listener").to_string();
+    let topic = common::unique("stalled");
+    let mut producers = Vec::new();
+    for p in 0..STALL_PRODUCERS {
+        let (bootstrap, topic) = (bootstrap.clone(), topic.clone());
+        producers.push(tokio::task::spawn_blocking(move || {
+            BulkProducer::start(&bootstrap, &topic, &format!("p{p}"))
+        }));
+    }
+    let mut running = Vec::new();
+    for producer in producers {
+        running.push(producer.await.unwrap());
+    }
+
+    // Topic and producers exist; Pulsar stops, then the clients send.
+    signal_pulsar(cluster, Signal::SIGSTOP);
+    let at_stall = resident_bytes(gateway.pid());
+    let mut highest = at_stall;
+    for producer in &mut running {
+        producer.go();
+    }
+    let stalled = tokio::time::Instant::now();
+    while stalled.elapsed() < STALL {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        highest = highest.max(resident_bytes(gateway.pid()));
+    }
+    let held_back = running
+        .iter_mut()
+        .all(|p| p.child.try_wait().unwrap().is_none());
+    signal_pulsar(cluster, Signal::SIGCONT);
+    eprintln!(
+        "while Pulsar was stopped the gateway grew from {} to {} MiB",
+        at_stall >> 20,
+        highest >> 20
+    );
+    assert!(
+        held_back,
+        "no producer could finish while Pulsar was stopped"
+    );
+    assert!(
+        highest - at_stall < STALL_GROWTH_BYTES,
+        "the gateway grew by {} MiB while Pulsar was stopped",
+        (highest - at_stall) >> 20
+    );
+    for producer in running {
+        let report = tokio::task::spawn_blocking(move || producer.finish())
+            .await
+            .unwrap();
+        assert_eq!(report["acknowledged"], STALL_RECORDS);
+    }
+
+    let topic = TopicName::from_kafka(&topic, &Namespace::default()).unwrap();
+    let sub = backend
+        .subscribe(SubscribeRequest::new(topic, "check"))
+        .await
+        .unwrap();
+    let mut seen = HashSet::new();
+    let total = STALL_PRODUCERS * STALL_RECORDS;
+    while seen.len() < total {
+        let message = tokio::time::timeout(Duration::from_secs(30), sub.receive())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {total} records reached Pulsar", seen.len()))
+            .unwrap();
+        let id = message
+            .payload
+            .split(|&b| b == b'.')
+            .next()
+            .unwrap_or_default();
+        seen.insert(id.to_vec());
+    }
+    sub.close().await.unwrap();
 }
