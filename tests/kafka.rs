@@ -239,6 +239,29 @@ fn acked_offsets(acked: &Value) -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// Runs the producer program `producer` (its arguments after bootstrap,
+/// topic and count: `extra`), checks that it got `n` records acknowledged
+/// in order, then that the consumer program `consumer` reads them back
+/// intact.
+async fn produce_then_consume(
+    bootstrap: &str,
+    topic: &str,
+    n: u64,
+    (producer, extra): (&str, &[&str]),
+    consumer: &str,
+) {
+    let mut args = vec![bootstrap.to_owned(), topic.to_owned(), n.to_string()];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let acked = run_client(producer, args).await;
+    assert_acked_in_order(&acked, n);
+    let records = run_client(
+        consumer,
+        vec![bootstrap.to_owned(), topic.to_owned(), n.to_string()],
+    )
+    .await;
+    assert_produced_records(&records, n);
+}
+
 /// Records produced compressed (librdkafka with each of Kafka's codecs,
 /// kafka-python with gzip) are acknowledged at contiguous offsets and
 /// consumed back intact, by the other client library.
@@ -248,44 +271,12 @@ async fn compressed_batches_are_stored_and_consumed_back(backend: BackendKind) {
     let n = 200;
     for codec in ["gzip", "snappy", "lz4", "zstd"] {
         let topic = unique(&format!("librdkafka-{codec}"));
-        let acked = run_client(
-            "confluent_produce.py",
-            vec![
-                bootstrap.clone(),
-                topic.clone(),
-                n.to_string(),
-                codec.into(),
-            ],
-        )
-        .await;
-        assert_acked_in_order(&acked, n);
-        let records = run_client(
-            "kafka_python_consume.py",
-            vec![bootstrap.clone(), topic, n.to_string()],
-        )
-        .await;
-        assert_produced_records(&records, n);
+        let producer = ("confluent_produce.py", &[codec][..]);
+        produce_then_consume(&bootstrap, &topic, n, producer, "kafka_python_consume.py").await;
     }
-
     let topic = unique("kafka-python-gzip");
-    let acked = run_client(
-        "kafka_python_produce.py",
-        vec![
-            bootstrap.clone(),
-            topic.clone(),
-            n.to_string(),
-            "--compression".into(),
-            "gzip".into(),
-        ],
-    )
-    .await;
-    assert_acked_in_order(&acked, n);
-    let records = run_client(
-        "confluent_consume.py",
-        vec![bootstrap, topic, n.to_string()],
-    )
-    .await;
-    assert_produced_records(&records, n);
+    let producer = ("kafka_python_produce.py", &["--compression", "gzip"][..]);
+    produce_then_consume(&bootstrap, &topic, n, producer, "confluent_consume.py").await;
 }
 
 /// An idempotent librdkafka producer sending small batches without
@@ -295,26 +286,16 @@ async fn compressed_batches_are_stored_and_consumed_back(backend: BackendKind) {
 async fn pipelined_produce_requests_keep_their_order(backend: BackendKind) {
     let gw = Gateway::start(backend).await;
     let bootstrap = gw.kafka_addr.expect("a Kafka listener").to_string();
-    let n = 3000;
     let topic = unique("pipelined");
-    let acked = run_client(
-        "confluent_produce.py",
-        vec![
-            bootstrap.clone(),
-            topic.clone(),
-            n.to_string(),
-            "none".into(),
-            "10".into(),
-        ],
-    )
-    .await;
-    assert_acked_in_order(&acked, n);
-    let records = run_client(
+    let producer = ("confluent_produce.py", &["none", "10"][..]);
+    produce_then_consume(
+        &bootstrap,
+        &topic,
+        3000,
+        producer,
         "kafka_python_consume.py",
-        vec![bootstrap, topic, n.to_string()],
     )
     .await;
-    assert_produced_records(&records, n);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -201,17 +201,14 @@ pub trait Backend: Send + Sync + 'static {
     /// together (one group commit, one round of sends) rather than one
     /// after another. On an error some first messages may be stored. On a
     /// partitioned topic's base name each message is routed as by
-    /// [`Backend::publish`].
+    /// [`Backend::publish`]. The default queues them
+    /// ([`Backend::queue_batch`]) and waits.
     async fn publish_batch(
         &self,
         topic: &TopicName,
         messages: Vec<NewMessage>,
     ) -> Result<Vec<MessageId>, BackendError> {
-        let mut ids = Vec::with_capacity(messages.len());
-        for message in messages {
-            ids.push(self.publish(topic, message).await?);
-        }
-        Ok(ids)
+        self.queue_batch(topic, messages).await?.await
     }
 
     /// [`Backend::publish_batch`] in two steps: returns once `messages` are
@@ -221,14 +218,17 @@ pub trait Backend: Send + Sync + 'static {
     /// batch while the previous one is being persisted (Kafka producers
     /// keep several Produce requests in flight) and still store them in
     /// the order they came. On an error while queueing, some first
-    /// messages may be queued. The default persists the batch before it
-    /// returns: correct, without the overlap.
+    /// messages may be queued. The default publishes them one after
+    /// another before it returns: correct, without the overlap.
     async fn queue_batch(
         &self,
         topic: &TopicName,
         messages: Vec<NewMessage>,
     ) -> Result<Persisting, BackendError> {
-        let ids = self.publish_batch(topic, messages).await?;
+        let mut ids = Vec::with_capacity(messages.len());
+        for message in messages {
+            ids.push(self.publish(topic, message).await?);
+        }
         Ok(Box::pin(futures::future::ready(Ok(ids))))
     }
 

@@ -614,14 +614,6 @@ impl Backend for EmbeddedBackend {
         Ok(MessageId::from_offset(offset, target.partition_index()))
     }
 
-    async fn publish_batch(
-        &self,
-        topic: &TopicName,
-        messages: Vec<NewMessage>,
-    ) -> Result<Vec<MessageId>, BackendError> {
-        self.queue_batch(topic, messages).await?.await
-    }
-
     async fn queue_batch(
         &self,
         topic: &TopicName,

@@ -384,14 +384,6 @@ impl gateway_api::Backend for PulsarBackend {
         self.producers.publish(&target, message).await
     }
 
-    async fn publish_batch(
-        &self,
-        topic: &TopicName,
-        messages: Vec<NewMessage>,
-    ) -> Result<Vec<MessageId>, BackendError> {
-        self.queue_batch(topic, messages).await?.await
-    }
-
     async fn queue_batch(
         &self,
         topic: &TopicName,
