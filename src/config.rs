@@ -440,6 +440,10 @@ pub struct PulsarProducerSettings {
     pub batch_max_messages: u32,
     /// A batched entry is closed once it holds this many bytes.
     pub batch_max_bytes: usize,
+    /// Read and ignored, so that files written for earlier versions still
+    /// load: batches no longer wait for company (see `batch_max_messages`).
+    #[serde(skip_serializing)]
+    pub batch_max_delay: Option<HumanDuration>,
 }
 
 impl Default for PulsarProducerSettings {
@@ -451,6 +455,7 @@ impl Default for PulsarProducerSettings {
             compression: d.compression,
             batch_max_messages: d.batch_max_messages,
             batch_max_bytes: d.batch_max_bytes,
+            batch_max_delay: None,
         }
     }
 }
@@ -1436,7 +1441,7 @@ mod tests {
             &file,
             "backend = \"pulsar\"\npulsar_url = \"pulsar+ssl://file:6651\"\n\
              pulsar_token_file = \"/file/token\"\n\
-             [pulsar_producers]\nbatch_max_messages = 100\n",
+             [pulsar_producers]\nbatch_max_messages = 100\nbatch_max_delay = \"1ms\"\n",
         )
         .unwrap();
         let config = Config::load_from([

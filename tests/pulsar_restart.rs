@@ -365,8 +365,9 @@ const STALL_RECORD_BYTES: usize = 1024;
 const STALL: Duration = Duration::from_secs(10);
 /// How much the gateway's resident memory may grow while Pulsar is
 /// stopped: its two byte budgets (1 MiB each), decoding and the
-/// allocator's slack, well under what the producers have queued (each
-/// keeps up to eight requests of up to 1 MB in flight).
+/// allocator's slack, well under what the producers have queued (10 MiB
+/// each; the gateway would read up to eight requests of up to 1 MB per
+/// connection without its budgets).
 const STALL_GROWTH_BYTES: u64 = 12 << 20;
 
 /// The resident memory of process `pid`, in bytes.
@@ -380,14 +381,29 @@ fn resident_bytes(pid: u32) -> u64 {
     kib * 1024
 }
 
-/// Sends `signal` to the standalone's broker process.
-fn signal_pulsar(cluster: &Standalone, signal: nix::sys::signal::Signal) {
-    let pid: i32 = std::fs::read_to_string(cluster.run_dir.join("pulsar.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).unwrap();
+/// The standalone's broker stopped (SIGSTOP) until this is dropped
+/// (SIGCONT), also when the test fails meanwhile.
+struct Stopped {
+    pid: nix::unistd::Pid,
+}
+
+impl Stopped {
+    fn stop(cluster: &Standalone) -> Stopped {
+        let pid: i32 = std::fs::read_to_string(cluster.run_dir.join("pulsar.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let pid = nix::unistd::Pid::from_raw(pid);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        Stopped { pid }
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGCONT);
+    }
 }
 
 /// A running producer program and its output lines.
@@ -452,8 +468,6 @@ async fn a_stalled_pulsar_slows_clients_and_bounds_memory(
     token_file: &Path,
     backend: &Arc<dyn Backend>,
 ) {
-    use nix::sys::signal::Signal;
-
     let gateway = Gateway::builder(BackendKind::Pulsar)
         .pulsar_urls(
             format!("pulsar://127.0.0.1:{PORT}"),
@@ -482,7 +496,7 @@ async fn a_stalled_pulsar_slows_clients_and_bounds_memory(
     }
 
     // Topic and producers exist; Pulsar stops, then the clients send.
-    signal_pulsar(cluster, Signal::SIGSTOP);
+    let stopped = Stopped::stop(cluster);
     let at_stall = resident_bytes(gateway.pid());
     let mut highest = at_stall;
     for producer in &mut running {
@@ -496,7 +510,7 @@ async fn a_stalled_pulsar_slows_clients_and_bounds_memory(
     let held_back = running
         .iter_mut()
         .all(|p| p.child.try_wait().unwrap().is_none());
-    signal_pulsar(cluster, Signal::SIGCONT);
+    drop(stopped);
     eprintln!(
         "while Pulsar was stopped the gateway grew from {} to {} MiB",
         at_stall >> 20,

@@ -127,10 +127,19 @@ impl Metrics {
         Metrics::new(&mut Registry::default())
     }
 
-    /// Counts one published message.
-    pub fn published(&self, protocol: Protocol, topic: &TopicName, bytes: usize, took: Duration) {
+    /// Counts `messages` published together (`bytes` of payload), which
+    /// took `took` from the client's request to the backend's
+    /// acknowledgement.
+    pub fn published(
+        &self,
+        protocol: Protocol,
+        topic: &TopicName,
+        messages: u64,
+        bytes: usize,
+        took: Duration,
+    ) {
         let labels = topic_labels(protocol, topic);
-        self.messages_in.get_or_create(&labels).inc();
+        self.messages_in.get_or_create(&labels).inc_by(messages);
         self.bytes_in.get_or_create(&labels).inc_by(bytes as u64);
         self.publish_latency
             .get_or_create(&ProtocolLabels {
@@ -139,10 +148,10 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    /// Counts one delivered message.
-    pub fn delivered(&self, protocol: Protocol, topic: &TopicName, bytes: usize) {
+    /// Counts `messages` delivered together (`bytes` of payload).
+    pub fn delivered(&self, protocol: Protocol, topic: &TopicName, messages: u64, bytes: usize) {
         let labels = topic_labels(protocol, topic);
-        self.messages_out.get_or_create(&labels).inc();
+        self.messages_out.get_or_create(&labels).inc_by(messages);
         self.bytes_out.get_or_create(&labels).inc_by(bytes as u64);
     }
 
@@ -185,9 +194,9 @@ mod tests {
         let mut registry = Registry::default();
         let metrics = Metrics::new(&mut registry);
         let topic = TopicName::from_kafka("orders", &Namespace::default()).unwrap();
-        metrics.published(Protocol::Kafka, &topic, 100, Duration::from_millis(2));
-        metrics.published(Protocol::Kafka, &topic, 50, Duration::from_millis(3));
-        metrics.delivered(Protocol::Mqtt, &topic, 100);
+        metrics.published(Protocol::Kafka, &topic, 1, 100, Duration::from_millis(2));
+        metrics.published(Protocol::Kafka, &topic, 2, 50, Duration::from_millis(3));
+        metrics.delivered(Protocol::Mqtt, &topic, 1, 100);
         metrics.connection_gauge(Protocol::Amqp).inc();
 
         let mut text = String::new();
@@ -195,7 +204,7 @@ mod tests {
         let kafka = "protocol=\"kafka\",topic=\"persistent://public/default/orders\"";
         let mqtt = "protocol=\"mqtt\",topic=\"persistent://public/default/orders\"";
         for line in [
-            format!("pulsar_gateway_messages_in_total{{{kafka}}} 2"),
+            format!("pulsar_gateway_messages_in_total{{{kafka}}} 3"),
             format!("pulsar_gateway_bytes_in_total{{{kafka}}} 150"),
             format!("pulsar_gateway_messages_out_total{{{mqtt}}} 1"),
             format!("pulsar_gateway_bytes_out_total{{{mqtt}}} 100"),

@@ -31,7 +31,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures::future::{join_all, select_all};
 use gateway_api::{
-    Action, Backend, BackendError, Message, OffsetRange, Reader, StartPosition, TopicName,
+    Action, Backend, BackendError, Message, OffsetRange, Protocol, Reader, StartPosition, TopicName,
 };
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
@@ -710,6 +710,26 @@ pub async fn handle(conn: &Connection, request: FetchRequest, version: i16) -> F
         took_ms = started.elapsed().as_millis() as u64,
         "fetch answered"
     );
+    for w in &wanted {
+        if let State::Reading {
+            partition, batches, ..
+        } = &w.state
+        {
+            if !batches.records.is_empty() {
+                let bytes = batches
+                    .records
+                    .iter()
+                    .map(|r| r.value.as_ref().map_or(0, |v| v.len()))
+                    .sum();
+                conn.ctx.metrics.delivered(
+                    Protocol::Kafka,
+                    partition,
+                    batches.records.len() as u64,
+                    bytes,
+                );
+            }
+        }
+    }
     for w in wanted {
         let Some(topic) = response.responses.get_mut(w.topic) else {
             continue;

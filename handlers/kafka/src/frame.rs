@@ -8,7 +8,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// budget: keep it until the request is answered.
 pub struct Frame {
     pub body: Bytes,
-    pub _held: Reservation,
+    pub held: Reservation,
 }
 
 /// Reads one request frame; `None` when the client closed the connection
@@ -39,7 +39,7 @@ pub async fn read<R: AsyncRead + Unpin>(
     reader.read_exact(&mut body).await?;
     Ok(Some(Frame {
         body: body.freeze(),
-        _held: held,
+        held,
     }))
 }
 

@@ -146,6 +146,21 @@ async fn next_frame(
     }
 }
 
+/// A queued Produce request's response, once its task is done (`None`
+/// for acks = 0).
+type Producing = BoxFuture<'static, Result<Option<bytes::BytesMut>, HandlerError>>;
+
+/// Writes the responses of every queued Produce request, in order.
+async fn answer_all<W: tokio::io::AsyncWrite + Unpin>(
+    producing: &mut FuturesOrdered<Producing>,
+    writer: &mut W,
+) -> Result<(), HandlerError> {
+    while let Some(done) = producing.next().await {
+        answer(writer, done).await?;
+    }
+    Ok(())
+}
+
 /// Writes a queued Produce request's response, if it has one.
 async fn answer<W: tokio::io::AsyncWrite + Unpin>(
     writer: &mut W,
@@ -224,8 +239,11 @@ impl ProtocolHandler for KafkaHandler {
             session: std::sync::Mutex::new(session),
         };
         // Produce requests queued and not yet answered, in request order:
-        // the next request is read while they are persisted.
-        let mut producing = FuturesOrdered::new();
+        // the next request is read while they are persisted. Each is a
+        // task of its own, so that what it stored is settled (an
+        // idempotent producer's sequences) even if the connection ends
+        // first.
+        let mut producing: FuturesOrdered<Producing> = FuturesOrdered::new();
         let mut idle = Some(reader);
         let mut reading: Option<ReadNext> = None;
         loop {
@@ -250,10 +268,8 @@ impl ProtocolHandler for KafkaHandler {
                 }
             };
             let Some(frame) = frame? else {
-                // The client is gone; what it produced is still persisted.
-                while let Some(done) = producing.next().await {
-                    let _ = answer(&mut writer, done).await;
-                }
+                // The client is gone; its Produce requests finish in their
+                // tasks.
                 return Ok(());
             };
             let api_key = frame
@@ -262,8 +278,9 @@ impl ProtocolHandler for KafkaHandler {
                 .map_or(-1, |k| i16::from_be_bytes([k[0], k[1]]));
             if api_key != ApiKey::Produce as i16 {
                 // Served in order: after the Produce requests before it.
-                while let Some(done) = producing.next().await {
-                    answer(&mut writer, done).await?;
+                tokio::select! {
+                    _ = ctx.shutdown.cancelled() => return Ok(()),
+                    answered = answer_all(&mut producing, &mut writer) => answered?,
                 }
             }
             if sasl::lock(&connection.session).expects_raw_token() {
@@ -272,15 +289,26 @@ impl ProtocolHandler for KafkaHandler {
                 continue;
             }
             sasl::lock(&connection.session).admit(api_key)?;
-            let frame::Frame { body, _held } = frame;
-            match connection.handle(body).await? {
+            let frame::Frame { body, held } = frame;
+            let reply = tokio::select! {
+                _ = ctx.shutdown.cancelled() => return Ok(()),
+                reply = connection.handle(body) => reply?,
+            };
+            match reply {
                 api::Reply::Now(response) => frame::write(&mut writer, &response).await?,
                 api::Reply::Later(response) => {
                     // The request's bytes stay counted until it is answered.
-                    producing.push_back(async move {
-                        let _held = _held;
+                    let task = tokio::spawn(async move {
+                        let _held = held;
                         response.await
                     });
+                    producing.push_back(Box::pin(async move {
+                        task.await.unwrap_or_else(|e| {
+                            Err(HandlerError::Protocol(format!(
+                                "a Produce request failed: {e}"
+                            )))
+                        })
+                    }));
                 }
             }
             let closing = sasl::lock(&connection.session).take_closing();

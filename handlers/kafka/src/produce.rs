@@ -28,10 +28,11 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
+use std::time::Instant;
 
 use bytes::{Buf, Bytes};
 use futures::future::{ready, BoxFuture};
-use gateway_api::{NewMessage, Persisting, TopicName};
+use gateway_api::{Metrics, NewMessage, Persisting, Protocol, TopicName};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{
@@ -279,6 +280,9 @@ enum Pending {
     Queued {
         persisting: Persisting,
         idempotent: Option<(BatchSeq, tokio::sync::watch::Sender<Option<i64>>)>,
+        /// Its records and their payload bytes, for the metrics.
+        records: u64,
+        bytes: usize,
     },
     Duplicate(Offset),
 }
@@ -286,6 +290,8 @@ enum Pending {
 /// Queues the record batches of one partition, in order; an error found
 /// before anything was queued answers the partition at once.
 async fn queue(conn: &Connection, name: &str, index: i32, records: Bytes) -> Queued {
+    let started = Instant::now();
+    let metrics = conn.ctx.metrics.clone();
     let mut pending = Vec::new();
     if let Err(code) = queue_batches(conn, name, index, records, &mut pending).await {
         if pending.is_empty() {
@@ -295,13 +301,13 @@ async fn queue(conn: &Connection, name: &str, index: i32, records: Bytes) -> Que
         // answer is the error, once they are done with.
         let producers = conn.producers.clone();
         return Box::pin(async move {
-            let _ = persisted(&producers, pending).await;
+            let _ = persisted(&producers, &metrics, started, pending).await;
             Err(code)
         });
     }
     let producers = conn.producers.clone();
     Box::pin(async move {
-        persisted(&producers, pending)
+        persisted(&producers, &metrics, started, pending)
             .await?
             .ok_or(ResponseError::CorruptMessage)
     })
@@ -347,12 +353,16 @@ async fn queue_batches(
         }
         let tell = idempotent.then(|| (batch, conn.producers.accepted(&target, batch)));
         // The batch's records are stored together, in order.
-        let messages = records_of_batch.into_iter().map(message).collect();
+        let messages: Vec<NewMessage> = records_of_batch.into_iter().map(message).collect();
+        let records = messages.len() as u64;
+        let bytes = messages.iter().map(|m| m.payload.len()).sum();
         match conn.ctx.backend.queue_batch(&target, messages).await {
             Ok(persisting) => pending.push((
                 Pending::Queued {
                     persisting,
                     idempotent: tell,
+                    records,
+                    bytes,
                 },
                 Some(target.clone()),
             )),
@@ -372,6 +382,8 @@ async fn queue_batches(
 /// after one failed, so that each idempotent one's state is settled.
 async fn persisted(
     producers: &Producers,
+    metrics: &Metrics,
+    started: Instant,
     pending: PendingBatches,
 ) -> Result<Option<i64>, ResponseError> {
     let mut first_offset = None;
@@ -386,8 +398,13 @@ async fn persisted(
             Pending::Queued {
                 persisting,
                 idempotent,
+                records,
+                bytes,
             } => {
                 let stored = persisting.await;
+                if let (Ok(_), Some(target)) = (&stored, &target) {
+                    metrics.published(Protocol::Kafka, target, records, bytes, started.elapsed());
+                }
                 let offset = stored.as_ref().map(|ids| {
                     ids.first()
                         .map(|id| i64::try_from(id.offset).unwrap_or(i64::MAX))

@@ -10,7 +10,7 @@
 //!   memory stays bounded.
 //!
 //! Batching: the sender takes every publish waiting in its queue at once
-//! (up to `batch_max_messages` messages) and sends them as batched
+//! (until it has `batch_max_messages` messages) and sends them as batched
 //! entries, in order, each of at most `batch_max_messages` and
 //! `batch_max_bytes`, a new entry begun wherever the key changes:
 //! Key_Shared subscriptions dispatch a whole entry by its key (the first
@@ -140,9 +140,11 @@ impl ProducerSettings {
 }
 
 /// A cache entry: the queue to the partition's sender, and when a publish
-/// last took it.
-struct Slot {
+/// last took it. Publishes hold it while they wait (their jobs do).
+pub(super) struct Slot {
+    /// The sender's queue.
     jobs: mpsc::Sender<Job>,
+    /// When a publish last took this entry, for the idle sweep.
     last_used: std::sync::Mutex<Instant>,
     /// The sender, which ends once every clone of `jobs` is dropped and
     /// the queue is drained, having closed its producer.
@@ -215,6 +217,7 @@ impl Producers {
             messages,
             reply,
             in_flight,
+            slot: slot.clone(),
         };
         slot.jobs.send(job).await.map_err(|_| {
             BackendError::Unavailable(format!("the producer of {target} is closed"))
@@ -314,8 +317,8 @@ pub(super) fn size(message: &NewMessage) -> usize {
 
 /// Every `period`, closes the producers no publish took for `idle`. A
 /// producer a publish still holds (one clone in the cache, one per
-/// publish) is never closed; a publish can only take one from the cache
-/// under the cache's lock, which the check holds.
+/// publish until it is answered) is never closed; a publish can only take
+/// one from the cache under the cache's lock, which the check holds.
 async fn sweep(cache: Weak<std::sync::Mutex<Cache>>, idle: Duration, period: Duration) {
     loop {
         tokio::time::sleep(period).await;

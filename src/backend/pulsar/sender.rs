@@ -28,7 +28,7 @@ use pulsar::{Producer, TokioExecutor};
 use tokio::sync::{mpsc, oneshot};
 
 use super::admin::Admin;
-use super::producers::ProducerSettings;
+use super::producers::{ProducerSettings, Slot};
 use super::{convert, index};
 
 /// Groups sent and not yet answered, at most; the sender waits for room.
@@ -42,6 +42,11 @@ pub(super) struct Job {
     pub reply: oneshot::Sender<Result<Vec<MessageId>, BackendError>>,
     /// Their bytes of the in-flight budget, held until answered.
     pub in_flight: Reservation,
+    /// The producer's cache entry, held until answered: the sweeper
+    /// closes only producers nothing holds, so none with jobs waiting (a
+    /// publish after that would open a second producer, whose messages
+    /// could overtake these).
+    pub slot: Arc<Slot>,
 }
 
 /// An entry handed to the producer, not yet acknowledged.
@@ -188,10 +193,13 @@ async fn answer(target: TopicName, admin: Admin, mut groups: mpsc::Receiver<Grou
                 }
             }
             let Job {
-                reply, in_flight, ..
+                reply,
+                in_flight,
+                slot,
+                ..
             } = job;
             let _ = reply.send(failed.map_or(Ok(ids), Err));
-            drop(in_flight);
+            drop((in_flight, slot));
         }
     }
 }

@@ -551,14 +551,23 @@ impl PartitionLog {
         self.queue_batch(messages).await?.await
     }
 
-    /// [`Log::append_batch`] in two steps: returns once every append is
-    /// queued (later appends land after them) and the returned future
-    /// resolves once the last is durable.
+    /// `append_batch` in two steps: returns once every append is queued
+    /// (later appends land after them) and the returned future resolves
+    /// once the last is durable. A batch with a message over the record
+    /// limit is refused whole, before any of it is queued.
     pub async fn queue_batch(
         &self,
         messages: Vec<NewMessage>,
     ) -> Result<impl Future<Output = Result<Vec<(u64, u64)>, LogError>> + Send + 'static, LogError>
     {
+        let limit = self.handle.inner.config.max_record_bytes;
+        if let Some(size) = messages
+            .iter()
+            .map(record::frame_len)
+            .find(|&size| size > limit)
+        {
+            return Err(LogError::RecordTooLarge { size, limit });
+        }
         let mut answers = Vec::with_capacity(messages.len());
         for message in messages {
             answers.push(self.enqueue(message).await?);

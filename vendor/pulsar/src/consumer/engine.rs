@@ -102,12 +102,13 @@ impl<Exe: Executor> ConsumerEngine<Exe> {
     }
 
     /// pulsar-gateway patch: the engine's current connection, kept up to
-    /// date across reconnections. Requests that need only the connection
-    /// (`GetLastMessageId`, stats, pings) read it here instead of asking
+    /// date across reconnections. Requests that only read
+    /// (`GetLastMessageId`, stats, pings) take it here instead of asking
     /// the engine, which answers only between deliveries: while it waits
     /// for room in the consumer's queue, halfway through a batched entry
     /// larger than the queue, a caller that asked it and stopped reading
-    /// the queue waited for ever.
+    /// the queue waited for ever. Seek, unsubscribe and close still ask
+    /// the engine, so that they follow the acks it holds.
     pub fn shared_connection(&self) -> SharedConnection<Exe> {
         self.shared_connection.clone()
     }

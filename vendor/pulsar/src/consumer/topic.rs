@@ -11,7 +11,7 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use futures::{
-    channel::mpsc,
+    channel::{mpsc, oneshot},
     FutureExt, SinkExt, Stream, StreamExt,
 };
 
@@ -23,7 +23,7 @@ use crate::{
         engine::ConsumerEngine,
         message::Message,
     },
-    error::ConsumerError,
+    error::{ConnectionError, ConsumerError},
     message::proto::{MessageIdData, Schema},
     proto::CommandConsumerStatsResponse,
     retry_op::{retry_subscribe_consumer, SubscribeAttempt},
@@ -158,27 +158,41 @@ impl<T: DeserializeMessage, Exe: Executor> TopicConsumer<T, Exe> {
 
     #[cfg_attr(feature = "telemetry", tracing::instrument(skip_all))]
     pub async fn connection(&mut self) -> Result<Arc<Connection<Exe>>, Error> {
-        // pulsar-gateway patch: read without asking the engine (see
-        // `ConsumerEngine::shared_connection`); the engine still answers
-        // `EngineMessage::GetConnection`.
-        Ok(self
-            .connection
+        let (resolver, response) = oneshot::channel();
+        self.engine_tx
+            .send(EngineMessage::GetConnection(resolver))
+            .await
+            .map_err(|_| ConsumerError::Connection(ConnectionError::Disconnected))?;
+
+        response.await.map_err(|oneshot::Canceled| {
+            error!("the consumer engine dropped the request");
+            ConnectionError::Disconnected.into()
+        })
+    }
+
+    /// pulsar-gateway patch: the engine's current connection, read without
+    /// asking the engine (see `ConsumerEngine::shared_connection`), for
+    /// requests that only read (last message id, stats, ping). Requests
+    /// that must follow the acks the engine still holds (seek,
+    /// unsubscribe, close) go through [`connection`](Self::connection).
+    fn current_connection(&self) -> Arc<Connection<Exe>> {
+        self.connection
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone())
+            .clone()
     }
 
     #[cfg_attr(feature = "telemetry", tracing::instrument(skip_all))]
     pub async fn get_stats(&mut self) -> Result<CommandConsumerStatsResponse, Error> {
         let consumer_id = self.consumer_id;
-        let conn = self.connection().await?;
+        let conn = self.current_connection();
         let consumer_stats_response = conn.sender().get_consumer_stats(consumer_id).await?;
         Ok(consumer_stats_response)
     }
 
     #[cfg_attr(feature = "telemetry", tracing::instrument(skip_all))]
     pub async fn check_connection(&mut self) -> Result<(), Error> {
-        let conn = self.connection().await?;
+        let conn = self.current_connection();
         info!("check connection for id {}", conn.id());
         conn.sender().send_ping().await?;
         Ok(())
@@ -278,7 +292,7 @@ impl<T: DeserializeMessage, Exe: Executor> TopicConsumer<T, Exe> {
     #[cfg_attr(feature = "telemetry", tracing::instrument(skip_all))]
     pub async fn get_last_message_id(&mut self) -> Result<MessageIdData, Error> {
         let consumer_id = self.consumer_id;
-        let conn = self.connection().await?;
+        let conn = self.current_connection();
         let get_last_message_id_response = conn.sender().get_last_message_id(consumer_id).await?;
         Ok(get_last_message_id_response.last_message_id)
     }
