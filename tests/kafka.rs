@@ -67,6 +67,10 @@ async fn kafka_python_produces_with_contiguous_offsets(backend: BackendKind) {
         acked_offsets(&acked),
         (0..20).map(|i| (0, i)).collect::<Vec<_>>()
     );
+    let labels = format!("protocol=\"kafka\",topic=\"persistent://public/default/{topic}\"");
+    assert_eq!(gw.counter("messages_in", &labels).await, 20);
+    // Values v0..v19: 10 of 2 bytes and 10 of 3.
+    assert_eq!(gw.counter("bytes_in", &labels).await, 50);
 
     if backend == BackendKind::Pulsar {
         let read = read_from_pulsar(&topic, "20").await;
@@ -296,6 +300,9 @@ async fn pipelined_produce_requests_keep_their_order(backend: BackendKind) {
         "kafka_python_consume.py",
     )
     .await;
+    let labels = format!("protocol=\"kafka\",topic=\"persistent://public/default/{topic}\"");
+    assert_eq!(gw.counter("messages_in", &labels).await, 3000);
+    assert!(gw.counter("messages_out", &labels).await >= 3000);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

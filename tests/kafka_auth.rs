@@ -134,6 +134,9 @@ async fn only_clients_with_a_valid_token_produce_and_consume(backend: BackendKin
         "librdkafka, a mechanism the gateway does not offer",
     );
 
+    let kafka = "protocol=\"kafka\"";
+    let stored = gw.counter_sum("messages_in", kafka).await;
+    assert_eq!(stored, 10, "the two round trips' records");
     let report = sasl_client("kafka-python", &bootstrap, None, 1).await;
     assert!(
         report["error"].is_string(),
@@ -143,6 +146,11 @@ async fn only_clients_with_a_valid_token_produce_and_consume(backend: BackendKin
     assert!(
         report["error"].is_string(),
         "librdkafka without SASL: {report}"
+    );
+    assert_eq!(
+        gw.counter_sum("messages_in", kafka).await,
+        stored,
+        "a client without SASL stored nothing"
     );
 
     let out = gw.output();

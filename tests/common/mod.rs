@@ -468,6 +468,36 @@ impl Gateway {
         }
     }
 
+    /// The value of the counter `name` (without its `_total`) for
+    /// `labels` (as written between the braces) in `/metrics`; 0 when it
+    /// is absent.
+    pub async fn counter(&self, name: &str, labels: &str) -> u64 {
+        let metrics = self.get("/metrics").await.body;
+        let series = format!("pulsar_gateway_{name}_total{{{labels}}} ");
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(&series))
+            .map_or(0, |value| {
+                value
+                    .trim()
+                    .parse()
+                    .unwrap_or_else(|e| panic!("{series}{value}: {e}"))
+            })
+    }
+
+    /// The sum of the counter `name` over every series whose labels hold
+    /// `label` (as `key="value"`).
+    pub async fn counter_sum(&self, name: &str, label: &str) -> u64 {
+        let metrics = self.get("/metrics").await.body;
+        let prefix = format!("pulsar_gateway_{name}_total{{");
+        metrics
+            .lines()
+            .filter_map(|line| line.strip_prefix(&prefix))
+            .filter(|rest| rest.split('}').next().is_some_and(|l| l.contains(label)))
+            .filter_map(|rest| rest.rsplit(' ').next()?.trim().parse::<u64>().ok())
+            .sum()
+    }
+
     /// Everything the process printed so far.
     pub fn output(&self) -> String {
         self.output.text()
