@@ -1002,6 +1002,17 @@ impl Pending {
             let _ = message.tx.send(result);
         }
     }
+
+    /// pulsar-gateway patch: fails the message `sequence_id` as expired,
+    /// and every message sent after it with it, as Pulsar's Java client
+    /// fails all pending messages on a send timeout: kept, a later one
+    /// could still be stored, ahead of the expired one's retry.
+    fn expire_from(&mut self, sequence_id: u64) {
+        let later = self.messages.split_off(&sequence_id);
+        for (_, message) in later {
+            let _ = message.tx.send(Err(expired()));
+        }
+    }
 }
 
 impl<Exe: Executor> ProducerConnection<Exe> {
@@ -1172,14 +1183,15 @@ impl<Exe: Executor> ProducerConnection<Exe> {
             let mut pending = self.pending.lock().unwrap();
             pending.epoch += 1;
             let now = Instant::now();
-            let expired_ids: Vec<u64> = pending
+            // pulsar-gateway patch: the first expired message takes the
+            // later ones with it (`Pending::expire_from`).
+            let first_expired = pending
                 .messages
                 .iter()
-                .filter(|(_, message)| message.deadline <= now)
-                .map(|(sequence_id, _)| *sequence_id)
-                .collect();
-            for sequence_id in expired_ids {
-                pending.complete(sequence_id, Err(expired()));
+                .find(|(_, message)| message.deadline <= now)
+                .map(|(sequence_id, _)| *sequence_id);
+            if let Some(sequence_id) = first_expired {
+                pending.expire_from(sequence_id);
             }
             let to_resend: Vec<(u64, Instant)> = pending
                 .messages
@@ -1338,7 +1350,8 @@ impl<Exe: Executor> ProducerConnection<Exe> {
     }
 
     fn expire(&self, sequence_id: u64) {
-        self.complete(sequence_id, Err(expired()));
+        // pulsar-gateway patch: with the messages sent after it.
+        self.pending.lock().unwrap().expire_from(sequence_id);
     }
 
     /// Closes the producer, which is then no longer re-created.
@@ -2560,5 +2573,38 @@ mod gateway_patch_property_list_tests {
                 ("probe", "7"),
             ]
         );
+    }
+}
+
+#[cfg(test)]
+mod gateway_patch_expiry_tests {
+    use std::time::Instant;
+
+    use futures::channel::oneshot;
+
+    use super::{Pending, PendingMessage, ProducerMessage};
+
+    #[test]
+    fn an_expired_message_fails_the_later_ones_and_leaves_the_earlier() {
+        let mut pending = Pending::default();
+        let mut receipts = Vec::new();
+        for sequence_id in 1..=4u64 {
+            let (tx, rx) = oneshot::channel();
+            pending.messages.insert(
+                sequence_id,
+                PendingMessage {
+                    message: ProducerMessage::default(),
+                    tx,
+                    deadline: Instant::now(),
+                },
+            );
+            receipts.push(rx);
+        }
+        pending.expire_from(2);
+        assert_eq!(pending.messages.keys().copied().collect::<Vec<_>>(), vec![1]);
+        for mut later in receipts.split_off(1) {
+            assert!(matches!(later.try_recv(), Ok(Some(Err(_)))));
+        }
+        assert!(matches!(receipts[0].try_recv(), Ok(None)), "still pending");
     }
 }
