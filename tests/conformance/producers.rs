@@ -439,3 +439,46 @@ async fn a_nacked_batch_member_comes_back_without_its_acknowledged_siblings() {
         assert!(m.redelivery_count >= 1, "{:?}", m.id);
     }
 }
+
+/// On one runtime thread, a reader drains its queue before the crate's
+/// engine runs again; asked then whether more is available, it must not
+/// wait on the engine, which is busy filling the queue from an entry
+/// larger than the room left (the question waited for ever before vendor
+/// patch 9: a Kafka Fetch stalled until the client's request timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn availability_is_answered_while_the_engine_fills_the_queue() {
+    let b = TestBackend::start(Kind::Pulsar).await;
+    // Entries of 2500 messages: more than the reader's queue of 1000 holds.
+    let backend = b
+        .with_producers(ProducerSettings {
+            batch_max_messages: 2500,
+            ..ProducerSettings::default()
+        })
+        .await;
+    let topic = b.topic("engine-busy");
+    let total = 7500u64;
+    for start in (0..total).step_by(2500) {
+        let batch = (start..start + 2500)
+            .map(|i| NewMessage::new(format!("m{i}")))
+            .collect();
+        backend.publish_batch(&topic, batch).await.unwrap();
+    }
+    let reader = b
+        .backend
+        .reader(&topic, gateway_api::StartPosition::Earliest)
+        .await
+        .unwrap();
+    for i in 0..total {
+        let available =
+            tokio::time::timeout(super::cases::DEADLINE, reader.has_message_available())
+                .await
+                .unwrap_or_else(|_| panic!("no answer before message {i}"))
+                .unwrap();
+        assert!(available, "message {i} is there");
+        let got = tokio::time::timeout(super::cases::DEADLINE, reader.next())
+            .await
+            .unwrap_or_else(|_| panic!("message {i} did not arrive"))
+            .unwrap();
+        assert_eq!(got.id.offset, i);
+    }
+}
