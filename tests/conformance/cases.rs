@@ -145,9 +145,14 @@ pub async fn a_reader_polled_for_availability_reads_through_large_batches(b: Tes
             .collect();
         b.backend.publish_batch(&topic, batch).await.unwrap();
     }
-    let reader = b
-        .backend
-        .reader(&topic, StartPosition::Earliest)
+    read_polling(&*b.backend, &topic, total).await;
+}
+
+/// Reads the `total` messages of `topic` from the earliest, asking before
+/// each whether one is available, and checks that nothing follows.
+pub async fn read_polling(backend: &dyn gateway_api::Backend, topic: &TopicName, total: u64) {
+    let reader = backend
+        .reader(topic, StartPosition::Earliest)
         .await
         .unwrap();
     for i in 0..total {

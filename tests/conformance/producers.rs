@@ -463,22 +463,5 @@ async fn availability_is_answered_while_the_engine_fills_the_queue() {
             .collect();
         backend.publish_batch(&topic, batch).await.unwrap();
     }
-    let reader = b
-        .backend
-        .reader(&topic, gateway_api::StartPosition::Earliest)
-        .await
-        .unwrap();
-    for i in 0..total {
-        let available =
-            tokio::time::timeout(super::cases::DEADLINE, reader.has_message_available())
-                .await
-                .unwrap_or_else(|_| panic!("no answer before message {i}"))
-                .unwrap();
-        assert!(available, "message {i} is there");
-        let got = tokio::time::timeout(super::cases::DEADLINE, reader.next())
-            .await
-            .unwrap_or_else(|_| panic!("message {i} did not arrive"))
-            .unwrap();
-        assert_eq!(got.id.offset, i);
-    }
+    super::cases::read_polling(&*b.backend, &topic, total).await;
 }
