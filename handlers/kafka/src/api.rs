@@ -25,7 +25,9 @@ use crate::cluster::Cluster;
 use crate::fetch::Readers;
 use crate::group::coordinator::Coordinator;
 use crate::produce::Producers;
-use crate::{fetch, group, list_offsets, metadata, produce, sasl, topics, KafkaConfig};
+use crate::{
+    fetch, group, list_offsets, metadata, produce, sasl, topics, unsupported, KafkaConfig,
+};
 
 /// What a request is served with: the handler's settings and shared state,
 /// the connection's local address, the gateway's services, and the
@@ -244,6 +246,14 @@ impl Connection {
                     &ResponseKind::ApiVersions(response),
                 )
                 .map(Reply::Now);
+            }
+            // An API served at other versions: refused in the request's
+            // own version; anything else closes the connection.
+            if let Ok(known) = ApiKey::try_from(key) {
+                if let Some((header, response)) = unsupported::answer(known, version, frame) {
+                    return encode(known, version, header.correlation_id, &response)
+                        .map(Reply::Now);
+                }
             }
             return Err(HandlerError::Protocol(format!(
                 "API key {key} version {version} is not served"

@@ -31,6 +31,11 @@
 //! eight unanswered); any other request waits until those are answered.
 //! Responses go out in request order.
 //!
+//! A request at a version this handler does not serve, of an API it
+//! serves at lower versions, is answered UNSUPPORTED_VERSION in its own
+//! version (`unsupported.rs`); an API not served at all, or a version the
+//! codec cannot read, closes the connection, as a Kafka broker does.
+//!
 //! Kafka partition `p` of topic `t` is the backend topic `t-partition-p`;
 //! a topic without partitions is a Kafka topic of one partition. A record's
 //! key is the message key, its headers the properties, its timestamp the
@@ -47,6 +52,7 @@ mod metadata;
 mod produce;
 mod sasl;
 mod topics;
+mod unsupported;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
