@@ -188,14 +188,6 @@ impl Backend for Deferred {
         self.slot.get()?.publish(topic, message).await
     }
 
-    async fn publish_batch(
-        &self,
-        topic: &TopicName,
-        messages: Vec<NewMessage>,
-    ) -> Result<Vec<MessageId>, BackendError> {
-        self.slot.get()?.publish_batch(topic, messages).await
-    }
-
     async fn queue_batch(
         &self,
         topic: &TopicName,

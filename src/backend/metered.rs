@@ -61,21 +61,6 @@ impl Backend for Metered {
         count(&self.metrics, "publish", result)
     }
 
-    async fn publish_batch(
-        &self,
-        topic: &TopicName,
-        messages: Vec<NewMessage>,
-    ) -> Result<Vec<MessageId>, BackendError> {
-        let started = Instant::now();
-        let result = self.inner.publish_batch(topic, messages).await;
-        if result.is_ok() {
-            self.metrics
-                .backend_publish_latency
-                .observe(started.elapsed().as_secs_f64());
-        }
-        count(&self.metrics, "publish_batch", result)
-    }
-
     async fn queue_batch(
         &self,
         topic: &TopicName,

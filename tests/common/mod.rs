@@ -472,30 +472,40 @@ impl Gateway {
     /// `labels` (as written between the braces) in `/metrics`; 0 when it
     /// is absent.
     pub async fn counter(&self, name: &str, labels: &str) -> u64 {
-        let metrics = self.get("/metrics").await.body;
-        let series = format!("pulsar_gateway_{name}_total{{{labels}}} ");
-        metrics
-            .lines()
-            .find_map(|line| line.strip_prefix(&series))
-            .map_or(0, |value| {
-                value
-                    .trim()
-                    .parse()
-                    .unwrap_or_else(|e| panic!("{series}{value}: {e}"))
-            })
+        self.counter_series(name)
+            .await
+            .into_iter()
+            .find_map(|(l, value)| (l == labels).then_some(value))
+            .unwrap_or(0)
     }
 
     /// The sum of the counter `name` over every series whose labels hold
     /// `label` (as `key="value"`).
     pub async fn counter_sum(&self, name: &str, label: &str) -> u64 {
+        self.counter_series(name)
+            .await
+            .into_iter()
+            .filter(|(labels, _)| labels.contains(label))
+            .map(|(_, value)| value)
+            .sum()
+    }
+
+    /// Every series of the counter `name` in `/metrics`: its labels (as
+    /// written between the braces) and its value.
+    async fn counter_series(&self, name: &str) -> Vec<(String, u64)> {
         let metrics = self.get("/metrics").await.body;
         let prefix = format!("pulsar_gateway_{name}_total{{");
         metrics
             .lines()
-            .filter_map(|line| line.strip_prefix(&prefix))
-            .filter(|rest| rest.split('}').next().is_some_and(|l| l.contains(label)))
-            .filter_map(|rest| rest.rsplit(' ').next()?.trim().parse::<u64>().ok())
-            .sum()
+            .filter_map(|line| line.strip_prefix(&prefix)?.split_once("} "))
+            .map(|(labels, value)| {
+                let value = value
+                    .trim()
+                    .parse()
+                    .unwrap_or_else(|e| panic!("{name}{{{labels}}} {value}: {e}"));
+                (labels.to_owned(), value)
+            })
+            .collect()
     }
 
     /// Everything the process printed so far.

@@ -138,14 +138,24 @@ pub async fn a_published_batch_keeps_its_order_with_consecutive_offsets(b: TestB
 /// question unanswered for ever).
 pub async fn a_reader_polled_for_availability_reads_through_large_batches(b: TestBackend) {
     let topic = b.topic("polled");
-    let total = 7500u64;
-    for start in (0..total).step_by(2500) {
-        let batch = (start..start + 2500)
+    publish_in_batches(&*b.backend, &topic, 7500, 2500).await;
+    read_polling(&*b.backend, &topic, 7500).await;
+}
+
+/// Publishes `total` messages `m<i>` to `topic` with `publish_batch`,
+/// `per_batch` at a time.
+pub async fn publish_in_batches(
+    backend: &dyn gateway_api::Backend,
+    topic: &TopicName,
+    total: u64,
+    per_batch: u64,
+) {
+    for start in (0..total).step_by(per_batch as usize) {
+        let batch = (start..(start + per_batch).min(total))
             .map(|i| NewMessage::new(format!("m{i}")))
             .collect();
-        b.backend.publish_batch(&topic, batch).await.unwrap();
+        backend.publish_batch(topic, batch).await.unwrap();
     }
-    read_polling(&*b.backend, &topic, total).await;
 }
 
 /// Reads the `total` messages of `topic` from the earliest, asking before

@@ -456,12 +456,6 @@ async fn availability_is_answered_while_the_engine_fills_the_queue() {
         })
         .await;
     let topic = b.topic("engine-busy");
-    let total = 7500u64;
-    for start in (0..total).step_by(2500) {
-        let batch = (start..start + 2500)
-            .map(|i| NewMessage::new(format!("m{i}")))
-            .collect();
-        backend.publish_batch(&topic, batch).await.unwrap();
-    }
-    super::cases::read_polling(&*b.backend, &topic, total).await;
+    super::cases::publish_in_batches(&*backend, &topic, 7500, 2500).await;
+    super::cases::read_polling(&*b.backend, &topic, 7500).await;
 }

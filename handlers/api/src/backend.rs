@@ -181,6 +181,22 @@ pub struct OffsetRange {
 /// messages, in order, once all are persisted.
 pub type Persisting = BoxFuture<'static, Result<Vec<MessageId>, BackendError>>;
 
+/// Publishes `messages` one after another with [`Backend::publish`], each
+/// routed on its own, and returns their ids as a batch already persisted:
+/// the default of [`Backend::queue_batch`], and what a backend does where
+/// it cannot store a batch together (a partitioned topic's base name).
+pub async fn publish_one_by_one<B: Backend + ?Sized>(
+    backend: &B,
+    topic: &TopicName,
+    messages: Vec<NewMessage>,
+) -> Result<Persisting, BackendError> {
+    let mut ids = Vec::with_capacity(messages.len());
+    for message in messages {
+        ids.push(backend.publish(topic, message).await?);
+    }
+    Ok(Box::pin(futures::future::ready(Ok(ids))))
+}
+
 /// Where messages are stored: the embedded store or a Pulsar cluster.
 #[async_trait]
 pub trait Backend: Send + Sync + 'static {
@@ -225,11 +241,7 @@ pub trait Backend: Send + Sync + 'static {
         topic: &TopicName,
         messages: Vec<NewMessage>,
     ) -> Result<Persisting, BackendError> {
-        let mut ids = Vec::with_capacity(messages.len());
-        for message in messages {
-            ids.push(self.publish(topic, message).await?);
-        }
-        Ok(Box::pin(futures::future::ready(Ok(ids))))
+        publish_one_by_one(self, topic, messages).await
     }
 
     /// Attaches a consumer to a subscription, creating it if needed.

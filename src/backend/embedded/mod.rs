@@ -26,7 +26,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use gateway_api::backend::OffsetRange;
+use gateway_api::backend::{publish_one_by_one, OffsetRange};
 use gateway_api::topic::Namespace;
 use gateway_api::{
     Backend, BackendError, MessageId, MetadataStore, NewMessage, Persisting, Reader, StartPosition,
@@ -624,11 +624,7 @@ impl Backend for EmbeddedBackend {
         let partitions = inner.resolve_partitions(topic, true).await?;
         let [target] = partitions.as_slice() else {
             // A partitioned topic's base name: each message is routed.
-            let mut ids = Vec::with_capacity(messages.len());
-            for message in messages {
-                ids.push(self.publish(topic, message).await?);
-            }
-            return Ok(Box::pin(futures::future::ready(Ok(ids))));
+            return publish_one_by_one(self, topic, messages).await;
         };
         let partition = inner.open_partition(target).await?;
         let appending = partition

@@ -32,7 +32,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use gateway_api::backend::{OffsetRange, Reader, SubscribeRequest, Subscription};
+use gateway_api::backend::{
+    publish_one_by_one, OffsetRange, Reader, SubscribeRequest, Subscription,
+};
 use gateway_api::metadata::MetadataStore;
 use gateway_api::topic::Namespace;
 use gateway_api::{BackendError, MessageId, NewMessage, Persisting, StartPosition, TopicName};
@@ -395,11 +397,7 @@ impl gateway_api::Backend for PulsarBackend {
             return self.producers.queue_batch(topic, messages).await;
         }
         // A partitioned topic's base name: each message is routed.
-        let mut ids = Vec::with_capacity(messages.len());
-        for message in messages {
-            ids.push(self.publish(topic, message).await?);
-        }
-        Ok(Box::pin(futures::future::ready(Ok(ids))))
+        publish_one_by_one(self, topic, messages).await
     }
 
     async fn subscribe(

@@ -130,28 +130,17 @@ async fn send(
     let mut sent = Vec::new();
     let mut unsent = None;
     for mut entry in settings.entries(all) {
-        let handed = if entry.len() == 1 {
+        // One message goes as an entry of its own, not as a batch of one.
+        let batched = (entry.len() > 1).then(|| u32::try_from(entry.len()).unwrap_or(u32::MAX));
+        let handed = if batched.is_none() {
             let message = entry.pop().map(convert::outgoing).unwrap_or_default();
-            producer
-                .send_non_blocking(message)
-                .await
-                .map(|pending| Sent {
-                    pending,
-                    batched: None,
-                })
+            producer.send_non_blocking(message).await
         } else {
-            let count = u32::try_from(entry.len()).unwrap_or(u32::MAX);
             let messages = entry.into_iter().map(convert::outgoing).collect();
-            producer
-                .send_entry_non_blocking(messages)
-                .await
-                .map(|pending| Sent {
-                    pending,
-                    batched: Some(count),
-                })
+            producer.send_entry_non_blocking(messages).await
         };
         match handed {
-            Ok(one) => sent.push(one),
+            Ok(pending) => sent.push(Sent { pending, batched }),
             Err(e) => {
                 unsent = Some(convert::error(Some(target), e));
                 break;

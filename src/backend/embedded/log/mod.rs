@@ -540,21 +540,13 @@ impl PartitionLog {
             .map_err(|_| self.handle.inner.stopped_error())?
     }
 
-    /// Appends `messages` in order, with consecutive offsets unless another
-    /// append lands between them: all are queued first, so they share
-    /// group commits, then each is waited for. Resolves once the last is
-    /// durable; on an error, some first ones may be stored.
-    pub async fn append_batch(
-        &self,
-        messages: Vec<NewMessage>,
-    ) -> Result<Vec<(u64, u64)>, LogError> {
-        self.queue_batch(messages).await?.await
-    }
-
-    /// `append_batch` in two steps: returns once every append is queued
-    /// (later appends land after them) and the returned future resolves
-    /// once the last is durable. A batch with a message over the record
-    /// limit is refused whole, before any of it is queued.
+    /// Queues the appends of `messages`, in order, with consecutive offsets
+    /// unless another append lands between them, so they share group
+    /// commits; returns once all are queued (later appends land after
+    /// them), and the returned future resolves once the last is durable.
+    /// A batch with a message over the record limit is refused whole,
+    /// before any of it is queued; on a later error some first ones may be
+    /// stored.
     pub async fn queue_batch(
         &self,
         messages: Vec<NewMessage>,
