@@ -1,7 +1,9 @@
 //! Pulsar restarted under load: the Pulsar backend reconnects by itself,
 //! callers see retriable errors while Pulsar is down, readiness follows
 //! Pulsar (the backend's, and the gateway process's `/readyz`), and no
-//! message whose publish was acknowledged is lost. The standalone requires
+//! message whose publish was acknowledged is lost. A durable subscription
+//! and a reader opened before the stop stay open across it and receive
+//! what is published after Pulsar is back. The standalone requires
 //! token authentication, so the token goes through both APIs (the
 //! gateway's from `--pulsar-token-file`), and a backend without one is
 //! refused. The standalone also listens with TLS: the backend and the
@@ -28,18 +30,25 @@ mod common;
 
 use common::{BackendKind, Gateway};
 use gateway_api::topic::Namespace;
-use gateway_api::{Backend, BackendError, NewMessage, SubscribeRequest, TopicName};
+use gateway_api::{
+    Backend, BackendError, Message, NewMessage, StartPosition, SubscribeRequest, TopicName,
+};
 use pulsar_gateway::backend::pulsar::{PulsarBackend, PulsarConfig};
 
-/// Ports of this test's standalone, apart from the shared test one.
-const PORT: u16 = 26650;
-const WEB_PORT: u16 = 28081;
-const TLS_PORT: u16 = 26651;
-const WEB_TLS_PORT: u16 = 28082;
+/// Ports of this test's standalone, apart from the shared test one (6650)
+/// and those other test runs on the machine use (16650, 26650, 36650,
+/// 46650 and their web ports).
+const PORT: u16 = 56650;
+const WEB_PORT: u16 = 58081;
+const TLS_PORT: u16 = 56651;
+const WEB_TLS_PORT: u16 = 58082;
 /// How long each publish may take before it counts as failed.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long Pulsar may take to start, and the backend to come back.
 const RECOVERY: Duration = Duration::from_secs(180);
+/// How long a consumer opened before the restart may take to receive a
+/// message published after it.
+const RESUME: Duration = Duration::from_secs(60);
 
 struct Standalone {
     run_dir: PathBuf,
@@ -198,6 +207,42 @@ async fn tls_connects_with_the_trusted_ca_only(cluster: &Standalone, token: &str
     assert_eq!(gateway.get("/readyz").await.status, 200);
 }
 
+/// Waits for the messages with these payloads, passing over others
+/// (a message acknowledged just before the stop may come again: acks are
+/// not confirmed by the broker); fails the test after `limit`.
+async fn receive_all<F, Fut>(what: &str, limit: Duration, mut wanted: HashSet<String>, mut next: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Message, BackendError>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !wanted.is_empty() {
+        let message = tokio::time::timeout_at(deadline, next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{what}: {} messages did not arrive within {limit:?}, e.g. {:?}",
+                    wanted.len(),
+                    wanted.iter().next()
+                )
+            })
+            .unwrap_or_else(|e| panic!("{what}: receive failed: {e}"));
+        wanted.remove(String::from_utf8_lossy(&message.payload).as_ref());
+    }
+}
+
+/// Publishes `payloads` to `topic`, each retried until Pulsar takes it
+/// (the backend may still be reconnecting its producer).
+async fn publish_all(backend: &dyn Backend, topic: &TopicName, payloads: &[String]) {
+    for payload in payloads {
+        wait_until("a publish after the restart", RECOVERY, || async {
+            let sent = backend.publish(topic, NewMessage::new(payload.clone()));
+            matches!(tokio::time::timeout(PUBLISH_TIMEOUT, sent).await, Ok(Ok(_)))
+        })
+        .await;
+    }
+}
+
 #[derive(Default)]
 struct Tally {
     acknowledged: Vec<String>,
@@ -243,6 +288,34 @@ async fn pulsar_restart_under_load_loses_no_acknowledged_message() {
     let readyz = || async { gateway.get("/readyz").await.status };
     let topic = TopicName::from_kafka("restart-under-load", &Namespace::default()).unwrap();
 
+    // A durable subscription and a reader of a topic of their own, opened
+    // before the restart, each having read (and the subscription
+    // acknowledged) what was published so far.
+    let consumed = TopicName::from_kafka("restart-consumers", &Namespace::default()).unwrap();
+    let subscription = backend
+        .subscribe(SubscribeRequest::new(consumed.clone(), "across-restart"))
+        .await
+        .unwrap();
+    let reader = backend
+        .reader(&consumed, StartPosition::Earliest)
+        .await
+        .unwrap();
+    let before: Vec<String> = (0..10).map(|i| format!("before-{i}")).collect();
+    publish_all(&*backend, &consumed, &before).await;
+    let wanted: HashSet<String> = before.iter().cloned().collect();
+    receive_all(
+        "the subscription before",
+        RESUME,
+        wanted.clone(),
+        || async {
+            let message = subscription.receive().await?;
+            subscription.ack(&message.topic, message.id).await?;
+            Ok(message)
+        },
+    )
+    .await;
+    receive_all("the reader before", RESUME, wanted, || reader.next()).await;
+
     let tally = Arc::new(Mutex::new(Tally::default()));
     let stop = Arc::new(AtomicBool::new(false));
     let mut publishers = Vec::new();
@@ -281,11 +354,8 @@ async fn pulsar_restart_under_load_loses_no_acknowledged_message() {
     .await;
 
     cluster.stop().await;
-    let failed = || {
-        let t = tally.lock().unwrap();
-        t.errors.len() + t.timeouts
-    };
-    let failed_before = failed();
+    let errors = || tally.lock().unwrap().errors.len();
+    let errors_before = errors();
     wait_until("readiness goes false", RECOVERY, || async {
         backend.ready().await.is_err()
     })
@@ -294,10 +364,19 @@ async fn pulsar_restart_under_load_loses_no_acknowledged_message() {
         readyz().await == 503
     })
     .await;
-    wait_until("publishes fail while Pulsar is down", RECOVERY, || async {
-        failed() > failed_before
-    })
+    // With an error, not only by timing out: a client must learn that
+    // the publish failed and may be retried.
+    wait_until(
+        "a publish fails with an error while Pulsar is down",
+        RECOVERY,
+        || async { errors() > errors_before },
+    )
     .await;
+    let outage_errors: Vec<String> = tally.lock().unwrap().errors[errors_before..]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    eprintln!("errors while Pulsar was down: {outage_errors:?}");
 
     cluster.start(true).await;
     wait_until("readiness comes back", RECOVERY, || async {
@@ -310,6 +389,36 @@ async fn pulsar_restart_under_load_loses_no_acknowledged_message() {
         || async { readyz().await == 200 },
     )
     .await;
+    // The subscription and the reader opened before the stop resume by
+    // themselves and receive what is published now.
+    let after: Vec<String> = (0..10).map(|i| format!("after-{i}")).collect();
+    publish_all(&*backend, &consumed, &after).await;
+    let wanted: HashSet<String> = after.iter().cloned().collect();
+    receive_all(
+        "the subscription opened before the restart",
+        RESUME,
+        wanted.clone(),
+        || async {
+            let message = subscription.receive().await?;
+            subscription.ack(&message.topic, message.id).await?;
+            Ok(message)
+        },
+    )
+    .await;
+    // A reader goes on after the last message it read: none again, none
+    // skipped.
+    let deadline = tokio::time::Instant::now() + RESUME;
+    for expected in &after {
+        let message = tokio::time::timeout_at(deadline, reader.next())
+            .await
+            .unwrap_or_else(|_| panic!("the reader opened before the restart: no {expected}"))
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&message.payload),
+            expected.as_str(),
+            "the reader opened before the restart"
+        );
+    }
     let after_restart = acknowledged();
     wait_until("publishes succeed again", RECOVERY, || async {
         acknowledged() >= after_restart + 200
@@ -353,7 +462,10 @@ async fn pulsar_restart_under_load_loses_no_acknowledged_message() {
         missing.remove(String::from_utf8_lossy(&message.payload).as_ref());
     }
     a_stalled_pulsar_slows_clients_and_bounds_memory(&cluster, &token_file, &backend).await;
-    backend.close().await.unwrap();
+    tokio::time::timeout(RECOVERY, backend.close())
+        .await
+        .expect("the backend closes in time")
+        .unwrap();
 }
 
 /// Producers of the stall test, the records each sends, and their size:

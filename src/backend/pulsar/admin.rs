@@ -341,14 +341,40 @@ pub(super) fn refused(topic: &TopicName, status: StatusCode, text: String) -> Ba
             topic: topic.clone(),
             action: gateway_api::Action::Admin,
         },
+        s if passing(s, &text) => BackendError::Unavailable(format!("admin API: {s} {text}")),
         s if s.is_client_error() => BackendError::InvalidRequest(format!("{s}: {text}")),
         s => BackendError::Unavailable(format!("admin API: {s} {text}")),
     }
 }
 
+/// Whether a client-error answer only means "not now": a broker that does
+/// not own the topic yet (412 "Can't find owner", while it starts or
+/// moves bundles), one that timed out or throttles. A retry may succeed.
+fn passing(status: StatusCode, text: &str) -> bool {
+    match status {
+        StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS => true,
+        StatusCode::PRECONDITION_FAILED => text.contains("Can't find owner"),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::Retention;
+    use super::{refused, Retention, StatusCode};
+    use gateway_api::{BackendError, TopicName};
+
+    #[test]
+    fn a_topic_without_owner_yet_is_retriable() {
+        let topic: TopicName = "restarting".parse().unwrap();
+        let owner = r#"{"reason":"Can't find owner for topic persistent://public/default/t"}"#;
+        let e = refused(&topic, StatusCode::PRECONDITION_FAILED, owner.into());
+        assert!(matches!(e, BackendError::Unavailable(_)), "{e:?}");
+        let busy = r#"{"reason":"Topic has active producers/subscriptions"}"#;
+        let e = refused(&topic, StatusCode::PRECONDITION_FAILED, busy.into());
+        assert!(matches!(e, BackendError::InvalidRequest(_)), "{e:?}");
+        let e = refused(&topic, StatusCode::TOO_MANY_REQUESTS, String::new());
+        assert!(matches!(e, BackendError::Unavailable(_)), "{e:?}");
+    }
 
     fn r(minutes: i64, mb: i64) -> Retention {
         Retention {

@@ -115,6 +115,9 @@ const REQUIRED_SETTINGS: [(&str, &str, &str); 3] = [
     ),
 ];
 
+/// How long `ready` waits for Pulsar's answer.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How long a partition count read from Pulsar is trusted for routing
 /// (this gateway's own partition changes apply at once).
 const PARTITION_COUNT_TTL: Duration = Duration::from_secs(10);
@@ -518,9 +521,15 @@ impl gateway_api::Backend for PulsarBackend {
     }
 
     async fn ready(&self) -> Result<(), BackendError> {
-        self.namespace_topics(&self.config.namespace)
-            .await
-            .map(drop)
+        // A readiness check answers, even when the crate waits on a
+        // connection that went away without it noticing.
+        let listed = self.namespace_topics(&self.config.namespace);
+        match tokio::time::timeout(READY_TIMEOUT, listed).await {
+            Ok(listed) => listed.map(drop),
+            Err(_) => Err(BackendError::Unavailable(format!(
+                "Pulsar did not list the namespace's topics within {READY_TIMEOUT:?}"
+            ))),
+        }
     }
 
     async fn close(&self) -> Result<(), BackendError> {

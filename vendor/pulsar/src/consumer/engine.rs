@@ -57,6 +57,9 @@ pub struct ConsumerEngine<Exe: Executor> {
     unacked_messages: HashMap<MessageIdData, Instant>,
     dead_letter_policy: Option<DeadLetterPolicy>,
     options: ConsumerOptions,
+    /// pulsar-gateway patch: the last message handed to the consumer; a
+    /// non-durable subscription reconnects there (see `reconnect_once`).
+    last_delivered: Option<MessageIdData>,
 }
 
 impl<Exe: Executor> ConsumerEngine<Exe> {
@@ -98,6 +101,7 @@ impl<Exe: Executor> ConsumerEngine<Exe> {
             unacked_messages: HashMap::new(),
             dead_letter_policy,
             options,
+            last_delivered: None,
         }
     }
 
@@ -634,6 +638,7 @@ impl<Exe: Executor> ConsumerEngine<Exe> {
         payload: Payload,
     ) -> Result<(), Error> {
         let now = Instant::now();
+        self.last_delivered = Some(message_id.clone());
         self.tx
             .send(Ok((message_id.clone(), payload)))
             .await
@@ -649,6 +654,32 @@ impl<Exe: Executor> ConsumerEngine<Exe> {
 
     #[cfg_attr(feature = "telemetry", tracing::instrument(skip_all))]
     async fn reconnect(&mut self) -> Result<(), Error> {
+        // pulsar-gateway patch: a consumer reconnects until the broker takes
+        // it again, as Pulsar's Java client does. One failed lookup or
+        // subscribe (the broker still down or starting) ended the engine:
+        // its stream then ended, or the consumer hung (upstream #189).
+        // Only failures a wait may cure are retried, and only while
+        // someone still holds the consumer.
+        let mut backoff = RECONNECT_MIN_BACKOFF;
+        loop {
+            match self.reconnect_once().await {
+                Ok(()) => return Ok(()),
+                Err(e) if reconnect_retriable(&e) && !self.tx.is_closed() => {
+                    warn!(
+                        "consumer {}: reconnecting failed, next attempt in {:?}: {}",
+                        self.debug_format(),
+                        backoff,
+                        e
+                    );
+                    self.client.executor.delay(backoff).await;
+                    backoff = (backoff * 2).min(RECONNECT_MAX_BACKOFF);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn reconnect_once(&mut self) -> Result<(), Error> {
         debug!("reconnecting consumer for topic: {}", self.topic);
 
         // send CloseConsumer to server
@@ -663,6 +694,7 @@ impl<Exe: Executor> ConsumerEngine<Exe> {
         // should have logged "rx terminated" by now
 
         let broker_address = self.client.lookup_topic(&self.topic).await?;
+        let options = resume_options(&self.options, self.last_delivered.as_ref());
 
         let messages = retry_subscribe_consumer(
             &self.client,
@@ -673,7 +705,7 @@ impl<Exe: Executor> ConsumerEngine<Exe> {
             self.sub_type,
             self.id,
             &self.name,
-            &self.options,
+            &options,
             self.batch_size,
             // pulsar-gateway patch: ConsumerBusy is retried on reconnection.
             SubscribeAttempt::Reconnect,
@@ -741,6 +773,78 @@ impl<Exe: Executor> std::ops::Drop for ConsumerEngine<Exe> {
     }
 }
 
+/// pulsar-gateway patch: the first wait between two attempts to reconnect a
+/// consumer, doubled after each failure up to [`RECONNECT_MAX_BACKOFF`].
+const RECONNECT_MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// pulsar-gateway patch: the longest wait between two attempts to reconnect
+/// a consumer (Pulsar's Java client waits up to a minute; a broker restart
+/// takes seconds, so this one retries sooner).
+const RECONNECT_MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// pulsar-gateway patch: the options a consumer subscribes again with. A
+/// non-durable subscription is gone with its connection, and subscribing
+/// again at its first position would start a reader opened at the latest
+/// message at the latest one *now*, skipping what was published while it
+/// was away (or read a reader opened at the earliest one all over again).
+/// As Pulsar's Java client does, it starts at the last message handed to
+/// the consumer instead: the broker delivers again from that message's
+/// entry, so the caller sees that entry once more.
+fn resume_options(
+    options: &ConsumerOptions,
+    last_delivered: Option<&MessageIdData>,
+) -> ConsumerOptions {
+    let mut options = options.clone();
+    if let (Some(false), Some(last)) = (options.durable, last_delivered) {
+        options.start_message_id = Some(MessageIdData {
+            ledger_id: last.ledger_id,
+            entry_id: last.entry_id,
+            partition: last.partition,
+            batch_index: last.batch_index,
+            ..Default::default()
+        });
+    }
+    options
+}
+
+/// pulsar-gateway patch: whether a failure to reconnect a consumer may pass
+/// by waiting (the broker down, restarting, or busy), as opposed to a
+/// refusal (authentication, authorization, a topic deleted, TLS).
+fn reconnect_retriable(e: &Error) -> bool {
+    use crate::error::ServiceDiscoveryError as Sd;
+    use crate::message::proto::ServerError;
+    fn connection(e: &ConnectionError) -> bool {
+        match e {
+            ConnectionError::Io(_)
+            | ConnectionError::Disconnected
+            | ConnectionError::Canceled
+            | ConnectionError::SlowDown => true,
+            ConnectionError::PulsarError(Some(code), _) => server(*code),
+            ConnectionError::Authentication(a) => {
+                matches!(a, crate::error::AuthenticationError::Retriable(_))
+            }
+            _ => false,
+        }
+    }
+    fn server(code: ServerError) -> bool {
+        matches!(
+            code,
+            ServerError::ServiceNotReady
+                | ServerError::TooManyRequests
+                | ServerError::ConsumerBusy
+                | ServerError::MetadataError
+                | ServerError::PersistenceError
+                | ServerError::UnknownError
+        )
+    }
+    match e {
+        Error::Connection(c) | Error::Consumer(ConsumerError::Connection(c)) => connection(c),
+        Error::ServiceDiscovery(Sd::Connection(c)) => connection(c),
+        Error::ServiceDiscovery(Sd::Canceled) => true,
+        Error::ServiceDiscovery(Sd::Query(Some(code), _)) => server(*code),
+        _ => false,
+    }
+}
+
 /// pulsar-gateway patch: whether the batch member at `batch_index` is still
 /// unacknowledged according to the broker's `ack_set` (a bit set of 64-bit
 /// words, bit set = not acknowledged yet; empty = nothing acknowledged).
@@ -770,5 +874,99 @@ mod gateway_patch_batch_index_ack_tests {
         // No ack set, or not a batch member: deliver.
         assert!(batch_index_unacked(&[], Some(1)));
         assert!(batch_index_unacked(&ack_set, None));
+    }
+}
+
+#[cfg(test)]
+mod gateway_patch_reconnect_tests {
+    use std::io;
+
+    use super::reconnect_retriable;
+    use crate::error::{
+        AuthenticationError, ConnectionError, ConsumerError, Error, ServiceDiscoveryError,
+    };
+    use crate::message::proto::ServerError;
+
+    fn io(kind: io::ErrorKind) -> ConnectionError {
+        ConnectionError::Io(io::Error::from(kind))
+    }
+
+    #[test]
+    fn a_broker_down_or_starting_is_retried() {
+        let lookup_refused =
+            Error::ServiceDiscovery(ServiceDiscoveryError::Connection(io(
+                io::ErrorKind::ConnectionRefused,
+            )));
+        assert!(reconnect_retriable(&lookup_refused));
+        assert!(reconnect_retriable(&Error::Connection(
+            ConnectionError::Disconnected
+        )));
+        assert!(reconnect_retriable(&Error::ServiceDiscovery(
+            ServiceDiscoveryError::Canceled
+        )));
+        let not_ready = ConnectionError::PulsarError(Some(ServerError::ServiceNotReady), None);
+        assert!(reconnect_retriable(&Error::Consumer(
+            ConsumerError::Connection(not_ready)
+        )));
+        assert!(reconnect_retriable(&Error::ServiceDiscovery(
+            ServiceDiscoveryError::Query(Some(ServerError::TooManyRequests), None)
+        )));
+    }
+
+    #[test]
+    fn a_refusal_ends_the_consumer() {
+        let denied = ConnectionError::PulsarError(Some(ServerError::AuthorizationError), None);
+        assert!(!reconnect_retriable(&Error::Consumer(
+            ConsumerError::Connection(denied)
+        )));
+        assert!(!reconnect_retriable(&Error::ServiceDiscovery(
+            ServiceDiscoveryError::Query(Some(ServerError::TopicNotFound), None)
+        )));
+        assert!(!reconnect_retriable(&Error::ServiceDiscovery(
+            ServiceDiscoveryError::NotFound
+        )));
+        assert!(!reconnect_retriable(&Error::Connection(
+            ConnectionError::Authentication(AuthenticationError::Custom("bad token".into()))
+        )));
+        assert!(!reconnect_retriable(&Error::ServiceDiscovery(
+            ServiceDiscoveryError::Shutdown
+        )));
+    }
+}
+
+#[cfg(test)]
+mod gateway_patch_resume_tests {
+    use super::resume_options;
+    use crate::consumer::ConsumerOptions;
+    use crate::message::proto::MessageIdData;
+
+    fn id(ledger_id: u64, entry_id: u64, batch_index: Option<i32>) -> MessageIdData {
+        MessageIdData {
+            ledger_id,
+            entry_id,
+            batch_index,
+            partition: Some(-1),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_non_durable_consumer_resumes_at_the_last_message_delivered() {
+        let latest = id(u64::MAX, u64::MAX, None);
+        let reader = ConsumerOptions {
+            start_message_id: Some(latest.clone()),
+            ..ConsumerOptions::default()
+        }
+        .durable(false);
+        // Nothing delivered yet: where it was asked to start.
+        assert_eq!(resume_options(&reader, None).start_message_id, Some(latest));
+        let last = id(7, 3, Some(2));
+        assert_eq!(
+            resume_options(&reader, Some(&last)).start_message_id,
+            Some(last.clone())
+        );
+        // A durable subscription resumes at its cursor, whatever was read.
+        let durable = ConsumerOptions::default().durable(true);
+        assert_eq!(resume_options(&durable, Some(&last)).start_message_id, None);
     }
 }
