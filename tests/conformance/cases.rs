@@ -742,6 +742,34 @@ pub async fn pattern_subscriptions_pick_up_topics_created_later(b: TestBackend) 
     assert_quiet(&*sub).await;
 }
 
+/// A topic that appears after a pattern subscription was made holds only
+/// what was published after it: the subscription reads it from its first
+/// message, whatever its initial position (at `Latest`, messages published
+/// before the topic was discovered would be lost).
+pub async fn topics_found_later_are_read_from_their_first_message(b: TestBackend) {
+    let ns = Namespace::default();
+    let anchor = b.topic("found.anchor");
+    let prefix = regex::escape(&anchor.as_str().replace("found.anchor", "found."));
+    let sub = b
+        .subscribe(SubscribeRequest {
+            topics: TopicSelector::Pattern {
+                namespace: ns,
+                regex: format!("{prefix}late"),
+            },
+            initial_position: StartPosition::Latest,
+            ..SubscribeRequest::new(anchor.clone(), "found")
+        })
+        .await;
+    let late = b.topic("found.late");
+    publish_n(&b, &late, 3).await;
+    let got = recv_n(&*sub, 3).await;
+    assert_eq!(
+        got.iter().map(|m| m.id.offset).collect::<Vec<_>>(),
+        vec![0, 1, 2]
+    );
+    assert_quiet(&*sub).await;
+}
+
 pub async fn non_durable_subscriptions_leave_nothing_behind(b: TestBackend) {
     let topic = b.topic("nondurable");
     publish_n(&b, &topic, 3).await;

@@ -158,6 +158,7 @@ macro_rules! all_cases {
             partitioned_topics_route_by_key_and_subscribe_as_one,
             added_partitions_reach_existing_subscribers,
             pattern_subscriptions_pick_up_topics_created_later,
+            topics_found_later_are_read_from_their_first_message,
             non_durable_subscriptions_leave_nothing_behind,
             unsubscribe_deletes_the_cursor,
             metadata_store_compares_and_sets,

@@ -494,6 +494,13 @@ impl Inner {
             attached,
             closed,
         } = watch;
+        // A partition found now holds only what was published after the
+        // subscription was made (possibly before it was found): it is read
+        // from its first message, whatever the initial position.
+        let request = SubscribeRequest {
+            initial_position: StartPosition::Earliest,
+            ..request
+        };
         loop {
             let bases: Vec<TopicName> = tokio::select! {
                 () = closed.cancelled() => return,

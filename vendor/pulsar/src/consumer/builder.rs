@@ -11,6 +11,7 @@ use crate::{
     consumer::{
         config::ConsumerConfig,
         data::DeadLetterPolicy,
+        initial_position::InitialPosition,
         multi::{lookup_partitions, MultiTopicConsumer},
         options::ConsumerOptions,
         topic::TopicConsumer,
@@ -342,6 +343,11 @@ impl<Exe: Executor> ConsumerBuilder<Exe> {
                 let initial_consumers = consumer.new_consumers.take().unwrap().await?;
                 consumer.add_consumers(initial_consumers);
             }
+            // pulsar-gateway patch: a topic or partition found after this
+            // (a new topic matching the pattern, a partition added) holds
+            // only what was published after the subscription was made, and
+            // possibly before it was found: read it from its first message.
+            consumer.config.options.initial_position = InitialPosition::Earliest;
             InnerConsumer::Multi(consumer)
         };
         Ok(Consumer { inner: consumer })
