@@ -243,7 +243,7 @@ fn alternate(rounds: u64, label: &str, mut run: impl FnMut(bool) -> Tally) -> (T
 
 /// The order of the two sides in a round: `true` is the gateway.
 fn turns(round: u64) -> [bool; 2] {
-    if round % 2 == 0 {
+    if round.is_multiple_of(2) {
         [true, false]
     } else {
         [false, true]

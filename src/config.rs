@@ -193,7 +193,7 @@ impl fmt::Display for HumanDuration {
             return f.write_str("0");
         }
         for (unit, per) in [("d", 86_400), ("h", 3600), ("m", 60)] {
-            if secs % per == 0 {
+            if secs.is_multiple_of(per) {
                 return write!(f, "{}{unit}", secs / per);
             }
         }

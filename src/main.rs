@@ -22,6 +22,7 @@ use gateway_api::{
     Protocol, ProtocolHandler,
 };
 use gateway_kafka::KafkaHandler;
+use gateway_mqtt::{MqttConfig, MqttHandler};
 use prometheus_client::registry::Registry;
 use pulsar_gateway::admin::{self, AdminState};
 use pulsar_gateway::auth::{JwtAuthenticator, KeyFileError};
@@ -197,7 +198,11 @@ fn protocol_handlers(config: &Config) -> Result<Vec<Wiring>, StartupError> {
             config.kafka_addr,
             Some(Arc::new(KafkaHandler::new(kafka))),
         ),
-        (Protocol::Mqtt, config.mqtt_addr, None),
+        (
+            Protocol::Mqtt,
+            config.mqtt_addr,
+            Some(Arc::new(MqttHandler::new(MqttConfig::default()))),
+        ),
         (Protocol::Amqp, config.amqp_addr, None),
     ])
 }

@@ -792,7 +792,9 @@ mod tests {
             topic: "persistent://public/default/t".parse().unwrap(),
             id: MessageId::from_offset(offset, None),
             payload: Bytes::copy_from_slice(payload.as_bytes()),
-            key: (offset % 2 == 0).then(|| Bytes::from(format!("k{offset}"))),
+            key: offset
+                .is_multiple_of(2)
+                .then(|| Bytes::from(format!("k{offset}"))),
             properties: vec![
                 ("h".into(), format!("x{offset}")),
                 ("n".into(), "".into()),

@@ -117,7 +117,7 @@ impl Cursor {
         let mut words = bytes
             .chunks_exact(8)
             .map(|c| u64::from_be_bytes(c.try_into().unwrap_or([0; 8])));
-        if bytes.len() % 8 != 0 {
+        if !bytes.len().is_multiple_of(8) {
             return None;
         }
         let mark_delete = words.next()?;

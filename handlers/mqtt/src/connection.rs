@@ -1,0 +1,921 @@
+//! One MQTT connection once its CONNECT is accepted: the packets it sends
+//! and the messages its subscriptions deliver, until it leaves.
+//!
+//! One task serves the connection. It reads packets while fewer than
+//! `max_inflight` of its publishes wait for the backend (past that it
+//! stops reading: the client is slowed, nothing is dropped), sends the
+//! acknowledgements in the order the publishes came, and passes on what
+//! its subscriptions deliver while fewer than the client's Receive Maximum
+//! of them wait for the client's acknowledgement.
+
+use std::collections::{HashMap, HashSet};
+use std::num::NonZeroU16;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::BytesMut;
+use futures::future::BoxFuture;
+use futures::stream::{FuturesOrdered, StreamExt};
+use gateway_api::backend::{StartPosition, SubscribeRequest, SubscriptionKind, TopicSelector};
+use gateway_api::topic::Namespace;
+use gateway_api::{
+    Action, BackendError, ClientStream, Context, HandlerError, MessageId, NewMessage, Principal,
+    Protocol, TopicName,
+};
+use rmqtt_codec::types::{Publish, QoS};
+use rmqtt_codec::v5::PublishProperties;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::clients::Registration;
+use crate::connect::Connected;
+use crate::deliver::{self, Delivery, Subscribed};
+use crate::filter::{Covered, Filter};
+use crate::reason::{self, Reason};
+use crate::session::{self, Record, Sessions};
+use crate::wire::{Codec, ConnAck, FilterRequest, Granted, Inbound, Outbound, Version, Will};
+use crate::MqttConfig;
+
+/// How long a will may take to be stored when its connection ends.
+const WILL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A publish whose message the backend is persisting.
+struct Publishing {
+    /// Its packet id (QoS 1 and 2).
+    packet_id: Option<NonZeroU16>,
+    qos: QoS,
+    topic: TopicName,
+    bytes: usize,
+    started: Instant,
+    result: Result<(), BackendError>,
+}
+
+/// Where a QoS 2 publish the client sent stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Qos2 {
+    /// Being persisted: its PUBREC goes out when that is done.
+    Persisting,
+    /// Persisted, PUBREC sent, PUBREL awaited.
+    Received,
+}
+
+/// A delivered QoS 1 or 2 message the client has not acknowledged.
+struct Unacked {
+    /// The filter it was delivered for, to find its subscription.
+    filter: Arc<str>,
+    topic: TopicName,
+    id: MessageId,
+}
+
+/// Why the connection ends.
+#[derive(Debug)]
+enum Ending {
+    /// DISCONNECT: the will goes only if the client asked (MQTT 5).
+    Disconnected { with_will: bool },
+    /// The client went away without DISCONNECT.
+    Lost,
+    /// Silent for 1.5 times its keep-alive.
+    KeepAlive,
+    /// Another connection took the client id.
+    TakenOver,
+    /// The gateway is stopping.
+    Shutdown,
+    /// The client broke the protocol; the reason was sent (MQTT 5).
+    Violation(Reason, String),
+}
+
+/// The state of one connection.
+pub(crate) struct Connection {
+    stream: Box<dyn ClientStream>,
+    codec: Codec,
+    /// Bytes read and not yet decoded.
+    read: BytesMut,
+    /// Packets encoded and not yet written.
+    write: BytesMut,
+    ctx: Context,
+    config: Arc<MqttConfig>,
+    principal: Principal,
+    /// Where the client's topic names resolve.
+    namespace: Namespace,
+    client_id: String,
+    /// 1.5 times the keep-alive; `None`: keep-alive off.
+    idle_limit: Option<Duration>,
+    /// Published when the connection ends other than by DISCONNECT.
+    will: Option<Will>,
+    /// Whether the session outlives the connection.
+    persistent: bool,
+    /// The session's filters, as stored (persistent sessions).
+    record: Record,
+    sessions: Sessions,
+    /// Publishes being persisted, in the order they came: their
+    /// acknowledgements go out in that order.
+    publishing: FuturesOrdered<BoxFuture<'static, Publishing>>,
+    /// QoS 2 packet ids received and not yet released (PUBREL): a PUBLISH
+    /// with one of them again is a resend, not stored twice.
+    qos2_received: HashMap<u16, Qos2>,
+    /// The subscriptions by filter (as the client wrote it).
+    subscriptions: HashMap<Arc<str>, Subscribed>,
+    /// Messages the subscriptions deliver, bounded: a full queue stops them.
+    deliveries: mpsc::Receiver<Delivery>,
+    delivery_sender: mpsc::Sender<Delivery>,
+    /// Delivered, unacknowledged QoS 1 and 2 messages by packet id.
+    unacked: HashMap<u16, Unacked>,
+    /// QoS 2 deliveries the client received (PUBREC) and whose release
+    /// (PUBCOMP) is awaited.
+    released: HashSet<u16>,
+    /// The most unacknowledged deliveries the client accepts.
+    window: usize,
+    /// The packet id given to the last delivery.
+    last_packet_id: u16,
+    /// Cancelled when another connection takes the client id over.
+    takeover: CancellationToken,
+}
+
+impl Connection {
+    /// Sets up the session of a connected client: its subscriptions
+    /// restored or cleared, the CONNACK sent.
+    pub(crate) async fn start(
+        stream: Box<dyn ClientStream>,
+        connected: Connected,
+        ctx: Context,
+        config: Arc<MqttConfig>,
+        registration: &Registration,
+    ) -> Result<Connection, HandlerError> {
+        let Connected {
+            mut codec,
+            read,
+            connect,
+            client_id,
+            assigned,
+            principal,
+        } = connected;
+        let sessions = Sessions::new(ctx.backend.metadata());
+        let stored = sessions.load(&client_id).await?;
+        let persistent = connect.session_expiry_secs > 0;
+        let resume = !connect.clean_start && stored.is_some();
+        let namespace = ctx.router.namespace(Protocol::Mqtt, &principal);
+        if let (false, Some(old)) = (resume, &stored) {
+            forget(&ctx, &sessions, &namespace, &client_id, old).await;
+        }
+        if let Some(max) = connect.max_packet_size {
+            codec.limit_outbound(max.get());
+        }
+        let (delivery_sender, deliveries) = mpsc::channel(config.delivery_queue);
+        let window = usize::from(connect.receive_max).min(config.max_inflight.into());
+        let mut conn = Connection {
+            stream,
+            codec,
+            read,
+            write: BytesMut::new(),
+            namespace,
+            client_id,
+            idle_limit: (connect.keep_alive > 0)
+                .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500)),
+            will: connect.will,
+            persistent,
+            record: Record::default(),
+            sessions,
+            publishing: FuturesOrdered::new(),
+            qos2_received: HashMap::new(),
+            subscriptions: HashMap::new(),
+            deliveries,
+            delivery_sender,
+            unacked: HashMap::new(),
+            released: HashSet::new(),
+            window: window.max(1),
+            last_packet_id: 0,
+            takeover: registration.takeover.clone(),
+            principal,
+            ctx,
+            config,
+        };
+        if resume {
+            if let Some(old) = stored {
+                conn.restore(old).await;
+            }
+        }
+        let ack = ConnAck {
+            session_present: resume,
+            reason: reason::SUCCESS,
+            assigned_client_id: assigned.then(|| conn.client_id.as_str().into()),
+            receive_max: NonZeroU16::new(conn.config.max_inflight),
+            max_packet_size: Some(conn.config.max_packet_size),
+            session_expiry_secs: None,
+        };
+        conn.send(Outbound::ConnAck(ack))
+            .map_err(|e| HandlerError::Protocol(e.to_string()))?;
+        conn.flush().await?;
+        Ok(conn)
+    }
+
+    /// Serves the connection until it ends, then ends the session's
+    /// connection-bound part (its will, its non-durable subscriptions).
+    pub(crate) async fn run(mut self) -> Result<(), HandlerError> {
+        let ending = self.serve().await;
+        let result = match &ending {
+            Err(e) => Err(HandlerError::Io(std::io::Error::new(
+                e.kind(),
+                e.to_string(),
+            ))),
+            Ok(Ending::Violation(_, why)) => Err(HandlerError::Protocol(why.clone())),
+            Ok(Ending::KeepAlive) => Err(HandlerError::Timeout("keep-alive".into())),
+            Ok(_) => Ok(()),
+        };
+        let publish_will = match &ending {
+            Ok(Ending::Disconnected { with_will }) => *with_will,
+            Ok(Ending::Shutdown) => false,
+            _ => true,
+        };
+        if publish_will {
+            self.publish_will().await;
+        }
+        self.close_subscriptions().await;
+        result
+    }
+
+    /// The connection's loop; how it ended.
+    async fn serve(&mut self) -> std::io::Result<Ending> {
+        let mut last_heard = tokio::time::Instant::now();
+        loop {
+            let can_read = self.publishing.len() < usize::from(self.config.max_inflight);
+            let can_deliver = self.unacked.len() < self.window;
+            let idle_deadline = self.idle_limit.map(|l| last_heard + l);
+            self.read.reserve(1024);
+            tokio::select! {
+                biased;
+                () = self.ctx.shutdown.cancelled() => {
+                    self.drain_publishing().await;
+                    return self.end(Ending::Shutdown, reason::SERVER_SHUTTING_DOWN).await;
+                }
+                () = self.takeover.cancelled() => {
+                    return self.end(Ending::TakenOver, reason::SESSION_TAKEN_OVER).await;
+                }
+                Some(done) = self.publishing.next(), if !self.publishing.is_empty() => {
+                    if let Some(ending) = self.published(done) {
+                        return self.end_with(ending).await;
+                    }
+                }
+                read = self.stream.read_buf(&mut self.read), if can_read => {
+                    if read? == 0 {
+                        return Ok(Ending::Lost);
+                    }
+                    last_heard = tokio::time::Instant::now();
+                    if let Some(ending) = self.handle_packets().await {
+                        return self.end_with(ending).await;
+                    }
+                }
+                Some(delivery) = self.deliveries.recv(), if can_deliver => {
+                    self.deliver(delivery).await;
+                }
+                () = sleep_until(idle_deadline), if idle_deadline.is_some() => {
+                    return self.end(Ending::KeepAlive, reason::KEEP_ALIVE_TIMEOUT).await;
+                }
+            }
+            self.flush().await?;
+        }
+    }
+
+    /// Ends with `ending`, telling an MQTT 5 client `reason`.
+    async fn end(&mut self, ending: Ending, reason: Reason) -> std::io::Result<Ending> {
+        if self.codec.version() == Version::V5 {
+            let _ = self.send(Outbound::Disconnect(reason));
+        }
+        self.flush().await?;
+        Ok(ending)
+    }
+
+    async fn end_with(&mut self, ending: Ending) -> std::io::Result<Ending> {
+        match ending {
+            Ending::Violation(reason, why) => {
+                self.end(Ending::Violation(reason, why), reason).await
+            }
+            ending => {
+                self.flush().await?;
+                Ok(ending)
+            }
+        }
+    }
+
+    /// Decodes and handles every whole packet read; `Some` when one ends
+    /// the connection.
+    async fn handle_packets(&mut self) -> Option<Ending> {
+        loop {
+            let packet = match self.codec.decode(&mut self.read) {
+                Ok(Some(p)) => p,
+                Ok(None) => return None,
+                Err(e) => return Some(Ending::Violation(e.reason(), e.to_string())),
+            };
+            if let Some(ending) = self.handle(packet).await {
+                return Some(ending);
+            }
+        }
+    }
+
+    async fn handle(&mut self, packet: Inbound) -> Option<Ending> {
+        match packet {
+            Inbound::Publish(p) => return self.publish(*p).await,
+            Inbound::PubAck(id) => self.acknowledged(id).await,
+            Inbound::PubRec(id) => {
+                self.acknowledged(id).await;
+                self.released.insert(id.get());
+                let _ = self.send(Outbound::PubRel(id));
+            }
+            Inbound::PubComp(id) => {
+                self.released.remove(&id.get());
+            }
+            Inbound::PubRel(id) => {
+                self.qos2_received.remove(&id.get());
+                let _ = self.send(Outbound::PubComp(id));
+            }
+            Inbound::Subscribe { packet_id, filters } => self.subscribe(packet_id, filters).await,
+            Inbound::Unsubscribe { packet_id, filters } => {
+                self.unsubscribe(packet_id, filters).await
+            }
+            Inbound::PingReq => {
+                let _ = self.send(Outbound::PingResp);
+            }
+            Inbound::Disconnect {
+                with_will,
+                session_expiry_secs,
+            } => {
+                if let Some(secs) = session_expiry_secs {
+                    self.persistent = secs > 0;
+                }
+                return Some(Ending::Disconnected { with_will });
+            }
+            Inbound::Connect => {
+                return Some(violation(reason::PROTOCOL_ERROR, "a second CONNECT"));
+            }
+            Inbound::Auth => {
+                return Some(violation(
+                    reason::PROTOCOL_ERROR,
+                    "AUTH without an authentication method",
+                ));
+            }
+            Inbound::ServerOnly => {
+                return Some(violation(reason::PROTOCOL_ERROR, "a server's packet"));
+            }
+        }
+        None
+    }
+
+    /// A PUBLISH: its message queued on the backend, its acknowledgement
+    /// sent once the backend persisted it.
+    async fn publish(&mut self, p: Publish) -> Option<Ending> {
+        let packet_id = p.packet_id;
+        if p.qos != QoS::AtMostOnce && packet_id.is_none() {
+            return Some(violation(
+                reason::PROTOCOL_ERROR,
+                "QoS > 0 without packet id",
+            ));
+        }
+        if let (QoS::ExactlyOnce, Some(id)) = (p.qos, packet_id) {
+            match self.qos2_received.get(&id.get()) {
+                // A resend of one stored: PUBREC again, nothing stored twice.
+                Some(Qos2::Received) => {
+                    let _ = self.send(Outbound::PubRec(id, reason::SUCCESS));
+                    return None;
+                }
+                // Being stored: its PUBREC is on the way.
+                Some(Qos2::Persisting) => return None,
+                None => {
+                    self.qos2_received.insert(id.get(), Qos2::Persisting);
+                }
+            }
+        }
+        if p.properties
+            .as_ref()
+            .is_some_and(|pp| pp.topic_alias.is_some())
+        {
+            return Some(violation(
+                Reason(0x94),
+                "a topic alias, where the gateway allows none",
+            ));
+        }
+        let topic = match self.publish_topic(&p.topic) {
+            Ok(t) => t,
+            Err(r) => return self.refuse_publish(&p, r),
+        };
+        let message = new_message(&p);
+        let bytes = message.payload.len();
+        let reservation = self.ctx.inbound.reserve(message.size()).await;
+        let started = Instant::now();
+        let queued = self.ctx.backend.queue_batch(&topic, vec![message]).await;
+        let persisting = match queued {
+            Ok(p) => p,
+            Err(e) => {
+                self.ctx.metrics.backend_error("publish", &e);
+                return self.refuse_publish(&p, reason::backend(&e));
+            }
+        };
+        let qos = p.qos;
+        self.publishing.push_back(Box::pin(async move {
+            let result = persisting.await.map(drop);
+            drop(reservation);
+            Publishing {
+                packet_id,
+                qos,
+                topic,
+                bytes,
+                started,
+                result,
+            }
+        }));
+        None
+    }
+
+    /// The topic a PUBLISH goes to, or the reason it may not.
+    fn publish_topic(&self, name: &str) -> Result<TopicName, Reason> {
+        if name.is_empty() || name.len() > self.config.max_topic_len {
+            return Err(reason::TOPIC_NAME_INVALID);
+        }
+        if name.starts_with('$') {
+            // `$SYS/...` and other `$` topics are the server's.
+            return Err(reason::NOT_AUTHORIZED);
+        }
+        self.ctx
+            .router
+            .resolve(Protocol::Mqtt, name, &self.principal, Action::Produce)
+            .map_err(|e| reason::route(&e, reason::TOPIC_NAME_INVALID))
+    }
+
+    /// Refuses a PUBLISH: MQTT 5 says why in its acknowledgement; 3.1.1
+    /// has no negative acknowledgement, so the connection closes and the
+    /// client sends it again on its next one.
+    fn refuse_publish(&mut self, p: &Publish, r: Reason) -> Option<Ending> {
+        if let (QoS::ExactlyOnce, Some(id)) = (p.qos, p.packet_id) {
+            self.qos2_received.remove(&id.get());
+        }
+        match (self.codec.version(), p.qos, p.packet_id) {
+            (_, QoS::AtMostOnce, _) => {
+                tracing::debug!(client = %self.client_id, topic = %p.topic, reason = r.0, "QoS 0 publish dropped");
+                None
+            }
+            (Version::V5, QoS::AtLeastOnce, Some(id)) => {
+                let _ = self.send(Outbound::PubAck(id, r));
+                None
+            }
+            (Version::V5, _, Some(id)) => {
+                let _ = self.send(Outbound::PubRec(id, r));
+                None
+            }
+            _ => Some(Ending::Violation(
+                r,
+                format!("publish to {} refused", p.topic),
+            )),
+        }
+    }
+
+    /// A publish persisted (or failed): its acknowledgement.
+    fn published(&mut self, done: Publishing) -> Option<Ending> {
+        match &done.result {
+            Ok(()) => self.ctx.metrics.published(
+                Protocol::Mqtt,
+                &done.topic,
+                1,
+                done.bytes,
+                done.started.elapsed(),
+            ),
+            Err(e) => self.ctx.metrics.backend_error("publish", e),
+        }
+        let Some(id) = done.packet_id else {
+            if let Err(e) = &done.result {
+                tracing::debug!(client = %self.client_id, error = %e, "QoS 0 publish failed");
+            }
+            return None;
+        };
+        let failure = done.result.as_ref().err().map(reason::backend);
+        match (done.qos, failure, self.codec.version()) {
+            (QoS::AtLeastOnce, None, _) => {
+                let _ = self.send(Outbound::PubAck(id, reason::SUCCESS));
+            }
+            (QoS::ExactlyOnce, None, _) => {
+                self.qos2_received.insert(id.get(), Qos2::Received);
+                let _ = self.send(Outbound::PubRec(id, reason::SUCCESS));
+            }
+            (QoS::AtLeastOnce, Some(r), Version::V5) => {
+                let _ = self.send(Outbound::PubAck(id, r));
+            }
+            (QoS::ExactlyOnce, Some(r), Version::V5) => {
+                self.qos2_received.remove(&id.get());
+                let _ = self.send(Outbound::PubRec(id, r));
+            }
+            (_, Some(r), _) => {
+                return Some(Ending::Violation(
+                    r,
+                    format!("the backend did not store a publish to {}", done.topic),
+                ))
+            }
+            (QoS::AtMostOnce, None, _) => {}
+        }
+        None
+    }
+
+    /// Waits for the publishes being persisted and sends their
+    /// acknowledgements (shutdown).
+    async fn drain_publishing(&mut self) {
+        while let Some(done) = self.publishing.next().await {
+            if self.published(done).is_some() {
+                break;
+            }
+        }
+    }
+
+    /// SUBSCRIBE: each filter subscribed (or refused), then SUBACK.
+    async fn subscribe(&mut self, packet_id: NonZeroU16, filters: Vec<FilterRequest>) {
+        let mut granted = Vec::with_capacity(filters.len());
+        for request in filters {
+            granted.push(self.subscribe_one(&request).await);
+        }
+        if self.persistent {
+            self.save_session().await;
+        }
+        let _ = self.send(Outbound::SubAck { packet_id, granted });
+    }
+
+    async fn subscribe_one(&mut self, request: &FilterRequest) -> Granted {
+        let text: &str = &request.filter;
+        if text.len() > self.config.max_topic_len {
+            return Granted::Refused(reason::TOPIC_FILTER_INVALID);
+        }
+        let filter = match Filter::parse(text) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::debug!(client = %self.client_id, error = %e, "filter refused");
+                return Granted::Refused(reason::TOPIC_FILTER_INVALID);
+            }
+        };
+        if let Some(existing) = self.subscriptions.get_mut(text) {
+            // The same filter again replaces its options.
+            existing.qos = request.qos;
+            if self.persistent {
+                self.record.set(text, request.qos);
+            }
+            return Granted::Qos(request.qos);
+        }
+        match self.open(&filter, text, request.qos).await {
+            Ok(()) => {
+                if self.persistent && filter.share.is_none() {
+                    self.record.set(text, request.qos);
+                }
+                Granted::Qos(request.qos)
+            }
+            Err(r) => Granted::Refused(r),
+        }
+    }
+
+    /// Opens the backend subscription of `filter` and starts delivering.
+    async fn open(&mut self, filter: &Filter, text: &str, qos: QoS) -> Result<(), Reason> {
+        let topics = match filter.covered(&self.namespace) {
+            Covered::Topic(name) => {
+                let topic = self
+                    .ctx
+                    .router
+                    .resolve(Protocol::Mqtt, &name, &self.principal, Action::Consume)
+                    .map_err(|e| reason::route(&e, reason::TOPIC_FILTER_INVALID))?;
+                TopicSelector::Topics(vec![topic])
+            }
+            Covered::Pattern(regex) => TopicSelector::Pattern {
+                namespace: self.namespace.clone(),
+                regex,
+            },
+        };
+        let (name, kind, durable) = match &filter.share {
+            Some(group) => (
+                session::shared_subscription_name(group, &filter.levels),
+                SubscriptionKind::Shared,
+                true,
+            ),
+            None if self.persistent => (
+                session::subscription_name(&self.client_id, text),
+                SubscriptionKind::Exclusive,
+                true,
+            ),
+            None => (
+                format!("mqtt-{}", session::subscription_name(&self.client_id, text)),
+                SubscriptionKind::Exclusive,
+                false,
+            ),
+        };
+        let request = SubscribeRequest {
+            topics,
+            subscription: name,
+            kind,
+            initial_position: StartPosition::Latest,
+            durable,
+            consumer_name: self.client_id.clone(),
+            receive_queue: self.config.receive_queue,
+        };
+        let subscription = self.ctx.backend.subscribe(request).await.map_err(|e| {
+            tracing::debug!(client = %self.client_id, filter = text, error = %e, "subscribe failed");
+            reason::backend(&e)
+        })?;
+        let filter_key: Arc<str> = text.into();
+        let subscribed = deliver::start(
+            filter_key.clone(),
+            filter.clone(),
+            Arc::from(subscription),
+            qos,
+            self.delivery_sender.clone(),
+        );
+        self.subscriptions.insert(filter_key, subscribed);
+        Ok(())
+    }
+
+    /// UNSUBSCRIBE: each filter's subscription closed (deleted, for a
+    /// persistent session), then UNSUBACK.
+    async fn unsubscribe(&mut self, packet_id: NonZeroU16, filters: Vec<bytestring::ByteString>) {
+        let mut reasons = Vec::with_capacity(filters.len());
+        for filter in filters {
+            let text: &str = &filter;
+            match self.subscriptions.remove(text) {
+                Some(subscribed) => {
+                    let shared = Filter::parse(text).is_ok_and(|f| f.share.is_some());
+                    if self.persistent && !shared {
+                        subscribed.unsubscribe().await;
+                    } else {
+                        subscribed.close().await;
+                    }
+                    self.record.remove(text);
+                    reasons.push(reason::SUCCESS);
+                }
+                None => reasons.push(reason::NO_SUBSCRIPTION_EXISTED),
+            }
+        }
+        if self.persistent {
+            self.save_session().await;
+        }
+        let _ = self.send(Outbound::UnsubAck { packet_id, reasons });
+    }
+
+    /// Subscribes again the filters of a resumed session.
+    async fn restore(&mut self, record: Record) {
+        for stored in record.filters {
+            let Ok(filter) = Filter::parse(&stored.filter) else {
+                continue;
+            };
+            match self.open(&filter, &stored.filter, stored.qos).await {
+                Ok(()) => self.record.set(&stored.filter, stored.qos),
+                Err(r) => tracing::warn!(
+                    client = %self.client_id,
+                    filter = %stored.filter,
+                    reason = r.0,
+                    "a session's subscription could not be restored"
+                ),
+            }
+        }
+    }
+
+    async fn save_session(&mut self) {
+        if let Err(e) = self.sessions.save(&self.client_id, &self.record).await {
+            tracing::warn!(client = %self.client_id, error = %e, "session not saved");
+        }
+    }
+
+    /// Sends one delivered message to the client.
+    async fn deliver(&mut self, delivery: Delivery) {
+        let Some(subscribed) = self.subscriptions.get(&delivery.filter) else {
+            // Unsubscribed since: the subscription is closed, and the
+            // message comes again to whoever subscribes next.
+            return;
+        };
+        if delivery.generation != subscribed.generation {
+            return;
+        }
+        let (subscription, qos) = (subscribed.subscription.clone(), subscribed.qos);
+        let message = delivery.message;
+        let Some(name) = message.topic.base().mqtt_topic() else {
+            // No MQTT name for it: not for MQTT clients.
+            let _ = subscription.ack(&message.topic, message.id).await;
+            return;
+        };
+        let packet_id = match qos {
+            QoS::AtMostOnce => None,
+            _ => Some(self.next_packet_id()),
+        };
+        let publish = Publish {
+            dup: false,
+            retain: false,
+            qos,
+            topic: name.into(),
+            packet_id,
+            payload: message.payload.clone(),
+            properties: (self.codec.version() == Version::V5).then(|| publish_properties(&message)),
+        };
+        let bytes = message.payload.len();
+        match self.send(Outbound::Publish(Box::new(publish))) {
+            Ok(()) => self
+                .ctx
+                .metrics
+                .delivered(Protocol::Mqtt, &message.topic, 1, bytes),
+            Err(e) => {
+                // Larger than the client accepts (MQTT 5 Maximum Packet
+                // Size): as if delivered, as MQTT says.
+                tracing::debug!(client = %self.client_id, error = %e, "delivery passed over");
+            }
+        }
+        match packet_id {
+            Some(id) => {
+                self.unacked.insert(
+                    id.get(),
+                    Unacked {
+                        filter: delivery.filter,
+                        topic: message.topic,
+                        id: message.id,
+                    },
+                );
+            }
+            None => {
+                let _ = subscription.ack(&message.topic, message.id).await;
+            }
+        }
+    }
+
+    /// The next free packet id for a delivery.
+    fn next_packet_id(&mut self) -> NonZeroU16 {
+        loop {
+            self.last_packet_id = self.last_packet_id.wrapping_add(1);
+            if let Some(id) = NonZeroU16::new(self.last_packet_id) {
+                if !self.unacked.contains_key(&id.get()) && !self.released.contains(&id.get()) {
+                    return id;
+                }
+            }
+        }
+    }
+
+    /// PUBACK or PUBREC of a delivery: its message acknowledged to the
+    /// backend.
+    async fn acknowledged(&mut self, id: NonZeroU16) {
+        let Some(unacked) = self.unacked.remove(&id.get()) else {
+            return;
+        };
+        if let Some(subscribed) = self.subscriptions.get(&unacked.filter) {
+            if let Err(e) = subscribed
+                .subscription
+                .ack(&unacked.topic, unacked.id)
+                .await
+            {
+                tracing::debug!(client = %self.client_id, error = %e, "ack failed");
+            }
+        }
+    }
+
+    /// Publishes the will, if any.
+    async fn publish_will(&mut self) {
+        let Some(will) = self.will.take() else {
+            return;
+        };
+        let topic = match self.publish_topic(&will.publish.topic) {
+            Ok(t) => t,
+            Err(r) => {
+                tracing::debug!(client = %self.client_id, reason = r.0, "will refused");
+                return;
+            }
+        };
+        let message = new_message(&will.publish);
+        let published = self.ctx.backend.publish(&topic, message);
+        match tokio::time::timeout(WILL_TIMEOUT, published).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(client = %self.client_id, error = %e, "will not published")
+            }
+            Err(_) => tracing::warn!(client = %self.client_id, "will not published in time"),
+        }
+    }
+
+    /// Closes the subscriptions; a session that ends with the connection
+    /// loses its record and durable subscriptions.
+    async fn close_subscriptions(&mut self) {
+        for (_, subscribed) in self.subscriptions.drain() {
+            subscribed.close().await;
+        }
+        if !self.persistent && !self.record.filters.is_empty() {
+            let record = std::mem::take(&mut self.record);
+            forget(
+                &self.ctx,
+                &self.sessions,
+                &self.namespace,
+                &self.client_id,
+                &record,
+            )
+            .await;
+        }
+    }
+
+    /// Encodes `packet` for sending.
+    fn send(&mut self, packet: Outbound) -> Result<(), crate::wire::WireError> {
+        self.codec.encode(packet, &mut self.write)
+    }
+
+    /// Writes what was encoded.
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.write.is_empty() {
+            self.stream.write_all(&self.write).await?;
+            self.stream.flush().await?;
+            self.write.clear();
+        }
+        Ok(())
+    }
+}
+
+fn violation(reason: Reason, why: &str) -> Ending {
+    Ending::Violation(reason, why.to_owned())
+}
+
+/// Deletes a session's durable subscriptions and its record.
+async fn forget(
+    ctx: &Context,
+    sessions: &Sessions,
+    namespace: &Namespace,
+    client_id: &str,
+    record: &Record,
+) {
+    for stored in &record.filters {
+        let Ok(filter) = Filter::parse(&stored.filter) else {
+            continue;
+        };
+        if filter.share.is_some() {
+            continue;
+        }
+        let topics = match filter.covered(namespace) {
+            Covered::Topic(name) => match TopicName::from_mqtt(&name, namespace) {
+                Ok(t) => TopicSelector::Topics(vec![t]),
+                Err(_) => continue,
+            },
+            Covered::Pattern(regex) => TopicSelector::Pattern {
+                namespace: namespace.clone(),
+                regex,
+            },
+        };
+        let request = SubscribeRequest {
+            topics,
+            subscription: session::subscription_name(client_id, &stored.filter),
+            kind: SubscriptionKind::Exclusive,
+            initial_position: StartPosition::Latest,
+            durable: true,
+            consumer_name: client_id.to_owned(),
+            receive_queue: 1,
+        };
+        match ctx.backend.subscribe(request).await {
+            Ok(sub) => {
+                if let Err(e) = sub.unsubscribe().await {
+                    tracing::warn!(client = client_id, error = %e, "old session subscription kept");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(client = client_id, error = %e, "old session subscription kept")
+            }
+        }
+    }
+    if let Err(e) = sessions.delete(client_id).await {
+        tracing::warn!(client = client_id, error = %e, "old session record kept");
+    }
+}
+
+/// The backend message of a PUBLISH: MQTT 5 user properties become its
+/// properties; its event time is now.
+fn new_message(p: &Publish) -> NewMessage {
+    let properties = p
+        .properties
+        .as_ref()
+        .map(|pp| {
+            pp.user_properties
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
+    NewMessage {
+        payload: p.payload.clone(),
+        key: None,
+        properties,
+        event_time: Some(now_ms()),
+    }
+}
+
+/// The MQTT 5 properties of a delivered message: its properties as user
+/// properties.
+fn publish_properties(message: &gateway_api::Message) -> PublishProperties {
+    PublishProperties {
+        user_properties: message
+            .properties
+            .iter()
+            .map(|(k, v)| (k.as_str().into(), v.as_str().into()))
+            .collect(),
+        ..PublishProperties::default()
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

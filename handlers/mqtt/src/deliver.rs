@@ -1,0 +1,127 @@
+//! What a subscription delivers, on its way to the connection.
+//!
+//! Each subscription has a task that takes its messages and queues them
+//! for the connection, in a bounded queue the connection's subscriptions
+//! share: when the client is slow the queue fills, the tasks wait, and the
+//! backlog stays in the backend.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use gateway_api::backend::Subscription;
+use gateway_api::{BackendError, Message};
+use rmqtt_codec::types::QoS;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::filter::Filter;
+
+/// How long a subscription whose backend failed waits before asking again.
+const RETRY_DELAY: Duration = Duration::from_millis(500);
+
+/// One message for the connection.
+pub(crate) struct Delivery {
+    /// The filter (as the client wrote it) it matched.
+    pub filter: Arc<str>,
+    /// Which subscription of that filter delivered it: one replaced since
+    /// (unsubscribed, subscribed again) no longer counts.
+    pub generation: u64,
+    pub message: Message,
+}
+
+/// A filter's open subscription.
+pub(crate) struct Subscribed {
+    pub subscription: Arc<dyn Subscription>,
+    /// The QoS granted: the one its messages are sent with.
+    pub qos: QoS,
+    pub generation: u64,
+    /// Takes its messages into the connection's queue.
+    task: JoinHandle<()>,
+}
+
+impl Subscribed {
+    /// Stops delivering; the subscription stays (if durable).
+    pub(crate) async fn close(self) {
+        self.task.abort();
+        if let Err(e) = self.subscription.close().await {
+            tracing::debug!(error = %e, "subscription close failed");
+        }
+    }
+
+    /// Stops delivering and deletes the subscription.
+    pub(crate) async fn unsubscribe(self) {
+        self.task.abort();
+        if let Err(e) = self.subscription.unsubscribe().await {
+            tracing::warn!(error = %e, "unsubscribe failed");
+        }
+    }
+}
+
+/// Starts delivering what `subscription` receives into `queue`.
+pub(crate) fn start(
+    filter_text: Arc<str>,
+    filter: Filter,
+    subscription: Arc<dyn Subscription>,
+    qos: QoS,
+    queue: mpsc::Sender<Delivery>,
+) -> Subscribed {
+    static GENERATIONS: AtomicU64 = AtomicU64::new(0);
+    let generation = GENERATIONS.fetch_add(1, Ordering::Relaxed);
+    let task = tokio::spawn(pump(
+        filter_text,
+        filter,
+        generation,
+        subscription.clone(),
+        queue,
+    ));
+    Subscribed {
+        subscription,
+        qos,
+        generation,
+        task,
+    }
+}
+
+async fn pump(
+    filter_text: Arc<str>,
+    filter: Filter,
+    generation: u64,
+    subscription: Arc<dyn Subscription>,
+    queue: mpsc::Sender<Delivery>,
+) {
+    loop {
+        let message = match subscription.receive().await {
+            Ok(m) => m,
+            Err(BackendError::Closed) => return,
+            Err(e) if e.is_retriable() => {
+                tracing::debug!(filter = %filter_text, error = %e, "receive failed, retrying");
+                tokio::time::sleep(RETRY_DELAY).await;
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(filter = %filter_text, error = %e, "subscription ended");
+                return;
+            }
+        };
+        // A pattern also matches names MQTT's rules exclude (a topic
+        // created by another protocol under a `$` level): check again.
+        let matches = message
+            .topic
+            .base()
+            .mqtt_topic()
+            .is_none_or(|name| !filter.is_wildcard() || filter.matches(&name));
+        if !matches {
+            let _ = subscription.ack(&message.topic, message.id).await;
+            continue;
+        }
+        let delivery = Delivery {
+            filter: filter_text.clone(),
+            generation,
+            message,
+        };
+        if queue.send(delivery).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! The MQTT protocol handler: devices publish and subscribe over MQTT
+//! 3.1.1 and 5 through the handler contract.
+//!
+//! Built so far: CONNECT (3.1, 3.1.1 and 5; credentials through the
+//! gateway's authenticator, the password may be a token; a client id
+//! assigned when none is sent; a second connection with a client id in use
+//! takes the session over), PUBLISH at QoS 0, 1 and 2 (PUBACK and PUBREC
+//! only once the backend persisted the message; a QoS 2 resend is not
+//! stored twice; MQTT 5 user properties become message properties),
+//! SUBSCRIBE and UNSUBSCRIBE (filters with `+` and `#` are patterns over the
+//! namespace, so they see topics created later; `$share/{group}/{filter}`
+//! is a Shared subscription), delivery at the QoS granted with the client's
+//! Receive Maximum as the window, keep-alive (1.5 times the client's),
+//! the last will on any end but DISCONNECT, and persistent sessions (3.1.1
+//! clean session off, MQTT 5 Session Expiry above 0): durable
+//! subscriptions, restored on the next connection (`session.rs`).
+//!
+//! Not yet: retained messages, the will delay, session expiry by time,
+//! topic aliases, MQTT 5's message properties other than user properties,
+//! subscription identifiers, No Local, MQTT over WebSocket.
+//!
+//! Topic `a/b/c` is the backend topic `a.b.c` (DESIGN.md).
+
+mod clients;
+mod connect;
+mod connection;
+mod deliver;
+mod filter;
+mod reason;
+mod session;
+mod wire;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use gateway_api::{ClientStream, Context, HandlerError, Protocol, ProtocolHandler};
+
+/// How the MQTT handler behaves.
+#[derive(Debug, Clone)]
+pub struct MqttConfig {
+    /// The largest packet accepted, in bytes; a larger one closes the
+    /// connection (MQTT 5: DISCONNECT 0x95) before its body is read.
+    pub max_packet_size: u32,
+    /// How long a new connection may take to send its CONNECT.
+    pub connect_timeout: Duration,
+    /// Publishes of one connection being persisted at once (MQTT 5's
+    /// Receive Maximum the gateway announces), and the most deliveries
+    /// awaiting one client's acknowledgement.
+    pub max_inflight: u16,
+    /// The longest topic name or filter accepted, in bytes.
+    pub max_topic_len: usize,
+    /// Messages each subscription buffers toward its connection.
+    pub receive_queue: usize,
+    /// Messages a connection's subscriptions queue for it.
+    pub delivery_queue: usize,
+}
+
+impl Default for MqttConfig {
+    fn default() -> MqttConfig {
+        MqttConfig {
+            max_packet_size: 1 << 20,
+            connect_timeout: Duration::from_secs(10),
+            max_inflight: 1000,
+            max_topic_len: 1024,
+            receive_queue: 1000,
+            delivery_queue: 64,
+        }
+    }
+}
+
+/// Serves MQTT connections.
+pub struct MqttHandler {
+    config: Arc<MqttConfig>,
+    clients: clients::Clients,
+}
+
+impl MqttHandler {
+    pub fn new(config: MqttConfig) -> MqttHandler {
+        MqttHandler {
+            config: Arc::new(config),
+            clients: clients::Clients::default(),
+        }
+    }
+}
+
+#[async_trait]
+impl ProtocolHandler for MqttHandler {
+    fn protocol(&self) -> Protocol {
+        Protocol::Mqtt
+    }
+
+    async fn serve(
+        &self,
+        mut stream: Box<dyn ClientStream>,
+        _peer: SocketAddr,
+        _local: SocketAddr,
+        ctx: Context,
+    ) -> Result<(), HandlerError> {
+        let Some(connected) = connect::accept(&mut stream, &self.config, &ctx).await? else {
+            return Ok(());
+        };
+        let registration = self.clients.register(&connected.client_id).await;
+        let connection = connection::Connection::start(
+            stream,
+            connected,
+            ctx,
+            self.config.clone(),
+            &registration,
+        )
+        .await?;
+        let result = connection.run().await;
+        drop(registration);
+        result
+    }
+}

@@ -1,0 +1,206 @@
+"""MQTT sessions with paho-mqtt, the Python client, at its default settings.
+
+Usage: paho_mqtt.py SCENARIO HOST PORT VERSION ARGS...
+  VERSION is 3 (MQTT 3.1.1) or 5. Each scenario prints one JSON value.
+
+  pubsub BASE     a subscriber of BASE/+/temp at QoS 2; a second client
+                  publishes "q0", "q1", "q2" to BASE/room1/temp at QoS 0, 1
+                  and 2 (v5: "q1" with the user property k=v), each waited
+                  for; prints what the subscriber got, in order.
+  session TOPIC CLIENT
+                  CLIENT keeps a session (3.1.1 clean session off, 5 session
+                  expiry 300 s), subscribes TOPIC at QoS 1 and disconnects;
+                  another client publishes m0..m4 at QoS 1; CLIENT connects
+                  again and subscribes nothing; prints the session present
+                  flags and the payloads it got.
+  will TOPIC      a client with a will ("gone") loses its connection; one
+                  with a will ("kept") disconnects cleanly; then "marker" is
+                  published; prints the payloads a subscriber of TOPIC got
+                  up to the marker.
+  takeover CLIENT two connections with one client id: prints the reason
+                  code the first is disconnected with.
+  receive TOPIC COUNT
+                  subscribes TOPIC at QoS 1, prints "subscribed" on a line,
+                  then the first COUNT messages as JSON.
+  publish TOPIC COUNT
+                  publishes m0..m(COUNT-1) at QoS 1, each waited for.
+"""
+
+import json
+import queue
+import sys
+import time
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+WAIT = 30
+
+
+def client(version, client_id="", clean=True):
+    if version == "5":
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                        protocol=mqtt.MQTTv5)
+    else:
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                        protocol=mqtt.MQTTv311, clean_session=clean)
+    c.connected = queue.Queue()
+    c.messages = queue.Queue()
+    c.disconnected = queue.Queue()
+    c.subscribed = queue.Queue()
+    c.on_connect = lambda c_, u, flags, rc, p: c.connected.put((flags.session_present, rc.value))
+    c.on_message = lambda c_, u, m: c.messages.put(m)
+    c.on_disconnect = lambda c_, u, flags, rc, p: c.disconnected.put(rc.value)
+    c.on_subscribe = lambda c_, u, mid, rcs, p: c.subscribed.put([r.value for r in rcs])
+    return c
+
+
+def connect(c, host, port, version, clean=True, expiry=0):
+    if version == "5":
+        props = Properties(PacketTypes.CONNECT)
+        if expiry:
+            props.SessionExpiryInterval = expiry
+        c.connect(host, port, clean_start=clean, properties=props)
+    else:
+        c.connect(host, port)
+    c.loop_start()
+    present, rc = c.connected.get(timeout=WAIT)
+    if rc != 0:
+        raise SystemExit("CONNACK refused: %s" % rc)
+    return present
+
+
+def subscribe(c, topic, qos):
+    c.subscribe(topic, qos)
+    codes = c.subscribed.get(timeout=WAIT)
+    if any(code >= 0x80 for code in codes):
+        raise SystemExit("SUBACK refused %s: %s" % (topic, codes))
+
+
+def publish(c, topic, payload, qos, properties=None):
+    info = c.publish(topic, payload, qos=qos, properties=properties)
+    info.wait_for_publish(WAIT)
+    if not info.is_published():
+        raise SystemExit("not acknowledged: %s" % payload)
+
+
+def describe(m):
+    props = []
+    if m.properties is not None and hasattr(m.properties, "UserProperty"):
+        props = [list(p) for p in m.properties.UserProperty]
+    return {"topic": m.topic, "payload": m.payload.decode(), "qos": m.qos, "props": props}
+
+
+def stop(c):
+    c.disconnect()
+    c.loop_stop()
+
+
+def pubsub(host, port, version, base):
+    sub = client(version)
+    connect(sub, host, port, version)
+    subscribe(sub, base + "/+/temp", 2)
+    pub = client(version)
+    connect(pub, host, port, version)
+    for qos in (0, 1, 2):
+        props = None
+        if version == "5" and qos == 1:
+            props = Properties(PacketTypes.PUBLISH)
+            props.UserProperty = ("k", "v")
+        publish(pub, base + "/room1/temp", "q%d" % qos, qos, props)
+    got = [describe(sub.messages.get(timeout=WAIT)) for _ in range(3)]
+    stop(pub)
+    stop(sub)
+    return got
+
+
+def session(host, port, version, topic, client_id):
+    keeper = client(version, client_id, clean=False)
+    first = connect(keeper, host, port, version, clean=False, expiry=300)
+    subscribe(keeper, topic, 1)
+    stop(keeper)
+    pub = client(version)
+    connect(pub, host, port, version)
+    for i in range(5):
+        publish(pub, topic, "m%d" % i, 1)
+    stop(pub)
+    back = client(version, client_id, clean=False)
+    second = connect(back, host, port, version, clean=False, expiry=300)
+    got = [back.messages.get(timeout=WAIT).payload.decode() for _ in range(5)]
+    stop(back)
+    # A clean start ends the session: nothing of it remains.
+    gone = client(version, client_id, clean=True)
+    third = connect(gone, host, port, version, clean=True)
+    stop(gone)
+    return {"present": [first, second, third], "payloads": got}
+
+
+def will(host, port, version, topic):
+    sub = client(version)
+    connect(sub, host, port, version)
+    subscribe(sub, topic, 1)
+    lost = client(version)
+    lost.will_set(topic, "gone", qos=1)
+    connect(lost, host, port, version)
+    lost.loop_stop()
+    lost.socket().close()
+    got = [sub.messages.get(timeout=WAIT).payload.decode()]
+    clean = client(version)
+    clean.will_set(topic, "kept", qos=1)
+    connect(clean, host, port, version)
+    stop(clean)
+    clean.disconnected.get(timeout=WAIT)
+    pub = client(version)
+    connect(pub, host, port, version)
+    publish(pub, topic, "marker", 1)
+    stop(pub)
+    while got[-1] != "marker":
+        got.append(sub.messages.get(timeout=WAIT).payload.decode())
+    stop(sub)
+    return got
+
+
+def takeover(host, port, version, client_id):
+    first = client(version, client_id)
+    connect(first, host, port, version)
+    second = client(version, client_id)
+    connect(second, host, port, version)
+    reason = first.disconnected.get(timeout=WAIT)
+    first.loop_stop()
+    stop(second)
+    return {"first_disconnected": reason}
+
+
+def receive(host, port, version, topic, count):
+    sub = client(version)
+    connect(sub, host, port, version)
+    subscribe(sub, topic, 1)
+    print("subscribed", flush=True)
+    got = [describe(sub.messages.get(timeout=WAIT)) for _ in range(int(count))]
+    stop(sub)
+    return got
+
+
+def publish_many(host, port, version, topic, count):
+    pub = client(version)
+    connect(pub, host, port, version)
+    for i in range(int(count)):
+        publish(pub, topic, "m%d" % i, 1)
+    stop(pub)
+    return int(count)
+
+
+SCENARIOS = {
+    "pubsub": pubsub,
+    "session": session,
+    "will": will,
+    "takeover": takeover,
+    "receive": receive,
+    "publish": publish_many,
+}
+
+if __name__ == "__main__":
+    scenario, host, port, version = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    started = time.time()
+    print(json.dumps(SCENARIOS[scenario](host, port, version, *sys.argv[5:])), flush=True)

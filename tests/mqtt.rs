@@ -1,0 +1,188 @@
+//! MQTT end to end: paho-mqtt (Python) at its default settings against the
+//! gateway process, over MQTT 3.1.1 and 5, on both backends; what MQTT
+//! clients publish read by Kafka clients, and the reverse.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use common::{client_script, python, run_json, unique, BackendKind, Gateway};
+use serde_json::{json, Value};
+
+/// Runs a scenario of `paho_mqtt.py` against `gw`; its JSON.
+async fn paho(gw: &Gateway, version: &str, scenario: &str, args: &[&str]) -> Value {
+    run_json(
+        format!("paho_mqtt.py {scenario} (MQTT {version}) {args:?}"),
+        paho_command(gw, version, scenario, args),
+    )
+    .await
+}
+
+fn paho_command(gw: &Gateway, version: &str, scenario: &str, args: &[&str]) -> Command {
+    let addr = gw.mqtt_addr.expect("an MQTT listener");
+    let mut command = Command::new(python());
+    command
+        .arg(client_script("paho_mqtt.py"))
+        .arg(scenario)
+        .arg(addr.ip().to_string())
+        .arg(addr.port().to_string())
+        .arg(version)
+        .args(args);
+    command
+}
+
+fn payloads(messages: &Value) -> Vec<&str> {
+    messages
+        .as_array()
+        .expect("a list of messages")
+        .iter()
+        .map(|m| m["payload"].as_str().expect("a payload"))
+        .collect()
+}
+
+/// A publisher at QoS 0, 1 and 2 and a subscriber of `base/+/temp`: the
+/// subscriber gets all three, in order, and the backend stored three.
+async fn each_qos_reaches_a_wildcard_subscriber(backend: BackendKind) {
+    let gw = Gateway::start(backend).await;
+    for version in ["3", "5"] {
+        let base = unique(&format!("qos-v{version}"));
+        let got = paho(&gw, version, "pubsub", &[&base]).await;
+        assert_eq!(payloads(&got), ["q0", "q1", "q2"], "MQTT {version}");
+        for message in got.as_array().unwrap() {
+            assert_eq!(message["topic"], format!("{base}/room1/temp"));
+        }
+        if version == "5" {
+            assert_eq!(got[1]["props"], json!([["k", "v"]]), "user properties");
+        }
+        let labels =
+            format!("protocol=\"mqtt\",topic=\"persistent://public/default/{base}.room1.temp\"");
+        assert_eq!(gw.counter("messages_in", &labels).await, 3);
+    }
+}
+
+/// A client keeping a session subscribes, leaves, and on its return gets
+/// what was published meanwhile, in order, without subscribing again; a
+/// clean start then ends the session.
+async fn a_session_keeps_what_was_published_while_away(backend: BackendKind) {
+    let gw = Gateway::start(backend).await;
+    for version in ["3", "5"] {
+        let topic = format!("{}/inbox", unique(&format!("session-v{version}")));
+        let client = unique("device");
+        let got = paho(&gw, version, "session", &[&topic, &client]).await;
+        assert_eq!(
+            got["present"],
+            json!([false, true, false]),
+            "MQTT {version}"
+        );
+        assert_eq!(got["payloads"], json!(["m0", "m1", "m2", "m3", "m4"]));
+    }
+}
+
+/// The will is published when a client's connection is lost, not when it
+/// disconnects: a subscriber gets "gone", then the marker published after
+/// the clean disconnect, and no "kept".
+async fn the_will_goes_on_a_lost_connection_only(backend: BackendKind) {
+    let gw = Gateway::start(backend).await;
+    for version in ["3", "5"] {
+        let topic = format!("{}/status", unique(&format!("will-v{version}")));
+        let got = paho(&gw, version, "will", &[&topic]).await;
+        assert_eq!(got, json!(["gone", "marker"]), "MQTT {version}");
+    }
+}
+
+/// A second connection with a client id in use takes it over: the first
+/// is disconnected (MQTT 5: reason 0x8E, session taken over).
+async fn a_second_connection_takes_the_client_id_over(backend: BackendKind) {
+    let gw = Gateway::start(backend).await;
+    let got = paho(&gw, "5", "takeover", &[&unique("twin")]).await;
+    assert_eq!(got["first_disconnected"], 0x8E);
+    // 3.1.1 has no DISCONNECT from the server: the connection closes.
+    let got = paho(&gw, "3", "takeover", &[&unique("twin")]).await;
+    assert_ne!(got["first_disconnected"], 0);
+}
+
+/// What an MQTT client publishes to `x/y` a Kafka consumer reads from
+/// `x.y`; what a Kafka producer sends there an MQTT subscriber gets, with
+/// the record's headers as MQTT 5 user properties.
+async fn mqtt_and_kafka_share_topics(backend: BackendKind) {
+    let gw = Gateway::start(backend).await;
+    let bootstrap = gw.kafka_addr.expect("a Kafka listener").to_string();
+    let base = unique("cross");
+    let mqtt_topic = format!("{base}/readings");
+    let kafka_topic = format!("{base}.readings");
+
+    assert_eq!(paho(&gw, "5", "publish", &[&mqtt_topic, "5"]).await, 5);
+    let mut consume = Command::new(python());
+    consume
+        .arg(client_script("confluent_consume.py"))
+        .args([&bootstrap, &kafka_topic, "5"]);
+    let records = run_json("confluent_consume.py".into(), consume).await;
+    let values: Vec<&str> = records
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["value"].as_str().unwrap())
+        .collect();
+    assert_eq!(values, ["m0", "m1", "m2", "m3", "m4"]);
+
+    // An MQTT subscriber first, then a Kafka producer.
+    let mut receiver = paho_command(&gw, "5", "receive", &[&mqtt_topic, "3"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("paho_mqtt.py starts");
+    let mut lines = BufReader::new(receiver.stdout.take().unwrap()).lines();
+    let first = tokio::task::block_in_place(|| lines.next());
+    assert_eq!(first.and_then(Result::ok).as_deref(), Some("subscribed"));
+    let mut produce = Command::new(python());
+    produce.arg(client_script("confluent_produce.py")).args([
+        &bootstrap,
+        &kafka_topic,
+        "3",
+        "none",
+    ]);
+    run_json("confluent_produce.py".into(), produce).await;
+    let (got, status) = tokio::task::spawn_blocking(move || {
+        let got = lines.map_while(Result::ok).last().unwrap_or_default();
+        (got, receiver.wait())
+    })
+    .await
+    .unwrap();
+    assert!(
+        status.unwrap().success(),
+        "the MQTT subscriber failed: {got}"
+    );
+    let got: Value = serde_json::from_str(&got).unwrap();
+    assert_eq!(payloads(&got), ["v0", "v1", "v2"]);
+    assert_eq!(got[1]["props"], json!([["h", "x1"]]));
+}
+
+/// Each case as a test on each backend.
+macro_rules! on_both_backends {
+    ($($case:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::BackendKind::Embedded).await;
+                }
+            )*
+        }
+        mod pulsar {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::BackendKind::Pulsar).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    each_qos_reaches_a_wildcard_subscriber,
+    a_session_keeps_what_was_published_while_away,
+    the_will_goes_on_a_lost_connection_only,
+    a_second_connection_takes_the_client_id_over,
+    mqtt_and_kafka_share_topics,
+);
