@@ -27,6 +27,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::backend::pulsar::{Compression, ProducerSettings, PulsarConfig};
 use gateway_kafka::{GroupSettings, KafkaConfig};
+use gateway_mqtt::MqttConfig;
 
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -333,6 +334,58 @@ pub struct Config {
     pub pulsar_producers: PulsarProducerSettings,
     /// How the Kafka handler behaves.
     pub kafka: KafkaSettings,
+    /// The MQTT handler's settings.
+    pub mqtt: MqttSettings,
+}
+
+/// The MQTT handler (`[mqtt]` in the TOML file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttSettings {
+    /// The largest MQTT packet accepted, in bytes (MQTT 5's Maximum Packet
+    /// Size the gateway announces); a larger one closes its connection
+    /// before it is read.
+    pub max_packet_size: u32,
+    /// How long a new connection may take to send its CONNECT.
+    pub connect_timeout: HumanDuration,
+    /// Publishes of one connection being stored at once (MQTT 5's Receive
+    /// Maximum), and deliveries awaiting one client's acknowledgement.
+    pub max_inflight: u16,
+}
+
+impl Default for MqttSettings {
+    fn default() -> MqttSettings {
+        let d = MqttConfig::default();
+        MqttSettings {
+            max_packet_size: d.max_packet_size,
+            connect_timeout: HumanDuration(d.connect_timeout),
+            max_inflight: d.max_inflight,
+        }
+    }
+}
+
+impl MqttSettings {
+    /// The handler's settings; refuses limits that leave nothing to serve.
+    pub fn handler_config(&self) -> Result<MqttConfig, ConfigError> {
+        if self.max_packet_size < 1024 {
+            return Err(ConfigError::Invalid {
+                key: "mqtt.max_packet_size",
+                message: format!("{} is below the minimum of 1024", self.max_packet_size),
+            });
+        }
+        if self.max_inflight == 0 {
+            return Err(ConfigError::Invalid {
+                key: "mqtt.max_inflight",
+                message: "must be at least 1".into(),
+            });
+        }
+        Ok(MqttConfig {
+            max_packet_size: self.max_packet_size,
+            connect_timeout: self.connect_timeout.0,
+            max_inflight: self.max_inflight,
+            ..MqttConfig::default()
+        })
+    }
 }
 
 /// The Kafka handler (`[kafka]` in the TOML file).
@@ -515,6 +568,7 @@ impl Default for Config {
             embedded: EmbeddedSettings::default(),
             pulsar_producers: PulsarProducerSettings::default(),
             kafka: KafkaSettings::default(),
+            mqtt: MqttSettings::default(),
         }
     }
 }
@@ -670,6 +724,15 @@ struct Cli {
     /// Kafka: longest consumer session timeout accepted.
     #[arg(long, env = "PULSAR_GATEWAY_KAFKA_GROUP_MAX_SESSION_TIMEOUT", value_name = "DURATION", default_value_t = KafkaSettings::default().group_max_session_timeout)]
     kafka_group_max_session_timeout: HumanDuration,
+    /// MQTT: the largest packet accepted, in bytes.
+    #[arg(long, env = "PULSAR_GATEWAY_MQTT_MAX_PACKET_SIZE", value_name = "BYTES", default_value_t = MqttSettings::default().max_packet_size)]
+    mqtt_max_packet_size: u32,
+    /// MQTT: how long a new connection may take to send its CONNECT, e.g. 10s.
+    #[arg(long, env = "PULSAR_GATEWAY_MQTT_CONNECT_TIMEOUT", value_name = "DURATION", default_value_t = MqttSettings::default().connect_timeout)]
+    mqtt_connect_timeout: HumanDuration,
+    /// MQTT: publishes (and deliveries) of one connection in flight at once.
+    #[arg(long, env = "PULSAR_GATEWAY_MQTT_MAX_INFLIGHT", value_name = "N", default_value_t = MqttSettings::default().max_inflight)]
+    mqtt_max_inflight: u16,
 }
 
 /// Overwrites `target` with the argument `id` if it came from the command
@@ -803,6 +866,10 @@ impl Config {
             "kafka_group_max_session_timeout",
             &mut k.group_max_session_timeout,
         );
+        let q = &mut self.mqtt;
+        overlay(m, "mqtt_max_packet_size", &mut q.max_packet_size);
+        overlay(m, "mqtt_connect_timeout", &mut q.connect_timeout);
+        overlay(m, "mqtt_max_inflight", &mut q.max_inflight);
     }
 
     /// Checks what types alone do not.
@@ -824,6 +891,7 @@ impl Config {
             });
         }
         self.kafka.handler_config()?;
+        self.mqtt.handler_config()?;
         if self.kafka.default_partitions == 0 {
             return Err(ConfigError::Invalid {
                 key: "kafka.default_partitions",

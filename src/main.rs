@@ -22,7 +22,7 @@ use gateway_api::{
     Protocol, ProtocolHandler,
 };
 use gateway_kafka::KafkaHandler;
-use gateway_mqtt::{MqttConfig, MqttHandler};
+use gateway_mqtt::MqttHandler;
 use prometheus_client::registry::Registry;
 use pulsar_gateway::admin::{self, AdminState};
 use pulsar_gateway::auth::{JwtAuthenticator, KeyFileError};
@@ -192,6 +192,7 @@ type Wiring = (Protocol, ListenAddr, Option<Arc<dyn ProtocolHandler>>);
 /// (`None` keeps the address in `Config` for the handler to come).
 fn protocol_handlers(config: &Config) -> Result<Vec<Wiring>, StartupError> {
     let kafka = config.kafka.handler_config()?;
+    let mqtt = config.mqtt.handler_config()?;
     Ok(vec![
         (
             Protocol::Kafka,
@@ -201,7 +202,7 @@ fn protocol_handlers(config: &Config) -> Result<Vec<Wiring>, StartupError> {
         (
             Protocol::Mqtt,
             config.mqtt_addr,
-            Some(Arc::new(MqttHandler::new(MqttConfig::default()))),
+            Some(Arc::new(MqttHandler::new(mqtt))),
         ),
         (Protocol::Amqp, config.amqp_addr, None),
     ])

@@ -41,23 +41,48 @@ fn payloads(messages: &Value) -> Vec<&str> {
         .collect()
 }
 
-/// A publisher at QoS 0, 1 and 2 and a subscriber of `base/+/temp`: the
-/// subscriber gets all three, in order, and the backend stored three.
+/// A publisher at QoS 0, 1 and 2 and a subscriber of `base/+/temp` at QoS
+/// 2: the subscriber gets all three, in order, each at the QoS it was
+/// published with, and the backend stored three.
 async fn each_qos_reaches_a_wildcard_subscriber(backend: BackendKind) {
     let gw = Gateway::start(backend).await;
     for version in ["3", "5"] {
         let base = unique(&format!("qos-v{version}"));
         let got = paho(&gw, version, "pubsub", &[&base]).await;
         assert_eq!(payloads(&got), ["q0", "q1", "q2"], "MQTT {version}");
-        for message in got.as_array().unwrap() {
+        for (qos, message) in got.as_array().unwrap().iter().enumerate() {
             assert_eq!(message["topic"], format!("{base}/room1/temp"));
+            // The lower of the publisher's QoS and the subscriber's (2).
+            assert_eq!(message["qos"], qos, "MQTT {version}");
         }
         if version == "5" {
             assert_eq!(got[1]["props"], json!([["k", "v"]]), "user properties");
+            assert_eq!(got[2]["ContentType"], "text/plain");
+            assert_eq!(got[2]["ResponseTopic"], "replies/1");
+            assert_eq!(got[2]["CorrelationData"], "01fe");
         }
         let labels =
             format!("protocol=\"mqtt\",topic=\"persistent://public/default/{base}.room1.temp\"");
         assert_eq!(gw.counter("messages_in", &labels).await, 3);
+    }
+}
+
+/// A new subscription gets the retained message of each topic it matches
+/// (flagged retained) before what is published after it (not flagged); a
+/// retained message with an empty payload cleared its topic's.
+async fn retained_messages_greet_new_subscriptions(backend: BackendKind) {
+    let gw = Gateway::start(backend).await;
+    for version in ["3", "5"] {
+        let base = unique(&format!("retained-v{version}"));
+        let got = paho(&gw, version, "retained", &[&base]).await;
+        assert_eq!(
+            got,
+            json!([
+                {"payload": "21.5", "retain": true},
+                {"payload": "live", "retain": false},
+            ]),
+            "MQTT {version}"
+        );
     }
 }
 
@@ -181,6 +206,7 @@ macro_rules! on_both_backends {
 
 on_both_backends!(
     each_qos_reaches_a_wildcard_subscriber,
+    retained_messages_greet_new_subscriptions,
     a_session_keeps_what_was_published_while_away,
     the_will_goes_on_a_lost_connection_only,
     a_second_connection_takes_the_client_id_over,

@@ -5,8 +5,13 @@ Usage: paho_mqtt.py SCENARIO HOST PORT VERSION ARGS...
 
   pubsub BASE     a subscriber of BASE/+/temp at QoS 2; a second client
                   publishes "q0", "q1", "q2" to BASE/room1/temp at QoS 0, 1
-                  and 2 (v5: "q1" with the user property k=v), each waited
-                  for; prints what the subscriber got, in order.
+                  and 2 (v5: "q1" with the user property k=v, "q2" with a
+                  content type, response topic and correlation data), each
+                  waited for; prints what the subscriber got, in order.
+  retained BASE   BASE/a retained "21.5"; BASE/b retained "x", then cleared
+                  (an empty retained message); then a subscriber of BASE/+
+                  and, once subscribed, "live" published to BASE/a; prints
+                  what the subscriber got, in order, with retain flags.
   session TOPIC CLIENT
                   CLIENT keeps a session (3.1.1 clean session off, 5 session
                   expiry 300 s), subscribes TOPIC at QoS 1 and disconnects;
@@ -87,9 +92,17 @@ def publish(c, topic, payload, qos, properties=None):
 
 def describe(m):
     props = []
-    if m.properties is not None and hasattr(m.properties, "UserProperty"):
-        props = [list(p) for p in m.properties.UserProperty]
-    return {"topic": m.topic, "payload": m.payload.decode(), "qos": m.qos, "props": props}
+    out = {"topic": m.topic, "payload": m.payload.decode(), "qos": m.qos, "retain": m.retain}
+    if m.properties is not None:
+        if hasattr(m.properties, "UserProperty"):
+            props = [list(p) for p in m.properties.UserProperty]
+        for name in ("ContentType", "ResponseTopic"):
+            if hasattr(m.properties, name):
+                out[name] = getattr(m.properties, name)
+        if hasattr(m.properties, "CorrelationData"):
+            out["CorrelationData"] = m.properties.CorrelationData.hex()
+    out["props"] = props
+    return out
 
 
 def stop(c):
@@ -108,11 +121,36 @@ def pubsub(host, port, version, base):
         if version == "5" and qos == 1:
             props = Properties(PacketTypes.PUBLISH)
             props.UserProperty = ("k", "v")
+        if version == "5" and qos == 2:
+            props = Properties(PacketTypes.PUBLISH)
+            props.ContentType = "text/plain"
+            props.ResponseTopic = "replies/1"
+            props.CorrelationData = b"\x01\xfe"
         publish(pub, base + "/room1/temp", "q%d" % qos, qos, props)
     got = [describe(sub.messages.get(timeout=WAIT)) for _ in range(3)]
     stop(pub)
     stop(sub)
     return got
+
+
+def retained(host, port, version, base):
+    pub = client(version)
+    connect(pub, host, port, version)
+    info = pub.publish(base + "/a", "21.5", qos=1, retain=True)
+    info.wait_for_publish(WAIT)
+    for payload in ("x", ""):
+        info = pub.publish(base + "/b", payload, qos=1, retain=True)
+        info.wait_for_publish(WAIT)
+    sub = client(version)
+    connect(sub, host, port, version)
+    subscribe(sub, base + "/+", 1)
+    publish(pub, base + "/a", "live", 1)
+    got = [describe(sub.messages.get(timeout=WAIT))]
+    while got[-1]["payload"] != "live":
+        got.append(describe(sub.messages.get(timeout=WAIT)))
+    stop(pub)
+    stop(sub)
+    return [{"payload": m["payload"], "retain": m["retain"]} for m in got]
 
 
 def session(host, port, version, topic, client_id):
@@ -194,6 +232,7 @@ def publish_many(host, port, version, topic, count):
 SCENARIOS = {
     "pubsub": pubsub,
     "session": session,
+    "retained": retained,
     "will": will,
     "takeover": takeover,
     "receive": receive,

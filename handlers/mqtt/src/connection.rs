@@ -23,7 +23,6 @@ use gateway_api::{
     Protocol, TopicName,
 };
 use rmqtt_codec::types::{Publish, QoS};
-use rmqtt_codec::v5::PublishProperties;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -32,7 +31,9 @@ use crate::clients::Registration;
 use crate::connect::Connected;
 use crate::deliver::{self, Delivery, Subscribed};
 use crate::filter::{Covered, Filter};
+use crate::properties;
 use crate::reason::{self, Reason};
+use crate::retained::Retained;
 use crate::session::{self, Record, Sessions};
 use crate::wire::{Codec, ConnAck, FilterRequest, Granted, Inbound, Outbound, Version, Will};
 use crate::MqttConfig;
@@ -48,6 +49,8 @@ struct Publishing {
     topic: TopicName,
     bytes: usize,
     started: Instant,
+    /// The message, when it is to be retained (the retain flag).
+    retain: Option<NewMessage>,
     result: Result<(), BackendError>,
 }
 
@@ -64,8 +67,9 @@ enum Qos2 {
 struct Unacked {
     /// The filter it was delivered for, to find its subscription.
     filter: Arc<str>,
-    topic: TopicName,
-    id: MessageId,
+    /// The message to acknowledge to the backend (none for a retained
+    /// message sent at SUBSCRIBE).
+    message: Option<(TopicName, MessageId)>,
 }
 
 /// Why the connection ends.
@@ -108,6 +112,8 @@ pub(crate) struct Connection {
     /// The session's filters, as stored (persistent sessions).
     record: Record,
     sessions: Sessions,
+    /// The retained messages of the backend.
+    retained: Retained,
     /// Publishes being persisted, in the order they came: their
     /// acknowledgements go out in that order.
     publishing: FuturesOrdered<BoxFuture<'static, Publishing>>,
@@ -176,6 +182,7 @@ impl Connection {
             persistent,
             record: Record::default(),
             sessions,
+            retained: Retained::new(ctx.backend.metadata()),
             publishing: FuturesOrdered::new(),
             qos2_received: HashMap::new(),
             subscriptions: HashMap::new(),
@@ -252,7 +259,7 @@ impl Connection {
                     return self.end(Ending::TakenOver, reason::SESSION_TAKEN_OVER).await;
                 }
                 Some(done) = self.publishing.next(), if !self.publishing.is_empty() => {
-                    if let Some(ending) = self.published(done) {
+                    if let Some(ending) = self.published(done).await {
                         return self.end_with(ending).await;
                     }
                 }
@@ -397,7 +404,8 @@ impl Connection {
             Ok(t) => t,
             Err(r) => return self.refuse_publish(&p, r),
         };
-        let message = new_message(&p);
+        let message = properties::to_backend(&p, now_ms());
+        let retain = p.retain.then(|| message.clone());
         let bytes = message.payload.len();
         let reservation = self.ctx.inbound.reserve(message.size()).await;
         let started = Instant::now();
@@ -419,6 +427,7 @@ impl Connection {
                 topic,
                 bytes,
                 started,
+                retain,
                 result,
             }
         }));
@@ -467,8 +476,12 @@ impl Connection {
         }
     }
 
-    /// A publish persisted (or failed): its acknowledgement.
-    fn published(&mut self, done: Publishing) -> Option<Ending> {
+    /// A publish persisted (or failed): the topic's retained message set
+    /// (the retain flag), then its acknowledgement.
+    async fn published(&mut self, mut done: Publishing) -> Option<Ending> {
+        if let (Ok(()), Some(message)) = (&done.result, &done.retain) {
+            done.result = self.retained.set(&done.topic, message).await;
+        }
         match &done.result {
             Ok(()) => self.ctx.metrics.published(
                 Protocol::Mqtt,
@@ -516,7 +529,7 @@ impl Connection {
     /// acknowledgements (shutdown).
     async fn drain_publishing(&mut self) {
         while let Some(done) = self.publishing.next().await {
-            if self.published(done).is_some() {
+            if self.published(done).await.is_some() {
                 break;
             }
         }
@@ -525,43 +538,104 @@ impl Connection {
     /// SUBSCRIBE: each filter subscribed (or refused), then SUBACK.
     async fn subscribe(&mut self, packet_id: NonZeroU16, filters: Vec<FilterRequest>) {
         let mut granted = Vec::with_capacity(filters.len());
+        let mut retained = Vec::new();
         for request in filters {
-            granted.push(self.subscribe_one(&request).await);
+            let (answer, sends_retained) = self.subscribe_one(&request).await;
+            if let (Granted::Qos(qos), true) = (answer, sends_retained) {
+                retained.push((request.filter, qos));
+            }
+            granted.push(answer);
         }
         if self.persistent {
             self.save_session().await;
         }
         let _ = self.send(Outbound::SubAck { packet_id, granted });
+        for (filter, qos) in retained {
+            self.send_retained(&filter, qos).await;
+        }
     }
 
-    async fn subscribe_one(&mut self, request: &FilterRequest) -> Granted {
+    /// Sends the retained messages `filter` matches, as MQTT says: the
+    /// retain flag set, at the lower of their QoS and `granted`.
+    async fn send_retained(&mut self, filter: &str, granted: QoS) {
+        let Ok(parsed) = Filter::parse(filter) else {
+            return;
+        };
+        let found = match self.retained.matching(&parsed, &self.namespace).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(client = %self.client_id, filter, error = %e, "retained messages not read");
+                return;
+            }
+        };
+        for stored in found {
+            let Some(outgoing) = properties::outgoing(&stored.properties, now_ms()) else {
+                continue;
+            };
+            let qos = properties::delivery_qos(outgoing.published_qos, granted);
+            let packet_id = (qos != QoS::AtMostOnce).then(|| self.next_packet_id());
+            if let Some(id) = packet_id {
+                self.unacked.insert(
+                    id.get(),
+                    Unacked {
+                        filter: filter.into(),
+                        message: None,
+                    },
+                );
+            }
+            let publish = Publish {
+                dup: false,
+                retain: true,
+                qos,
+                topic: stored.topic.into(),
+                packet_id,
+                payload: stored.payload,
+                properties: (self.codec.version() == Version::V5).then_some(outgoing.properties),
+            };
+            if let Err(e) = self.send(Outbound::Publish(Box::new(publish))) {
+                tracing::debug!(client = %self.client_id, error = %e, "retained message passed over");
+            }
+        }
+    }
+
+    /// Subscribes one filter: the answer, and whether the retained
+    /// messages it matches are to be sent (MQTT 5 Retain Handling; never
+    /// for a shared subscription).
+    async fn subscribe_one(&mut self, request: &FilterRequest) -> (Granted, bool) {
         let text: &str = &request.filter;
         if text.len() > self.config.max_topic_len {
-            return Granted::Refused(reason::TOPIC_FILTER_INVALID);
+            return (Granted::Refused(reason::TOPIC_FILTER_INVALID), false);
         }
         let filter = match Filter::parse(text) {
             Ok(f) => f,
             Err(e) => {
                 tracing::debug!(client = %self.client_id, error = %e, "filter refused");
-                return Granted::Refused(reason::TOPIC_FILTER_INVALID);
+                return (Granted::Refused(reason::TOPIC_FILTER_INVALID), false);
             }
         };
+        let unshared = filter.share.is_none();
         if let Some(existing) = self.subscriptions.get_mut(text) {
             // The same filter again replaces its options.
             existing.qos = request.qos;
             if self.persistent {
                 self.record.set(text, request.qos);
             }
-            return Granted::Qos(request.qos);
+            return (
+                Granted::Qos(request.qos),
+                unshared && request.retain_handling == 0,
+            );
         }
         match self.open(&filter, text, request.qos).await {
             Ok(()) => {
-                if self.persistent && filter.share.is_none() {
+                if self.persistent && unshared {
                     self.record.set(text, request.qos);
                 }
-                Granted::Qos(request.qos)
+                (
+                    Granted::Qos(request.qos),
+                    unshared && request.retain_handling < 2,
+                )
             }
-            Err(r) => Granted::Refused(r),
+            Err(r) => (Granted::Refused(r), false),
         }
     }
 
@@ -690,6 +764,12 @@ impl Connection {
             let _ = subscription.ack(&message.topic, message.id).await;
             return;
         };
+        let Some(outgoing) = properties::outgoing(&message.properties, now_ms()) else {
+            // Its Message Expiry passed: not delivered.
+            let _ = subscription.ack(&message.topic, message.id).await;
+            return;
+        };
+        let qos = properties::delivery_qos(outgoing.published_qos, qos);
         let packet_id = match qos {
             QoS::AtMostOnce => None,
             _ => Some(self.next_packet_id()),
@@ -701,7 +781,7 @@ impl Connection {
             topic: name.into(),
             packet_id,
             payload: message.payload.clone(),
-            properties: (self.codec.version() == Version::V5).then(|| publish_properties(&message)),
+            properties: (self.codec.version() == Version::V5).then_some(outgoing.properties),
         };
         let bytes = message.payload.len();
         match self.send(Outbound::Publish(Box::new(publish))) {
@@ -721,8 +801,7 @@ impl Connection {
                     id.get(),
                     Unacked {
                         filter: delivery.filter,
-                        topic: message.topic,
-                        id: message.id,
+                        message: Some((message.topic, message.id)),
                     },
                 );
             }
@@ -750,12 +829,11 @@ impl Connection {
         let Some(unacked) = self.unacked.remove(&id.get()) else {
             return;
         };
+        let Some((topic, message_id)) = unacked.message else {
+            return;
+        };
         if let Some(subscribed) = self.subscriptions.get(&unacked.filter) {
-            if let Err(e) = subscribed
-                .subscription
-                .ack(&unacked.topic, unacked.id)
-                .await
-            {
+            if let Err(e) = subscribed.subscription.ack(&topic, message_id).await {
                 tracing::debug!(client = %self.client_id, error = %e, "ack failed");
             }
         }
@@ -773,7 +851,7 @@ impl Connection {
                 return;
             }
         };
-        let message = new_message(&will.publish);
+        let message = properties::to_backend(&will.publish, now_ms());
         let published = self.ctx.backend.publish(&topic, message);
         match tokio::time::timeout(WILL_TIMEOUT, published).await {
             Ok(Ok(_)) => {}
@@ -870,40 +948,6 @@ async fn forget(
     }
     if let Err(e) = sessions.delete(client_id).await {
         tracing::warn!(client = client_id, error = %e, "old session record kept");
-    }
-}
-
-/// The backend message of a PUBLISH: MQTT 5 user properties become its
-/// properties; its event time is now.
-fn new_message(p: &Publish) -> NewMessage {
-    let properties = p
-        .properties
-        .as_ref()
-        .map(|pp| {
-            pp.user_properties
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
-        })
-        .unwrap_or_default();
-    NewMessage {
-        payload: p.payload.clone(),
-        key: None,
-        properties,
-        event_time: Some(now_ms()),
-    }
-}
-
-/// The MQTT 5 properties of a delivered message: its properties as user
-/// properties.
-fn publish_properties(message: &gateway_api::Message) -> PublishProperties {
-    PublishProperties {
-        user_properties: message
-            .properties
-            .iter()
-            .map(|(k, v)| (k.as_str().into(), v.as_str().into()))
-            .collect(),
-        ..PublishProperties::default()
     }
 }
 

@@ -26,7 +26,9 @@ mod connect;
 mod connection;
 mod deliver;
 mod filter;
+mod properties;
 mod reason;
+mod retained;
 mod session;
 mod wire;
 

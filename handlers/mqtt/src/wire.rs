@@ -61,6 +61,9 @@ pub(crate) struct FilterRequest {
     pub filter: ByteString,
     /// The most QoS the client asks for.
     pub qos: QoS,
+    /// MQTT 5 Retain Handling: 0 send retained messages, 1 only for a new
+    /// subscription, 2 never (3.1.1: 0).
+    pub retain_handling: u8,
 }
 
 /// A packet a client sends, either version.
@@ -330,7 +333,11 @@ fn inbound_v3(p: v3::Packet) -> Inbound {
             packet_id,
             filters: topic_filters
                 .into_iter()
-                .map(|(filter, qos)| FilterRequest { filter, qos })
+                .map(|(filter, qos)| FilterRequest {
+                    filter,
+                    qos,
+                    retain_handling: 0,
+                })
                 .collect(),
         },
         P::Unsubscribe {
@@ -365,7 +372,11 @@ fn inbound_v5(p: v5::Packet) -> Inbound {
             filters: s
                 .topic_filters
                 .into_iter()
-                .map(|(filter, o)| FilterRequest { filter, qos: o.qos })
+                .map(|(filter, o)| FilterRequest {
+                    filter,
+                    qos: o.qos,
+                    retain_handling: o.retain_handling.into(),
+                })
                 .collect(),
         },
         P::Unsubscribe(u) => Inbound::Unsubscribe {
