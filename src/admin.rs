@@ -64,6 +64,7 @@ pub async fn serve(
     app: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let app = app.into_make_service_with_connect_info::<crate::listener::PeerAddr>();
     axum::serve(acceptor, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await

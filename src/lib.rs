@@ -9,3 +9,4 @@ pub mod backend;
 pub mod config;
 pub mod listener;
 pub mod shutdown;
+pub mod websocket;

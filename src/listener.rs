@@ -219,6 +219,18 @@ fn is_per_connection(e: &io::Error) -> bool {
     )
 }
 
+/// The client's address, for HTTP handlers (axum's `ConnectInfo`).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Acceptor>>
+    for PeerAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, Acceptor>) -> PeerAddr {
+        PeerAddr(*stream.remote_addr())
+    }
+}
+
 impl axum::serve::Listener for Acceptor {
     type Io = Admitted<TcpStream>;
     type Addr = SocketAddr;

@@ -34,6 +34,7 @@ use pulsar_gateway::backend::pulsar::{PulsarBackend, PulsarConfig};
 use pulsar_gateway::config::{BackendKind, Config, ConfigError, ListenAddr};
 use pulsar_gateway::listener::{Acceptor, Listener};
 use pulsar_gateway::shutdown::{Shutdown, StopSignals};
+use pulsar_gateway::websocket;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -231,8 +232,14 @@ async fn run(config: Config) -> Result<(), StartupError> {
         Some(addr) => Some(bind("http", addr).await?),
         None => None,
     };
+    let wiring = protocol_handlers(&config)?;
+    // MQTT over WebSocket is served by the MQTT listener's handler.
+    let mqtt_handler = wiring
+        .iter()
+        .find(|(protocol, _, _)| *protocol == Protocol::Mqtt)
+        .and_then(|(_, _, handler)| handler.clone());
     let mut protocol_sockets = Vec::new();
-    for (protocol, addr, handler) in protocol_handlers(&config)? {
+    for (protocol, addr, handler) in wiring {
         match (addr.addr(), handler) {
             (None, _) => info!("{protocol} listener is off"),
             (Some(addr), None) => {
@@ -291,16 +298,18 @@ async fn run(config: Config) -> Result<(), StartupError> {
             None,
             shutdown.running(),
         );
-        log_listening(
-            "http",
-            acceptor.local_addr(),
-            " (/healthz, /readyz, /metrics)",
-        );
-        let app = admin::router(AdminState {
+        let local_addr = acceptor.local_addr();
+        let mut app = admin::router(AdminState {
             backend: backend.clone(),
             registry: Arc::new(registry),
             shutdown: shutdown.token(),
         });
+        let mut routes = "/healthz, /readyz, /metrics";
+        if let (Some(mqtt), Ok(local)) = (mqtt_handler, &local_addr) {
+            app = app.merge(websocket::mqtt_routes(mqtt, ctx.clone(), *local));
+            routes = "/healthz, /readyz, /metrics, /mqtt";
+        }
+        log_listening("http", local_addr, &format!(" ({routes})"));
         http_server = Some(tokio::spawn(admin::serve(acceptor, app, shutdown.token())));
     }
     info!(

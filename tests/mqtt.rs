@@ -19,8 +19,14 @@ async fn paho(gw: &Gateway, version: &str, scenario: &str, args: &[&str]) -> Val
     .await
 }
 
+/// `version` is "3" or "5", with "ws" after it for MQTT over WebSocket
+/// (on the HTTP port).
 fn paho_command(gw: &Gateway, version: &str, scenario: &str, args: &[&str]) -> Command {
-    let addr = gw.mqtt_addr.expect("an MQTT listener");
+    let addr = if version.ends_with("ws") {
+        gw.http_addr.expect("an HTTP listener")
+    } else {
+        gw.mqtt_addr.expect("an MQTT listener")
+    };
     let mut command = Command::new(python());
     command
         .arg(client_script("paho_mqtt.py"))
@@ -64,6 +70,20 @@ async fn each_qos_reaches_a_wildcard_subscriber(backend: BackendKind) {
         let labels =
             format!("protocol=\"mqtt\",topic=\"persistent://public/default/{base}.room1.temp\"");
         assert_eq!(gw.counter("messages_in", &labels).await, 3);
+    }
+}
+
+/// MQTT over WebSocket (`/mqtt` on the HTTP port): the same QoS levels
+/// and sessions as over TCP, and a client id taken over from TCP.
+async fn mqtt_over_websocket(backend: BackendKind) {
+    let gw = Gateway::start(backend).await;
+    for version in ["3ws", "5ws"] {
+        let base = unique(&format!("ws-v{version}"));
+        let got = paho(&gw, version, "pubsub", &[&base]).await;
+        assert_eq!(payloads(&got), ["q0", "q1", "q2"], "MQTT {version}");
+        let topic = format!("{base}/inbox");
+        let got = paho(&gw, version, "session", &[&topic, &unique("ws-device")]).await;
+        assert_eq!(got["payloads"], json!(["m0", "m1", "m2", "m3", "m4"]));
     }
 }
 
@@ -207,6 +227,7 @@ macro_rules! on_both_backends {
 on_both_backends!(
     each_qos_reaches_a_wildcard_subscriber,
     retained_messages_greet_new_subscriptions,
+    mqtt_over_websocket,
     a_session_keeps_what_was_published_while_away,
     the_will_goes_on_a_lost_connection_only,
     a_second_connection_takes_the_client_id_over,

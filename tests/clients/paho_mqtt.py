@@ -1,7 +1,9 @@
 """MQTT sessions with paho-mqtt, the Python client, at its default settings.
 
 Usage: paho_mqtt.py SCENARIO HOST PORT VERSION ARGS...
-  VERSION is 3 (MQTT 3.1.1) or 5. Each scenario prints one JSON value.
+  VERSION is 3 (MQTT 3.1.1) or 5, followed by "ws" for MQTT over WebSocket
+  (PORT is then the HTTP port, path /mqtt). Each scenario prints one JSON
+  value.
 
   pubsub BASE     a subscriber of BASE/+/temp at QoS 2; a second client
                   publishes "q0", "q1", "q2" to BASE/room1/temp at QoS 0, 1
@@ -44,12 +46,15 @@ WAIT = 30
 
 
 def client(version, client_id="", clean=True):
-    if version == "5":
+    transport = "websockets" if version.endswith("ws") else "tcp"
+    if version.startswith("5"):
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                        protocol=mqtt.MQTTv5)
+                        protocol=mqtt.MQTTv5, transport=transport)
     else:
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                        protocol=mqtt.MQTTv311, clean_session=clean)
+                        protocol=mqtt.MQTTv311, clean_session=clean, transport=transport)
+    if transport == "websockets":
+        c.ws_set_options(path="/mqtt")
     c.connected = queue.Queue()
     c.messages = queue.Queue()
     c.disconnected = queue.Queue()
@@ -62,7 +67,7 @@ def client(version, client_id="", clean=True):
 
 
 def connect(c, host, port, version, clean=True, expiry=0):
-    if version == "5":
+    if version.startswith("5"):
         props = Properties(PacketTypes.CONNECT)
         if expiry:
             props.SessionExpiryInterval = expiry
@@ -118,10 +123,10 @@ def pubsub(host, port, version, base):
     connect(pub, host, port, version)
     for qos in (0, 1, 2):
         props = None
-        if version == "5" and qos == 1:
+        if version.startswith("5") and qos == 1:
             props = Properties(PacketTypes.PUBLISH)
             props.UserProperty = ("k", "v")
-        if version == "5" and qos == 2:
+        if version.startswith("5") and qos == 2:
             props = Properties(PacketTypes.PUBLISH)
             props.ContentType = "text/plain"
             props.ResponseTopic = "replies/1"
