@@ -10,32 +10,14 @@ mod common;
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use common::tokens::{random_secret, token};
 use common::{client_script, python, run_json, unique, BackendKind, Gateway};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// 32 random bytes, as `pulsar tokens create-secret-key` makes.
-fn random_secret() -> Vec<u8> {
-    let mut secret = vec![0u8; 32];
-    let mut urandom = std::fs::File::open("/dev/urandom").expect("/dev/urandom");
-    std::io::Read::read_exact(&mut urandom, &mut secret).expect("random bytes");
-    secret
-}
-
-/// An HS256 token with these claims, as `pulsar tokens create` makes.
-fn token(secret: &[u8], claims: Value) -> String {
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(secret),
-    )
-    .expect("sign a token")
 }
 
 /// What `tests/clients/kafka_sasl.py` reported: produced and consumed
@@ -84,10 +66,8 @@ fn assert_refused(report: &Value, said: &[&str], what: &str) {
 }
 
 async fn only_clients_with_a_valid_token_produce_and_consume(backend: BackendKind) {
-    let dir = tempfile::tempdir().expect("a temporary directory");
     let secret = random_secret();
-    let secret_file = dir.path().join("secret.key");
-    std::fs::write(&secret_file, &secret).expect("write the secret key");
+    let (_dir, secret_file) = common::tokens::secret_file(&secret);
     let gw = Gateway::builder(backend)
         .arg("--auth-token-secret-file")
         .arg(&secret_file)

@@ -7,6 +7,7 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
+use common::tokens::{random_secret, token};
 use common::{client_script, python, run_json, unique, BackendKind, Gateway};
 use serde_json::{json, Value};
 
@@ -202,6 +203,38 @@ async fn mqtt_and_kafka_share_topics(backend: BackendKind) {
     assert_eq!(got[1]["props"], json!([["h", "x1"]]));
 }
 
+/// With token authentication on, a client presenting a valid token as its
+/// password (bare or `token:<jwt>`, whatever the user name) connects and
+/// publishes; a wrong token or none is refused with
+/// "bad user name or password" (3.1.1 return code 4, MQTT 5 reason 0x86).
+async fn only_clients_with_a_valid_token_connect(backend: BackendKind) {
+    let secret = random_secret();
+    let (_dir, secret_file) = common::tokens::secret_file(&secret);
+    let gw = Gateway::builder(backend)
+        .arg("--auth-token-secret-file")
+        .arg(&secret_file)
+        .start()
+        .await;
+    let valid = token(&secret, json!({"sub": "sensor-7"}));
+    let wrong = token(&random_secret(), json!({"sub": "sensor-7"}));
+    for version in ["3", "5", "5ws"] {
+        let topic = format!("{}/t", unique("auth"));
+        let got = paho(&gw, version, "login", &[&topic, "sensor-7", &valid]).await;
+        assert_eq!(
+            got,
+            json!({"connack": 0, "published": true}),
+            "MQTT {version}"
+        );
+        let as_token = format!("token:{valid}");
+        let got = paho(&gw, version, "login", &[&topic, "any", &as_token]).await;
+        assert_eq!(got["connack"], 0, "MQTT {version}, password token:<jwt>");
+        for (user, password) in [("sensor-7", wrong.as_str()), ("-", "-")] {
+            let got = paho(&gw, version, "login", &[&topic, user, password]).await;
+            assert_eq!(got, json!({"connack": 0x86}), "MQTT {version}, {password}");
+        }
+    }
+}
+
 /// Each case as a test on each backend.
 macro_rules! on_both_backends {
     ($($case:ident),* $(,)?) => {
@@ -228,6 +261,7 @@ on_both_backends!(
     each_qos_reaches_a_wildcard_subscriber,
     retained_messages_greet_new_subscriptions,
     mqtt_over_websocket,
+    only_clients_with_a_valid_token_connect,
     a_session_keeps_what_was_published_while_away,
     the_will_goes_on_a_lost_connection_only,
     a_second_connection_takes_the_client_id_over,

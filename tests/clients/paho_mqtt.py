@@ -29,6 +29,11 @@ Usage: paho_mqtt.py SCENARIO HOST PORT VERSION ARGS...
   receive TOPIC COUNT
                   subscribes TOPIC at QoS 1, prints "subscribed" on a line,
                   then the first COUNT messages as JSON.
+  login TOPIC USER PASSWORD
+                  connects with these credentials ("-": none); prints the
+                  CONNACK reason code (paho reports 3.1.1's return codes as
+                  MQTT 5 reason codes) and, when accepted, whether a QoS 1
+                  publish to TOPIC was acknowledged.
   publish TOPIC COUNT
                   publishes m0..m(COUNT-1) at QoS 1, each waited for.
 """
@@ -234,6 +239,26 @@ def publish_many(host, port, version, topic, count):
     return int(count)
 
 
+def login(host, port, version, topic, user, password):
+    c = client(version)
+    if user != "-" or password != "-":
+        c.username_pw_set(None if user == "-" else user, None if password == "-" else password)
+    if version.startswith("5"):
+        c.connect(host, port, properties=Properties(PacketTypes.CONNECT))
+    else:
+        c.connect(host, port)
+    c.loop_start()
+    present, rc = c.connected.get(timeout=WAIT)
+    out = {"connack": rc}
+    if rc == 0:
+        info = c.publish(topic, "hello", qos=1)
+        info.wait_for_publish(WAIT)
+        out["published"] = info.is_published()
+        c.disconnect()
+    c.loop_stop()
+    return out
+
+
 SCENARIOS = {
     "pubsub": pubsub,
     "session": session,
@@ -242,6 +267,7 @@ SCENARIOS = {
     "takeover": takeover,
     "receive": receive,
     "publish": publish_many,
+    "login": login,
 }
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@
 
 #![allow(dead_code)] // Each test binary uses a different part.
 
+pub mod tokens;
+
 use std::ffi::OsString;
 use std::future::Future;
 use std::io::Read;
