@@ -3,16 +3,25 @@
 //! clients publish read by Kafka clients, and the reverse.
 
 mod common;
+#[path = "mqtt/limits.rs"]
+mod limits;
+#[path = "mqtt/rumqttc_client.rs"]
+mod rumqttc_client;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 use common::tokens::{random_secret, token};
 use common::{client_script, python, run_json, unique, BackendKind, Gateway};
+use limits::{
+    a_silent_connection_is_closed, an_oversized_packet_closes_its_connection,
+    malformed_packets_close_their_connection,
+};
+use rumqttc_client::{rumqttc_round_trip, rumqttc_v5_round_trip};
 use serde_json::{json, Value};
 
 /// Runs a scenario of `paho_mqtt.py` against `gw`; its JSON.
-async fn paho(gw: &Gateway, version: &str, scenario: &str, args: &[&str]) -> Value {
+pub(crate) async fn paho(gw: &Gateway, version: &str, scenario: &str, args: &[&str]) -> Value {
     run_json(
         format!("paho_mqtt.py {scenario} (MQTT {version}) {args:?}"),
         paho_command(gw, version, scenario, args),
@@ -266,4 +275,9 @@ on_both_backends!(
     the_will_goes_on_a_lost_connection_only,
     a_second_connection_takes_the_client_id_over,
     mqtt_and_kafka_share_topics,
+    rumqttc_round_trip,
+    rumqttc_v5_round_trip,
+    an_oversized_packet_closes_its_connection,
+    malformed_packets_close_their_connection,
+    a_silent_connection_is_closed,
 );

@@ -244,6 +244,11 @@ impl Connection {
     /// The connection's loop; how it ended.
     async fn serve(&mut self) -> std::io::Result<Ending> {
         let mut last_heard = tokio::time::Instant::now();
+        // Packets that came with the CONNECT.
+        if let Some(ending) = self.handle_packets().await {
+            return self.end_with(ending).await;
+        }
+        self.flush().await?;
         loop {
             let can_read = self.publishing.len() < usize::from(self.config.max_inflight);
             let can_deliver = self.unacked.len() < self.window;
