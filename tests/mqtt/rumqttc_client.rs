@@ -20,10 +20,11 @@ async fn until<T>(
 ) -> T {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let event = tokio::time::timeout_at(deadline, events.poll())
-            .await
-            .unwrap_or_else(|_| panic!("{what}: nothing within {WAIT:?}"))
-            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let event = match tokio::time::timeout_at(deadline, events.poll()).await {
+            Ok(Ok(event)) => event,
+            Ok(Err(e)) => panic!("{what}: {e}"),
+            Err(_) => panic!("{what}: nothing within {WAIT:?}"),
+        };
         if let Event::Incoming(incoming) = event {
             if let Some(found) = wanted(&incoming) {
                 return found;
