@@ -61,6 +61,7 @@ trap on_exit EXIT
 DEBIAN_NEEDS=(
     "protoc:protobuf-compiler" # Pulsar's protobuf definitions (Pulsar backend)
     "openssl:openssl"          # test certificates for the TLS standalone (deploy/), test JWT key pairs (src/auth.rs)
+    "mosquitto_sub:mosquitto-clients" # MQTT clients of the MQTT handler's tests (tests/mqtt.rs)
 )
 
 ensure_debian_packages() {

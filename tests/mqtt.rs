@@ -1,10 +1,14 @@
-//! MQTT end to end: paho-mqtt (Python) at its default settings against the
-//! gateway process, over MQTT 3.1.1 and 5, on both backends; what MQTT
-//! clients publish read by Kafka clients, and the reverse.
+//! MQTT end to end: paho-mqtt (Python), rumqttc (Rust) and Mosquitto's
+//! command-line clients at their default settings against the gateway
+//! process, over MQTT 3.1.1 and 5, on TCP and WebSocket, on both backends;
+//! what MQTT clients publish read by Kafka clients, and the reverse; the
+//! limits a client cannot pass.
 
 mod common;
 #[path = "mqtt/limits.rs"]
 mod limits;
+#[path = "mqtt/mosquitto.rs"]
+mod mosquitto;
 #[path = "mqtt/rumqttc_client.rs"]
 mod rumqttc_client;
 
@@ -17,6 +21,7 @@ use limits::{
     a_silent_connection_is_closed, an_oversized_packet_closes_its_connection,
     malformed_packets_close_their_connection,
 };
+use mosquitto::mosquitto_clients_publish_and_subscribe;
 use rumqttc_client::{rumqttc_round_trip, rumqttc_v5_round_trip};
 use serde_json::{json, Value};
 
@@ -277,6 +282,7 @@ on_both_backends!(
     mqtt_and_kafka_share_topics,
     rumqttc_round_trip,
     rumqttc_v5_round_trip,
+    mosquitto_clients_publish_and_subscribe,
     an_oversized_packet_closes_its_connection,
     malformed_packets_close_their_connection,
     a_silent_connection_is_closed,
