@@ -102,6 +102,52 @@ async fn mqtt_over_websocket(backend: BackendKind) {
     }
 }
 
+/// MQTT 5 subscription options and topic aliases: No Local keeps a
+/// client's own messages from it, Retain As Published keeps the retain
+/// flag, the Subscription Identifier comes back with each delivery, and a
+/// topic alias set by one PUBLISH names the topic of the next.
+async fn mqtt_5_subscription_options_and_topic_aliases(backend: BackendKind) {
+    let gw = Gateway::start(backend).await;
+    let base = unique("v5options");
+    let got = paho(&gw, "5", "v5options", &[&base]).await;
+    let seen = |who: &str| -> Vec<(String, String, bool)> {
+        got[who]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                let topic = m["topic"].as_str().unwrap();
+                let suffix = topic.rsplit('/').next().unwrap().to_owned();
+                let payload = m["payload"].as_str().unwrap().to_owned();
+                (suffix, payload, m["retain"].as_bool().unwrap())
+            })
+            .collect()
+    };
+    let mut a = seen("a");
+    a.sort();
+    assert_eq!(
+        a,
+        [
+            ("x".into(), "marker".into(), false),
+            ("y".into(), "kept".into(), true),
+        ],
+        "No Local and Retain As Published"
+    );
+    for m in got["a"].as_array().unwrap() {
+        assert_eq!(m["SubscriptionIdentifier"], json!([7]));
+    }
+    let c: Vec<_> = seen("c")
+        .into_iter()
+        .filter(|(topic, _, _)| topic == "z")
+        .map(|(_, payload, retain)| (payload, retain))
+        .collect();
+    assert_eq!(
+        c,
+        [("aliased1".into(), false), ("aliased2".into(), false)],
+        "a topic alias names the topic"
+    );
+}
+
 /// A new subscription gets the retained message of each topic it matches
 /// (flagged retained) before what is published after it (not flagged); a
 /// retained message with an empty payload cleared its topic's.
@@ -274,6 +320,7 @@ macro_rules! on_both_backends {
 on_both_backends!(
     each_qos_reaches_a_wildcard_subscriber,
     retained_messages_greet_new_subscriptions,
+    mqtt_5_subscription_options_and_topic_aliases,
     mqtt_over_websocket,
     only_clients_with_a_valid_token_connect,
     a_session_keeps_what_was_published_while_away,

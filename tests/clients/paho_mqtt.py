@@ -14,6 +14,13 @@ Usage: paho_mqtt.py SCENARIO HOST PORT VERSION ARGS...
                   (an empty retained message); then a subscriber of BASE/+
                   and, once subscribed, "live" published to BASE/a; prints
                   what the subscriber got, in order, with retain flags.
+  v5options BASE (MQTT 5 only) client A subscribes BASE/# with No Local,
+                  Retain As Published and subscription identifier 7; client
+                  C subscribes BASE/# plainly. A publishes "mine" to BASE/x,
+                  then B publishes "kept" (retained) to BASE/y and "marker"
+                  to BASE/x; A publishes "aliased1" to BASE/z setting topic
+                  alias 1, then "aliased2" by the alias alone. Prints what
+                  A got up to the marker and what C got up to "aliased2".
   session TOPIC CLIENT
                   CLIENT keeps a session (3.1.1 clean session off, 5 session
                   expiry 300 s), subscribes TOPIC at QoS 1 and disconnects;
@@ -111,6 +118,8 @@ def describe(m):
                 out[name] = getattr(m.properties, name)
         if hasattr(m.properties, "CorrelationData"):
             out["CorrelationData"] = m.properties.CorrelationData.hex()
+        if hasattr(m.properties, "SubscriptionIdentifier"):
+            out["SubscriptionIdentifier"] = m.properties.SubscriptionIdentifier
     out["props"] = props
     return out
 
@@ -161,6 +170,42 @@ def retained(host, port, version, base):
     stop(pub)
     stop(sub)
     return [{"payload": m["payload"], "retain": m["retain"]} for m in got]
+
+
+def v5options(host, port, version, base):
+    from paho.mqtt.subscribeoptions import SubscribeOptions
+    a = client(version)
+    connect(a, host, port, version)
+    props = Properties(PacketTypes.SUBSCRIBE)
+    props.SubscriptionIdentifier = 7
+    a.subscribe(base + "/#", options=SubscribeOptions(qos=1, noLocal=True, retainAsPublished=True),
+                properties=props)
+    a.subscribed.get(timeout=WAIT)
+    c = client(version)
+    connect(c, host, port, version)
+    subscribe(c, base + "/#", 1)
+    b = client(version)
+    connect(b, host, port, version)
+    publish(a, base + "/x", "mine", 1)
+    info = b.publish(base + "/y", "kept", qos=1, retain=True)
+    info.wait_for_publish(WAIT)
+    publish(b, base + "/x", "marker", 1)
+    alias = Properties(PacketTypes.PUBLISH)
+    alias.TopicAlias = 1
+    publish(a, base + "/z", "aliased1", 1, alias)
+    publish(a, "", "aliased2", 1, alias)
+
+    def until(sub, *payloads):
+        got = []
+        while not all(p in [m["payload"] for m in got] for p in payloads):
+            got.append(describe(sub.messages.get(timeout=WAIT)))
+        return got
+
+    a_got = until(a, "kept", "marker")
+    c_got = until(c, "aliased2")
+    for x in (a, b, c):
+        stop(x)
+    return {"a": a_got, "c": c_got}
 
 
 def session(host, port, version, topic, client_id):
@@ -263,6 +308,7 @@ SCENARIOS = {
     "pubsub": pubsub,
     "session": session,
     "retained": retained,
+    "v5options": v5options,
     "will": will,
     "takeover": takeover,
     "receive": receive,

@@ -174,6 +174,7 @@ pub(crate) fn refusal(reason: Reason) -> ConnAck {
         receive_max: None,
         max_packet_size: None,
         session_expiry_secs: None,
+        topic_alias_max: 0,
     }
 }
 

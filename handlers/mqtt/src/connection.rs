@@ -9,7 +9,7 @@
 //! of them wait for the client's acknowledgement.
 
 use std::collections::{HashMap, HashSet};
-use std::num::NonZeroU16;
+use std::num::{NonZeroU16, NonZeroU32};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clients::Registration;
 use crate::connect::Connected;
-use crate::deliver::{self, Delivery, Subscribed};
+use crate::deliver::{self, Delivery, SubOptions, Subscribed};
 use crate::filter::{Covered, Filter};
 use crate::properties;
 use crate::reason::{self, Reason};
@@ -117,6 +117,8 @@ pub(crate) struct Connection {
     /// Publishes being persisted, in the order they came: their
     /// acknowledgements go out in that order.
     publishing: FuturesOrdered<BoxFuture<'static, Publishing>>,
+    /// MQTT 5 topic aliases the client set.
+    aliases: HashMap<u16, bytestring::ByteString>,
     /// QoS 2 packet ids received and not yet released (PUBREL): a PUBLISH
     /// with one of them again is a resend, not stored twice.
     qos2_received: HashMap<u16, Qos2>,
@@ -185,6 +187,7 @@ impl Connection {
             retained: Retained::new(ctx.backend.metadata()),
             publishing: FuturesOrdered::new(),
             qos2_received: HashMap::new(),
+            aliases: HashMap::new(),
             subscriptions: HashMap::new(),
             deliveries,
             delivery_sender,
@@ -209,6 +212,7 @@ impl Connection {
             receive_max: NonZeroU16::new(conn.config.max_inflight),
             max_packet_size: Some(conn.config.max_packet_size),
             session_expiry_secs: None,
+            topic_alias_max: conn.config.topic_alias_max,
         };
         conn.send(Outbound::ConnAck(ack))
             .map_err(|e| HandlerError::Protocol(e.to_string()))?;
@@ -340,7 +344,11 @@ impl Connection {
                 self.qos2_received.remove(&id.get());
                 let _ = self.send(Outbound::PubComp(id));
             }
-            Inbound::Subscribe { packet_id, filters } => self.subscribe(packet_id, filters).await,
+            Inbound::Subscribe {
+                packet_id,
+                id,
+                filters,
+            } => self.subscribe(packet_id, id, filters).await,
             Inbound::Unsubscribe { packet_id, filters } => {
                 self.unsubscribe(packet_id, filters).await
             }
@@ -396,20 +404,15 @@ impl Connection {
                 }
             }
         }
-        if p.properties
-            .as_ref()
-            .is_some_and(|pp| pp.topic_alias.is_some())
-        {
-            return Some(violation(
-                Reason(0x94),
-                "a topic alias, where the gateway allows none",
-            ));
+        let mut p = p;
+        if let Some(ending) = self.resolve_alias(&mut p) {
+            return Some(ending);
         }
         let topic = match self.publish_topic(&p.topic) {
             Ok(t) => t,
             Err(r) => return self.refuse_publish(&p, r),
         };
-        let message = properties::to_backend(&p, now_ms());
+        let message = properties::to_backend(&p, &self.client_id, now_ms());
         let retain = p.retain.then(|| message.clone());
         let bytes = message.payload.len();
         let reservation = self.ctx.inbound.reserve(message.size()).await;
@@ -436,6 +439,28 @@ impl Connection {
                 result,
             }
         }));
+        None
+    }
+
+    /// MQTT 5 topic aliases: a PUBLISH with a topic and an alias sets the
+    /// alias; one with an alias alone uses it. `Some` when the alias is
+    /// out of range or unknown.
+    fn resolve_alias(&mut self, p: &mut Publish) -> Option<Ending> {
+        let alias = p.properties.as_ref().and_then(|pp| pp.topic_alias)?;
+        if alias.get() > self.config.topic_alias_max {
+            return Some(violation(
+                reason::TOPIC_ALIAS_INVALID,
+                "topic alias out of range",
+            ));
+        }
+        if p.topic.is_empty() {
+            match self.aliases.get(&alias.get()) {
+                Some(topic) => p.topic = topic.clone(),
+                None => return Some(violation(reason::PROTOCOL_ERROR, "unknown topic alias")),
+            }
+        } else {
+            self.aliases.insert(alias.get(), p.topic.clone());
+        }
         None
     }
 
@@ -485,7 +510,9 @@ impl Connection {
     /// (the retain flag), then its acknowledgement.
     async fn published(&mut self, mut done: Publishing) -> Option<Ending> {
         if let (Ok(()), Some(message)) = (&done.result, &done.retain) {
-            done.result = self.retained.set(&done.topic, message).await;
+            if let Err(e) = self.retained.set(&done.topic, message).await {
+                done.result = Err(e);
+            }
         }
         match &done.result {
             Ok(()) => self.ctx.metrics.published(
@@ -541,13 +568,24 @@ impl Connection {
     }
 
     /// SUBSCRIBE: each filter subscribed (or refused), then SUBACK.
-    async fn subscribe(&mut self, packet_id: NonZeroU16, filters: Vec<FilterRequest>) {
+    async fn subscribe(
+        &mut self,
+        packet_id: NonZeroU16,
+        id: Option<NonZeroU32>,
+        filters: Vec<FilterRequest>,
+    ) {
         let mut granted = Vec::with_capacity(filters.len());
         let mut retained = Vec::new();
         for request in filters {
-            let (answer, sends_retained) = self.subscribe_one(&request).await;
-            if let (Granted::Qos(qos), true) = (answer, sends_retained) {
-                retained.push((request.filter, qos));
+            let options = SubOptions {
+                qos: request.qos,
+                no_local: request.no_local,
+                retain_as_published: request.retain_as_published,
+                id,
+            };
+            let (answer, sends_retained) = self.subscribe_one(&request, options).await;
+            if let (Granted::Qos(_), true) = (answer, sends_retained) {
+                retained.push((request.filter, options));
             }
             granted.push(answer);
         }
@@ -555,14 +593,14 @@ impl Connection {
             self.save_session().await;
         }
         let _ = self.send(Outbound::SubAck { packet_id, granted });
-        for (filter, qos) in retained {
-            self.send_retained(&filter, qos).await;
+        for (filter, options) in retained {
+            self.send_retained(&filter, options).await;
         }
     }
 
     /// Sends the retained messages `filter` matches, as MQTT says: the
-    /// retain flag set, at the lower of their QoS and `granted`.
-    async fn send_retained(&mut self, filter: &str, granted: QoS) {
+    /// retain flag set, at the lower of their QoS and the one granted.
+    async fn send_retained(&mut self, filter: &str, options: SubOptions) {
         let Ok(parsed) = Filter::parse(filter) else {
             return;
         };
@@ -577,8 +615,10 @@ impl Connection {
             let Some(outgoing) = properties::outgoing(&stored.properties, now_ms()) else {
                 continue;
             };
-            let qos = properties::delivery_qos(outgoing.published_qos, granted);
+            let qos = properties::delivery_qos(outgoing.published_qos, options.qos);
             let packet_id = (qos != QoS::AtMostOnce).then(|| self.next_packet_id());
+            let mut outgoing = outgoing;
+            outgoing.properties.subscription_ids = options.id.into_iter().collect();
             if let Some(id) = packet_id {
                 self.unacked.insert(
                     id.get(),
@@ -606,7 +646,11 @@ impl Connection {
     /// Subscribes one filter: the answer, and whether the retained
     /// messages it matches are to be sent (MQTT 5 Retain Handling; never
     /// for a shared subscription).
-    async fn subscribe_one(&mut self, request: &FilterRequest) -> (Granted, bool) {
+    async fn subscribe_one(
+        &mut self,
+        request: &FilterRequest,
+        options: SubOptions,
+    ) -> (Granted, bool) {
         let text: &str = &request.filter;
         if text.len() > self.config.max_topic_len {
             return (Granted::Refused(reason::TOPIC_FILTER_INVALID), false);
@@ -621,7 +665,7 @@ impl Connection {
         let unshared = filter.share.is_none();
         if let Some(existing) = self.subscriptions.get_mut(text) {
             // The same filter again replaces its options.
-            existing.qos = request.qos;
+            existing.options = options;
             if self.persistent {
                 self.record.set(text, request.qos);
             }
@@ -630,7 +674,7 @@ impl Connection {
                 unshared && request.retain_handling == 0,
             );
         }
-        match self.open(&filter, text, request.qos).await {
+        match self.open(&filter, text, options).await {
             Ok(()) => {
                 if self.persistent && unshared {
                     self.record.set(text, request.qos);
@@ -645,7 +689,12 @@ impl Connection {
     }
 
     /// Opens the backend subscription of `filter` and starts delivering.
-    async fn open(&mut self, filter: &Filter, text: &str, qos: QoS) -> Result<(), Reason> {
+    async fn open(
+        &mut self,
+        filter: &Filter,
+        text: &str,
+        options: SubOptions,
+    ) -> Result<(), Reason> {
         let topics = match filter.covered(&self.namespace) {
             Covered::Topic(name) => {
                 let topic = self
@@ -695,7 +744,7 @@ impl Connection {
             filter_key.clone(),
             filter.clone(),
             Arc::from(subscription),
-            qos,
+            options,
             self.delivery_sender.clone(),
         );
         self.subscriptions.insert(filter_key, subscribed);
@@ -734,7 +783,8 @@ impl Connection {
             let Ok(filter) = Filter::parse(&stored.filter) else {
                 continue;
             };
-            match self.open(&filter, &stored.filter, stored.qos).await {
+            let options = SubOptions::qos(stored.qos);
+            match self.open(&filter, &stored.filter, options).await {
                 Ok(()) => self.record.set(&stored.filter, stored.qos),
                 Err(r) => tracing::warn!(
                     client = %self.client_id,
@@ -762,7 +812,7 @@ impl Connection {
         if delivery.generation != subscribed.generation {
             return;
         }
-        let (subscription, qos) = (subscribed.subscription.clone(), subscribed.qos);
+        let (subscription, options) = (subscribed.subscription.clone(), subscribed.options);
         let message = delivery.message;
         let Some(name) = message.topic.base().mqtt_topic() else {
             // No MQTT name for it: not for MQTT clients.
@@ -774,14 +824,22 @@ impl Connection {
             let _ = subscription.ack(&message.topic, message.id).await;
             return;
         };
-        let qos = properties::delivery_qos(outgoing.published_qos, qos);
+        if options.no_local && outgoing.publisher.as_deref() == Some(self.client_id.as_str()) {
+            // MQTT 5 No Local: the client's own message.
+            let _ = subscription.ack(&message.topic, message.id).await;
+            return;
+        }
+        let qos = properties::delivery_qos(outgoing.published_qos, options.qos);
+        let retain = options.retain_as_published && outgoing.retained;
+        let mut outgoing = outgoing;
+        outgoing.properties.subscription_ids = options.id.into_iter().collect();
         let packet_id = match qos {
             QoS::AtMostOnce => None,
             _ => Some(self.next_packet_id()),
         };
         let publish = Publish {
             dup: false,
-            retain: false,
+            retain,
             qos,
             topic: name.into(),
             packet_id,
@@ -856,7 +914,7 @@ impl Connection {
                 return;
             }
         };
-        let message = properties::to_backend(&will.publish, now_ms());
+        let message = properties::to_backend(&will.publish, &self.client_id, now_ms());
         let published = self.ctx.backend.publish(&topic, message);
         match tokio::time::timeout(WILL_TIMEOUT, published).await {
             Ok(Ok(_)) => {}

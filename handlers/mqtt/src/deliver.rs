@@ -5,6 +5,7 @@
 //! share: when the client is slow the queue fills, the tasks wait, and the
 //! backlog stays in the backend.
 
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,11 +31,35 @@ pub(crate) struct Delivery {
     pub message: Message,
 }
 
+/// What a client asked of a subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SubOptions {
+    /// The QoS granted: the most its messages are sent with.
+    pub qos: QoS,
+    /// MQTT 5 No Local.
+    pub no_local: bool,
+    /// MQTT 5 Retain As Published.
+    pub retain_as_published: bool,
+    /// MQTT 5 Subscription Identifier.
+    pub id: Option<NonZeroU32>,
+}
+
+impl SubOptions {
+    /// A subscription at `qos` and nothing else (MQTT 3.1.1's).
+    pub(crate) fn qos(qos: QoS) -> SubOptions {
+        SubOptions {
+            qos,
+            no_local: false,
+            retain_as_published: false,
+            id: None,
+        }
+    }
+}
+
 /// A filter's open subscription.
 pub(crate) struct Subscribed {
     pub subscription: Arc<dyn Subscription>,
-    /// The QoS granted: the one its messages are sent with.
-    pub qos: QoS,
+    pub options: SubOptions,
     pub generation: u64,
     /// Takes its messages into the connection's queue.
     task: JoinHandle<()>,
@@ -63,7 +88,7 @@ pub(crate) fn start(
     filter_text: Arc<str>,
     filter: Filter,
     subscription: Arc<dyn Subscription>,
-    qos: QoS,
+    options: SubOptions,
     queue: mpsc::Sender<Delivery>,
 ) -> Subscribed {
     static GENERATIONS: AtomicU64 = AtomicU64::new(0);
@@ -77,7 +102,7 @@ pub(crate) fn start(
     ));
     Subscribed {
         subscription,
-        qos,
+        options,
         generation,
         task,
     }

@@ -57,6 +57,8 @@ pub struct MqttConfig {
     pub receive_queue: usize,
     /// Messages a connection's subscriptions queue for it.
     pub delivery_queue: usize,
+    /// MQTT 5 topic aliases a client may set (its Topic Alias Maximum).
+    pub topic_alias_max: u16,
 }
 
 impl Default for MqttConfig {
@@ -68,6 +70,7 @@ impl Default for MqttConfig {
             max_topic_len: 1024,
             receive_queue: 1000,
             delivery_queue: 64,
+            topic_alias_max: 64,
         }
     }
 }

@@ -13,6 +13,8 @@
 //! | `mqtt-response-topic`  | Response Topic                                |
 //! | `mqtt-correlation-data`| Correlation Data, in hex                      |
 //! | `mqtt-utf8`            | Payload Format Indicator 1 (`true`)           |
+//! | `mqtt-retain`          | published with the retain flag (`true`)       |
+//! | `mqtt-client`          | the publisher's client id (for No Local)       |
 //!
 //! A message is delivered at the lower of the QoS it was published with and
 //! the one granted to the subscription, as MQTT requires; one from another
@@ -31,10 +33,18 @@ const CONTENT_TYPE: &str = "mqtt-content-type";
 const RESPONSE_TOPIC: &str = "mqtt-response-topic";
 const CORRELATION_DATA: &str = "mqtt-correlation-data";
 const UTF8: &str = "mqtt-utf8";
+const RETAIN: &str = "mqtt-retain";
+const CLIENT: &str = "mqtt-client";
 
-/// The backend message of a PUBLISH received at `now_ms`.
-pub(crate) fn to_backend(p: &Publish, now_ms: u64) -> NewMessage {
-    let mut properties = vec![(QOS.to_owned(), u8::from(p.qos).to_string())];
+/// The backend message of a PUBLISH `client` sent, received at `now_ms`.
+pub(crate) fn to_backend(p: &Publish, client: &str, now_ms: u64) -> NewMessage {
+    let mut properties = vec![
+        (QOS.to_owned(), u8::from(p.qos).to_string()),
+        (CLIENT.to_owned(), client.to_owned()),
+    ];
+    if p.retain {
+        properties.push((RETAIN.to_owned(), "true".to_owned()));
+    }
     if let Some(pp) = &p.properties {
         if let Some(secs) = pp.message_expiry_interval {
             let at = now_ms.saturating_add(u64::from(secs.get()) * 1000);
@@ -71,6 +81,10 @@ pub(crate) fn to_backend(p: &Publish, now_ms: u64) -> NewMessage {
 pub(crate) struct Outgoing {
     /// The QoS it was published with over MQTT, if it was.
     pub published_qos: Option<QoS>,
+    /// Whether it was published with the retain flag.
+    pub retained: bool,
+    /// The client id of its MQTT publisher, if it had one.
+    pub publisher: Option<String>,
     /// Its MQTT 5 properties (3.1.1 sends none).
     pub properties: PublishProperties,
 }
@@ -81,6 +95,8 @@ pub(crate) struct Outgoing {
 pub(crate) fn outgoing(properties: &[(String, String)], now_ms: u64) -> Option<Outgoing> {
     let mut out = Outgoing {
         published_qos: None,
+        retained: false,
+        publisher: None,
         properties: PublishProperties::default(),
     };
     for (key, value) in properties {
@@ -97,6 +113,8 @@ pub(crate) fn outgoing(properties: &[(String, String)], now_ms: u64) -> Option<O
             RESPONSE_TOPIC => pp.response_topic = Some(value.as_str().into()),
             CORRELATION_DATA => pp.correlation_data = unhex(value),
             UTF8 => pp.is_utf8_payload = value == "true",
+            RETAIN => out.retained = value == "true",
+            CLIENT => out.publisher = Some(value.clone()),
             _ => pp
                 .user_properties
                 .push((key.as_str().into(), value.as_str().into())),
@@ -152,9 +170,10 @@ mod tests {
             payload: Bytes::from_static(b"{}"),
             properties: Some(properties.clone()),
         };
-        let message = to_backend(&publish, 1_000_000);
+        let message = to_backend(&publish, "c1", 1_000_000);
         let out = outgoing(&message.properties, 1_010_500).unwrap();
         assert_eq!(out.published_qos, Some(QoS::AtLeastOnce));
+        assert_eq!(out.publisher.as_deref(), Some("c1"));
         // 49.5 s left: 50 whole seconds.
         assert_eq!(out.properties.message_expiry_interval, NonZeroU32::new(50));
         assert_eq!(

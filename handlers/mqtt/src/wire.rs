@@ -64,6 +64,11 @@ pub(crate) struct FilterRequest {
     /// MQTT 5 Retain Handling: 0 send retained messages, 1 only for a new
     /// subscription, 2 never (3.1.1: 0).
     pub retain_handling: u8,
+    /// MQTT 5 No Local: not the messages this client published.
+    pub no_local: bool,
+    /// MQTT 5 Retain As Published: deliveries keep the retain flag they
+    /// were published with.
+    pub retain_as_published: bool,
 }
 
 /// A packet a client sends, either version.
@@ -78,6 +83,8 @@ pub(crate) enum Inbound {
     PubComp(NonZeroU16),
     Subscribe {
         packet_id: NonZeroU16,
+        /// MQTT 5 Subscription Identifier, sent back with each delivery.
+        id: Option<NonZeroU32>,
         filters: Vec<FilterRequest>,
     },
     Unsubscribe {
@@ -118,6 +125,8 @@ pub(crate) struct ConnAck {
     pub max_packet_size: Option<u32>,
     /// MQTT 5: the session expiry the server uses, when it differs.
     pub session_expiry_secs: Option<u32>,
+    /// MQTT 5: the topic aliases the client may set.
+    pub topic_alias_max: u16,
 }
 
 /// A packet the gateway sends, either version.
@@ -331,12 +340,15 @@ fn inbound_v3(p: v3::Packet) -> Inbound {
             topic_filters,
         } => Inbound::Subscribe {
             packet_id,
+            id: None,
             filters: topic_filters
                 .into_iter()
                 .map(|(filter, qos)| FilterRequest {
                     filter,
                     qos,
                     retain_handling: 0,
+                    no_local: false,
+                    retain_as_published: false,
                 })
                 .collect(),
         },
@@ -369,6 +381,7 @@ fn inbound_v5(p: v5::Packet) -> Inbound {
         P::PublishComplete(a) => Inbound::PubComp(a.packet_id),
         P::Subscribe(s) => Inbound::Subscribe {
             packet_id: s.packet_id,
+            id: s.id,
             filters: s
                 .topic_filters
                 .into_iter()
@@ -376,6 +389,8 @@ fn inbound_v5(p: v5::Packet) -> Inbound {
                     filter,
                     qos: o.qos,
                     retain_handling: o.retain_handling.into(),
+                    no_local: o.no_local,
+                    retain_as_published: o.retain_as_published,
                 })
                 .collect(),
         },
@@ -439,6 +454,7 @@ fn outbound_v5(packet: Outbound) -> v5::Packet {
             receive_max: a.receive_max.unwrap_or(NonZeroU16::MAX),
             max_packet_size: a.max_packet_size,
             session_expiry_interval_secs: a.session_expiry_secs,
+            topic_alias_max: a.topic_alias_max,
             ..v5::ConnectAck::default()
         })),
         Outbound::Publish(p) => P::Publish(p),
