@@ -11,6 +11,8 @@ mod limits;
 mod mosquitto;
 #[path = "mqtt/rumqttc_client.rs"]
 mod rumqttc_client;
+#[path = "mqtt/sessions.rs"]
+mod sessions;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -24,6 +26,9 @@ use limits::{
 use mosquitto::mosquitto_clients_publish_and_subscribe;
 use rumqttc_client::{rumqttc_round_trip, rumqttc_v5_round_trip};
 use serde_json::{json, Value};
+use sessions::{
+    qos_2_is_stored_once_across_a_reconnect, sessions_expire_and_wills_wait_their_delay,
+};
 
 /// Runs a scenario of `paho_mqtt.py` against `gw`; its JSON.
 pub(crate) async fn paho(gw: &Gateway, version: &str, scenario: &str, args: &[&str]) -> Value {
@@ -36,7 +41,7 @@ pub(crate) async fn paho(gw: &Gateway, version: &str, scenario: &str, args: &[&s
 
 /// `version` is "3" or "5", with "ws" after it for MQTT over WebSocket
 /// (on the HTTP port).
-fn paho_command(gw: &Gateway, version: &str, scenario: &str, args: &[&str]) -> Command {
+pub(crate) fn paho_command(gw: &Gateway, version: &str, scenario: &str, args: &[&str]) -> Command {
     let addr = if version.ends_with("ws") {
         gw.http_addr.expect("an HTTP listener")
     } else {
@@ -324,6 +329,8 @@ on_both_backends!(
     mqtt_over_websocket,
     only_clients_with_a_valid_token_connect,
     a_session_keeps_what_was_published_while_away,
+    qos_2_is_stored_once_across_a_reconnect,
+    sessions_expire_and_wills_wait_their_delay,
     the_will_goes_on_a_lost_connection_only,
     a_second_connection_takes_the_client_id_over,
     mqtt_and_kafka_share_topics,

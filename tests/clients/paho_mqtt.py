@@ -21,6 +21,15 @@ Usage: paho_mqtt.py SCENARIO HOST PORT VERSION ARGS...
                   to BASE/x; A publishes "aliased1" to BASE/z setting topic
                   alias 1, then "aliased2" by the alias alone. Prints what
                   A got up to the marker and what C got up to "aliased2".
+  expiry TOPIC CLIENT (MQTT 5) CLIENT keeps a session for 1 s, subscribes
+                  TOPIC and leaves; 3 s later it connects again: prints
+                  whether the session was still present.
+  willdelay TOPIC CLIENT (MQTT 5) a subscriber of TOPIC; CLIENT-1 (will
+                  "late", delay 1 s) and CLIENT-2 (will "cancelled", delay
+                  3 s) lose their connections, both keeping a session;
+                  CLIENT-2 comes back at once. Once "late" arrived and 4 s
+                  passed, "marker" is published; prints what the
+                  subscriber got up to it and how long "late" took.
   session TOPIC CLIENT
                   CLIENT keeps a session (3.1.1 clean session off, 5 session
                   expiry 300 s), subscribes TOPIC at QoS 1 and disconnects;
@@ -208,6 +217,54 @@ def v5options(host, port, version, base):
     return {"a": a_got, "c": c_got}
 
 
+def expiry(host, port, version, topic, client_id):
+    keeper = client(version, client_id)
+    connect(keeper, host, port, version, clean=True, expiry=1)
+    subscribe(keeper, topic, 1)
+    stop(keeper)
+    time.sleep(3)
+    back = client(version, client_id)
+    present = connect(back, host, port, version, clean=False, expiry=1)
+    stop(back)
+    return {"present": present}
+
+
+def willdelay(host, port, version, topic, client_id):
+    sub = client(version)
+    connect(sub, host, port, version)
+    subscribe(sub, topic, 1)
+
+    def with_will(name, payload, delay):
+        c = client(version, name)
+        props = Properties(PacketTypes.WILLMESSAGE)
+        props.WillDelayInterval = delay
+        c.will_set(topic, payload, qos=1, properties=props)
+        connect(c, host, port, version, clean=True, expiry=30)
+        return c
+
+    late = with_will(client_id + "-1", "late", 1)
+    cancelled = with_will(client_id + "-2", "cancelled", 3)
+    # Before loop_stop: its network thread closes the socket as it ends.
+    lost = time.time()
+    for c in (late, cancelled):
+        c.loop_stop()
+        c.socket().close()
+    back = client(version, client_id + "-2")
+    connect(back, host, port, version, clean=False, expiry=30)
+    got = [sub.messages.get(timeout=WAIT).payload.decode()]
+    took = time.time() - lost
+    # Past the cancelled will's delay, counted from its connection's end.
+    time.sleep(4)
+    pub = client(version)
+    connect(pub, host, port, version)
+    publish(pub, topic, "marker", 1)
+    while got[-1] != "marker":
+        got.append(sub.messages.get(timeout=WAIT).payload.decode())
+    for c in (pub, back, sub):
+        stop(c)
+    return {"got": got, "late_after": took}
+
+
 def session(host, port, version, topic, client_id):
     keeper = client(version, client_id, clean=False)
     first = connect(keeper, host, port, version, clean=False, expiry=300)
@@ -308,6 +365,8 @@ SCENARIOS = {
     "pubsub": pubsub,
     "session": session,
     "retained": retained,
+    "expiry": expiry,
+    "willdelay": willdelay,
     "v5options": v5options,
     "will": will,
     "takeover": takeover,

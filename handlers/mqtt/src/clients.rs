@@ -1,13 +1,22 @@
-//! The clients connected to this gateway, by client id: a new connection
-//! with a client id in use takes the session over from the old one, which
-//! is told (MQTT 5: DISCONNECT 0x8E) and closed first, so the two never
-//! hold the session's subscriptions at once.
+//! The clients of this gateway, by client id.
+//!
+//! A new connection with a client id in use takes the session over from
+//! the old one, which is told (MQTT 5: DISCONNECT 0x8E) and closed first,
+//! so the two never hold the session's subscriptions at once.
+//!
+//! While the client of a persistent session is away, the registry keeps
+//! what the session's next connection needs and the backend does not
+//! hold ([`Parked`]): the QoS 2 exchanges under way, and which deliveries
+//! were unacknowledged (they come again marked DUP). This lives in this
+//! gateway's memory: a client that comes back through another gateway
+//! resumes its subscriptions (the backend's), not these.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use gateway_api::{MessageId, TopicName};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -22,10 +31,34 @@ struct Holder {
     ended: watch::Receiver<()>,
 }
 
-/// The registry of this gateway's connected clients.
+/// What a persistent session keeps of its last connection while its
+/// client is away.
+#[derive(Debug, Default)]
+pub(crate) struct Parked {
+    /// QoS 2 packet ids the client sent, stored, not yet released: a
+    /// resend is answered, not stored again.
+    pub qos2_received: HashSet<u16>,
+    /// QoS 2 deliveries the client received (PUBREC) whose PUBCOMP did not
+    /// come: PUBREL goes again.
+    pub released: HashSet<u16>,
+    /// Deliveries the client had not acknowledged: the backend delivers
+    /// them again, and they go out marked DUP.
+    pub unacked: HashSet<(TopicName, MessageId)>,
+    /// Cancelled when the client connects again: its delayed will and
+    /// the session's expiry are called off.
+    pub back: CancellationToken,
+}
+
+#[derive(Default)]
+struct State {
+    held: HashMap<String, Holder>,
+    parked: HashMap<String, Parked>,
+}
+
+/// The registry of this gateway's clients.
 #[derive(Default, Clone)]
 pub(crate) struct Clients {
-    held: Arc<Mutex<HashMap<String, Holder>>>,
+    state: Arc<Mutex<State>>,
 }
 
 /// A connection's hold on its client id, released on drop.
@@ -40,23 +73,20 @@ pub(crate) struct Registration {
 
 impl Clients {
     /// Registers a connection of `client_id`, taking over from the one that
-    /// held it: returns once that one ended (or after a bounded wait).
-    pub(crate) async fn register(&self, client_id: &str) -> Registration {
+    /// held it: returns once that one ended (or after a bounded wait), with
+    /// what the session parked, if anything (its delayed will and expiry
+    /// called off).
+    pub(crate) async fn register(&self, client_id: &str) -> (Registration, Option<Parked>) {
         static CONNECTIONS: AtomicU64 = AtomicU64::new(0);
         let connection = CONNECTIONS.fetch_add(1, Ordering::Relaxed);
         let takeover = CancellationToken::new();
         let (ended_tx, ended_rx) = watch::channel(());
-        let previous = {
-            let mut held = self.lock();
-            held.insert(
-                client_id.to_owned(),
-                Holder {
-                    connection,
-                    takeover: takeover.clone(),
-                    ended: ended_rx,
-                },
-            )
+        let holder = Holder {
+            connection,
+            takeover: takeover.clone(),
+            ended: ended_rx,
         };
+        let previous = self.lock().held.insert(client_id.to_owned(), holder);
         if let Some(mut previous) = previous {
             previous.takeover.cancel();
             let ended = previous.ended.changed();
@@ -67,29 +97,65 @@ impl Clients {
                 );
             }
         }
-        Registration {
+        let parked = {
+            let mut state = self.lock();
+            let parked = state.parked.remove(client_id);
+            if let Some(p) = &parked {
+                p.back.cancel();
+            }
+            parked
+        };
+        let registration = Registration {
             clients: self.clone(),
             client_id: client_id.to_owned(),
             connection,
             takeover,
             _ended: ended_tx,
-        }
+        };
+        (registration, parked)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Holder>> {
-        // A panic while holding the lock leaves the map as it was.
-        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    /// Forgets what `client_id`'s session parked unless the client came
+    /// back (`back` cancelled): whether the session is to expire now.
+    pub(crate) fn unpark(&self, client_id: &str, back: &CancellationToken) -> bool {
+        let mut state = self.lock();
+        if back.is_cancelled() {
+            return false;
+        }
+        state.parked.remove(client_id);
+        true
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock leaves the maps as they were.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Registration {
+    /// Keeps `parked` for the session's next connection.
+    pub(crate) fn park(&self, parked: Parked) {
+        self.clients
+            .lock()
+            .parked
+            .insert(self.client_id.clone(), parked);
+    }
+
+    /// The registry, for timers that outlive the connection.
+    pub(crate) fn clients(&self) -> &Clients {
+        &self.clients
     }
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        let mut held = self.clients.lock();
-        if held
+        let mut state = self.clients.lock();
+        if state
+            .held
             .get(&self.client_id)
             .is_some_and(|h| h.connection == self.connection)
         {
-            held.remove(&self.client_id);
+            state.held.remove(&self.client_id);
         }
     }
 }

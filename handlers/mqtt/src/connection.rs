@@ -27,7 +27,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::clients::Registration;
+use crate::clients::{Parked, Registration};
 use crate::connect::Connected;
 use crate::deliver::{self, Delivery, SubOptions, Subscribed};
 use crate::filter::{Covered, Filter};
@@ -109,8 +109,15 @@ pub(crate) struct Connection {
     will: Option<Will>,
     /// Whether the session outlives the connection.
     persistent: bool,
+    /// How long it does, in seconds (`u32::MAX`: for ever).
+    session_expiry_secs: u32,
+    /// Deliveries the session's previous connection left unacknowledged:
+    /// they go out again marked DUP.
+    redelivered: HashSet<(TopicName, MessageId)>,
     /// The session's filters, as stored (persistent sessions).
     record: Record,
+    /// Whether the store holds a record of this session.
+    stored: bool,
     sessions: Sessions,
     /// The retained messages of the backend.
     retained: Retained,
@@ -149,6 +156,7 @@ impl Connection {
         ctx: Context,
         config: Arc<MqttConfig>,
         registration: &Registration,
+        parked: Option<Parked>,
     ) -> Result<Connection, HandlerError> {
         let Connected {
             mut codec,
@@ -164,7 +172,7 @@ impl Connection {
         let resume = !connect.clean_start && stored.is_some();
         let namespace = ctx.router.namespace(Protocol::Mqtt, &principal);
         if let (false, Some(old)) = (resume, &stored) {
-            forget(&ctx, &sessions, &namespace, &client_id, old).await;
+            session::forget(&ctx, &sessions, &namespace, &client_id, old).await;
         }
         if let Some(max) = connect.max_packet_size {
             codec.limit_outbound(max.get());
@@ -182,7 +190,10 @@ impl Connection {
                 .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500)),
             will: connect.will,
             persistent,
+            session_expiry_secs: connect.session_expiry_secs,
+            redelivered: HashSet::new(),
             record: Record::default(),
+            stored: resume,
             sessions,
             retained: Retained::new(ctx.backend.metadata()),
             publishing: FuturesOrdered::new(),
@@ -201,9 +212,15 @@ impl Connection {
             config,
         };
         if resume {
+            if let Some(p) = parked {
+                conn.unpark(p);
+            }
             if let Some(old) = stored {
                 conn.restore(old).await;
             }
+        } else if persistent {
+            // The session exists from now on, subscriptions or not.
+            conn.save_session().await;
         }
         let ack = ConnAck {
             session_present: resume,
@@ -216,13 +233,49 @@ impl Connection {
         };
         conn.send(Outbound::ConnAck(ack))
             .map_err(|e| HandlerError::Protocol(e.to_string()))?;
+        // QoS 2 deliveries received and not completed: released again.
+        let released: Vec<u16> = conn.released.iter().copied().collect();
+        for id in released.into_iter().filter_map(NonZeroU16::new) {
+            let _ = conn.send(Outbound::PubRel(id));
+        }
         conn.flush().await?;
         Ok(conn)
     }
 
+    /// Takes up what the session's previous connection left.
+    fn unpark(&mut self, parked: Parked) {
+        self.qos2_received = parked
+            .qos2_received
+            .into_iter()
+            .map(|id| (id, Qos2::Received))
+            .collect();
+        self.released = parked.released;
+        self.redelivered = parked.unacked;
+    }
+
+    /// What the session keeps of this connection while its client is away.
+    fn park(&mut self) -> Parked {
+        Parked {
+            qos2_received: self
+                .qos2_received
+                .iter()
+                .filter(|(_, state)| **state == Qos2::Received)
+                .map(|(id, _)| *id)
+                .collect(),
+            released: std::mem::take(&mut self.released),
+            unacked: self
+                .unacked
+                .drain()
+                .filter_map(|(_, u)| u.message)
+                .collect(),
+            back: CancellationToken::new(),
+        }
+    }
+
     /// Serves the connection until it ends, then ends the session's
-    /// connection-bound part (its will, its non-durable subscriptions).
-    pub(crate) async fn run(mut self) -> Result<(), HandlerError> {
+    /// connection-bound part (its will, its non-durable subscriptions) and
+    /// parks the rest of a persistent one.
+    pub(crate) async fn run(mut self, registration: &Registration) -> Result<(), HandlerError> {
         let ending = self.serve().await;
         let result = match &ending {
             Err(e) => Err(HandlerError::Io(std::io::Error::new(
@@ -238,10 +291,46 @@ impl Connection {
             Ok(Ending::Shutdown) => false,
             _ => true,
         };
-        if publish_will {
-            self.publish_will().await;
-        }
         self.close_subscriptions().await;
+        let will = if publish_will { self.will.take() } else { None };
+        tracing::debug!(
+            client = %self.client_id,
+            ending = ?ending,
+            persistent = self.persistent,
+            will_delay = will.as_ref().map(|w| w.delay_secs),
+            "MQTT connection ended"
+        );
+        if !self.persistent {
+            if let Some(will) = will {
+                self.publish_will(will).await;
+            }
+            return result;
+        }
+        let parked = self.park();
+        let back = parked.back.clone();
+        registration.park(parked);
+        if self.session_expiry_secs != u32::MAX {
+            session::expire_later(
+                self.ctx.clone(),
+                self.namespace.clone(),
+                self.client_id.clone(),
+                self.record.clone(),
+                registration.clients().clone(),
+                back.clone(),
+                Duration::from_secs(self.session_expiry_secs.into()),
+            );
+        }
+        if let Some(will) = will {
+            // Published when the will delay or the session ends, whichever
+            // comes first, unless the client is back by then.
+            let delay = will.delay_secs.min(self.session_expiry_secs);
+            if delay == 0 {
+                self.publish_will(will).await;
+            } else if let Some((topic, message)) = self.will_message(&will) {
+                let after = Duration::from_secs(delay.into());
+                session::will_later(self.ctx.clone(), topic, message, back, after);
+            }
+        }
         result
     }
 
@@ -797,8 +886,9 @@ impl Connection {
     }
 
     async fn save_session(&mut self) {
-        if let Err(e) = self.sessions.save(&self.client_id, &self.record).await {
-            tracing::warn!(client = %self.client_id, error = %e, "session not saved");
+        match self.sessions.save(&self.client_id, &self.record).await {
+            Ok(()) => self.stored = true,
+            Err(e) => tracing::warn!(client = %self.client_id, error = %e, "session not saved"),
         }
     }
 
@@ -837,8 +927,11 @@ impl Connection {
             QoS::AtMostOnce => None,
             _ => Some(self.next_packet_id()),
         };
+        let dup = self
+            .redelivered
+            .remove(&(message.topic.clone(), message.id));
         let publish = Publish {
-            dup: false,
+            dup,
             retain,
             qos,
             topic: name.into(),
@@ -902,19 +995,25 @@ impl Connection {
         }
     }
 
-    /// Publishes the will, if any.
-    async fn publish_will(&mut self) {
-        let Some(will) = self.will.take() else {
-            return;
-        };
-        let topic = match self.publish_topic(&will.publish.topic) {
-            Ok(t) => t,
+    /// The topic and message of a will, unless its topic is refused.
+    fn will_message(&self, will: &Will) -> Option<(TopicName, NewMessage)> {
+        match self.publish_topic(&will.publish.topic) {
+            Ok(topic) => {
+                let message = properties::to_backend(&will.publish, &self.client_id, now_ms());
+                Some((topic, message))
+            }
             Err(r) => {
                 tracing::debug!(client = %self.client_id, reason = r.0, "will refused");
-                return;
+                None
             }
+        }
+    }
+
+    /// Publishes a will now.
+    async fn publish_will(&mut self, will: Will) {
+        let Some((topic, message)) = self.will_message(&will) else {
+            return;
         };
-        let message = properties::to_backend(&will.publish, &self.client_id, now_ms());
         let published = self.ctx.backend.publish(&topic, message);
         match tokio::time::timeout(WILL_TIMEOUT, published).await {
             Ok(Ok(_)) => {}
@@ -931,9 +1030,9 @@ impl Connection {
         for (_, subscribed) in self.subscriptions.drain() {
             subscribed.close().await;
         }
-        if !self.persistent && !self.record.filters.is_empty() {
+        if !self.persistent && self.stored {
             let record = std::mem::take(&mut self.record);
-            forget(
+            session::forget(
                 &self.ctx,
                 &self.sessions,
                 &self.namespace,
@@ -962,56 +1061,6 @@ impl Connection {
 
 fn violation(reason: Reason, why: &str) -> Ending {
     Ending::Violation(reason, why.to_owned())
-}
-
-/// Deletes a session's durable subscriptions and its record.
-async fn forget(
-    ctx: &Context,
-    sessions: &Sessions,
-    namespace: &Namespace,
-    client_id: &str,
-    record: &Record,
-) {
-    for stored in &record.filters {
-        let Ok(filter) = Filter::parse(&stored.filter) else {
-            continue;
-        };
-        if filter.share.is_some() {
-            continue;
-        }
-        let topics = match filter.covered(namespace) {
-            Covered::Topic(name) => match TopicName::from_mqtt(&name, namespace) {
-                Ok(t) => TopicSelector::Topics(vec![t]),
-                Err(_) => continue,
-            },
-            Covered::Pattern(regex) => TopicSelector::Pattern {
-                namespace: namespace.clone(),
-                regex,
-            },
-        };
-        let request = SubscribeRequest {
-            topics,
-            subscription: session::subscription_name(client_id, &stored.filter),
-            kind: SubscriptionKind::Exclusive,
-            initial_position: StartPosition::Latest,
-            durable: true,
-            consumer_name: client_id.to_owned(),
-            receive_queue: 1,
-        };
-        match ctx.backend.subscribe(request).await {
-            Ok(sub) => {
-                if let Err(e) = sub.unsubscribe().await {
-                    tracing::warn!(client = client_id, error = %e, "old session subscription kept");
-                }
-            }
-            Err(e) => {
-                tracing::warn!(client = client_id, error = %e, "old session subscription kept")
-            }
-        }
-    }
-    if let Err(e) = sessions.delete(client_id).await {
-        tracing::warn!(client = client_id, error = %e, "old session record kept");
-    }
 }
 
 fn now_ms() -> u64 {

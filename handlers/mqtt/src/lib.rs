@@ -106,16 +106,17 @@ impl ProtocolHandler for MqttHandler {
         let Some(connected) = connect::accept(&mut stream, &self.config, &ctx).await? else {
             return Ok(());
         };
-        let registration = self.clients.register(&connected.client_id).await;
+        let (registration, parked) = self.clients.register(&connected.client_id).await;
         let connection = connection::Connection::start(
             stream,
             connected,
             ctx,
             self.config.clone(),
             &registration,
+            parked,
         )
         .await?;
-        let result = connection.run().await;
+        let result = connection.run(&registration).await;
         drop(registration);
         result
     }

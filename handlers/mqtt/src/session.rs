@@ -10,11 +10,17 @@
 //! backend, subscribes them again before the client asks.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use gateway_api::backend::{StartPosition, SubscribeRequest, SubscriptionKind, TopicSelector};
 use gateway_api::metadata::ExpectedVersion;
-use gateway_api::topic::escape_word;
-use gateway_api::{BackendError, MetadataStore};
+use gateway_api::topic::{escape_word, Namespace};
+use gateway_api::{BackendError, Context, MetadataStore, NewMessage, TopicName};
 use rmqtt_codec::types::QoS;
+use tokio_util::sync::CancellationToken;
+
+use crate::clients::Clients;
+use crate::filter::{Covered, Filter};
 
 /// Where the session records live in the metadata store.
 const PREFIX: &str = "mqtt/sessions/";
@@ -130,6 +136,106 @@ pub(crate) fn subscription_name(client_id: &str, filter: &str) -> String {
 /// The backend subscription a sharing group's filter is kept in.
 pub(crate) fn shared_subscription_name(group: &str, filter: &str) -> String {
     format!("mqtt-share.{}.{}", escape_word(group), escape_word(filter))
+}
+
+/// Deletes a session's durable subscriptions and its record.
+pub(crate) async fn forget(
+    ctx: &Context,
+    sessions: &Sessions,
+    namespace: &Namespace,
+    client_id: &str,
+    record: &Record,
+) {
+    for stored in &record.filters {
+        let Ok(filter) = Filter::parse(&stored.filter) else {
+            continue;
+        };
+        if filter.share.is_some() {
+            continue;
+        }
+        let topics = match filter.covered(namespace) {
+            Covered::Topic(name) => match TopicName::from_mqtt(&name, namespace) {
+                Ok(t) => TopicSelector::Topics(vec![t]),
+                Err(_) => continue,
+            },
+            Covered::Pattern(regex) => TopicSelector::Pattern {
+                namespace: namespace.clone(),
+                regex,
+            },
+        };
+        let request = SubscribeRequest {
+            topics,
+            subscription: subscription_name(client_id, &stored.filter),
+            kind: SubscriptionKind::Exclusive,
+            initial_position: StartPosition::Latest,
+            durable: true,
+            consumer_name: client_id.to_owned(),
+            receive_queue: 1,
+        };
+        match ctx.backend.subscribe(request).await {
+            Ok(sub) => {
+                if let Err(e) = sub.unsubscribe().await {
+                    tracing::warn!(client = client_id, error = %e, "old session subscription kept");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(client = client_id, error = %e, "old session subscription kept")
+            }
+        }
+    }
+    if let Err(e) = sessions.delete(client_id).await {
+        tracing::warn!(client = client_id, error = %e, "old session record kept");
+    }
+}
+
+/// Ends a persistent session `after` its client left, unless the client
+/// comes back first (`back` cancelled) or the gateway stops: its durable
+/// subscriptions and record are deleted (MQTT 5 Session Expiry).
+pub(crate) fn expire_later(
+    ctx: Context,
+    namespace: Namespace,
+    client_id: String,
+    record: Record,
+    clients: Clients,
+    back: CancellationToken,
+    after: Duration,
+) {
+    tokio::spawn(async move {
+        tokio::select! {
+            () = back.cancelled() => {}
+            () = ctx.shutdown.cancelled() => {}
+            () = tokio::time::sleep(after) => {
+                if clients.unpark(&client_id, &back) {
+                    let sessions = Sessions::new(ctx.backend.metadata());
+                    forget(&ctx, &sessions, &namespace, &client_id, &record).await;
+                    tracing::debug!(client = %client_id, "session expired");
+                }
+            }
+        }
+    });
+}
+
+/// Publishes a will `after` its connection ended, unless the client comes
+/// back first (`back` cancelled) or the gateway stops (MQTT 5 Will Delay
+/// Interval).
+pub(crate) fn will_later(
+    ctx: Context,
+    topic: TopicName,
+    message: NewMessage,
+    back: CancellationToken,
+    after: Duration,
+) {
+    tokio::spawn(async move {
+        tokio::select! {
+            () = back.cancelled() => {}
+            () = ctx.shutdown.cancelled() => {}
+            () = tokio::time::sleep(after) => {
+                if let Err(e) = ctx.backend.publish(&topic, message).await {
+                    tracing::warn!(topic = %topic, error = %e, "delayed will not published");
+                }
+            }
+        }
+    });
 }
 
 #[cfg(test)]

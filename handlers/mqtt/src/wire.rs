@@ -28,6 +28,8 @@ pub(crate) enum Version {
 pub(crate) struct Will {
     /// Published with this topic, payload, QoS and retain flag.
     pub publish: Publish,
+    /// MQTT 5 Will Delay Interval, in seconds.
+    pub delay_secs: u32,
 }
 
 /// CONNECT, either version.
@@ -289,6 +291,7 @@ fn connect_v3(c: v3::Connect) -> Connect {
                 payload: w.message,
                 properties: None,
             },
+            delay_secs: 0,
         }),
     }
 }
@@ -304,6 +307,7 @@ fn connect_v5(c: v5::Connect) -> Connect {
         username: c.username,
         password: c.password,
         will: c.last_will.map(|w| Will {
+            delay_secs: w.will_delay_interval_sec.unwrap_or(0),
             publish: Publish {
                 dup: false,
                 retain: w.retain,
