@@ -84,15 +84,14 @@
 //! `BENCH_KAFKA_FSYNC` (0).
 
 use std::fmt::Write as _;
-use std::io::Read as _;
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
 
 use common::env_number;
+use common::process::{free_port, http_ok, tail, Proc};
 use regex::Regex;
 
 /// The Kafka version of `benches/kafka/pom.xml`; names the cache directory.
@@ -101,12 +100,8 @@ const KAFKA_VERSION: &str = "3.9.1";
 const IN_FLIGHT: u64 = 1000;
 /// Unmeasured records before a low-load run.
 const LOW_LOAD_WARMUP: usize = 100;
-/// How long a broker or gateway may take to start.
-const START_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long one client tool run may take.
 const TOOL_TIMEOUT: Duration = Duration::from_secs(300);
-/// How long a stopped process may take to exit before SIGKILL.
-const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 /// JVM flags of both brokers: same heap, same collector, full JIT.
 const BROKER_JVM: [&str; 3] = ["-Xms512m", "-Xmx1g", "-XX:+UseSerialGC"];
 /// A fixed KRaft cluster id (any 16 bytes in URL-safe base64).
@@ -137,79 +132,6 @@ impl Knobs {
             low_load_records: env_number("BENCH_LOW_LOAD_RECORDS").unwrap_or(1_000) as usize,
             kafka_fsync: env_number("BENCH_KAFKA_FSYNC").unwrap_or(0) != 0,
             batch_bytes: env_number("BENCH_BATCH_BYTES").unwrap_or(16_384),
-        }
-    }
-}
-
-/// A process this bench started, stopped when dropped (SIGTERM, then
-/// SIGKILL after [`STOP_TIMEOUT`]), so a failing step leaves nothing behind.
-struct Proc {
-    /// For messages.
-    name: String,
-    /// The running process.
-    child: Child,
-    /// Where its output goes, shown when it fails to start.
-    log: PathBuf,
-}
-
-impl Proc {
-    /// Starts `cmd` with its stdout and stderr in `log`.
-    fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Proc {
-        let out = std::fs::File::create(&log).expect("create a log file");
-        let err = out.try_clone().expect("clone a log file handle");
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
-        Proc {
-            name: name.into(),
-            child,
-            log,
-        }
-    }
-
-    /// Waits until `ready` holds, panicking with the log's tail if the
-    /// process exits or [`START_TIMEOUT`] passes first.
-    fn wait_until(&mut self, what: &str, mut ready: impl FnMut(&str) -> bool) {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            if ready(&log) {
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "{} exited ({status}) before {what}:\n{}",
-                    self.name,
-                    tail(&log)
-                );
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "{} not {what} within {START_TIMEOUT:?}:\n{}",
-                    self.name,
-                    tail(&log)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        use nix::sys::signal::{kill, Signal};
-        use nix::unistd::Pid;
-        if let Ok(None) = self.child.try_wait() {
-            let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
-            let deadline = Instant::now() + STOP_TIMEOUT;
-            while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
         }
     }
 }
@@ -264,20 +186,6 @@ impl Drop for Standalone {
 
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/pulsar-standalone.sh")
-}
-
-/// The last lines of a log, for failure messages.
-fn tail(log: &str) -> String {
-    let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
-}
-
-/// A port nobody listens on now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind an ephemeral port")
-        .port()
 }
 
 fn cache_dir() -> PathBuf {
@@ -398,22 +306,6 @@ fn start_gateway(name: &str, dir: &Path, backend: &[&str]) -> (Proc, String) {
     let mut gw = Proc::spawn(name, cmd, dir.join("gateway.log"));
     gw.wait_until("ready", |_| http_ok(http, "/readyz"));
     (gw, format!("127.0.0.1:{kafka}"))
-}
-
-/// Whether `GET path` on the local `port` answers 200 (plain HTTP/1.0, so
-/// the bench needs no HTTP client).
-fn http_ok(port: u16, path: &str) -> bool {
-    use std::io::Write as _;
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    if write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").is_err() {
-        return false;
-    }
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200")
 }
 
 /// Runs a client tool to its end within [`TOOL_TIMEOUT`]; returns its

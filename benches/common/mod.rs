@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod process;
+
 /// A fresh directory under `BENCH_DIR` (default: the target dir's scratch
 /// space, never /tmp, which may be tmpfs), removed when dropped.
 #[allow(dead_code)] // not every benchmark writes files

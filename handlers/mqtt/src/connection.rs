@@ -38,6 +38,15 @@ use crate::session::{self, Record, Sessions};
 use crate::wire::{Codec, ConnAck, FilterRequest, Granted, Inbound, Outbound, Version, Will};
 use crate::MqttConfig;
 
+/// The least a connection reads at once, and what an idle one holds: its
+/// read buffer grows while the client sends more than it holds, up to
+/// [`MAX_READ`], and shrinks back as it quiets down.
+const MIN_READ: usize = 64;
+/// The most a connection reads at once.
+const MAX_READ: usize = 64 * 1024;
+/// A write buffer larger than this is let go once written.
+const KEPT_WRITE: usize = 256;
+
 /// How long a will may take to be stored when its connection ends.
 const WILL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -95,6 +104,8 @@ pub(crate) struct Connection {
     codec: Codec,
     /// Bytes read and not yet decoded.
     read: BytesMut,
+    /// How much the next read asks for (see [`MIN_READ`]).
+    read_hint: usize,
     /// Packets encoded and not yet written.
     write: BytesMut,
     ctx: Context,
@@ -106,7 +117,7 @@ pub(crate) struct Connection {
     /// 1.5 times the keep-alive; `None`: keep-alive off.
     idle_limit: Option<Duration>,
     /// Published when the connection ends other than by DISCONNECT.
-    will: Option<Will>,
+    will: Option<Box<Will>>,
     /// Whether the session outlives the connection.
     persistent: bool,
     /// How long it does, in seconds (`u32::MAX`: for ever).
@@ -131,9 +142,11 @@ pub(crate) struct Connection {
     qos2_received: HashMap<u16, Qos2>,
     /// The subscriptions by filter (as the client wrote it).
     subscriptions: HashMap<Arc<str>, Subscribed>,
-    /// Messages the subscriptions deliver, bounded: a full queue stops them.
-    deliveries: mpsc::Receiver<Delivery>,
-    delivery_sender: mpsc::Sender<Delivery>,
+    /// Messages the subscriptions deliver, bounded: a full queue stops
+    /// them. Made at the first subscription: a connection that only
+    /// publishes holds none.
+    deliveries: Option<mpsc::Receiver<Delivery>>,
+    delivery_sender: Option<mpsc::Sender<Delivery>>,
     /// Delivered, unacknowledged QoS 1 and 2 messages by packet id.
     unacked: HashMap<u16, Unacked>,
     /// QoS 2 deliveries the client received (PUBREC) and whose release
@@ -157,7 +170,7 @@ impl Connection {
         config: Arc<MqttConfig>,
         registration: &Registration,
         parked: Option<Parked>,
-    ) -> Result<Connection, HandlerError> {
+    ) -> Result<Box<Connection>, HandlerError> {
         let Connected {
             mut codec,
             read,
@@ -177,18 +190,18 @@ impl Connection {
         if let Some(max) = connect.max_packet_size {
             codec.limit_outbound(max.get());
         }
-        let (delivery_sender, deliveries) = mpsc::channel(config.delivery_queue);
         let window = usize::from(connect.receive_max).min(config.max_inflight.into());
-        let mut conn = Connection {
+        let mut conn = Box::new(Connection {
             stream,
             codec,
             read,
+            read_hint: MIN_READ,
             write: BytesMut::new(),
             namespace,
             client_id,
             idle_limit: (connect.keep_alive > 0)
                 .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500)),
-            will: connect.will,
+            will: connect.will.map(Box::new),
             persistent,
             session_expiry_secs: connect.session_expiry_secs,
             redelivered: HashSet::new(),
@@ -200,8 +213,8 @@ impl Connection {
             qos2_received: HashMap::new(),
             aliases: HashMap::new(),
             subscriptions: HashMap::new(),
-            deliveries,
-            delivery_sender,
+            deliveries: None,
+            delivery_sender: None,
             unacked: HashMap::new(),
             released: HashSet::new(),
             window: window.max(1),
@@ -210,7 +223,7 @@ impl Connection {
             principal,
             ctx,
             config,
-        };
+        });
         if resume {
             if let Some(p) = parked {
                 conn.unpark(p);
@@ -275,7 +288,10 @@ impl Connection {
     /// Serves the connection until it ends, then ends the session's
     /// connection-bound part (its will, its non-durable subscriptions) and
     /// parks the rest of a persistent one.
-    pub(crate) async fn run(mut self, registration: &Registration) -> Result<(), HandlerError> {
+    pub(crate) async fn run(
+        mut self: Box<Self>,
+        registration: &Registration,
+    ) -> Result<(), HandlerError> {
         let ending = self.serve().await;
         let result = match &ending {
             Err(e) => Err(HandlerError::Io(std::io::Error::new(
@@ -338,7 +354,7 @@ impl Connection {
     async fn serve(&mut self) -> std::io::Result<Ending> {
         let mut last_heard = tokio::time::Instant::now();
         // Packets that came with the CONNECT.
-        if let Some(ending) = self.handle_packets().await {
+        if let Some(ending) = Box::pin(self.handle_packets()).await {
             return self.end_with(ending).await;
         }
         self.flush().await?;
@@ -346,32 +362,44 @@ impl Connection {
             let can_read = self.publishing.len() < usize::from(self.config.max_inflight);
             let can_deliver = self.unacked.len() < self.window;
             let idle_deadline = self.idle_limit.map(|l| last_heard + l);
-            self.read.reserve(1024);
+            if self.read.is_empty() && self.read.capacity() > self.read_hint {
+                self.read = BytesMut::new();
+            }
+            self.read.reserve(self.read_hint);
+            let room = self.read.capacity() - self.read.len();
             tokio::select! {
                 biased;
                 () = self.ctx.shutdown.cancelled() => {
-                    self.drain_publishing().await;
+                    Box::pin(self.drain_publishing()).await;
                     return self.end(Ending::Shutdown, reason::SERVER_SHUTTING_DOWN).await;
                 }
                 () = self.takeover.cancelled() => {
                     return self.end(Ending::TakenOver, reason::SESSION_TAKEN_OVER).await;
                 }
                 Some(done) = self.publishing.next(), if !self.publishing.is_empty() => {
-                    if let Some(ending) = self.published(done).await {
+                    if let Some(ending) = Box::pin(self.published(done)).await {
                         return self.end_with(ending).await;
                     }
                 }
                 read = self.stream.read_buf(&mut self.read), if can_read => {
-                    if read? == 0 {
+                    let read = read?;
+                    if read == 0 {
                         return Ok(Ending::Lost);
                     }
+                    self.read_hint = if read >= room {
+                        (self.read_hint * 2).min(MAX_READ)
+                    } else if read < self.read_hint / 4 {
+                        (self.read_hint / 2).max(MIN_READ)
+                    } else {
+                        self.read_hint
+                    };
                     last_heard = tokio::time::Instant::now();
-                    if let Some(ending) = self.handle_packets().await {
+                    if let Some(ending) = Box::pin(self.handle_packets()).await {
                         return self.end_with(ending).await;
                     }
                 }
-                Some(delivery) = self.deliveries.recv(), if can_deliver => {
-                    self.deliver(delivery).await;
+                Some(delivery) = next_delivery(&mut self.deliveries), if can_deliver => {
+                    Box::pin(self.deliver(delivery)).await;
                 }
                 () = sleep_until(idle_deadline), if idle_deadline.is_some() => {
                     return self.end(Ending::KeepAlive, reason::KEEP_ALIVE_TIMEOUT).await;
@@ -777,6 +805,17 @@ impl Connection {
         }
     }
 
+    /// Where subscriptions queue their deliveries, made at the first.
+    fn delivery_queue(&mut self) -> mpsc::Sender<Delivery> {
+        if let Some(sender) = &self.delivery_sender {
+            return sender.clone();
+        }
+        let (sender, receiver) = mpsc::channel(self.config.delivery_queue);
+        self.deliveries = Some(receiver);
+        self.delivery_sender = Some(sender.clone());
+        sender
+    }
+
     /// Opens the backend subscription of `filter` and starts delivering.
     async fn open(
         &mut self,
@@ -834,7 +873,7 @@ impl Connection {
             filter.clone(),
             Arc::from(subscription),
             options,
-            self.delivery_sender.clone(),
+            self.delivery_queue(),
         );
         self.subscriptions.insert(filter_key, subscribed);
         Ok(())
@@ -903,7 +942,7 @@ impl Connection {
             return;
         }
         let (subscription, options) = (subscribed.subscription.clone(), subscribed.options);
-        let message = delivery.message;
+        let message = *delivery.message;
         let Some(name) = message.topic.base().mqtt_topic() else {
             // No MQTT name for it: not for MQTT clients.
             let _ = subscription.ack(&message.topic, message.id).await;
@@ -1010,7 +1049,7 @@ impl Connection {
     }
 
     /// Publishes a will now.
-    async fn publish_will(&mut self, will: Will) {
+    async fn publish_will(&mut self, will: Box<Will>) {
         let Some((topic, message)) = self.will_message(&will) else {
             return;
         };
@@ -1053,7 +1092,11 @@ impl Connection {
         if !self.write.is_empty() {
             self.stream.write_all(&self.write).await?;
             self.stream.flush().await?;
-            self.write.clear();
+            if self.write.capacity() > KEPT_WRITE {
+                self.write = BytesMut::new();
+            } else {
+                self.write.clear();
+            }
         }
         Ok(())
     }
@@ -1067,6 +1110,14 @@ fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The next delivery, once there are subscriptions.
+async fn next_delivery(deliveries: &mut Option<mpsc::Receiver<Delivery>>) -> Option<Delivery> {
+    match deliveries {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

@@ -28,7 +28,8 @@ pub(crate) struct Delivery {
     /// Which subscription of that filter delivered it: one replaced since
     /// (unsubscribed, subscribed again) no longer counts.
     pub generation: u64,
-    pub message: Message,
+    /// Boxed: the queue's slots stay small.
+    pub message: Box<Message>,
 }
 
 /// What a client asked of a subscription.
@@ -143,7 +144,7 @@ async fn pump(
         let delivery = Delivery {
             filter: filter_text.clone(),
             generation,
-            message,
+            message: Box::new(message),
         };
         if queue.send(delivery).await.is_err() {
             return;

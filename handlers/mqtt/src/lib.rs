@@ -103,20 +103,23 @@ impl ProtocolHandler for MqttHandler {
         _local: SocketAddr,
         ctx: Context,
     ) -> Result<(), HandlerError> {
-        let Some(connected) = connect::accept(&mut stream, &self.config, &ctx).await? else {
+        // Each step boxed: the task of an idle connection holds only the
+        // state of the step it is in, not the largest of them.
+        let accepted = Box::pin(connect::accept(&mut stream, &self.config, &ctx)).await?;
+        let Some(connected) = accepted else {
             return Ok(());
         };
         let (registration, parked) = self.clients.register(&connected.client_id).await;
-        let connection = connection::Connection::start(
+        let connection = Box::pin(connection::Connection::start(
             stream,
             connected,
             ctx,
             self.config.clone(),
             &registration,
             parked,
-        )
+        ))
         .await?;
-        let result = connection.run(&registration).await;
+        let result = Box::pin(connection.run(&registration)).await;
         drop(registration);
         result
     }

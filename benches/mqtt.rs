@@ -1,0 +1,482 @@
+//! MQTT clients against Mosquitto and the gateway on this machine, side by
+//! side in one run, printed as absolute figures and ratios:
+//!
+//! - `mosquitto`: Debian's Mosquitto broker (`/usr/sbin/mosquitto`, 2.0),
+//!   anonymous, no persistence (its default);
+//! - `gw-embedded`: the gateway's MQTT handler on its embedded store.
+//!
+//! Columns of the table (MQTT 3.1.1, QoS 1, `BENCH_MQTT_BYTES` payloads,
+//! default 1 KiB; the load is generated in this process with rumqttc, the
+//! same client code for both, each client keeping up to 100 messages in
+//! flight, rumqttc's default):
+//!
+//! - `pub×1 msg/s`, `p50`, `p99`: one publisher sends `BENCH_MQTT_MESSAGES`
+//!   messages to one topic as fast as its window allows while one
+//!   subscriber of `bench/<run>/#` receives them; the rate is acknowledged
+//!   messages per second from the first send to the last PUBACK, the
+//!   latencies are end to end (send call to the subscriber's receipt).
+//! - `pub×100 …`: the same messages spread over 100 publishers, each on a
+//!   topic of its own under the subscriber's filter.
+//! - `fan-out msg/s`: one publisher sends `BENCH_MQTT_FANOUT_MESSAGES` to a
+//!   topic 100 subscribers (`BENCH_MQTT_FANOUT`) subscribe to; deliveries
+//!   per second until every subscriber has them all.
+//! - `lost`: messages acknowledged to their publisher that a subscriber,
+//!   connected all along, never got (it waits 5 s of quiet for them).
+//! - `idle KiB/conn`: `BENCH_MQTT_CONNECTIONS` (10,000) connections, each
+//!   CONNECTed (3.1.1, keep-alive off) and then silent: the growth of the
+//!   broker's resident memory divided by their number.
+//!
+//! Durability differs, and the table says so: Mosquitto acknowledges a
+//! QoS 1 message once it is in its memory (it does not write it to disk,
+//! let alone fsync); the gateway acknowledges once its store fsynced it.
+//! Everything shares this machine's cores; the ratios, measured minutes
+//! apart, are the result.
+//!
+//! ```text
+//! cargo bench --bench mqtt
+//! BENCH_MQTT_MESSAGES=100000 cargo bench --bench mqtt
+//! ```
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::env_number;
+use common::process::{free_port, http_ok, Proc};
+use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions, QoS};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// How long one measured run may take.
+const RUN_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a subscriber waits for a next message before it counts the
+/// rest as lost (Mosquitto drops QoS 1 messages past a subscriber's queue
+/// of 1000).
+const QUIET: Duration = Duration::from_secs(5);
+/// Connections opened at once in the idle-memory run.
+const CONNECT_BATCH: usize = 250;
+
+/// The run's settings, from the environment.
+struct Knobs {
+    messages: usize,
+    bytes: usize,
+    fanout: usize,
+    fanout_messages: usize,
+    connections: usize,
+}
+
+impl Knobs {
+    fn from_env() -> Knobs {
+        let n = |name: &str, default: u64| env_number(name).unwrap_or(default) as usize;
+        Knobs {
+            messages: n("BENCH_MQTT_MESSAGES", 20_000),
+            bytes: n("BENCH_MQTT_BYTES", 1024).max(8),
+            fanout: n("BENCH_MQTT_FANOUT", 100),
+            fanout_messages: n("BENCH_MQTT_FANOUT_MESSAGES", 1_000),
+            connections: n("BENCH_MQTT_CONNECTIONS", 10_000),
+        }
+    }
+}
+
+/// A broker under test.
+struct Target {
+    name: &'static str,
+    process: Proc,
+    addr: SocketAddr,
+}
+
+impl Target {
+    fn resident_bytes(&self) -> u64 {
+        let pid = self.process.child.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kib| kib * 1024)
+    }
+}
+
+/// Waits until something accepts TCP connections on `addr`.
+fn wait_listening(process: &mut Proc, addr: SocketAddr) {
+    process.wait_until("listening", |_| std::net::TcpStream::connect(addr).is_ok());
+}
+
+fn start_mosquitto(dir: &Path) -> Target {
+    let port = free_port();
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_connections -1\n"),
+    )
+    .expect("write mosquitto.conf");
+    let mut cmd = Command::new("mosquitto");
+    cmd.arg("-c").arg(&conf);
+    let mut process = Proc::spawn("mosquitto", cmd, dir.join("mosquitto.log"));
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_listening(&mut process, addr);
+    Target {
+        name: "mosquitto",
+        process,
+        addr,
+    }
+}
+
+fn start_gateway(dir: &Path) -> Target {
+    let (mqtt, http) = (free_port(), free_port());
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pulsar-gateway"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("PULSAR_GATEWAY_") {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd.arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(["--mqtt-addr", &format!("127.0.0.1:{mqtt}")])
+        .args(["--http-addr", &format!("127.0.0.1:{http}")])
+        .args(["--kafka-addr", "off", "--amqp-addr", "off"])
+        .args(["--max-connections", "100000"])
+        .args(["--log-level", "warn"]);
+    let mut process = Proc::spawn("gw-embedded", cmd, dir.join("gateway.log"));
+    process.wait_until("ready", |_| http_ok(http, "/readyz"));
+    Target {
+        name: "gw-embedded",
+        process,
+        addr: format!("127.0.0.1:{mqtt}").parse().unwrap(),
+    }
+}
+
+fn options(target: &Target, id: String) -> MqttOptions {
+    let mut o = MqttOptions::new(id, target.addr.ip().to_string(), target.addr.port());
+    o.set_keep_alive(Duration::from_secs(60));
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    o
+}
+
+/// Polls `events` until it has seen a SUBACK.
+async fn subscribed(events: &mut EventLoop) {
+    loop {
+        match events.poll().await {
+            Ok(Event::Incoming(Incoming::SubAck(_))) => return,
+            Ok(_) => {}
+            Err(e) => panic!("subscriber: {e}"),
+        }
+    }
+}
+
+/// Microseconds since `epoch`, as the first 8 bytes of a payload.
+fn stamped(epoch: Instant, bytes: usize) -> Vec<u8> {
+    let mut payload = vec![b'x'; bytes];
+    let micros = epoch.elapsed().as_micros() as u64;
+    payload[..8].copy_from_slice(&micros.to_be_bytes());
+    payload
+}
+
+fn latency_micros(epoch: Instant, payload: &[u8]) -> u64 {
+    let sent = payload
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_be_bytes);
+    (epoch.elapsed().as_micros() as u64).saturating_sub(sent)
+}
+
+/// One publish run's result.
+struct Published {
+    rate: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    /// Messages acknowledged to a publisher that the subscriber never got.
+    lost: usize,
+}
+
+/// `publishers` clients send `messages` in all to topics under one
+/// subscriber's filter.
+async fn publish_run(target: &Target, knobs: &Knobs, publishers: usize, run: &str) -> Published {
+    let filter = format!("bench/{run}/#");
+    let (subscriber, mut sub_events) = AsyncClient::new(options(target, format!("{run}-sub")), 100);
+    subscriber
+        .subscribe(&filter, QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    subscribed(&mut sub_events).await;
+    let epoch = Instant::now();
+    let total = knobs.messages;
+    let receiving = tokio::spawn(async move {
+        let mut latencies = Vec::with_capacity(total);
+        while latencies.len() < total {
+            match tokio::time::timeout(QUIET, sub_events.poll()).await {
+                Ok(Ok(Event::Incoming(Incoming::Publish(p)))) => {
+                    latencies.push(latency_micros(epoch, &p.payload))
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    eprintln!("subscriber: {e}");
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        latencies
+    });
+    let started = Instant::now();
+    let mut sending = Vec::new();
+    for p in 0..publishers {
+        let share = total / publishers + usize::from(p < total % publishers);
+        let (client, mut events) = AsyncClient::new(options(target, format!("{run}-p{p}")), 100);
+        let topic = format!("bench/{run}/p{p}");
+        let bytes = knobs.bytes;
+        sending.push(tokio::spawn(async move {
+            let sender = tokio::spawn(async move {
+                for _ in 0..share {
+                    let payload = stamped(epoch, bytes);
+                    client
+                        .publish(&topic, QoS::AtLeastOnce, false, payload)
+                        .await
+                        .unwrap();
+                }
+                client
+            });
+            let mut acked = 0;
+            while acked < share {
+                match events.poll().await {
+                    Ok(Event::Incoming(Incoming::PubAck(_))) => acked += 1,
+                    Ok(_) => {}
+                    Err(e) => panic!("publisher: {e}"),
+                }
+            }
+            let client = sender.await.unwrap();
+            let _ = client.disconnect().await;
+        }));
+    }
+    for s in sending {
+        tokio::time::timeout(RUN_TIMEOUT, s)
+            .await
+            .expect("publishers done in time")
+            .unwrap();
+    }
+    let elapsed = started.elapsed();
+    let mut latencies = tokio::time::timeout(RUN_TIMEOUT, receiving)
+        .await
+        .expect("subscriber done in time")
+        .unwrap();
+    latencies.sort_unstable();
+    let pct = |p: f64| {
+        let i = ((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1));
+        latencies.get(i).map_or(f64::NAN, |&us| us as f64 / 1000.0)
+    };
+    Published {
+        rate: total as f64 / elapsed.as_secs_f64(),
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        lost: total - latencies.len(),
+    }
+}
+
+/// One publisher, `fanout` subscribers of its topic: deliveries per second.
+async fn fanout_run(target: &Target, knobs: &Knobs, run: &str) -> Fanout {
+    let topic = format!("bench/{run}/fan");
+    let mut subscribers = Vec::new();
+    for s in 0..knobs.fanout {
+        let (client, mut events) = AsyncClient::new(options(target, format!("{run}-s{s}")), 100);
+        client.subscribe(&topic, QoS::AtLeastOnce).await.unwrap();
+        subscribed(&mut events).await;
+        let wanted = knobs.fanout_messages;
+        subscribers.push(tokio::spawn(async move {
+            let mut got = 0;
+            let mut last = Instant::now();
+            while got < wanted {
+                match tokio::time::timeout(QUIET, events.poll()).await {
+                    Ok(Ok(Event::Incoming(Incoming::Publish(_)))) => {
+                        got += 1;
+                        last = Instant::now();
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(_)) | Err(_) => break,
+                }
+            }
+            drop(client);
+            (got, last)
+        }));
+    }
+    let (publisher, mut events) = AsyncClient::new(options(target, format!("{run}-fanpub")), 100);
+    let started = Instant::now();
+    let n = knobs.fanout_messages;
+    let bytes = knobs.bytes;
+    let sender = tokio::spawn(async move {
+        for _ in 0..n {
+            publisher
+                .publish(&topic, QoS::AtLeastOnce, false, vec![b'x'; bytes])
+                .await
+                .unwrap();
+        }
+        publisher
+    });
+    let acks = tokio::spawn(async move {
+        let mut acked = 0;
+        while acked < n {
+            match events.poll().await {
+                Ok(Event::Incoming(Incoming::PubAck(_))) => acked += 1,
+                Ok(_) => {}
+                Err(e) => panic!("publisher: {e}"),
+            }
+        }
+    });
+    let mut delivered = 0;
+    let mut finished = started;
+    for s in subscribers {
+        let (got, last) = tokio::time::timeout(RUN_TIMEOUT, s)
+            .await
+            .expect("subscribers done in time")
+            .unwrap();
+        delivered += got;
+        finished = finished.max(last);
+    }
+    acks.await.unwrap();
+    drop(sender.await.unwrap());
+    Fanout {
+        rate: delivered as f64 / (finished - started).as_secs_f64(),
+        lost: knobs.fanout * n - delivered,
+    }
+}
+
+/// One fan-out run's result.
+struct Fanout {
+    /// Deliveries per second, up to the last one.
+    rate: f64,
+    /// Deliveries that never came.
+    lost: usize,
+}
+
+/// A 3.1.1 CONNECT of client id `id`, clean session, keep-alive off.
+fn connect_packet(id: &str) -> Vec<u8> {
+    let mut body = vec![0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x00];
+    body.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    body.extend_from_slice(id.as_bytes());
+    let mut packet = vec![0x10, body.len() as u8];
+    packet.extend(body);
+    packet
+}
+
+/// Opens `connections` idle MQTT connections: the broker's memory growth
+/// per connection, in KiB.
+async fn idle_run(target: &Target, knobs: &Knobs, run: &str) -> f64 {
+    let before = target.resident_bytes();
+    let mut open = Vec::with_capacity(knobs.connections);
+    for batch in 0..knobs.connections.div_ceil(CONNECT_BATCH) {
+        let mut connecting = Vec::new();
+        for i in 0..CONNECT_BATCH.min(knobs.connections - batch * CONNECT_BATCH) {
+            let addr = target.addr;
+            let id = format!("{run}-{batch}-{i}");
+            connecting.push(tokio::spawn(async move {
+                let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+                stream.write_all(&connect_packet(&id)).await.unwrap();
+                let mut connack = [0u8; 4];
+                stream.read_exact(&mut connack).await.unwrap();
+                assert_eq!(connack[3], 0, "CONNACK accepted");
+                stream
+            }));
+        }
+        for c in connecting {
+            open.push(c.await.unwrap());
+        }
+    }
+    let after = target.resident_bytes();
+    drop(open);
+    after.saturating_sub(before) as f64 / 1024.0 / knobs.connections as f64
+}
+
+struct Row {
+    name: &'static str,
+    one: Published,
+    many: Published,
+    fanout: Fanout,
+    idle_kib: f64,
+}
+
+async fn measure(target: &Target, knobs: &Knobs) -> Row {
+    // Idle memory first, on the fresh process: memory the other runs
+    // allocated and freed would otherwise be reused and hide the cost.
+    let idle_kib = idle_run(target, knobs, "idle").await;
+    // Warm up: connections, the store's first writes.
+    publish_run(target, knobs, 10, "warm").await;
+    Row {
+        name: target.name,
+        one: publish_run(target, knobs, 1, "one").await,
+        many: publish_run(target, knobs, 100, "many").await,
+        fanout: fanout_run(target, knobs, "fan").await,
+        idle_kib,
+    }
+}
+
+fn main() {
+    let knobs = Knobs::from_env();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let dir = common::scratch_dir("mqtt-bench");
+    let mosquitto_dir = dir.path().join("mosquitto");
+    let gateway_dir = dir.path().join("gateway");
+    std::fs::create_dir_all(&mosquitto_dir).unwrap();
+    std::fs::create_dir_all(&gateway_dir).unwrap();
+
+    let mosquitto = start_mosquitto(&mosquitto_dir);
+    let peer = runtime.block_on(measure(&mosquitto, &knobs));
+    drop(mosquitto);
+    let gateway = start_gateway(&gateway_dir);
+    let ours = runtime.block_on(measure(&gateway, &knobs));
+    drop(gateway);
+
+    println!(
+        "\nMQTT 3.1.1, QoS 1, {} B payloads, {} messages per publish run, fan-out {} x {}, {} idle connections",
+        knobs.bytes, knobs.messages, knobs.fanout, knobs.fanout_messages, knobs.connections
+    );
+    println!(
+        "{:<12} {:>12} {:>7} {:>7} {:>6} {:>13} {:>7} {:>7} {:>6} {:>13} {:>6} {:>13}",
+        "target",
+        "pub×1 msg/s",
+        "p50 ms",
+        "p99 ms",
+        "lost",
+        "pub×100 msg/s",
+        "p50 ms",
+        "p99 ms",
+        "lost",
+        "fan-out msg/s",
+        "lost",
+        "idle KiB/conn"
+    );
+    for r in [&peer, &ours] {
+        println!(
+            "{:<12} {:>12.0} {:>7.2} {:>7.2} {:>6} {:>13.0} {:>7.2} {:>7.2} {:>6} {:>13.0} {:>6} {:>13.2}",
+            r.name,
+            r.one.rate,
+            r.one.p50_ms,
+            r.one.p99_ms,
+            r.one.lost,
+            r.many.rate,
+            r.many.p50_ms,
+            r.many.p99_ms,
+            r.many.lost,
+            r.fanout.rate,
+            r.fanout.lost,
+            r.idle_kib
+        );
+    }
+    println!(
+        "\ngw-embedded / mosquitto: pub×1 {:.2}, pub×100 {:.2}, fan-out {:.2}, idle memory {:.2}",
+        ours.one.rate / peer.one.rate,
+        ours.many.rate / peer.many.rate,
+        ours.fanout.rate / peer.fanout.rate,
+        ours.idle_kib / peer.idle_kib
+    );
+    println!(
+        "\"lost\": acknowledged to the publisher, never delivered to a connected subscriber (Mosquitto's max_queued_messages is 1000 by default)."
+    );
+    println!(
+        "Mosquitto acknowledges QoS 1 from memory (no persistence, no fsync); the gateway after its store's fsync."
+    );
+}
