@@ -172,6 +172,16 @@ async fn retained_messages_greet_new_subscriptions(backend: BackendKind) {
     }
 }
 
+/// A subscriber slower than its publisher loses nothing: 3000 QoS 1
+/// messages sent at once (three times Mosquitto's default queue of a
+/// subscriber) all reach it, in order; the backlog waits in the backend.
+async fn a_slow_subscriber_loses_nothing(backend: BackendKind) {
+    let gw = Gateway::start(backend).await;
+    let topic = format!("{}/firehose", unique("slow"));
+    let got = paho(&gw, "3", "slow", &[&topic, "3000"]).await;
+    assert_eq!(got, json!({"distinct": 3000, "in_order": true}));
+}
+
 /// A client keeping a session subscribes, leaves, and on its return gets
 /// what was published meanwhile, in order, without subscribing again; a
 /// clean start then ends the session.
@@ -329,6 +339,7 @@ on_both_backends!(
     mqtt_over_websocket,
     only_clients_with_a_valid_token_connect,
     a_session_keeps_what_was_published_while_away,
+    a_slow_subscriber_loses_nothing,
     qos_2_is_stored_once_across_a_reconnect,
     sessions_expire_and_wills_wait_their_delay,
     the_will_goes_on_a_lost_connection_only,

@@ -30,6 +30,10 @@ Usage: paho_mqtt.py SCENARIO HOST PORT VERSION ARGS...
                   CLIENT-2 comes back at once. Once "late" arrived and 4 s
                   passed, "marker" is published; prints what the
                   subscriber got up to it and how long "late" took.
+  slow TOPIC COUNT a subscriber of TOPIC taking 2 ms over each message;
+                  a publisher sends m0..m(COUNT-1) at QoS 1 as fast as it
+                  can (all in flight at once); prints how many distinct
+                  messages the subscriber got and whether in order.
   session TOPIC CLIENT
                   CLIENT keeps a session (3.1.1 clean session off, 5 session
                   expiry 300 s), subscribes TOPIC at QoS 1 and disconnects;
@@ -265,6 +269,37 @@ def willdelay(host, port, version, topic, client_id):
     return {"got": got, "late_after": took}
 
 
+def slow(host, port, version, topic, count):
+    count = int(count)
+    sub = client(version)
+    got = []
+
+    def on_message(c, userdata, m):
+        time.sleep(0.002)
+        got.append(m.payload.decode())
+        if len(set(got)) == count:
+            sub.messages.put(None)
+
+    sub.on_message = on_message
+    connect(sub, host, port, version)
+    subscribe(sub, topic, 1)
+    pub = client(version)
+    pub.max_queued_messages_set(0)
+    pub.max_inflight_messages_set(count)
+    connect(pub, host, port, version)
+    infos = [pub.publish(topic, "m%d" % i, qos=1) for i in range(count)]
+    for info in infos:
+        info.wait_for_publish(WAIT)
+    stop(pub)
+    sub.messages.get(timeout=WAIT + count * 0.01)
+    stop(sub)
+    first = []
+    for p in got:
+        if p not in first:
+            first.append(p)
+    return {"distinct": len(set(got)), "in_order": first == ["m%d" % i for i in range(count)]}
+
+
 def session(host, port, version, topic, client_id):
     keeper = client(version, client_id, clean=False)
     first = connect(keeper, host, port, version, clean=False, expiry=300)
@@ -365,6 +400,7 @@ SCENARIOS = {
     "pubsub": pubsub,
     "session": session,
     "retained": retained,
+    "slow": slow,
     "expiry": expiry,
     "willdelay": willdelay,
     "v5options": v5options,
