@@ -5,19 +5,29 @@
 //! gateway's authenticator, the password may be a token; a client id
 //! assigned when none is sent; a second connection with a client id in use
 //! takes the session over), PUBLISH at QoS 0, 1 and 2 (PUBACK and PUBREC
-//! only once the backend persisted the message; a QoS 2 resend is not
-//! stored twice; MQTT 5 user properties become message properties),
-//! SUBSCRIBE and UNSUBSCRIBE (filters with `+` and `#` are patterns over the
-//! namespace, so they see topics created later; `$share/{group}/{filter}`
-//! is a Shared subscription), delivery at the QoS granted with the client's
-//! Receive Maximum as the window, keep-alive (1.5 times the client's),
-//! the last will on any end but DISCONNECT, and persistent sessions (3.1.1
-//! clean session off, MQTT 5 Session Expiry above 0): durable
-//! subscriptions, restored on the next connection (`session.rs`).
+//! only once the backend persisted the message, in order; a QoS 2 resend
+//! is not stored twice, also across a reconnect), SUBSCRIBE and UNSUBSCRIBE
+//! (filters with `+` and `#` are patterns over the namespace, so they see
+//! topics created later; `$share/{group}/{filter}` is a Shared
+//! subscription), delivery at the lower of the published and granted QoS
+//! with the client's Receive Maximum as the window (unacknowledged ones
+//! sent again marked DUP on the session's next connection), keep-alive
+//! (1.5 times the client's), the last will on any end but DISCONNECT (MQTT
+//! 5: after its delay, unless the client is back), persistent sessions
+//! (3.1.1 clean session off, MQTT 5 Session Expiry above 0: durable
+//! subscriptions restored on the next connection, ended at expiry,
+//! `session.rs`), retained messages (`retained.rs`), MQTT 5 properties
+//! (user properties as message properties, the others as `mqtt-*` ones,
+//! `properties.rs`), topic aliases from the client, subscription
+//! identifiers, No Local, Retain As Published, Retain Handling, reason
+//! codes and a server DISCONNECT with its reason. MQTT over WebSocket is
+//! the runtime's (`src/websocket.rs`), served by this same handler.
 //!
-//! Not yet: retained messages, the will delay, session expiry by time,
-//! topic aliases, MQTT 5's message properties other than user properties,
-//! subscription identifiers, No Local, MQTT over WebSocket.
+//! Not yet: AUTH (enhanced authentication), topic aliases toward the
+//! client, takeover and parked QoS 2 state across gateways (a client that
+//! comes back through another gateway resumes its subscriptions, which the
+//! backend holds, not the exchanges under way), session expiry and delayed
+//! wills surviving a gateway restart.
 //!
 //! Topic `a/b/c` is the backend topic `a.b.c` (DESIGN.md).
 
