@@ -310,6 +310,66 @@ async fn only_clients_with_a_valid_token_connect(backend: BackendKind) {
     }
 }
 
+/// On Pulsar: what the official Pulsar client publishes (batched, with
+/// properties) to `base.p` an MQTT 5 subscriber of `base/p` gets, with the
+/// properties as user properties; what MQTT publishes to `base/q` the
+/// Pulsar client reads from `base.q` with its MQTT 5 user property.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulsar_and_mqtt_clients_share_topics() {
+    let gw = Gateway::start(BackendKind::Pulsar).await;
+    let base = unique("pulsar-mqtt");
+    let (url, _) = common::test_pulsar_urls();
+
+    let mut receiver = paho_command(&gw, "5", "receive", &[&format!("{base}/p"), "3"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("paho_mqtt.py starts");
+    let mut lines = BufReader::new(receiver.stdout.take().unwrap()).lines();
+    let first = tokio::task::block_in_place(|| lines.next());
+    assert_eq!(first.and_then(Result::ok).as_deref(), Some("subscribed"));
+    let mut produce = Command::new(python());
+    produce.arg(client_script("pulsar_produce.py")).args([
+        url.clone(),
+        format!("persistent://public/default/{base}.p"),
+        "3".into(),
+    ]);
+    run_json("pulsar_produce.py".into(), produce).await;
+    let (got, status) = tokio::task::spawn_blocking(move || {
+        let got = lines.map_while(Result::ok).last().unwrap_or_default();
+        (got, receiver.wait())
+    })
+    .await
+    .unwrap();
+    assert!(
+        status.unwrap().success(),
+        "the MQTT subscriber failed: {got}"
+    );
+    let got: Value = serde_json::from_str(&got).unwrap();
+    assert_eq!(payloads(&got), ["v0", "v1", "v2"]);
+    let mut props: Vec<Value> = got[2]["props"].as_array().unwrap().clone();
+    props.sort_by_key(|p| p.to_string());
+    assert_eq!(props, [json!(["h", "x2"]), json!(["n", "2"])]);
+
+    let got = paho(&gw, "5", "pubsub", &[&base]).await;
+    assert_eq!(payloads(&got), ["q0", "q1", "q2"]);
+    let mut read = Command::new(python());
+    read.arg(client_script("pulsar_read.py")).args([
+        url,
+        format!("persistent://public/default/{base}.room1.temp"),
+        "3".into(),
+    ]);
+    let read = run_json("pulsar_read.py".into(), read).await;
+    let values: Vec<&str> = read
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["value"].as_str().unwrap())
+        .collect();
+    assert_eq!(values, ["q0", "q1", "q2"]);
+    assert_eq!(read[1]["properties"]["k"], "v", "{read}");
+    assert_eq!(read[1]["properties"]["mqtt-qos"], "1", "{read}");
+}
+
 /// Each case as a test on each backend.
 macro_rules! on_both_backends {
     ($($case:ident),* $(,)?) => {
