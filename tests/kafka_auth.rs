@@ -67,12 +67,7 @@ fn assert_refused(report: &Value, said: &[&str], what: &str) {
 
 async fn only_clients_with_a_valid_token_produce_and_consume(backend: BackendKind) {
     let secret = random_secret();
-    let (_dir, secret_file) = common::tokens::secret_file(&secret);
-    let gw = Gateway::builder(backend)
-        .arg("--auth-token-secret-file")
-        .arg(&secret_file)
-        .start()
-        .await;
+    let (gw, _dir) = common::tokens::gateway_requiring_tokens(backend, &secret).await;
     let bootstrap = gw.kafka_addr.expect("a Kafka listener").to_string();
     let valid = token(&secret, json!({"sub": "orders-service"}));
 

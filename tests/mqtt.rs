@@ -58,6 +58,44 @@ pub(crate) fn paho_command(gw: &Gateway, version: &str, scenario: &str, args: &[
     command
 }
 
+/// A paho subscriber (`paho_mqtt.py receive`) in the background: started
+/// and subscribed, then waited for with what it received.
+pub(crate) struct Subscriber {
+    child: std::process::Child,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+}
+
+impl Subscriber {
+    /// Starts one on `topic` and returns once it is subscribed.
+    pub(crate) fn start(gw: &Gateway, version: &str, topic: &str, count: usize) -> Subscriber {
+        let mut child = paho_command(gw, version, "receive", &[topic, &count.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("paho_mqtt.py starts");
+        let mut lines = BufReader::new(child.stdout.take().expect("its stdout")).lines();
+        let first = tokio::task::block_in_place(|| lines.next());
+        assert_eq!(first.and_then(Result::ok).as_deref(), Some("subscribed"));
+        Subscriber { child, lines }
+    }
+
+    /// Waits for it to end: the messages it got (fails the test if it
+    /// did not get them all).
+    pub(crate) async fn messages(self) -> Value {
+        let Subscriber { mut child, lines } = self;
+        let (got, status) = tokio::task::spawn_blocking(move || {
+            let got = lines.map_while(Result::ok).last().unwrap_or_default();
+            (got, child.wait())
+        })
+        .await
+        .expect("the subscriber's wait");
+        assert!(
+            status.is_ok_and(|s| s.success()),
+            "the MQTT subscriber failed: {got}"
+        );
+        serde_json::from_str(&got).expect("the subscriber's JSON")
+    }
+}
+
 fn payloads(messages: &Value) -> Vec<&str> {
     messages
         .as_array()
@@ -248,13 +286,7 @@ async fn mqtt_and_kafka_share_topics(backend: BackendKind) {
     assert_eq!(values, ["m0", "m1", "m2", "m3", "m4"]);
 
     // An MQTT subscriber first, then a Kafka producer.
-    let mut receiver = paho_command(&gw, "5", "receive", &[&mqtt_topic, "3"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("paho_mqtt.py starts");
-    let mut lines = BufReader::new(receiver.stdout.take().unwrap()).lines();
-    let first = tokio::task::block_in_place(|| lines.next());
-    assert_eq!(first.and_then(Result::ok).as_deref(), Some("subscribed"));
+    let receiver = Subscriber::start(&gw, "5", &mqtt_topic, 3);
     let mut produce = Command::new(python());
     produce.arg(client_script("confluent_produce.py")).args([
         &bootstrap,
@@ -263,17 +295,7 @@ async fn mqtt_and_kafka_share_topics(backend: BackendKind) {
         "none",
     ]);
     run_json("confluent_produce.py".into(), produce).await;
-    let (got, status) = tokio::task::spawn_blocking(move || {
-        let got = lines.map_while(Result::ok).last().unwrap_or_default();
-        (got, receiver.wait())
-    })
-    .await
-    .unwrap();
-    assert!(
-        status.unwrap().success(),
-        "the MQTT subscriber failed: {got}"
-    );
-    let got: Value = serde_json::from_str(&got).unwrap();
+    let got = receiver.messages().await;
     assert_eq!(payloads(&got), ["v0", "v1", "v2"]);
     assert_eq!(got[1]["props"], json!([["h", "x1"]]));
 }
@@ -284,12 +306,7 @@ async fn mqtt_and_kafka_share_topics(backend: BackendKind) {
 /// "bad user name or password" (3.1.1 return code 4, MQTT 5 reason 0x86).
 async fn only_clients_with_a_valid_token_connect(backend: BackendKind) {
     let secret = random_secret();
-    let (_dir, secret_file) = common::tokens::secret_file(&secret);
-    let gw = Gateway::builder(backend)
-        .arg("--auth-token-secret-file")
-        .arg(&secret_file)
-        .start()
-        .await;
+    let (gw, _dir) = common::tokens::gateway_requiring_tokens(backend, &secret).await;
     let valid = token(&secret, json!({"sub": "sensor-7"}));
     let wrong = token(&random_secret(), json!({"sub": "sensor-7"}));
     for version in ["3", "5", "5ws"] {
@@ -320,13 +337,7 @@ async fn pulsar_and_mqtt_clients_share_topics() {
     let base = unique("pulsar-mqtt");
     let (url, _) = common::test_pulsar_urls();
 
-    let mut receiver = paho_command(&gw, "5", "receive", &[&format!("{base}/p"), "3"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("paho_mqtt.py starts");
-    let mut lines = BufReader::new(receiver.stdout.take().unwrap()).lines();
-    let first = tokio::task::block_in_place(|| lines.next());
-    assert_eq!(first.and_then(Result::ok).as_deref(), Some("subscribed"));
+    let receiver = Subscriber::start(&gw, "5", &format!("{base}/p"), 3);
     let mut produce = Command::new(python());
     produce.arg(client_script("pulsar_produce.py")).args([
         url.clone(),
@@ -334,17 +345,7 @@ async fn pulsar_and_mqtt_clients_share_topics() {
         "3".into(),
     ]);
     run_json("pulsar_produce.py".into(), produce).await;
-    let (got, status) = tokio::task::spawn_blocking(move || {
-        let got = lines.map_while(Result::ok).last().unwrap_or_default();
-        (got, receiver.wait())
-    })
-    .await
-    .unwrap();
-    assert!(
-        status.unwrap().success(),
-        "the MQTT subscriber failed: {got}"
-    );
-    let got: Value = serde_json::from_str(&got).unwrap();
+    let got = receiver.messages().await;
     assert_eq!(payloads(&got), ["v0", "v1", "v2"]);
     let mut props: Vec<Value> = got[2]["props"].as_array().unwrap().clone();
     props.sort_by_key(|p| p.to_string());

@@ -300,20 +300,16 @@ async fn pulsar_restart_under_load_loses_no_acknowledged_message() {
         .reader(&consumed, StartPosition::Earliest)
         .await
         .unwrap();
+    // The subscription's next message, acknowledged.
+    let acked = || async {
+        let message = subscription.receive().await?;
+        subscription.ack(&message.topic, message.id).await?;
+        Ok(message)
+    };
     let before: Vec<String> = (0..10).map(|i| format!("before-{i}")).collect();
     publish_all(&*backend, &consumed, &before).await;
     let wanted: HashSet<String> = before.iter().cloned().collect();
-    receive_all(
-        "the subscription before",
-        RESUME,
-        wanted.clone(),
-        || async {
-            let message = subscription.receive().await?;
-            subscription.ack(&message.topic, message.id).await?;
-            Ok(message)
-        },
-    )
-    .await;
+    receive_all("the subscription before", RESUME, wanted.clone(), acked).await;
     receive_all("the reader before", RESUME, wanted, || reader.next()).await;
 
     let tally = Arc::new(Mutex::new(Tally::default()));
@@ -398,11 +394,7 @@ async fn pulsar_restart_under_load_loses_no_acknowledged_message() {
         "the subscription opened before the restart",
         RESUME,
         wanted.clone(),
-        || async {
-            let message = subscription.receive().await?;
-            subscription.ack(&message.topic, message.id).await?;
-            Ok(message)
-        },
+        acked,
     )
     .await;
     // A reader goes on after the last message it read: none again, none

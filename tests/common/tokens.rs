@@ -21,11 +21,20 @@ pub fn token(secret: &[u8], claims: Value) -> String {
     .expect("sign a token")
 }
 
-/// A gateway option pair and the directory holding its secret key file
-/// (kept until dropped): `--auth-token-secret-file <file>`.
-pub fn secret_file(secret: &[u8]) -> (tempfile::TempDir, std::path::PathBuf) {
+/// A gateway on `backend` that requires tokens signed with `secret`
+/// (`--auth-token-secret-file`), and the directory holding the key file,
+/// kept until dropped.
+pub async fn gateway_requiring_tokens(
+    backend: super::BackendKind,
+    secret: &[u8],
+) -> (super::Gateway, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let file = dir.path().join("secret.key");
     std::fs::write(&file, secret).expect("write the secret key");
-    (dir, file)
+    let gw = super::Gateway::builder(backend)
+        .arg("--auth-token-secret-file")
+        .arg(&file)
+        .start()
+        .await;
+    (gw, dir)
 }

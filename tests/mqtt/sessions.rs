@@ -1,15 +1,12 @@
 //! What a session keeps across its client's connections: QoS 2 exchanges
 //! under way, its expiry, a delayed will.
 
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
-
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, ToSocketAddrs};
 
 use crate::common::{unique, BackendKind, Gateway};
-use crate::{paho, paho_command};
+use crate::{paho, Subscriber};
 
 /// A 3.1.1 CONNECT of `client_id` keeping its session (clean session 0).
 fn connect_keeping_session(client_id: &str) -> Vec<u8> {
@@ -58,13 +55,7 @@ pub async fn qos_2_is_stored_once_across_a_reconnect(backend: BackendKind) {
     let gw = Gateway::start(backend).await;
     let addr = gw.mqtt_addr.expect("an MQTT listener");
     let topic = unique("once");
-    let mut receiver = paho_command(&gw, "3", "receive", &[&topic, "2"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("paho_mqtt.py starts");
-    let mut lines = BufReader::new(receiver.stdout.take().unwrap()).lines();
-    let first = tokio::task::block_in_place(|| lines.next());
-    assert_eq!(first.and_then(Result::ok).as_deref(), Some("subscribed"));
+    let receiver = Subscriber::start(&gw, "3", &topic, 2);
 
     let client_id = unique("q2");
     let (mut stream, connack) = connected(addr, &client_id).await;
@@ -87,14 +78,7 @@ pub async fn qos_2_is_stored_once_across_a_reconnect(backend: BackendKind) {
     expect(&mut stream, [0x70, 0x02, 0x00, 0x01], "PUBCOMP").await;
 
     assert_eq!(paho(&gw, "3", "publish", &[&topic, "1"]).await, 1);
-    let (got, status) = tokio::task::spawn_blocking(move || {
-        let got = lines.map_while(Result::ok).last().unwrap_or_default();
-        (got, receiver.wait())
-    })
-    .await
-    .unwrap();
-    assert!(status.unwrap().success(), "the subscriber failed: {got}");
-    let got: serde_json::Value = serde_json::from_str(&got).unwrap();
+    let got = receiver.messages().await;
     let payloads: Vec<&str> = got
         .as_array()
         .unwrap()

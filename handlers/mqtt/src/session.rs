@@ -188,9 +188,26 @@ pub(crate) async fn forget(
     }
 }
 
+/// Runs `work` `after` a client left, unless it comes back first (`back`
+/// cancelled) or the gateway stops (`stopping` cancelled).
+fn unless_back(
+    stopping: CancellationToken,
+    back: CancellationToken,
+    after: Duration,
+    work: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    tokio::spawn(async move {
+        tokio::select! {
+            () = back.cancelled() => {}
+            () = stopping.cancelled() => {}
+            () = tokio::time::sleep(after) => work.await,
+        }
+    });
+}
+
 /// Ends a persistent session `after` its client left, unless the client
-/// comes back first (`back` cancelled) or the gateway stops: its durable
-/// subscriptions and record are deleted (MQTT 5 Session Expiry).
+/// comes back first or the gateway stops: its durable subscriptions and
+/// record are deleted (MQTT 5 Session Expiry).
 pub(crate) fn expire_later(
     ctx: Context,
     namespace: Namespace,
@@ -200,24 +217,18 @@ pub(crate) fn expire_later(
     back: CancellationToken,
     after: Duration,
 ) {
-    tokio::spawn(async move {
-        tokio::select! {
-            () = back.cancelled() => {}
-            () = ctx.shutdown.cancelled() => {}
-            () = tokio::time::sleep(after) => {
-                if clients.unpark(&client_id, &back) {
-                    let sessions = Sessions::new(ctx.backend.metadata());
-                    forget(&ctx, &sessions, &namespace, &client_id, &record).await;
-                    tracing::debug!(client = %client_id, "session expired");
-                }
-            }
+    let token = back.clone();
+    unless_back(ctx.shutdown.clone(), back, after, async move {
+        if clients.unpark(&client_id, &token) {
+            let sessions = Sessions::new(ctx.backend.metadata());
+            forget(&ctx, &sessions, &namespace, &client_id, &record).await;
+            tracing::debug!(client = %client_id, "session expired");
         }
     });
 }
 
 /// Publishes a will `after` its connection ended, unless the client comes
-/// back first (`back` cancelled) or the gateway stops (MQTT 5 Will Delay
-/// Interval).
+/// back first or the gateway stops (MQTT 5 Will Delay Interval).
 pub(crate) fn will_later(
     ctx: Context,
     topic: TopicName,
@@ -225,15 +236,9 @@ pub(crate) fn will_later(
     back: CancellationToken,
     after: Duration,
 ) {
-    tokio::spawn(async move {
-        tokio::select! {
-            () = back.cancelled() => {}
-            () = ctx.shutdown.cancelled() => {}
-            () = tokio::time::sleep(after) => {
-                if let Err(e) = ctx.backend.publish(&topic, message).await {
-                    tracing::warn!(topic = %topic, error = %e, "delayed will not published");
-                }
-            }
+    unless_back(ctx.shutdown.clone(), back, after, async move {
+        if let Err(e) = ctx.backend.publish(&topic, message).await {
+            tracing::warn!(topic = %topic, error = %e, "delayed will not published");
         }
     });
 }

@@ -282,15 +282,7 @@ fn connect_v3(c: v3::Connect) -> Connect {
         username: c.username,
         password: c.password,
         will: c.last_will.map(|w| Will {
-            publish: Publish {
-                dup: false,
-                retain: w.retain,
-                qos: w.qos,
-                topic: w.topic,
-                packet_id: None,
-                payload: w.message,
-                properties: None,
-            },
+            publish: will_publish(w.qos, w.retain, w.topic, w.message, None),
             delay_secs: 0,
         }),
     }
@@ -306,27 +298,41 @@ fn connect_v5(c: v5::Connect) -> Connect {
         client_id: c.client_id,
         username: c.username,
         password: c.password,
-        will: c.last_will.map(|w| Will {
-            delay_secs: w.will_delay_interval_sec.unwrap_or(0),
-            publish: Publish {
-                dup: false,
-                retain: w.retain,
-                qos: w.qos,
-                topic: w.topic,
-                packet_id: None,
-                payload: w.message,
-                properties: Some(rmqtt_codec::v5::PublishProperties {
-                    topic_alias: None,
-                    correlation_data: w.correlation_data,
-                    message_expiry_interval: w.message_expiry_interval,
-                    content_type: w.content_type,
-                    user_properties: w.user_properties,
-                    is_utf8_payload: w.is_utf8_payload.unwrap_or(false),
-                    response_topic: w.response_topic,
-                    subscription_ids: Vec::new(),
-                }),
-            },
+        will: c.last_will.map(|w| {
+            let properties = v5::PublishProperties {
+                topic_alias: None,
+                correlation_data: w.correlation_data,
+                message_expiry_interval: w.message_expiry_interval,
+                content_type: w.content_type,
+                user_properties: w.user_properties,
+                is_utf8_payload: w.is_utf8_payload.unwrap_or(false),
+                response_topic: w.response_topic,
+                subscription_ids: Vec::new(),
+            };
+            Will {
+                delay_secs: w.will_delay_interval_sec.unwrap_or(0),
+                publish: will_publish(w.qos, w.retain, w.topic, w.message, Some(properties)),
+            }
         }),
+    }
+}
+
+/// The PUBLISH a will becomes.
+fn will_publish(
+    qos: QoS,
+    retain: bool,
+    topic: ByteString,
+    payload: Bytes,
+    properties: Option<v5::PublishProperties>,
+) -> Publish {
+    Publish {
+        dup: false,
+        retain,
+        qos,
+        topic,
+        packet_id: None,
+        payload,
+        properties,
     }
 }
 
