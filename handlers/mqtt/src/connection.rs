@@ -47,6 +47,11 @@ const MAX_READ: usize = 64 * 1024;
 /// A write buffer larger than this is let go once written.
 const KEPT_WRITE: usize = 256;
 
+/// How long a client may take to read what the gateway writes before its
+/// connection is given up (one that stops reading would otherwise keep
+/// its task from keep-alive, takeover and shutdown).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How long a will may take to be stored when its connection ends.
 const WILL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -79,6 +84,8 @@ struct Unacked {
     /// The message to acknowledge to the backend (none for a retained
     /// message sent at SUBSCRIBE).
     message: Option<(TopicName, MessageId)>,
+    /// Sent at QoS 2: PUBREC, not PUBACK, acknowledges it.
+    exactly_once: bool,
 }
 
 /// Why the connection ends.
@@ -249,7 +256,7 @@ impl Connection {
         // QoS 2 deliveries received and not completed: released again.
         let released: Vec<u16> = conn.released.iter().copied().collect();
         for id in released.into_iter().filter_map(NonZeroU16::new) {
-            let _ = conn.send(Outbound::PubRel(id));
+            let _ = conn.send(Outbound::PubRel(id, reason::SUCCESS));
         }
         conn.flush().await?;
         Ok(conn)
@@ -448,18 +455,34 @@ impl Connection {
     async fn handle(&mut self, packet: Inbound) -> Option<Ending> {
         match packet {
             Inbound::Publish(p) => return self.publish(*p).await,
-            Inbound::PubAck(id) => self.acknowledged(id).await,
+            Inbound::PubAck(id) => {
+                if self.unacked.get(&id.get()).is_some_and(|u| !u.exactly_once) {
+                    self.acknowledged(id).await;
+                }
+            }
             Inbound::PubRec(id) => {
-                self.acknowledged(id).await;
-                self.released.insert(id.get());
-                let _ = self.send(Outbound::PubRel(id));
+                // Only for a QoS 2 delivery of ours (or again for one
+                // released): a client cannot fill the packet ids.
+                let reason = if self.unacked.get(&id.get()).is_some_and(|u| u.exactly_once) {
+                    self.acknowledged(id).await;
+                    self.released.insert(id.get());
+                    reason::SUCCESS
+                } else if self.released.contains(&id.get()) {
+                    reason::SUCCESS
+                } else {
+                    reason::PACKET_IDENTIFIER_NOT_FOUND
+                };
+                let _ = self.send(Outbound::PubRel(id, reason));
             }
             Inbound::PubComp(id) => {
                 self.released.remove(&id.get());
             }
             Inbound::PubRel(id) => {
-                self.qos2_received.remove(&id.get());
-                let _ = self.send(Outbound::PubComp(id));
+                let reason = match self.qos2_received.remove(&id.get()) {
+                    Some(_) => reason::SUCCESS,
+                    None => reason::PACKET_IDENTIFIER_NOT_FOUND,
+                };
+                let _ = self.send(Outbound::PubComp(id, reason));
             }
             Inbound::Subscribe {
                 packet_id,
@@ -477,6 +500,14 @@ impl Connection {
                 session_expiry_secs,
             } => {
                 if let Some(secs) = session_expiry_secs {
+                    // MQTT 5 §3.14.2.2.2: from 0 to more is a protocol error.
+                    if self.session_expiry_secs == 0 && secs > 0 {
+                        return Some(violation(
+                            reason::PROTOCOL_ERROR,
+                            "session expiry set at DISCONNECT",
+                        ));
+                    }
+                    self.session_expiry_secs = secs;
                     self.persistent = secs > 0;
                 }
                 return Some(Ending::Disconnected { with_will });
@@ -575,8 +606,10 @@ impl Connection {
                 Some(topic) => p.topic = topic.clone(),
                 None => return Some(violation(reason::PROTOCOL_ERROR, "unknown topic alias")),
             }
-        } else {
-            self.aliases.insert(alias.get(), p.topic.clone());
+        } else if p.topic.len() <= self.config.max_topic_len {
+            // A copy: the decoded name shares the whole packet's buffer.
+            let topic = bytestring::ByteString::from(p.topic.to_string());
+            self.aliases.insert(alias.get(), topic);
         }
         None
     }
@@ -706,7 +739,7 @@ impl Connection {
             }
             granted.push(answer);
         }
-        if self.persistent {
+        if self.stored {
             self.save_session().await;
         }
         let _ = self.send(Outbound::SubAck { packet_id, granted });
@@ -733,7 +766,13 @@ impl Connection {
                 continue;
             };
             let qos = properties::delivery_qos(outgoing.published_qos, options.qos);
-            let packet_id = (qos != QoS::AtMostOnce).then(|| self.next_packet_id());
+            let packet_id = match qos {
+                QoS::AtMostOnce => None,
+                _ => match self.next_packet_id() {
+                    Some(id) => Some(id),
+                    None => continue,
+                },
+            };
             let mut outgoing = outgoing;
             outgoing.properties.subscription_ids = options.id.into_iter().collect();
             if let Some(id) = packet_id {
@@ -742,6 +781,7 @@ impl Connection {
                     Unacked {
                         filter: filter.into(),
                         message: None,
+                        exactly_once: qos == QoS::ExactlyOnce,
                     },
                 );
             }
@@ -783,7 +823,7 @@ impl Connection {
         if let Some(existing) = self.subscriptions.get_mut(text) {
             // The same filter again replaces its options.
             existing.options = options;
-            if self.persistent {
+            if self.stored {
                 self.record.set(text, request.qos);
             }
             return (
@@ -793,7 +833,7 @@ impl Connection {
         }
         match self.open(&filter, text, options).await {
             Ok(()) => {
-                if self.persistent && unshared {
+                if self.stored {
                     self.record.set(text, request.qos);
                 }
                 (
@@ -843,7 +883,9 @@ impl Connection {
                 SubscriptionKind::Shared,
                 true,
             ),
-            None if self.persistent => (
+            // A session in the store (new and persistent, or resumed)
+            // keeps its subscriptions, and its backlog, in durable ones.
+            None if self.stored => (
                 session::subscription_name(&self.client_id, text),
                 SubscriptionKind::Exclusive,
                 true,
@@ -888,7 +930,7 @@ impl Connection {
             match self.subscriptions.remove(text) {
                 Some(subscribed) => {
                     let shared = Filter::parse(text).is_ok_and(|f| f.share.is_some());
-                    if self.persistent && !shared {
+                    if self.stored && !shared {
                         subscribed.unsubscribe().await;
                     } else {
                         subscribed.close().await;
@@ -899,7 +941,7 @@ impl Connection {
                 None => reasons.push(reason::NO_SUBSCRIPTION_EXISTED),
             }
         }
-        if self.persistent {
+        if self.stored {
             self.save_session().await;
         }
         let _ = self.send(Outbound::UnsubAck { packet_id, reasons });
@@ -964,7 +1006,15 @@ impl Connection {
         outgoing.properties.subscription_ids = options.id.into_iter().collect();
         let packet_id = match qos {
             QoS::AtMostOnce => None,
-            _ => Some(self.next_packet_id()),
+            _ => match self.next_packet_id() {
+                Some(id) => Some(id),
+                None => {
+                    // Unreachable with the delivery window; the message
+                    // stays unacknowledged in the backend.
+                    tracing::warn!(client = %self.client_id, "no packet id free");
+                    return;
+                }
+            },
         };
         let dup = self
             .redelivered
@@ -979,17 +1029,16 @@ impl Connection {
             properties: (self.codec.version() == Version::V5).then_some(outgoing.properties),
         };
         let bytes = message.payload.len();
-        match self.send(Outbound::Publish(Box::new(publish))) {
-            Ok(()) => self
-                .ctx
-                .metrics
-                .delivered(Protocol::Mqtt, &message.topic, 1, bytes),
-            Err(e) => {
-                // Larger than the client accepts (MQTT 5 Maximum Packet
-                // Size): as if delivered, as MQTT says.
-                tracing::debug!(client = %self.client_id, error = %e, "delivery passed over");
-            }
+        if let Err(e) = self.send(Outbound::Publish(Box::new(publish))) {
+            // Larger than the client accepts (MQTT 5 Maximum Packet Size):
+            // as if delivered and acknowledged, as MQTT says.
+            tracing::debug!(client = %self.client_id, error = %e, "delivery passed over");
+            let _ = subscription.ack(&message.topic, message.id).await;
+            return;
         }
+        self.ctx
+            .metrics
+            .delivered(Protocol::Mqtt, &message.topic, 1, bytes);
         match packet_id {
             Some(id) => {
                 self.unacked.insert(
@@ -997,6 +1046,7 @@ impl Connection {
                     Unacked {
                         filter: delivery.filter,
                         message: Some((message.topic, message.id)),
+                        exactly_once: qos == QoS::ExactlyOnce,
                     },
                 );
             }
@@ -1006,16 +1056,18 @@ impl Connection {
         }
     }
 
-    /// The next free packet id for a delivery.
-    fn next_packet_id(&mut self) -> NonZeroU16 {
-        loop {
+    /// The next free packet id for a delivery; `None` when all are in use
+    /// (the delivery window keeps far fewer in flight).
+    fn next_packet_id(&mut self) -> Option<NonZeroU16> {
+        for _ in 0..=u16::MAX {
             self.last_packet_id = self.last_packet_id.wrapping_add(1);
             if let Some(id) = NonZeroU16::new(self.last_packet_id) {
                 if !self.unacked.contains_key(&id.get()) && !self.released.contains(&id.get()) {
-                    return id;
+                    return Some(id);
                 }
             }
         }
+        None
     }
 
     /// PUBACK or PUBREC of a delivery: its message acknowledged to the
@@ -1090,8 +1142,13 @@ impl Connection {
     /// Writes what was encoded.
     async fn flush(&mut self) -> std::io::Result<()> {
         if !self.write.is_empty() {
-            self.stream.write_all(&self.write).await?;
-            self.stream.flush().await?;
+            let written = async {
+                self.stream.write_all(&self.write).await?;
+                self.stream.flush().await
+            };
+            tokio::time::timeout(WRITE_TIMEOUT, written)
+                .await
+                .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
             if self.write.capacity() > KEPT_WRITE {
                 self.write = BytesMut::new();
             } else {

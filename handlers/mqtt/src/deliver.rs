@@ -66,6 +66,14 @@ pub(crate) struct Subscribed {
     task: JoinHandle<()>,
 }
 
+impl Drop for Subscribed {
+    /// A subscription dropped without `close` (a connection failing as it
+    /// starts) stops delivering all the same.
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 impl Subscribed {
     /// Stops delivering; the subscription stays (if durable).
     pub(crate) async fn close(self) {

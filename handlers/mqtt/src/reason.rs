@@ -27,6 +27,7 @@ pub(crate) const KEEP_ALIVE_TIMEOUT: Reason = Reason(0x8D);
 pub(crate) const SESSION_TAKEN_OVER: Reason = Reason(0x8E);
 pub(crate) const TOPIC_FILTER_INVALID: Reason = Reason(0x8F);
 pub(crate) const TOPIC_NAME_INVALID: Reason = Reason(0x90);
+pub(crate) const PACKET_IDENTIFIER_NOT_FOUND: Reason = Reason(0x92);
 pub(crate) const TOPIC_ALIAS_INVALID: Reason = Reason(0x94);
 pub(crate) const PACKET_TOO_LARGE: Reason = Reason(0x95);
 

@@ -138,8 +138,10 @@ pub(crate) enum Outbound {
     Publish(Box<Publish>),
     PubAck(NonZeroU16, Reason),
     PubRec(NonZeroU16, Reason),
-    PubRel(NonZeroU16),
-    PubComp(NonZeroU16),
+    /// MQTT 5: with reason 0x92 for an id not known.
+    PubRel(NonZeroU16, Reason),
+    /// MQTT 5: with reason 0x92 for an id not known.
+    PubComp(NonZeroU16, Reason),
     SubAck {
         packet_id: NonZeroU16,
         granted: Vec<Granted>,
@@ -436,8 +438,8 @@ fn outbound_v3(packet: Outbound) -> Option<v3::Packet> {
         }
         Outbound::PubAck(packet_id, _) => P::PublishAck { packet_id },
         Outbound::PubRec(packet_id, _) => P::PublishReceived { packet_id },
-        Outbound::PubRel(packet_id) => P::PublishRelease { packet_id },
-        Outbound::PubComp(packet_id) => P::PublishComplete { packet_id },
+        Outbound::PubRel(packet_id, _) => P::PublishRelease { packet_id },
+        Outbound::PubComp(packet_id, _) => P::PublishComplete { packet_id },
         Outbound::SubAck { packet_id, granted } => P::SubscribeAck {
             packet_id,
             status: granted
@@ -470,8 +472,8 @@ fn outbound_v5(packet: Outbound) -> v5::Packet {
         Outbound::Publish(p) => P::Publish(p),
         Outbound::PubAck(packet_id, r) => P::PublishAck(puback(packet_id, r)),
         Outbound::PubRec(packet_id, r) => P::PublishReceived(puback(packet_id, r)),
-        Outbound::PubRel(packet_id) => P::PublishRelease(puback2(packet_id)),
-        Outbound::PubComp(packet_id) => P::PublishComplete(puback2(packet_id)),
+        Outbound::PubRel(packet_id, r) => P::PublishRelease(puback2(packet_id, r)),
+        Outbound::PubComp(packet_id, r) => P::PublishComplete(puback2(packet_id, r)),
         Outbound::SubAck { packet_id, granted } => P::SubscribeAck(v5::SubscribeAck {
             packet_id,
             properties: Vec::new(),
@@ -504,11 +506,35 @@ fn puback(packet_id: NonZeroU16, r: Reason) -> v5::PublishAck {
     }
 }
 
-fn puback2(packet_id: NonZeroU16) -> v5::PublishAck2 {
+fn puback2(packet_id: NonZeroU16, r: Reason) -> v5::PublishAck2 {
+    let reason_code = match r {
+        reason::PACKET_IDENTIFIER_NOT_FOUND => v5::PublishAck2Reason::PacketIdNotFound,
+        _ => v5::PublishAck2Reason::Success,
+    };
     v5::PublishAck2 {
         packet_id,
-        reason_code: v5::PublishAck2Reason::Success,
+        reason_code,
         properties: Vec::new(),
         reason_string: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connect_cut_short_is_waited_for_not_read_past() {
+        // MQTT 3.1's protocol name, announced and cut off at each length.
+        let whole = b"\x10\x0c\x00\x06MQIsdp\x03\x02\x00\x3c";
+        // Fixed header (2), name length (2), name (6), level (1).
+        for end in 0..11 {
+            let mut buf = BytesMut::from(&whole[..end]);
+            assert!(matches!(Codec::detect(&mut buf), Ok(None)), "{end} bytes");
+        }
+        for end in 11..=whole.len() {
+            let mut buf = BytesMut::from(&whole[..end]);
+            assert_eq!(Codec::detect(&mut buf).ok().flatten(), Some(Version::V3));
+        }
     }
 }
