@@ -170,6 +170,48 @@ enum ConnectionStatus<Exe: Executor> {
 /// interacting with a cluster. It will automatically follow redirects
 /// or use a proxy, and aggregate broker connections
 #[derive(Clone)]
+/// pulsar-gateway patch: a connection attempt whose caller stopped
+/// waiting for it (a timeout around a lookup or a request) was dropped
+/// halfway, leaving its `Connecting` entry in the map: every later caller
+/// for that broker then waited on it for ever, and the client never
+/// connected to that broker again (seen after a broker restart, with
+/// readiness checks bounded in time). Dropped before it finished, this
+/// guard removes the entry, if it is still `Connecting`, and tells its
+/// waiters the attempt was canceled, so the next caller connects anew.
+struct AbandonedConnect<Exe: Executor> {
+    connections: Arc<Mutex<HashMap<BrokerAddress, ConnectionStatus<Exe>>>>,
+    executor: Arc<Exe>,
+    /// `None` once the attempt finished (the guard is then inert).
+    broker: Option<BrokerAddress>,
+}
+
+impl<Exe: Executor> Drop for AbandonedConnect<Exe> {
+    fn drop(&mut self) {
+        let Some(broker) = self.broker.take() else {
+            return;
+        };
+        let connections = self.connections.clone();
+        let cleanup = async move {
+            let mut connections = connections.lock().await;
+            if matches!(
+                connections.get(&broker),
+                Some(ConnectionStatus::Connecting(_))
+            ) {
+                if let Some(ConnectionStatus::Connecting(mut waiting)) =
+                    connections.remove(&broker)
+                {
+                    for tx in waiting.drain(..) {
+                        let _ = tx.send(Err(ConnectionError::Canceled));
+                    }
+                }
+            }
+        };
+        if self.executor.spawn(Box::pin(cleanup)).is_err() {
+            error!("the executor could not spawn the cleanup of an abandoned connection attempt");
+        }
+    }
+}
+
 pub struct ConnectionManager<Exe: Executor> {
     pub url: Url,
     pub(crate) auth: Option<Arc<Mutex<Box<dyn crate::authentication::Authentication>>>>,
@@ -444,8 +486,25 @@ impl<Exe: Executor> ConnectionManager<Exe> {
         Ok(c)
     }
 
+    /// pulsar-gateway patch: connects to `broker`, cleaning up if the
+    /// caller gives up waiting (see [`AbandonedConnect`]).
     #[cfg_attr(feature = "telemetry", tracing::instrument(skip_all))]
     async fn connect(
+        &self,
+        broker: BrokerAddress,
+    ) -> Result<Arc<Connection<Exe>>, ConnectionError> {
+        let mut guard = AbandonedConnect {
+            connections: self.connections.clone(),
+            executor: self.executor.clone(),
+            broker: Some(broker.clone()),
+        };
+        let result = self.connect_attempt(broker).await;
+        guard.broker = None;
+        result
+    }
+
+    #[cfg_attr(feature = "telemetry", tracing::instrument(skip_all))]
+    async fn connect_attempt(
         &self,
         broker: BrokerAddress,
     ) -> Result<Arc<Connection<Exe>>, ConnectionError> {
@@ -598,3 +657,4 @@ impl<Exe: Executor> ConnectionManager<Exe> {
             });
     }
 }
+
