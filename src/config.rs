@@ -351,6 +351,11 @@ pub struct MqttSettings {
     /// Publishes of one connection being stored at once (MQTT 5's Receive
     /// Maximum), and deliveries awaiting one client's acknowledgement.
     pub max_inflight: u16,
+    /// Filters one connection may subscribe.
+    pub max_subscriptions: usize,
+    /// The longest a session outlives its connection (3.1.1 persistent
+    /// sessions included).
+    pub max_session_expiry: HumanDuration,
 }
 
 impl Default for MqttSettings {
@@ -360,6 +365,10 @@ impl Default for MqttSettings {
             max_packet_size: d.max_packet_size,
             connect_timeout: HumanDuration(d.connect_timeout),
             max_inflight: d.max_inflight,
+            max_subscriptions: d.max_subscriptions,
+            max_session_expiry: HumanDuration(Duration::from_secs(
+                d.max_session_expiry_secs.into(),
+            )),
         }
     }
 }
@@ -383,6 +392,9 @@ impl MqttSettings {
             max_packet_size: self.max_packet_size,
             connect_timeout: self.connect_timeout.0,
             max_inflight: self.max_inflight,
+            max_subscriptions: self.max_subscriptions,
+            max_session_expiry_secs: u32::try_from(self.max_session_expiry.0.as_secs())
+                .unwrap_or(u32::MAX),
             ..MqttConfig::default()
         })
     }

@@ -36,12 +36,15 @@ use gateway_api::{
 use pulsar_gateway::backend::pulsar::{PulsarBackend, PulsarConfig};
 
 /// Ports of this test's standalone, apart from the shared test one (6650)
-/// and those other test runs on the machine use (16650, 26650, 36650,
-/// 46650 and their web ports).
-const PORT: u16 = 56650;
-const WEB_PORT: u16 = 58081;
-const TLS_PORT: u16 = 56651;
-const WEB_TLS_PORT: u16 = 58082;
+/// and those other test runs on the machine use (16650, 26650 and their
+/// web ports), and below the ephemeral range (32768 and up here): a port
+/// there may be taken, while the standalone is stopped, by any outgoing
+/// connection of the tests running meanwhile, and the restart then fails
+/// to bind it.
+const PORT: u16 = 24650;
+const WEB_PORT: u16 = 24081;
+const TLS_PORT: u16 = 24651;
+const WEB_TLS_PORT: u16 = 24082;
 /// How long each publish may take before it counts as failed.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long Pulsar may take to start, and the backend to come back.

@@ -68,6 +68,19 @@ struct Publishing {
     result: Result<(), BackendError>,
 }
 
+/// How a publish of the client's ended, in the order they came.
+enum Settled {
+    /// Given to the backend (stored, or failed there).
+    Stored(Publishing),
+    /// Refused before it reached the backend (MQTT 5: acknowledged with
+    /// the reason, in its turn).
+    Refused {
+        packet_id: NonZeroU16,
+        qos: QoS,
+        reason: Reason,
+    },
+}
+
 /// Where a QoS 2 publish the client sent stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Qos2 {
@@ -141,7 +154,7 @@ pub(crate) struct Connection {
     retained: Retained,
     /// Publishes being persisted, in the order they came: their
     /// acknowledgements go out in that order.
-    publishing: FuturesOrdered<BoxFuture<'static, Publishing>>,
+    publishing: FuturesOrdered<BoxFuture<'static, Settled>>,
     /// MQTT 5 topic aliases the client set.
     aliases: HashMap<u16, bytestring::ByteString>,
     /// QoS 2 packet ids received and not yet released (PUBREL): a PUBLISH
@@ -188,7 +201,12 @@ impl Connection {
         } = connected;
         let sessions = Sessions::new(ctx.backend.metadata());
         let stored = sessions.load(&client_id).await?;
-        let persistent = connect.session_expiry_secs > 0;
+        // 3.1.1's session without end, or a longer one than allowed, ends
+        // after `max_session_expiry` (MQTT 5 clients are told).
+        let session_expiry_secs = connect
+            .session_expiry_secs
+            .min(config.max_session_expiry_secs);
+        let persistent = session_expiry_secs > 0;
         let resume = !connect.clean_start && stored.is_some();
         let namespace = ctx.router.namespace(Protocol::Mqtt, &principal);
         if let (false, Some(old)) = (resume, &stored) {
@@ -210,7 +228,7 @@ impl Connection {
                 .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500)),
             will: connect.will.map(Box::new),
             persistent,
-            session_expiry_secs: connect.session_expiry_secs,
+            session_expiry_secs,
             redelivered: HashSet::new(),
             record: Record::default(),
             stored: resume,
@@ -248,7 +266,8 @@ impl Connection {
             assigned_client_id: assigned.then(|| conn.client_id.as_str().into()),
             receive_max: NonZeroU16::new(conn.config.max_inflight),
             max_packet_size: Some(conn.config.max_packet_size),
-            session_expiry_secs: None,
+            session_expiry_secs: (session_expiry_secs != connect.session_expiry_secs)
+                .then_some(session_expiry_secs),
             topic_alias_max: conn.config.topic_alias_max,
         };
         conn.send(Outbound::ConnAck(ack))
@@ -507,7 +526,7 @@ impl Connection {
                             "session expiry set at DISCONNECT",
                         ));
                     }
-                    self.session_expiry_secs = secs;
+                    self.session_expiry_secs = secs.min(self.config.max_session_expiry_secs);
                     self.persistent = secs > 0;
                 }
                 return Some(Ending::Disconnected { with_will });
@@ -577,7 +596,7 @@ impl Connection {
         self.publishing.push_back(Box::pin(async move {
             let result = persisting.await.map(drop);
             drop(reservation);
-            Publishing {
+            Settled::Stored(Publishing {
                 packet_id,
                 qos,
                 topic,
@@ -585,7 +604,7 @@ impl Connection {
                 started,
                 retain,
                 result,
-            }
+            })
         }));
         None
     }
@@ -641,12 +660,15 @@ impl Connection {
                 tracing::debug!(client = %self.client_id, topic = %p.topic, reason = r.0, "QoS 0 publish dropped");
                 None
             }
-            (Version::V5, QoS::AtLeastOnce, Some(id)) => {
-                let _ = self.send(Outbound::PubAck(id, r));
-                None
-            }
-            (Version::V5, _, Some(id)) => {
-                let _ = self.send(Outbound::PubRec(id, r));
+            (Version::V5, qos, Some(id)) => {
+                // After the acknowledgements of the publishes before it.
+                let refused = Settled::Refused {
+                    packet_id: id,
+                    qos,
+                    reason: r,
+                };
+                self.publishing
+                    .push_back(Box::pin(std::future::ready(refused)));
                 None
             }
             _ => Some(Ending::Violation(
@@ -658,7 +680,21 @@ impl Connection {
 
     /// A publish persisted (or failed): the topic's retained message set
     /// (the retain flag), then its acknowledgement.
-    async fn published(&mut self, mut done: Publishing) -> Option<Ending> {
+    async fn published(&mut self, settled: Settled) -> Option<Ending> {
+        let mut done = match settled {
+            Settled::Stored(done) => done,
+            Settled::Refused {
+                packet_id,
+                qos,
+                reason,
+            } => {
+                let _ = match qos {
+                    QoS::ExactlyOnce => self.send(Outbound::PubRec(packet_id, reason)),
+                    _ => self.send(Outbound::PubAck(packet_id, reason)),
+                };
+                return None;
+            }
+        };
         if let (Ok(()), Some(message)) = (&done.result, &done.retain) {
             if let Err(e) = self.retained.set(&done.topic, message).await {
                 done.result = Err(e);
@@ -761,7 +797,20 @@ impl Connection {
                 return;
             }
         };
-        for stored in found {
+        // No more than the delivery window has room for: retained
+        // messages are not queued in the backend, so past it they are not
+        // sent (the client sees the next ones published).
+        let room = self.window.saturating_sub(self.unacked.len());
+        if found.len() > room {
+            tracing::debug!(
+                client = %self.client_id,
+                filter,
+                matched = found.len(),
+                sent = room,
+                "retained messages beyond the window passed over"
+            );
+        }
+        for stored in found.into_iter().take(room) {
             let Some(outgoing) = properties::outgoing(&stored.properties, now_ms()) else {
                 continue;
             };
@@ -820,6 +869,11 @@ impl Connection {
             }
         };
         let unshared = filter.share.is_none();
+        if !self.subscriptions.contains_key(text)
+            && self.subscriptions.len() >= self.config.max_subscriptions
+        {
+            return (Granted::Refused(reason::QUOTA_EXCEEDED), false);
+        }
         if let Some(existing) = self.subscriptions.get_mut(text) {
             // The same filter again replaces its options.
             existing.options = options;

@@ -69,6 +69,14 @@ pub struct MqttConfig {
     pub delivery_queue: usize,
     /// MQTT 5 topic aliases a client may set (its Topic Alias Maximum).
     pub topic_alias_max: u16,
+    /// Filters one connection may subscribe (each is a backend
+    /// subscription); past it SUBACK refuses with 0x97 (quota exceeded).
+    pub max_subscriptions: usize,
+    /// The longest a session outlives its connection, in seconds: MQTT
+    /// 3.1.1's persistent sessions (which have no expiry) and longer MQTT
+    /// 5 ones end then, so abandoned client ids do not keep backlogs for
+    /// ever.
+    pub max_session_expiry_secs: u32,
 }
 
 impl Default for MqttConfig {
@@ -81,6 +89,8 @@ impl Default for MqttConfig {
             receive_queue: 1000,
             delivery_queue: 64,
             topic_alias_max: 64,
+            max_subscriptions: 100,
+            max_session_expiry_secs: 7 * 24 * 3600,
         }
     }
 }

@@ -30,6 +30,7 @@ pub(crate) const TOPIC_NAME_INVALID: Reason = Reason(0x90);
 pub(crate) const PACKET_IDENTIFIER_NOT_FOUND: Reason = Reason(0x92);
 pub(crate) const TOPIC_ALIAS_INVALID: Reason = Reason(0x94);
 pub(crate) const PACKET_TOO_LARGE: Reason = Reason(0x95);
+pub(crate) const QUOTA_EXCEEDED: Reason = Reason(0x97);
 
 /// The reason a backend failure is reported with.
 pub(crate) fn backend(e: &BackendError) -> Reason {
