@@ -745,6 +745,12 @@ struct Cli {
     /// MQTT: publishes (and deliveries) of one connection in flight at once.
     #[arg(long, env = "PULSAR_GATEWAY_MQTT_MAX_INFLIGHT", value_name = "N", default_value_t = MqttSettings::default().max_inflight)]
     mqtt_max_inflight: u16,
+    /// MQTT: filters one connection may subscribe.
+    #[arg(long, env = "PULSAR_GATEWAY_MQTT_MAX_SUBSCRIPTIONS", value_name = "N", default_value_t = MqttSettings::default().max_subscriptions)]
+    mqtt_max_subscriptions: usize,
+    /// MQTT: the longest a session outlives its connection, e.g. 7d.
+    #[arg(long, env = "PULSAR_GATEWAY_MQTT_MAX_SESSION_EXPIRY", value_name = "DURATION", default_value_t = MqttSettings::default().max_session_expiry)]
+    mqtt_max_session_expiry: HumanDuration,
 }
 
 /// Overwrites `target` with the argument `id` if it came from the command
@@ -882,6 +888,8 @@ impl Config {
         overlay(m, "mqtt_max_packet_size", &mut q.max_packet_size);
         overlay(m, "mqtt_connect_timeout", &mut q.connect_timeout);
         overlay(m, "mqtt_max_inflight", &mut q.max_inflight);
+        overlay(m, "mqtt_max_subscriptions", &mut q.max_subscriptions);
+        overlay(m, "mqtt_max_session_expiry", &mut q.max_session_expiry);
     }
 
     /// Checks what types alone do not.

@@ -21,7 +21,7 @@ use common::tokens::{random_secret, token};
 use common::{client_script, python, run_json, unique, BackendKind, Gateway};
 use limits::{
     a_silent_connection_is_closed, an_oversized_packet_closes_its_connection,
-    malformed_packets_close_their_connection,
+    malformed_packets_close_their_connection, subscriptions_per_connection_are_bounded,
 };
 use mosquitto::mosquitto_clients_publish_and_subscribe;
 use rumqttc_client::{rumqttc_round_trip, rumqttc_v5_round_trip};
@@ -412,4 +412,5 @@ on_both_backends!(
     an_oversized_packet_closes_its_connection,
     malformed_packets_close_their_connection,
     a_silent_connection_is_closed,
+    subscriptions_per_connection_are_bounded,
 );

@@ -54,6 +54,9 @@ Usage: paho_mqtt.py SCENARIO HOST PORT VERSION ARGS...
                   CONNACK reason code (paho reports 3.1.1's return codes as
                   MQTT 5 reason codes) and, when accepted, whether a QoS 1
                   publish to TOPIC was acknowledged.
+  quota BASE N   (MQTT 5) subscribes BASE/0 .. BASE/(N-1) at QoS 1 in one
+                  SUBSCRIBE; prints the SUBACK codes and what a publish to
+                  BASE/0 brought.
   publish TOPIC COUNT
                   publishes m0..m(COUNT-1) at QoS 1, each waited for.
 """
@@ -396,6 +399,20 @@ def login(host, port, version, topic, user, password):
     return out
 
 
+def quota(host, port, version, base, n):
+    sub = client(version)
+    connect(sub, host, port, version)
+    sub.subscribe([(base + "/%d" % i, 1) for i in range(int(n))])
+    codes = sub.subscribed.get(timeout=WAIT)
+    pub = client(version)
+    connect(pub, host, port, version)
+    publish(pub, base + "/0", "hello", 1)
+    received = sub.messages.get(timeout=WAIT).payload.decode()
+    stop(pub)
+    stop(sub)
+    return {"codes": codes, "received": received}
+
+
 SCENARIOS = {
     "pubsub": pubsub,
     "session": session,
@@ -409,6 +426,7 @@ SCENARIOS = {
     "receive": receive,
     "publish": publish_many,
     "login": login,
+    "quota": quota,
 }
 
 if __name__ == "__main__":

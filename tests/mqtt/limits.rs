@@ -120,3 +120,20 @@ pub async fn a_silent_connection_is_closed(backend: BackendKind) {
         .is_empty());
     others_go_on(&gw).await;
 }
+
+/// A connection subscribes at most `--mqtt-max-subscriptions` filters:
+/// past it SUBACK refuses the filter (MQTT 5: 0x97 quota exceeded) and
+/// the ones granted work.
+pub async fn subscriptions_per_connection_are_bounded(backend: BackendKind) {
+    let gw = Gateway::builder(backend)
+        .arg("--mqtt-max-subscriptions")
+        .arg("2")
+        .start()
+        .await;
+    let base = unique("quota");
+    let got = paho(&gw, "5", "quota", &[&base, "3"]).await;
+    assert_eq!(
+        got,
+        serde_json::json!({"codes": [1, 1, 0x97], "received": "hello"})
+    );
+}
