@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use gateway_api::topic::Namespace;
 use gateway_api::{MessageId, TopicName};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -64,7 +65,8 @@ pub(crate) struct Clients {
 /// A connection's hold on its client id, released on drop.
 pub(crate) struct Registration {
     clients: Clients,
-    client_id: String,
+    /// The scoped client id it is registered under ([`scoped`]).
+    key: String,
     connection: u64,
     /// Cancelled when a newer connection takes the client id.
     pub takeover: CancellationToken,
@@ -107,7 +109,7 @@ impl Clients {
         };
         let registration = Registration {
             clients: self.clone(),
-            client_id: client_id.to_owned(),
+            key: client_id.to_owned(),
             connection,
             takeover,
             _ended: ended_tx,
@@ -132,13 +134,22 @@ impl Clients {
     }
 }
 
+/// What a client id is registered under: the client's namespace and the
+/// id (a tenant's clients never take over another's).
+pub(crate) fn scoped(namespace: &Namespace, client_id: &str) -> String {
+    // Tenants and namespaces hold no `/`: the id is all after the second.
+    format!("{}/{}/{client_id}", namespace.tenant, namespace.namespace)
+}
+
 impl Registration {
+    /// What the client id is registered under.
+    pub(crate) fn key(&self) -> &str {
+        &self.key
+    }
+
     /// Keeps `parked` for the session's next connection.
     pub(crate) fn park(&self, parked: Parked) {
-        self.clients
-            .lock()
-            .parked
-            .insert(self.client_id.clone(), parked);
+        self.clients.lock().parked.insert(self.key.clone(), parked);
     }
 
     /// The registry, for timers that outlive the connection.
@@ -152,10 +163,10 @@ impl Drop for Registration {
         let mut state = self.clients.lock();
         if state
             .held
-            .get(&self.client_id)
+            .get(&self.key)
             .is_some_and(|h| h.connection == self.connection)
         {
-            state.held.remove(&self.client_id);
+            state.held.remove(&self.key);
         }
     }
 }

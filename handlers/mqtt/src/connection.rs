@@ -199,7 +199,8 @@ impl Connection {
             assigned,
             principal,
         } = connected;
-        let sessions = Sessions::new(ctx.backend.metadata());
+        let namespace = ctx.router.namespace(Protocol::Mqtt, &principal);
+        let sessions = Sessions::new(ctx.backend.metadata(), &namespace);
         let stored = sessions.load(&client_id).await?;
         // 3.1.1's session without end, or a longer one than allowed, ends
         // after `max_session_expiry` (MQTT 5 clients are told).
@@ -208,7 +209,6 @@ impl Connection {
             .min(config.max_session_expiry_secs);
         let persistent = session_expiry_secs > 0;
         let resume = !connect.clean_start && stored.is_some();
-        let namespace = ctx.router.namespace(Protocol::Mqtt, &principal);
         if let (false, Some(old)) = (resume, &stored) {
             session::forget(&ctx, &sessions, &namespace, &client_id, old).await;
         }
@@ -357,7 +357,10 @@ impl Connection {
                 self.namespace.clone(),
                 self.client_id.clone(),
                 self.record.clone(),
-                registration.clients().clone(),
+                (
+                    registration.clients().clone(),
+                    registration.key().to_owned(),
+                ),
                 back.clone(),
                 Duration::from_secs(self.session_expiry_secs.into()),
             );

@@ -129,7 +129,9 @@ impl ProtocolHandler for MqttHandler {
         let Some(connected) = accepted else {
             return Ok(());
         };
-        let (registration, parked) = self.clients.register(&connected.client_id).await;
+        let namespace = ctx.router.namespace(Protocol::Mqtt, &connected.principal);
+        let registered = clients::scoped(&namespace, &connected.client_id);
+        let (registration, parked) = self.clients.register(&registered).await;
         let connection = Box::pin(connection::Connection::start(
             stream,
             connected,

@@ -5,7 +5,8 @@
 //! durable subscription named after the client id and the filter, so QoS
 //! 1 and 2 messages published while the client is away stay in its
 //! backlog. The list of filters (with the QoS granted) is kept in the
-//! backend's metadata store under `mqtt/sessions/{client id}`, so the
+//! backend's metadata store under `mqtt/sessions/{tenant}/{namespace}/{client
+//! id}` (a client id is its namespace's), so the
 //! client's next connection, to this gateway or another on the same
 //! backend, subscribes them again before the client asks.
 
@@ -84,26 +85,34 @@ impl Record {
     }
 }
 
-/// The session records of the metadata store.
+/// The session records of one namespace in the metadata store: client
+/// ids are the namespace's (a tenant's clients do not meet another's).
 #[derive(Clone)]
 pub(crate) struct Sessions {
     store: Arc<dyn MetadataStore>,
+    /// `mqtt/sessions/{tenant}/{namespace}/`.
+    prefix: String,
 }
 
 impl Sessions {
-    pub(crate) fn new(store: Arc<dyn MetadataStore>) -> Sessions {
-        Sessions { store }
+    pub(crate) fn new(store: Arc<dyn MetadataStore>, namespace: &Namespace) -> Sessions {
+        let prefix = format!(
+            "{PREFIX}{}/{}/",
+            escape_word(&namespace.tenant),
+            escape_word(&namespace.namespace)
+        );
+        Sessions { store, prefix }
     }
 
-    fn key(client_id: &str) -> String {
-        format!("{PREFIX}{}", escape_word(client_id))
+    fn key(&self, client_id: &str) -> String {
+        format!("{}{}", self.prefix, escape_word(client_id))
     }
 
     /// The stored session of `client_id`, if any.
     pub(crate) async fn load(&self, client_id: &str) -> Result<Option<Record>, BackendError> {
         Ok(self
             .store
-            .get(&Self::key(client_id))
+            .get(&self.key(client_id))
             .await?
             .map(|v| Record::decode(&v.value)))
     }
@@ -112,7 +121,7 @@ impl Sessions {
     pub(crate) async fn save(&self, client_id: &str, record: &Record) -> Result<(), BackendError> {
         self.store
             .put(
-                &Self::key(client_id),
+                &self.key(client_id),
                 record.encode().into(),
                 ExpectedVersion::Any,
             )
@@ -123,7 +132,7 @@ impl Sessions {
     /// Forgets the session of `client_id`.
     pub(crate) async fn delete(&self, client_id: &str) -> Result<(), BackendError> {
         self.store
-            .delete(&Self::key(client_id), ExpectedVersion::Any)
+            .delete(&self.key(client_id), ExpectedVersion::Any)
             .await
     }
 }
@@ -213,14 +222,14 @@ pub(crate) fn expire_later(
     namespace: Namespace,
     client_id: String,
     record: Record,
-    clients: Clients,
+    (clients, registered): (Clients, String),
     back: CancellationToken,
     after: Duration,
 ) {
     let token = back.clone();
     unless_back(ctx.shutdown.clone(), back, after, async move {
-        if clients.unpark(&client_id, &token) {
-            let sessions = Sessions::new(ctx.backend.metadata());
+        if clients.unpark(&registered, &token) {
+            let sessions = Sessions::new(ctx.backend.metadata(), &namespace);
             forget(&ctx, &sessions, &namespace, &client_id, &record).await;
             tracing::debug!(client = %client_id, "session expired");
         }
