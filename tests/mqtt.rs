@@ -96,13 +96,25 @@ impl Subscriber {
     }
 }
 
-fn payloads(messages: &Value) -> Vec<&str> {
-    messages
-        .as_array()
-        .expect("a list of messages")
+/// The `key` string of each object of a JSON list.
+pub(crate) fn field<'a>(list: &'a Value, key: &str) -> Vec<&'a str> {
+    list.as_array()
+        .expect("a list")
         .iter()
-        .map(|m| m["payload"].as_str().expect("a payload"))
+        .map(|m| m[key].as_str().unwrap_or_else(|| panic!("no {key} in {m}")))
         .collect()
+}
+
+/// The payloads of the messages a paho scenario printed.
+pub(crate) fn payloads(messages: &Value) -> Vec<&str> {
+    field(messages, "payload")
+}
+
+/// Runs a client program of tests/clients to its end; its JSON.
+async fn client(script: &str, args: &[&str]) -> Value {
+    let mut command = Command::new(python());
+    command.arg(client_script(script)).args(args);
+    run_json(format!("{script} {args:?}"), command).await
 }
 
 /// A publisher at QoS 0, 1 and 2 and a subscriber of `base/+/temp` at QoS
@@ -272,29 +284,16 @@ async fn mqtt_and_kafka_share_topics(backend: BackendKind) {
     let kafka_topic = format!("{base}.readings");
 
     assert_eq!(paho(&gw, "5", "publish", &[&mqtt_topic, "5"]).await, 5);
-    let mut consume = Command::new(python());
-    consume
-        .arg(client_script("confluent_consume.py"))
-        .args([&bootstrap, &kafka_topic, "5"]);
-    let records = run_json("confluent_consume.py".into(), consume).await;
-    let values: Vec<&str> = records
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["value"].as_str().unwrap())
-        .collect();
-    assert_eq!(values, ["m0", "m1", "m2", "m3", "m4"]);
+    let records = client("confluent_consume.py", &[&bootstrap, &kafka_topic, "5"]).await;
+    assert_eq!(field(&records, "value"), ["m0", "m1", "m2", "m3", "m4"]);
 
     // An MQTT subscriber first, then a Kafka producer.
     let receiver = Subscriber::start(&gw, "5", &mqtt_topic, 3);
-    let mut produce = Command::new(python());
-    produce.arg(client_script("confluent_produce.py")).args([
-        &bootstrap,
-        &kafka_topic,
-        "3",
-        "none",
-    ]);
-    run_json("confluent_produce.py".into(), produce).await;
+    client(
+        "confluent_produce.py",
+        &[&bootstrap, &kafka_topic, "3", "none"],
+    )
+    .await;
     let got = receiver.messages().await;
     assert_eq!(payloads(&got), ["v0", "v1", "v2"]);
     assert_eq!(got[1]["props"], json!([["h", "x1"]]));
@@ -338,13 +337,8 @@ async fn pulsar_and_mqtt_clients_share_topics() {
     let (url, _) = common::test_pulsar_urls();
 
     let receiver = Subscriber::start(&gw, "5", &format!("{base}/p"), 3);
-    let mut produce = Command::new(python());
-    produce.arg(client_script("pulsar_produce.py")).args([
-        url.clone(),
-        format!("persistent://public/default/{base}.p"),
-        "3".into(),
-    ]);
-    run_json("pulsar_produce.py".into(), produce).await;
+    let topic = format!("persistent://public/default/{base}.p");
+    client("pulsar_produce.py", &[&url, &topic, "3"]).await;
     let got = receiver.messages().await;
     assert_eq!(payloads(&got), ["v0", "v1", "v2"]);
     let mut props: Vec<Value> = got[2]["props"].as_array().unwrap().clone();
@@ -353,20 +347,9 @@ async fn pulsar_and_mqtt_clients_share_topics() {
 
     let got = paho(&gw, "5", "pubsub", &[&base]).await;
     assert_eq!(payloads(&got), ["q0", "q1", "q2"]);
-    let mut read = Command::new(python());
-    read.arg(client_script("pulsar_read.py")).args([
-        url,
-        format!("persistent://public/default/{base}.room1.temp"),
-        "3".into(),
-    ]);
-    let read = run_json("pulsar_read.py".into(), read).await;
-    let values: Vec<&str> = read
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["value"].as_str().unwrap())
-        .collect();
-    assert_eq!(values, ["q0", "q1", "q2"]);
+    let topic = format!("persistent://public/default/{base}.room1.temp");
+    let read = client("pulsar_read.py", &[&url, &topic, "3"]).await;
+    assert_eq!(field(&read, "value"), ["q0", "q1", "q2"]);
     assert_eq!(read[1]["properties"]["k"], "v", "{read}");
     assert_eq!(read[1]["properties"]["mqtt-qos"], "1", "{read}");
 }

@@ -6,7 +6,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, ToSocketAddrs};
 
 use crate::common::{unique, BackendKind, Gateway};
-use crate::{paho, Subscriber};
+use crate::{paho, payloads, Subscriber};
 
 /// A 3.1.1 CONNECT of `client_id` keeping its session (clean session 0).
 fn connect_keeping_session(client_id: &str) -> Vec<u8> {
@@ -79,13 +79,7 @@ pub async fn qos_2_is_stored_once_across_a_reconnect(backend: BackendKind) {
 
     assert_eq!(paho(&gw, "3", "publish", &[&topic, "1"]).await, 1);
     let got = receiver.messages().await;
-    let payloads: Vec<&str> = got
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["payload"].as_str().unwrap())
-        .collect();
-    assert_eq!(payloads, ["once", "m0"], "stored once");
+    assert_eq!(payloads(&got), ["once", "m0"], "stored once");
 }
 
 /// MQTT 5: a session with a 1 s expiry is gone 3 s after its client left;

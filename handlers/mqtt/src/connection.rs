@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::BytesMut;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesOrdered, StreamExt};
-use gateway_api::backend::{StartPosition, SubscribeRequest, SubscriptionKind, TopicSelector};
+use gateway_api::backend::{StartPosition, SubscribeRequest, SubscriptionKind};
 use gateway_api::topic::Namespace;
 use gateway_api::{
     Action, BackendError, ClientStream, Context, HandlerError, MessageId, NewMessage, Principal,
@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clients::{Parked, Registration};
 use crate::connect::Connected;
 use crate::deliver::{self, Delivery, SubOptions, Subscribed};
-use crate::filter::{Covered, Filter};
+use crate::filter::Filter;
 use crate::properties;
 use crate::reason::{self, Reason};
 use crate::retained::Retained;
@@ -138,9 +138,8 @@ pub(crate) struct Connection {
     idle_limit: Option<Duration>,
     /// Published when the connection ends other than by DISCONNECT.
     will: Option<Box<Will>>,
-    /// Whether the session outlives the connection.
-    persistent: bool,
-    /// How long it does, in seconds (`u32::MAX`: for ever).
+    /// How long it does, in seconds (0: it ends with the connection;
+    /// at most `max_session_expiry_secs`).
     session_expiry_secs: u32,
     /// Deliveries the session's previous connection left unacknowledged:
     /// they go out again marked DUP.
@@ -227,7 +226,6 @@ impl Connection {
             idle_limit: (connect.keep_alive > 0)
                 .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500)),
             will: connect.will.map(Box::new),
-            persistent,
             session_expiry_secs,
             redelivered: HashSet::new(),
             record: Record::default(),
@@ -279,6 +277,11 @@ impl Connection {
         }
         conn.flush().await?;
         Ok(conn)
+    }
+
+    /// Whether the session outlives the connection.
+    fn persistent(&self) -> bool {
+        self.session_expiry_secs > 0
     }
 
     /// Takes up what the session's previous connection left.
@@ -338,11 +341,11 @@ impl Connection {
         tracing::debug!(
             client = %self.client_id,
             ending = ?ending,
-            persistent = self.persistent,
+            persistent = self.persistent(),
             will_delay = will.as_ref().map(|w| w.delay_secs),
             "MQTT connection ended"
         );
-        if !self.persistent {
+        if !self.persistent() {
             if let Some(will) = will {
                 self.publish_will(will).await;
             }
@@ -530,7 +533,6 @@ impl Connection {
                         ));
                     }
                     self.session_expiry_secs = secs.min(self.config.max_session_expiry_secs);
-                    self.persistent = secs > 0;
                 }
                 return Some(Ending::Disconnected { with_will });
             }
@@ -920,20 +922,12 @@ impl Connection {
         text: &str,
         options: SubOptions,
     ) -> Result<(), Reason> {
-        let topics = match filter.covered(&self.namespace) {
-            Covered::Topic(name) => {
-                let topic = self
-                    .ctx
-                    .router
-                    .resolve(Protocol::Mqtt, &name, &self.principal, Action::Consume)
-                    .map_err(|e| reason::route(&e, reason::TOPIC_FILTER_INVALID))?;
-                TopicSelector::Topics(vec![topic])
-            }
-            Covered::Pattern(regex) => TopicSelector::Pattern {
-                namespace: self.namespace.clone(),
-                regex,
-            },
-        };
+        let (router, principal) = (&self.ctx.router, &self.principal);
+        let topics = filter.selector(&self.namespace, |name| {
+            router
+                .resolve(Protocol::Mqtt, name, principal, Action::Consume)
+                .map_err(|e| reason::route(&e, reason::TOPIC_FILTER_INVALID))
+        })?;
         let (name, kind, durable) = match &filter.share {
             Some(group) => (
                 session::shared_subscription_name(group, &filter.levels),
@@ -986,8 +980,7 @@ impl Connection {
             let text: &str = &filter;
             match self.subscriptions.remove(text) {
                 Some(subscribed) => {
-                    let shared = Filter::parse(text).is_ok_and(|f| f.share.is_some());
-                    if self.stored && !shared {
+                    if self.stored && !subscribed.shared {
                         subscribed.unsubscribe().await;
                     } else {
                         subscribed.close().await;
@@ -1041,12 +1034,7 @@ impl Connection {
             return;
         }
         let (subscription, options) = (subscribed.subscription.clone(), subscribed.options);
-        let message = *delivery.message;
-        let Some(name) = message.topic.base().mqtt_topic() else {
-            // No MQTT name for it: not for MQTT clients.
-            let _ = subscription.ack(&message.topic, message.id).await;
-            return;
-        };
+        let (message, name) = (*delivery.message, delivery.name);
         let Some(outgoing) = properties::outgoing(&message.properties, now_ms()) else {
             // Its Message Expiry passed: not delivered.
             let _ = subscription.ack(&message.topic, message.id).await;
@@ -1073,9 +1061,10 @@ impl Connection {
                 }
             },
         };
-        let dup = self
-            .redelivered
-            .remove(&(message.topic.clone(), message.id));
+        let dup = !self.redelivered.is_empty()
+            && self
+                .redelivered
+                .remove(&(message.topic.clone(), message.id));
         let publish = Publish {
             dup,
             retain,
@@ -1178,7 +1167,7 @@ impl Connection {
         for (_, subscribed) in self.subscriptions.drain() {
             subscribed.close().await;
         }
-        if !self.persistent && self.stored {
+        if !self.persistent() && self.stored {
             let record = std::mem::take(&mut self.record);
             session::forget(
                 &self.ctx,

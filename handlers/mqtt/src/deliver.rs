@@ -30,6 +30,8 @@ pub(crate) struct Delivery {
     pub generation: u64,
     /// Boxed: the queue's slots stay small.
     pub message: Box<Message>,
+    /// Its topic's MQTT name.
+    pub name: String,
 }
 
 /// What a client asked of a subscription.
@@ -62,6 +64,8 @@ pub(crate) struct Subscribed {
     pub subscription: Arc<dyn Subscription>,
     pub options: SubOptions,
     pub generation: u64,
+    /// A `$share` group's: the group's subscription outlives the member.
+    pub shared: bool,
     /// Takes its messages into the connection's queue.
     task: JoinHandle<()>,
 }
@@ -102,6 +106,7 @@ pub(crate) fn start(
 ) -> Subscribed {
     static GENERATIONS: AtomicU64 = AtomicU64::new(0);
     let generation = GENERATIONS.fetch_add(1, Ordering::Relaxed);
+    let shared = filter.share.is_some();
     let task = tokio::spawn(pump(
         filter_text,
         filter,
@@ -113,6 +118,7 @@ pub(crate) fn start(
         subscription,
         options,
         generation,
+        shared,
         task,
     }
 }
@@ -138,21 +144,23 @@ async fn pump(
                 return;
             }
         };
-        // A pattern also matches names MQTT's rules exclude (a topic
-        // created by another protocol under a `$` level): check again.
-        let matches = message
+        // A topic without an MQTT name is not for MQTT clients, and a
+        // pattern also matches names MQTT's rules exclude (a topic created
+        // by another protocol under a `$` level): both are passed over.
+        let name = message
             .topic
             .base()
             .mqtt_topic()
-            .is_none_or(|name| !filter.is_wildcard() || filter.matches(&name));
-        if !matches {
+            .filter(|name| !filter.is_wildcard() || filter.matches(name));
+        let Some(name) = name else {
             let _ = subscription.ack(&message.topic, message.id).await;
             continue;
-        }
+        };
         let delivery = Delivery {
             filter: filter_text.clone(),
             generation,
             message: Box::new(message),
+            name,
         };
         if queue.send(delivery).await.is_err() {
             return;

@@ -9,8 +9,10 @@
 //! `$share/{group}/{filter}` is the filter shared by a group: one Shared
 //! subscription, each message going to one of its members.
 
+use gateway_api::backend::TopicSelector;
 use gateway_api::topic::escape_word;
 use gateway_api::topic::Namespace;
+use gateway_api::TopicName;
 
 /// A parsed topic filter.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,6 +117,23 @@ impl Filter {
         Covered::Pattern(regex)
     }
 
+    /// The backend's selector of what the filter covers in `namespace`;
+    /// `topic` turns a name without wildcards into its topic (resolving
+    /// and authorizing it, or not).
+    pub(crate) fn selector<E>(
+        &self,
+        namespace: &Namespace,
+        topic: impl FnOnce(&str) -> Result<TopicName, E>,
+    ) -> Result<TopicSelector, E> {
+        Ok(match self.covered(namespace) {
+            Covered::Topic(name) => TopicSelector::Topics(vec![topic(&name)?]),
+            Covered::Pattern(regex) => TopicSelector::Pattern {
+                namespace: namespace.clone(),
+                regex,
+            },
+        })
+    }
+
     /// Whether `topic` (an MQTT topic name) matches this filter.
     pub(crate) fn matches(&self, topic: &str) -> bool {
         if self.levels.starts_with(['+', '#']) && topic.starts_with('$') {
@@ -163,7 +182,6 @@ fn regex_escape(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gateway_api::TopicName;
 
     fn pattern(filter: &str) -> regex::Regex {
         let ns = Namespace::default_namespace();

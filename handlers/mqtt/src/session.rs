@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use gateway_api::backend::{StartPosition, SubscribeRequest, SubscriptionKind, TopicSelector};
+use gateway_api::backend::{StartPosition, SubscribeRequest, SubscriptionKind};
 use gateway_api::metadata::ExpectedVersion;
 use gateway_api::topic::{escape_word, Namespace};
 use gateway_api::{BackendError, Context, MetadataStore, NewMessage, TopicName};
@@ -21,7 +21,7 @@ use rmqtt_codec::types::QoS;
 use tokio_util::sync::CancellationToken;
 
 use crate::clients::Clients;
-use crate::filter::{Covered, Filter};
+use crate::filter::Filter;
 
 /// Where the session records live in the metadata store.
 const PREFIX: &str = "mqtt/sessions/";
@@ -162,15 +162,9 @@ pub(crate) async fn forget(
         if filter.share.is_some() {
             continue;
         }
-        let topics = match filter.covered(namespace) {
-            Covered::Topic(name) => match TopicName::from_mqtt(&name, namespace) {
-                Ok(t) => TopicSelector::Topics(vec![t]),
-                Err(_) => continue,
-            },
-            Covered::Pattern(regex) => TopicSelector::Pattern {
-                namespace: namespace.clone(),
-                regex,
-            },
+        let Ok(topics) = filter.selector(namespace, |name| TopicName::from_mqtt(name, namespace))
+        else {
+            continue;
         };
         let request = SubscribeRequest {
             topics,
