@@ -24,7 +24,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{debug, debug_span, info, warn, Instrument};
 
 use crate::shutdown::Running;
 
@@ -304,23 +304,33 @@ impl Listener {
             };
             let handler = self.handler.clone();
             let ctx = self.ctx.clone();
-            let span = info_span!("conn", %protocol, %peer);
+            // At debug level only: at info, a span per connection costs
+            // each idle connection ~400 bytes (the subscriber's slot and
+            // its formatted fields). The events that end a connection
+            // carry the protocol and peer themselves.
+            let span = debug_span!("conn", %protocol, %peer);
             // The listener's own address when the socket cannot tell (it
             // can: an accepted TCP stream has one).
             let local = match stream.get_ref().local_addr() {
                 Ok(local) => local,
                 Err(_) => self.local_addr().unwrap_or(peer),
             };
+            // Every idle connection pays for each byte this task holds: the
+            // stream is boxed before it is moved in (the task then holds a
+            // pointer to it, the handler, the addresses and the handler's
+            // boxed future).
+            let stream: Box<dyn gateway_api::ClientStream> = Box::new(stream);
             tokio::spawn(
                 async move {
                     debug!("connection opened");
-                    match handler.serve(Box::new(stream), peer, local, ctx).await {
+                    let serving = handler.serve(stream, peer, local, ctx);
+                    match serving.await {
                         Ok(()) => debug!("connection closed"),
                         Err(e) if e.is_disconnect() => debug!(error = %e, "connection lost"),
                         Err(e @ gateway_api::HandlerError::Backend(_)) => {
-                            warn!(error = %e, "connection ended")
+                            warn!(%protocol, %peer, error = %e, "connection ended")
                         }
-                        Err(e) => info!(error = %e, "connection ended"),
+                        Err(e) => info!(%protocol, %peer, error = %e, "connection ended"),
                     }
                 }
                 .instrument(span),

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use gateway_api::{
     AllowAll, Authenticator, Backend, BackendError, ByteBudget, Context, DefaultRouter, Metrics,
-    Protocol, ProtocolHandler,
+    Protocol, ProtocolHandler, Services,
 };
 use gateway_kafka::KafkaHandler;
 use gateway_mqtt::MqttHandler;
@@ -267,14 +267,14 @@ async fn run(config: Config) -> Result<(), StartupError> {
     };
     let backend: Arc<dyn Backend> = Arc::new(Metered::new(store, metrics.clone()));
     admin::register_build_info(&mut registry);
-    let ctx = Context {
+    let ctx = Context::new(Services {
         backend: backend.clone(),
         auth,
         router: Arc::new(DefaultRouter { namespace }),
         metrics,
         inbound: ByteBudget::new(config.max_inbound_bytes),
         shutdown: shutdown.token(),
-    };
+    });
 
     for (handler, socket) in protocol_sockets {
         let protocol = handler.protocol();

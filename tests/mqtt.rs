@@ -262,6 +262,25 @@ async fn the_will_goes_on_a_lost_connection_only(backend: BackendKind) {
     }
 }
 
+/// Keep-alive (MQTT 3.1.1 and 5): a client silent for 1.5 times its
+/// keep-alive is disconnected and its will published; a client that
+/// keeps pinging stays connected.
+async fn a_silent_client_is_dropped_after_its_keep_alive(backend: BackendKind) {
+    let gw = Gateway::start(backend).await;
+    for version in ["3", "5"] {
+        let topic = format!("{}/status", unique(&format!("keepalive-v{version}")));
+        let got = paho(&gw, version, "keepalive", &[&topic]).await;
+        assert_eq!(got["will"], json!("silent"), "MQTT {version}: {got}");
+        let after = got["will_after"].as_f64().unwrap_or_default();
+        assert!(
+            (1.4..10.0).contains(&after),
+            "MQTT {version}: the will came {after} s after the CONNECT, not 1.5 s"
+        );
+        assert_eq!(got["then"], json!("pinging"), "MQTT {version}: {got}");
+        assert_eq!(got["still_connected"], json!(true), "MQTT {version}: {got}");
+    }
+}
+
 /// A second connection with a client id in use takes it over: the first
 /// is disconnected (MQTT 5: reason 0x8E, session taken over).
 async fn a_second_connection_takes_the_client_id_over(backend: BackendKind) {
@@ -387,6 +406,7 @@ on_both_backends!(
     qos_2_is_stored_once_across_a_reconnect,
     sessions_expire_and_wills_wait_their_delay,
     the_will_goes_on_a_lost_connection_only,
+    a_silent_client_is_dropped_after_its_keep_alive,
     a_second_connection_takes_the_client_id_over,
     mqtt_and_kafka_share_topics,
     rumqttc_round_trip,

@@ -341,7 +341,7 @@ mod listener {
     use async_trait::async_trait;
     use gateway_api::{
         AllowAll, ByteBudget, ClientStream, Context, DefaultRouter, HandlerError, Metrics,
-        Protocol, ProtocolHandler,
+        Protocol, ProtocolHandler, Services,
     };
     use prometheus_client::registry::Registry;
     use pulsar_gateway::backend::embedded::{EmbeddedBackend, EmbeddedConfig};
@@ -403,14 +403,14 @@ mod listener {
             .unwrap();
         let metrics = Metrics::new(&mut Registry::default());
         let shutdown = Shutdown::new();
-        let ctx = Context {
+        let ctx = Context::new(Services {
             backend: Arc::new(backend),
             auth: Arc::new(AllowAll),
             router: Arc::new(DefaultRouter::default()),
             metrics: metrics.clone(),
             inbound: ByteBudget::new(1 << 20),
             shutdown: shutdown.token(),
-        };
+        });
         let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let listener = Listener::new(
             socket,

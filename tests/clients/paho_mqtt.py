@@ -94,14 +94,14 @@ def client(version, client_id="", clean=True):
     return c
 
 
-def connect(c, host, port, version, clean=True, expiry=0):
+def connect(c, host, port, version, clean=True, expiry=0, keepalive=60):
     if version.startswith("5"):
         props = Properties(PacketTypes.CONNECT)
         if expiry:
             props.SessionExpiryInterval = expiry
-        c.connect(host, port, clean_start=clean, properties=props)
+        c.connect(host, port, keepalive=keepalive, clean_start=clean, properties=props)
     else:
-        c.connect(host, port)
+        c.connect(host, port, keepalive=keepalive)
     c.loop_start()
     present, rc = c.connected.get(timeout=WAIT)
     if rc != 0:
@@ -349,6 +349,33 @@ def will(host, port, version, topic):
     return got
 
 
+def keepalive(host, port, version, topic):
+    """Two clients with a 1 s keep-alive: one goes silent (its network
+    loop stopped, its socket left open), the other keeps pinging. The
+    silent one's will comes 1.5 s after it was last heard; the other is
+    still connected at twice that and publishes."""
+    sub = client(version)
+    connect(sub, host, port, version)
+    subscribe(sub, topic, 1)
+    pinging = client(version)
+    connect(pinging, host, port, version, keepalive=1)
+    silent = client(version)
+    silent.will_set(topic, "silent", qos=1)
+    heard = time.time()
+    connect(silent, host, port, version, keepalive=1)
+    silent.loop_stop()
+    will = sub.messages.get(timeout=WAIT).payload.decode()
+    will_after = time.time() - heard
+    # The time is what is tested: twice the limit the silent one was given.
+    time.sleep(max(0.0, 3.0 - (time.time() - heard)))
+    publish(pinging, topic, "pinging", 1)
+    then = sub.messages.get(timeout=WAIT).payload.decode()
+    still = pinging.disconnected.empty()
+    for c in (pinging, sub):
+        stop(c)
+    return {"will": will, "will_after": will_after, "then": then, "still_connected": still}
+
+
 def takeover(host, port, version, client_id):
     first = client(version, client_id)
     connect(first, host, port, version)
@@ -423,6 +450,7 @@ SCENARIOS = {
     "v5options": v5options,
     "will": will,
     "takeover": takeover,
+    "keepalive": keepalive,
     "receive": receive,
     "publish": publish_many,
     "login": login,

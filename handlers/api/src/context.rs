@@ -10,10 +10,30 @@ use crate::budget::ByteBudget;
 use crate::metrics::Metrics;
 use crate::router::Router;
 
-/// The gateway's shared services, the same for every protocol. Cheap to
-/// clone: each connection task holds one.
+/// The gateway's shared services, the same for every protocol: a handle
+/// of one pointer, as every connection holds one (several copies of a
+/// struct of services would cost each idle connection hundreds of bytes).
+/// Its fields are [`Services`]'.
 #[derive(Clone)]
-pub struct Context {
+pub struct Context(Arc<Services>);
+
+impl Context {
+    /// The handle to `services`.
+    pub fn new(services: Services) -> Context {
+        Context(Arc::new(services))
+    }
+}
+
+impl std::ops::Deref for Context {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+/// What a [`Context`] gives access to.
+pub struct Services {
     /// Where messages are published and consumed.
     pub backend: Arc<dyn Backend>,
     /// Checks credentials; [`crate::AllowAll`] when auth is off.

@@ -39,7 +39,7 @@ pub use backend::{
     SubscriptionKind, TopicSelector,
 };
 pub use budget::{ByteBudget, Reservation};
-pub use context::Context;
+pub use context::{Context, Services};
 pub use error::BackendError;
 pub use handler::{ClientStream, HandlerError, ProtocolHandler};
 pub use message::{Message, MessageId, NewMessage};

@@ -11,14 +11,14 @@
 //! gateway's memory: a client that comes back through another gateway
 //! resumes its subscriptions (the backend's), not these.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gateway_api::topic::Namespace;
 use gateway_api::{MessageId, TopicName};
-use tokio::sync::watch;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 /// How long a new connection waits for the one it takes over to close.
@@ -28,8 +28,9 @@ const TAKEOVER_WAIT: Duration = Duration::from_secs(10);
 struct Holder {
     connection: u64,
     takeover: CancellationToken,
-    /// Closes (its sender dropped) once the connection ended.
-    ended: watch::Receiver<()>,
+    /// Resolves (its sender dropped, nothing sent) once the connection
+    /// ended. A oneshot: a watch channel costs each connection 300 bytes.
+    ended: oneshot::Receiver<()>,
 }
 
 /// What a persistent session keeps of its last connection while its
@@ -38,13 +39,13 @@ struct Holder {
 pub(crate) struct Parked {
     /// QoS 2 packet ids the client sent, stored, not yet released: a
     /// resend is answered, not stored again.
-    pub qos2_received: HashSet<u16>,
+    pub qos2_received: BTreeSet<u16>,
     /// QoS 2 deliveries the client received (PUBREC) whose PUBCOMP did not
     /// come: PUBREL goes again.
-    pub released: HashSet<u16>,
+    pub released: BTreeSet<u16>,
     /// Deliveries the client had not acknowledged: the backend delivers
     /// them again, and they go out marked DUP.
-    pub unacked: HashSet<(TopicName, MessageId)>,
+    pub unacked: BTreeSet<(TopicName, MessageId)>,
     /// Cancelled when the client connects again: its delayed will and
     /// the session's expiry are called off.
     pub back: CancellationToken,
@@ -68,31 +69,39 @@ pub(crate) struct Registration {
     /// The scoped client id it is registered under ([`scoped`]).
     key: String,
     connection: u64,
-    /// Cancelled when a newer connection takes the client id.
+    /// Cancelled when a newer connection takes the client id, or the
+    /// gateway shuts down.
     pub takeover: CancellationToken,
-    _ended: watch::Sender<()>,
+    _ended: oneshot::Sender<()>,
 }
 
 impl Clients {
     /// Registers a connection of `client_id`, taking over from the one that
     /// held it: returns once that one ended (or after a bounded wait), with
     /// what the session parked, if anything (its delayed will and expiry
-    /// called off).
-    pub(crate) async fn register(&self, client_id: &str) -> (Registration, Option<Parked>) {
+    /// called off). Its `takeover` token is a child of `shutdown`: one
+    /// wait covers both.
+    pub(crate) async fn register(
+        &self,
+        client_id: &str,
+        shutdown: &CancellationToken,
+    ) -> (Registration, Option<Parked>) {
         static CONNECTIONS: AtomicU64 = AtomicU64::new(0);
         let connection = CONNECTIONS.fetch_add(1, Ordering::Relaxed);
-        let takeover = CancellationToken::new();
-        let (ended_tx, ended_rx) = watch::channel(());
+        let takeover = shutdown.child_token();
+        let (ended_tx, ended_rx) = oneshot::channel();
         let holder = Holder {
             connection,
             takeover: takeover.clone(),
             ended: ended_rx,
         };
         let previous = self.lock().held.insert(client_id.to_owned(), holder);
-        if let Some(mut previous) = previous {
+        if let Some(previous) = previous {
             previous.takeover.cancel();
-            let ended = previous.ended.changed();
-            if tokio::time::timeout(TAKEOVER_WAIT, ended).await.is_err() {
+            if tokio::time::timeout(TAKEOVER_WAIT, previous.ended)
+                .await
+                .is_err()
+            {
                 tracing::warn!(
                     client = client_id,
                     "the connection taken over did not end in time"

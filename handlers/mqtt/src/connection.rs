@@ -8,8 +8,9 @@
 //! its subscriptions deliver while fewer than the client's Receive Maximum
 //! of them wait for the client's acknowledgement.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::num::{NonZeroU16, NonZeroU32};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -25,6 +26,7 @@ use gateway_api::{
 use rmqtt_codec::types::{Publish, QoS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
+use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 
 use crate::clients::{Parked, Registration};
@@ -79,6 +81,20 @@ enum Settled {
         qos: QoS,
         reason: Reason,
     },
+}
+
+/// What the connection's loop waited for.
+enum Event {
+    /// The client id was taken over, or the gateway is stopping.
+    Stopped,
+    /// A publish was stored (or refused), in its turn.
+    Settled(Settled),
+    /// Bytes read, and the room there was for them.
+    Read(usize, usize),
+    /// A message for the client.
+    Delivery(Delivery),
+    /// The client was silent for 1.5 times its keep-alive.
+    KeepAliveExpired,
 }
 
 /// Where a QoS 2 publish the client sent stands.
@@ -136,6 +152,10 @@ pub(crate) struct Connection {
     client_id: String,
     /// 1.5 times the keep-alive; `None`: keep-alive off.
     idle_limit: Option<Duration>,
+    /// Fires `idle_limit` after the client was last heard; reset on each
+    /// read rather than made anew, and boxed: a connection without
+    /// keep-alive holds none.
+    keep_alive: Option<Pin<Box<Sleep>>>,
     /// Published when the connection ends other than by DISCONNECT.
     will: Option<Box<Will>>,
     /// How long it does, in seconds (0: it ends with the connection;
@@ -143,39 +163,39 @@ pub(crate) struct Connection {
     session_expiry_secs: u32,
     /// Deliveries the session's previous connection left unacknowledged:
     /// they go out again marked DUP.
-    redelivered: HashSet<(TopicName, MessageId)>,
+    redelivered: BTreeSet<(TopicName, MessageId)>,
     /// The session's filters, as stored (persistent sessions).
     record: Record,
     /// Whether the store holds a record of this session.
     stored: bool,
-    sessions: Sessions,
-    /// The retained messages of the backend.
-    retained: Retained,
     /// Publishes being persisted, in the order they came: their
     /// acknowledgements go out in that order.
-    publishing: FuturesOrdered<BoxFuture<'static, Settled>>,
+    /// Made at a publish and let go once all are settled: its queue is an
+    /// allocation an idle connection does without.
+    publishing: Option<FuturesOrdered<BoxFuture<'static, Settled>>>,
     /// MQTT 5 topic aliases the client set.
-    aliases: HashMap<u16, bytestring::ByteString>,
+    aliases: BTreeMap<u16, bytestring::ByteString>,
     /// QoS 2 packet ids received and not yet released (PUBREL): a PUBLISH
     /// with one of them again is a resend, not stored twice.
-    qos2_received: HashMap<u16, Qos2>,
+    qos2_received: BTreeMap<u16, Qos2>,
     /// The subscriptions by filter (as the client wrote it).
-    subscriptions: HashMap<Arc<str>, Subscribed>,
+    subscriptions: BTreeMap<Arc<str>, Subscribed>,
     /// Messages the subscriptions deliver, bounded: a full queue stops
     /// them. Made at the first subscription: a connection that only
     /// publishes holds none.
     deliveries: Option<mpsc::Receiver<Delivery>>,
     delivery_sender: Option<mpsc::Sender<Delivery>>,
     /// Delivered, unacknowledged QoS 1 and 2 messages by packet id.
-    unacked: HashMap<u16, Unacked>,
+    unacked: BTreeMap<u16, Unacked>,
     /// QoS 2 deliveries the client received (PUBREC) and whose release
     /// (PUBCOMP) is awaited.
-    released: HashSet<u16>,
+    released: BTreeSet<u16>,
     /// The most unacknowledged deliveries the client accepts.
     window: usize,
     /// The packet id given to the last delivery.
     last_packet_id: u16,
-    /// Cancelled when another connection takes the client id over.
+    /// Cancelled when another connection takes the client id over, or the
+    /// gateway shuts down (a child of `ctx.shutdown`: one wait for both).
     takeover: CancellationToken,
 }
 
@@ -215,6 +235,8 @@ impl Connection {
             codec.limit_outbound(max.get());
         }
         let window = usize::from(connect.receive_max).min(config.max_inflight.into());
+        let idle_limit = (connect.keep_alive > 0)
+            .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
         let mut conn = Box::new(Connection {
             stream,
             codec,
@@ -223,23 +245,21 @@ impl Connection {
             write: BytesMut::new(),
             namespace,
             client_id,
-            idle_limit: (connect.keep_alive > 0)
-                .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500)),
+            idle_limit,
+            keep_alive: idle_limit.map(|l| Box::pin(tokio::time::sleep(l))),
             will: connect.will.map(Box::new),
             session_expiry_secs,
-            redelivered: HashSet::new(),
+            redelivered: BTreeSet::new(),
             record: Record::default(),
             stored: resume,
-            sessions,
-            retained: Retained::new(ctx.backend.metadata()),
-            publishing: FuturesOrdered::new(),
-            qos2_received: HashMap::new(),
-            aliases: HashMap::new(),
-            subscriptions: HashMap::new(),
+            publishing: None,
+            qos2_received: BTreeMap::new(),
+            aliases: BTreeMap::new(),
+            subscriptions: BTreeMap::new(),
             deliveries: None,
             delivery_sender: None,
-            unacked: HashMap::new(),
-            released: HashSet::new(),
+            unacked: BTreeMap::new(),
+            released: BTreeSet::new(),
             window: window.max(1),
             last_packet_id: 0,
             takeover: registration.takeover.clone(),
@@ -279,6 +299,17 @@ impl Connection {
         Ok(conn)
     }
 
+    /// The stored sessions of the client's namespace (made when needed:
+    /// a connection does not hold them while idle).
+    fn sessions(&self) -> Sessions {
+        Sessions::new(self.ctx.backend.metadata(), &self.namespace)
+    }
+
+    /// The retained messages of the backend.
+    fn retained(&self) -> Retained {
+        Retained::new(self.ctx.backend.metadata())
+    }
+
     /// Whether the session outlives the connection.
     fn persistent(&self) -> bool {
         self.session_expiry_secs > 0
@@ -305,10 +336,9 @@ impl Connection {
                 .map(|(id, _)| *id)
                 .collect(),
             released: std::mem::take(&mut self.released),
-            unacked: self
-                .unacked
-                .drain()
-                .filter_map(|(_, u)| u.message)
+            unacked: std::mem::take(&mut self.unacked)
+                .into_values()
+                .filter_map(|u| u.message)
                 .collect(),
             back: CancellationToken::new(),
         }
@@ -321,7 +351,18 @@ impl Connection {
         mut self: Box<Self>,
         registration: &Registration,
     ) -> Result<(), HandlerError> {
-        let ending = self.serve().await;
+        // Boxed steps: while the connection is served, this future holds
+        // only the serving one.
+        let ending = Box::pin(self.serve()).await;
+        Box::pin(self.finish(ending, registration)).await
+    }
+
+    /// Ends the session's connection-bound part after `ending`.
+    async fn finish(
+        mut self: Box<Self>,
+        ending: std::io::Result<Ending>,
+        registration: &Registration,
+    ) -> Result<(), HandlerError> {
         let result = match &ending {
             Err(e) => Err(HandlerError::Io(std::io::Error::new(
                 e.kind(),
@@ -383,61 +424,91 @@ impl Connection {
     }
 
     /// The connection's loop; how it ended.
+    ///
+    /// An idle connection's memory is this future's state while it waits
+    /// in the `select!`: the waits are few and small, and what follows one
+    /// is a boxed step (the largest step would otherwise set the size).
     async fn serve(&mut self) -> std::io::Result<Ending> {
-        let mut last_heard = tokio::time::Instant::now();
         // Packets that came with the CONNECT.
         if let Some(ending) = Box::pin(self.handle_packets()).await {
-            return self.end_with(ending).await;
+            return Box::pin(self.end_with(ending)).await;
         }
-        self.flush().await?;
         loop {
-            let can_read = self.publishing.len() < usize::from(self.config.max_inflight);
+            if !self.write.is_empty() {
+                Box::pin(self.flush()).await?;
+            }
+            let can_read = self.publishes_in_flight() < usize::from(self.config.max_inflight);
             let can_deliver = self.unacked.len() < self.window;
-            let idle_deadline = self.idle_limit.map(|l| last_heard + l);
-            if self.read.is_empty() && self.read.capacity() > self.read_hint {
+            if self.read.is_empty() {
+                // An idle connection holds no read buffer (see `read_some`).
                 self.read = BytesMut::new();
             }
-            self.read.reserve(self.read_hint);
-            let room = self.read.capacity() - self.read.len();
-            tokio::select! {
+            let event = tokio::select! {
                 biased;
-                () = self.ctx.shutdown.cancelled() => {
-                    Box::pin(self.drain_publishing()).await;
-                    return self.end(Ending::Shutdown, reason::SERVER_SHUTTING_DOWN).await;
+                () = self.takeover.cancelled() => Event::Stopped,
+                Some(done) = next_settled(&mut self.publishing), if self.publishing.is_some() => {
+                    Event::Settled(done)
                 }
-                () = self.takeover.cancelled() => {
-                    return self.end(Ending::TakenOver, reason::SESSION_TAKEN_OVER).await;
-                }
-                Some(done) = self.publishing.next(), if !self.publishing.is_empty() => {
-                    if let Some(ending) = Box::pin(self.published(done)).await {
-                        return self.end_with(ending).await;
-                    }
-                }
-                read = self.stream.read_buf(&mut self.read), if can_read => {
-                    let read = read?;
-                    if read == 0 {
-                        return Ok(Ending::Lost);
-                    }
-                    self.read_hint = if read >= room {
-                        (self.read_hint * 2).min(MAX_READ)
-                    } else if read < self.read_hint / 4 {
-                        (self.read_hint / 2).max(MIN_READ)
-                    } else {
-                        self.read_hint
-                    };
-                    last_heard = tokio::time::Instant::now();
-                    if let Some(ending) = Box::pin(self.handle_packets()).await {
-                        return self.end_with(ending).await;
-                    }
+                read = read_some(&mut self.stream, &mut self.read, self.read_hint), if can_read => {
+                    let (read, room) = read?;
+                    Event::Read(read, room)
                 }
                 Some(delivery) = next_delivery(&mut self.deliveries), if can_deliver => {
-                    Box::pin(self.deliver(delivery)).await;
+                    Event::Delivery(delivery)
                 }
-                () = sleep_until(idle_deadline), if idle_deadline.is_some() => {
-                    return self.end(Ending::KeepAlive, reason::KEEP_ALIVE_TIMEOUT).await;
+                () = expired(&mut self.keep_alive), if self.keep_alive.is_some() => {
+                    Event::KeepAliveExpired
+                }
+            };
+            if let Some(ending) = Box::pin(self.on(event)).await {
+                return ending;
+            }
+        }
+    }
+
+    /// Handles what the loop waited for; `Some` when the connection ends.
+    async fn on(&mut self, event: Event) -> Option<std::io::Result<Ending>> {
+        match event {
+            Event::Stopped if self.ctx.shutdown.is_cancelled() => {
+                self.drain_publishing().await;
+                Some(
+                    self.end(Ending::Shutdown, reason::SERVER_SHUTTING_DOWN)
+                        .await,
+                )
+            }
+            Event::Stopped => Some(
+                self.end(Ending::TakenOver, reason::SESSION_TAKEN_OVER)
+                    .await,
+            ),
+            Event::Settled(done) => match self.published(done).await {
+                Some(ending) => Some(self.end_with(ending).await),
+                None => None,
+            },
+            Event::Read(0, _) => Some(Ok(Ending::Lost)),
+            Event::Read(read, room) => {
+                self.read_hint = if read >= room {
+                    (self.read_hint * 2).min(MAX_READ)
+                } else if read < self.read_hint / 4 {
+                    (self.read_hint / 2).max(MIN_READ)
+                } else {
+                    self.read_hint
+                };
+                if let (Some(timer), Some(limit)) = (&mut self.keep_alive, self.idle_limit) {
+                    timer.as_mut().reset(tokio::time::Instant::now() + limit);
+                }
+                match self.handle_packets().await {
+                    Some(ending) => Some(self.end_with(ending).await),
+                    None => None,
                 }
             }
-            self.flush().await?;
+            Event::Delivery(delivery) => {
+                self.deliver(delivery).await;
+                None
+            }
+            Event::KeepAliveExpired => Some(
+                self.end(Ending::KeepAlive, reason::KEEP_ALIVE_TIMEOUT)
+                    .await,
+            ),
         }
     }
 
@@ -598,7 +669,7 @@ impl Connection {
             }
         };
         let qos = p.qos;
-        self.publishing.push_back(Box::pin(async move {
+        self.settle_in_turn(Box::pin(async move {
             let result = persisting.await.map(drop);
             drop(reservation);
             Settled::Stored(Publishing {
@@ -672,8 +743,7 @@ impl Connection {
                     qos,
                     reason: r,
                 };
-                self.publishing
-                    .push_back(Box::pin(std::future::ready(refused)));
+                self.settle_in_turn(Box::pin(std::future::ready(refused)));
                 None
             }
             _ => Some(Ending::Violation(
@@ -701,7 +771,7 @@ impl Connection {
             }
         };
         if let (Ok(()), Some(message)) = (&done.result, &done.retain) {
-            if let Err(e) = self.retained.set(&done.topic, message).await {
+            if let Err(e) = self.retained().set(&done.topic, message).await {
                 done.result = Err(e);
             }
         }
@@ -748,10 +818,22 @@ impl Connection {
         None
     }
 
+    /// Publishes being persisted.
+    fn publishes_in_flight(&self) -> usize {
+        self.publishing.as_ref().map_or(0, FuturesOrdered::len)
+    }
+
+    /// Queues `settled`, to be acknowledged after the publishes before it.
+    fn settle_in_turn(&mut self, settled: BoxFuture<'static, Settled>) {
+        self.publishing
+            .get_or_insert_with(FuturesOrdered::new)
+            .push_back(settled);
+    }
+
     /// Waits for the publishes being persisted and sends their
     /// acknowledgements (shutdown).
     async fn drain_publishing(&mut self) {
-        while let Some(done) = self.publishing.next().await {
+        while let Some(done) = next_settled(&mut self.publishing).await {
             if self.published(done).await.is_some() {
                 break;
             }
@@ -795,7 +877,7 @@ impl Connection {
         let Ok(parsed) = Filter::parse(filter) else {
             return;
         };
-        let found = match self.retained.matching(&parsed, &self.namespace).await {
+        let found = match self.retained().matching(&parsed, &self.namespace).await {
             Ok(found) => found,
             Err(e) => {
                 tracing::warn!(client = %self.client_id, filter, error = %e, "retained messages not read");
@@ -1017,7 +1099,7 @@ impl Connection {
     }
 
     async fn save_session(&mut self) {
-        match self.sessions.save(&self.client_id, &self.record).await {
+        match self.sessions().save(&self.client_id, &self.record).await {
             Ok(()) => self.stored = true,
             Err(e) => tracing::warn!(client = %self.client_id, error = %e, "session not saved"),
         }
@@ -1164,14 +1246,14 @@ impl Connection {
     /// Closes the subscriptions; a session that ends with the connection
     /// loses its record and durable subscriptions.
     async fn close_subscriptions(&mut self) {
-        for (_, subscribed) in self.subscriptions.drain() {
+        for (_, subscribed) in std::mem::take(&mut self.subscriptions) {
             subscribed.close().await;
         }
         if !self.persistent() && self.stored {
             let record = std::mem::take(&mut self.record);
             session::forget(
                 &self.ctx,
-                &self.sessions,
+                &self.sessions(),
                 &self.namespace,
                 &self.client_id,
                 &record,
@@ -1223,9 +1305,47 @@ async fn next_delivery(deliveries: &mut Option<mpsc::Receiver<Delivery>>) -> Opt
     }
 }
 
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
+/// Reads what the client sent into `read`, asking for `hint` bytes more;
+/// the bytes read and the room there was. With nothing buffered it first
+/// waits for the stream to be readable without a buffer (a read of no
+/// bytes, which returns once bytes or the end are there), so a silent
+/// client costs no buffer while it is silent.
+async fn read_some(
+    stream: &mut Box<dyn ClientStream>,
+    read: &mut BytesMut,
+    hint: usize,
+) -> std::io::Result<(usize, usize)> {
+    if read.capacity() == 0 {
+        std::future::poll_fn(|cx| {
+            let mut nothing = tokio::io::ReadBuf::new(&mut []);
+            Pin::new(&mut **stream).poll_read(cx, &mut nothing)
+        })
+        .await?;
+    }
+    read.reserve(hint);
+    let room = read.capacity() - read.len();
+    let n = stream.read_buf(read).await?;
+    Ok((n, room))
+}
+
+/// The next publish settled, in the order they came; the queue is let go
+/// once empty. Pending while there is none.
+async fn next_settled(
+    publishing: &mut Option<FuturesOrdered<BoxFuture<'static, Settled>>>,
+) -> Option<Settled> {
+    let Some(queue) = publishing else {
+        return None;
+    };
+    let settled = queue.next().await;
+    if queue.is_empty() {
+        *publishing = None;
+    }
+    settled
+}
+
+async fn expired(timer: &mut Option<Pin<Box<Sleep>>>) {
+    match timer {
+        Some(timer) => timer.as_mut().await,
         None => std::future::pending().await,
     }
 }

@@ -118,31 +118,50 @@ impl ProtocolHandler for MqttHandler {
 
     async fn serve(
         &self,
-        mut stream: Box<dyn ClientStream>,
+        stream: Box<dyn ClientStream>,
         _peer: SocketAddr,
         _local: SocketAddr,
         ctx: Context,
     ) -> Result<(), HandlerError> {
-        // Each step boxed: the task of an idle connection holds only the
-        // state of the step it is in, not the largest of them.
-        let accepted = Box::pin(connect::accept(&mut stream, &self.config, &ctx)).await?;
-        let Some(connected) = accepted else {
+        // An idle connection's task holds this future as long as it lives:
+        // each step is boxed, so that it keeps only the registration and
+        // the step it is in, not the largest of them.
+        let Some((connection, registration)) = Box::pin(self.connect(stream, ctx)).await? else {
             return Ok(());
+        };
+        let result = Box::pin(connection.run(&registration)).await;
+        drop(registration);
+        result
+    }
+}
+
+impl MqttHandler {
+    /// Reads the CONNECT, registers the client id and sets its session up;
+    /// `None` when the connection was refused (and answered).
+    async fn connect(
+        &self,
+        mut stream: Box<dyn ClientStream>,
+        ctx: Context,
+    ) -> Result<Option<(Box<connection::Connection>, clients::Registration)>, HandlerError> {
+        // Boxed steps again: before its CONNECT, a connection holds only the
+        // reading of it.
+        let accepting = connect::accept(&mut stream, &self.config, &ctx);
+        let Some(connected) = Box::pin(accepting).await? else {
+            return Ok(None);
         };
         let namespace = ctx.router.namespace(Protocol::Mqtt, &connected.principal);
         let registered = clients::scoped(&namespace, &connected.client_id);
-        let (registration, parked) = self.clients.register(&registered).await;
-        let connection = Box::pin(connection::Connection::start(
+        let registering = self.clients.register(&registered, &ctx.shutdown);
+        let (registration, parked) = Box::pin(registering).await;
+        let starting = connection::Connection::start(
             stream,
             connected,
             ctx,
             self.config.clone(),
             &registration,
             parked,
-        ))
-        .await?;
-        let result = Box::pin(connection.run(&registration)).await;
-        drop(registration);
-        result
+        );
+        let connection = Box::pin(starting).await?;
+        Ok(Some((connection, registration)))
     }
 }
