@@ -9,9 +9,11 @@
 //! of them wait for the client's acknowledgement.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::num::{NonZeroU16, NonZeroU32};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
@@ -24,9 +26,10 @@ use gateway_api::{
     Protocol, TopicName,
 };
 use rmqtt_codec::types::{Publish, QoS};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::Sleep;
+use tokio_util::io::poll_read_buf;
 use tokio_util::sync::CancellationToken;
 
 use crate::clients::{Parked, Registration};
@@ -46,8 +49,6 @@ use crate::MqttConfig;
 const MIN_READ: usize = 64;
 /// The most a connection reads at once.
 const MAX_READ: usize = 64 * 1024;
-/// A write buffer larger than this is let go once written.
-const KEPT_WRITE: usize = 256;
 
 /// How long a client may take to read what the gateway writes before its
 /// connection is given up (one that stops reading would otherwise keep
@@ -172,7 +173,7 @@ pub(crate) struct Connection {
     /// acknowledgements go out in that order.
     /// Made at a publish and let go once all are settled: its queue is an
     /// allocation an idle connection does without.
-    publishing: Option<FuturesOrdered<BoxFuture<'static, Settled>>>,
+    publishing: Option<Box<FuturesOrdered<BoxFuture<'static, Settled>>>>,
     /// MQTT 5 topic aliases the client set.
     aliases: BTreeMap<u16, bytestring::ByteString>,
     /// QoS 2 packet ids received and not yet released (PUBREL): a PUBLISH
@@ -194,9 +195,10 @@ pub(crate) struct Connection {
     window: usize,
     /// The packet id given to the last delivery.
     last_packet_id: u16,
-    /// Cancelled when another connection takes the client id over, or the
+    /// The connection's hold on its client id; its `takeover` token is
+    /// cancelled when another connection takes the client id over, or the
     /// gateway shuts down (a child of `ctx.shutdown`: one wait for both).
-    takeover: CancellationToken,
+    registration: Registration,
 }
 
 impl Connection {
@@ -207,7 +209,7 @@ impl Connection {
         connected: Connected,
         ctx: Context,
         config: Arc<MqttConfig>,
-        registration: &Registration,
+        registration: Registration,
         parked: Option<Parked>,
     ) -> Result<Box<Connection>, HandlerError> {
         let Connected {
@@ -262,7 +264,7 @@ impl Connection {
             released: BTreeSet::new(),
             window: window.max(1),
             last_packet_id: 0,
-            takeover: registration.takeover.clone(),
+            registration,
             principal,
             ctx,
             config,
@@ -347,21 +349,17 @@ impl Connection {
     /// Serves the connection until it ends, then ends the session's
     /// connection-bound part (its will, its non-durable subscriptions) and
     /// parks the rest of a persistent one.
-    pub(crate) async fn run(
-        mut self: Box<Self>,
-        registration: &Registration,
-    ) -> Result<(), HandlerError> {
+    pub(crate) async fn run(mut self: Box<Self>) -> Result<(), HandlerError> {
         // Boxed steps: while the connection is served, this future holds
         // only the serving one.
         let ending = Box::pin(self.serve()).await;
-        Box::pin(self.finish(ending, registration)).await
+        Box::pin(self.finish(ending)).await
     }
 
     /// Ends the session's connection-bound part after `ending`.
     async fn finish(
         mut self: Box<Self>,
         ending: std::io::Result<Ending>,
-        registration: &Registration,
     ) -> Result<(), HandlerError> {
         let result = match &ending {
             Err(e) => Err(HandlerError::Io(std::io::Error::new(
@@ -394,7 +392,7 @@ impl Connection {
         }
         let parked = self.park();
         let back = parked.back.clone();
-        registration.park(parked);
+        self.registration.park(parked);
         if self.session_expiry_secs != u32::MAX {
             session::expire_later(
                 self.ctx.clone(),
@@ -402,8 +400,8 @@ impl Connection {
                 self.client_id.clone(),
                 self.record.clone(),
                 (
-                    registration.clients().clone(),
-                    registration.key().to_owned(),
+                    self.registration.clients().clone(),
+                    self.registration.key().to_owned(),
                 ),
                 back.clone(),
                 Duration::from_secs(self.session_expiry_secs.into()),
@@ -425,45 +423,96 @@ impl Connection {
 
     /// The connection's loop; how it ended.
     ///
-    /// An idle connection's memory is this future's state while it waits
-    /// in the `select!`: the waits are few and small, and what follows one
-    /// is a boxed step (the largest step would otherwise set the size).
+    /// An idle connection's memory is this future's state while it waits,
+    /// so the wait polls the connection's own sources (the read, the
+    /// publishes being stored, the deliveries, the keep-alive timer) in
+    /// place rather than through futures of their own: only the wait for
+    /// takeover or shutdown is one. What follows a wait is a boxed step
+    /// (the largest step would otherwise set the size).
     async fn serve(&mut self) -> std::io::Result<Ending> {
         // Packets that came with the CONNECT.
         if let Some(ending) = Box::pin(self.handle_packets()).await {
             return Box::pin(self.end_with(ending)).await;
         }
+        let stopped = self.registration.takeover.clone().cancelled_owned();
+        let mut stopped = std::pin::pin!(stopped);
         loop {
             if !self.write.is_empty() {
                 Box::pin(self.flush()).await?;
             }
-            let can_read = self.publishes_in_flight() < usize::from(self.config.max_inflight);
-            let can_deliver = self.unacked.len() < self.window;
             if self.read.is_empty() {
-                // An idle connection holds no read buffer (see `read_some`).
+                // An idle connection holds no read buffer (see
+                // `poll_read_some`).
                 self.read = BytesMut::new();
             }
-            let event = tokio::select! {
-                biased;
-                () = self.takeover.cancelled() => Event::Stopped,
-                Some(done) = next_settled(&mut self.publishing), if self.publishing.is_some() => {
-                    Event::Settled(done)
+            let event = std::future::poll_fn(|cx| {
+                if stopped.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Ok(Event::Stopped));
                 }
-                read = read_some(&mut self.stream, &mut self.read, self.read_hint), if can_read => {
-                    let (read, room) = read?;
-                    Event::Read(read, room)
-                }
-                Some(delivery) = next_delivery(&mut self.deliveries), if can_deliver => {
-                    Event::Delivery(delivery)
-                }
-                () = expired(&mut self.keep_alive), if self.keep_alive.is_some() => {
-                    Event::KeepAliveExpired
-                }
-            };
+                self.poll_event(cx)
+            })
+            .await?;
             if let Some(ending) = Box::pin(self.on(event)).await {
                 return ending;
             }
         }
+    }
+
+    /// The first of the connection's sources that is ready, in this order:
+    /// a publish stored (its acknowledgement is due), bytes from the
+    /// client (while fewer than `max_inflight` publishes are being
+    /// stored: backpressure), a delivery (while fewer than the client's
+    /// Receive Maximum are unacknowledged), the keep-alive's expiry.
+    fn poll_event(&mut self, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<Event>> {
+        if let Some(queue) = &mut self.publishing {
+            if let Poll::Ready(Some(done)) = queue.poll_next_unpin(cx) {
+                if queue.is_empty() {
+                    self.publishing = None;
+                }
+                return Poll::Ready(Ok(Event::Settled(done)));
+            }
+        }
+        if self.publishes_in_flight() < usize::from(self.config.max_inflight) {
+            if let Poll::Ready(read) = self.poll_read_some(cx) {
+                return Poll::Ready(read.map(|(read, room)| Event::Read(read, room)));
+            }
+        }
+        if self.unacked.len() < self.window {
+            if let Some(deliveries) = &mut self.deliveries {
+                if let Poll::Ready(Some(delivery)) = deliveries.poll_recv(cx) {
+                    return Poll::Ready(Ok(Event::Delivery(delivery)));
+                }
+            }
+        }
+        if let Some(timer) = &mut self.keep_alive {
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ok(Event::KeepAliveExpired));
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Reads what the client sent into `read`, asking for `read_hint`
+    /// bytes more; the bytes read and the room there was. With nothing
+    /// buffered it first waits for the stream to be readable without a
+    /// buffer (a read of no bytes, which returns once bytes or the end are
+    /// there), so a silent client costs no buffer while it is silent.
+    fn poll_read_some(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<(usize, usize)>> {
+        if self.read.capacity() == 0 {
+            let mut nothing = tokio::io::ReadBuf::new(&mut []);
+            std::task::ready!(Pin::new(&mut self.stream).poll_read(cx, &mut nothing))?;
+        }
+        self.read.reserve(self.read_hint);
+        let room = self.read.capacity() - self.read.len();
+        let read = std::task::ready!(poll_read_buf(
+            Pin::new(&mut self.stream),
+            cx,
+            &mut self.read
+        ))?;
+        Poll::Ready(Ok((read, room)))
     }
 
     /// Handles what the loop waited for; `Some` when the connection ends.
@@ -820,20 +869,26 @@ impl Connection {
 
     /// Publishes being persisted.
     fn publishes_in_flight(&self) -> usize {
-        self.publishing.as_ref().map_or(0, FuturesOrdered::len)
+        self.publishing.as_ref().map_or(0, |queue| queue.len())
     }
 
     /// Queues `settled`, to be acknowledged after the publishes before it.
     fn settle_in_turn(&mut self, settled: BoxFuture<'static, Settled>) {
         self.publishing
-            .get_or_insert_with(FuturesOrdered::new)
+            .get_or_insert_with(|| Box::new(FuturesOrdered::new()))
             .push_back(settled);
     }
 
     /// Waits for the publishes being persisted and sends their
     /// acknowledgements (shutdown).
     async fn drain_publishing(&mut self) {
-        while let Some(done) = next_settled(&mut self.publishing).await {
+        while let Some(mut queue) = self.publishing.take() {
+            let Some(done) = queue.next().await else {
+                break;
+            };
+            if !queue.is_empty() {
+                self.publishing = Some(queue);
+            }
             if self.published(done).await.is_some() {
                 break;
             }
@@ -1277,11 +1332,8 @@ impl Connection {
             tokio::time::timeout(WRITE_TIMEOUT, written)
                 .await
                 .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-            if self.write.capacity() > KEPT_WRITE {
-                self.write = BytesMut::new();
-            } else {
-                self.write.clear();
-            }
+            // Let go: an idle connection holds no write buffer.
+            self.write = BytesMut::new();
         }
         Ok(())
     }
@@ -1295,57 +1347,4 @@ fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// The next delivery, once there are subscriptions.
-async fn next_delivery(deliveries: &mut Option<mpsc::Receiver<Delivery>>) -> Option<Delivery> {
-    match deliveries {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Reads what the client sent into `read`, asking for `hint` bytes more;
-/// the bytes read and the room there was. With nothing buffered it first
-/// waits for the stream to be readable without a buffer (a read of no
-/// bytes, which returns once bytes or the end are there), so a silent
-/// client costs no buffer while it is silent.
-async fn read_some(
-    stream: &mut Box<dyn ClientStream>,
-    read: &mut BytesMut,
-    hint: usize,
-) -> std::io::Result<(usize, usize)> {
-    if read.capacity() == 0 {
-        std::future::poll_fn(|cx| {
-            let mut nothing = tokio::io::ReadBuf::new(&mut []);
-            Pin::new(&mut **stream).poll_read(cx, &mut nothing)
-        })
-        .await?;
-    }
-    read.reserve(hint);
-    let room = read.capacity() - read.len();
-    let n = stream.read_buf(read).await?;
-    Ok((n, room))
-}
-
-/// The next publish settled, in the order they came; the queue is let go
-/// once empty. Pending while there is none.
-async fn next_settled(
-    publishing: &mut Option<FuturesOrdered<BoxFuture<'static, Settled>>>,
-) -> Option<Settled> {
-    let Some(queue) = publishing else {
-        return None;
-    };
-    let settled = queue.next().await;
-    if queue.is_empty() {
-        *publishing = None;
-    }
-    settled
-}
-
-async fn expired(timer: &mut Option<Pin<Box<Sleep>>>) {
-    match timer {
-        Some(timer) => timer.as_mut().await,
-        None => std::future::pending().await,
-    }
 }

@@ -124,14 +124,12 @@ impl ProtocolHandler for MqttHandler {
         ctx: Context,
     ) -> Result<(), HandlerError> {
         // An idle connection's task holds this future as long as it lives:
-        // each step is boxed, so that it keeps only the registration and
-        // the step it is in, not the largest of them.
-        let Some((connection, registration)) = Box::pin(self.connect(stream, ctx)).await? else {
+        // each step is boxed, so that it keeps only the step it is in, not
+        // the largest of them.
+        let Some(connection) = Box::pin(self.connect(stream, ctx)).await? else {
             return Ok(());
         };
-        let result = Box::pin(connection.run(&registration)).await;
-        drop(registration);
-        result
+        Box::pin(connection.run()).await
     }
 }
 
@@ -142,7 +140,7 @@ impl MqttHandler {
         &self,
         mut stream: Box<dyn ClientStream>,
         ctx: Context,
-    ) -> Result<Option<(Box<connection::Connection>, clients::Registration)>, HandlerError> {
+    ) -> Result<Option<Box<connection::Connection>>, HandlerError> {
         // Boxed steps again: before its CONNECT, a connection holds only the
         // reading of it.
         let accepting = connect::accept(&mut stream, &self.config, &ctx);
@@ -158,10 +156,10 @@ impl MqttHandler {
             connected,
             ctx,
             self.config.clone(),
-            &registration,
+            registration,
             parked,
         );
         let connection = Box::pin(starting).await?;
-        Ok(Some((connection, registration)))
+        Ok(Some(connection))
     }
 }
