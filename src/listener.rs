@@ -302,8 +302,6 @@ impl Listener {
                 _ = self.ctx.shutdown.cancelled() => break,
                 accepted = self.acceptor.accept() => accepted,
             };
-            let handler = self.handler.clone();
-            let ctx = self.ctx.clone();
             // At debug level only: at info, a span per connection costs
             // each idle connection ~400 bytes (the subscriber's slot and
             // its formatted fields). The events that end a connection
@@ -315,15 +313,19 @@ impl Listener {
                 Ok(local) => local,
                 Err(_) => self.local_addr().unwrap_or(peer),
             };
-            // Every idle connection pays for each byte this task holds: the
-            // stream is boxed before it is moved in (the task then holds a
-            // pointer to it, the handler, the addresses and the handler's
-            // boxed future).
-            let stream: Box<dyn gateway_api::ClientStream> = Box::new(stream);
+            // Every idle connection pays for each byte its task holds: the
+            // handler's boxed future, made here, and what the log line at
+            // its end needs.
+            let serving = {
+                let _entered = span.enter();
+                debug!("connection opened");
+                let ctx = self.ctx.clone();
+                self.handler
+                    .clone()
+                    .serve(Box::new(stream), peer, local, ctx)
+            };
             tokio::spawn(
                 async move {
-                    debug!("connection opened");
-                    let serving = handler.serve(stream, peer, local, ctx);
                     match serving.await {
                         Ok(()) => debug!("connection closed"),
                         Err(e) if e.is_disconnect() => debug!(error = %e, "connection lost"),

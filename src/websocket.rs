@@ -67,9 +67,11 @@ async fn upgrade(
 /// on the other, until the handler is done.
 async fn serve(socket: WebSocket, peer: SocketAddr, state: MqttState) {
     let (ours, theirs) = tokio::io::duplex(PIPE_BYTES);
-    let served = state
-        .handler
-        .serve(Box::new(theirs), peer, state.local, state.ctx.clone());
+    let served =
+        state
+            .handler
+            .clone()
+            .serve(Box::new(theirs), peer, state.local, state.ctx.clone());
     let ((), result) = tokio::join!(carry(socket, ours), served);
     match result {
         Err(e) if !e.is_disconnect() => {

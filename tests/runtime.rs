@@ -361,7 +361,7 @@ mod listener {
         }
 
         async fn serve(
-            &self,
+            self: Arc<Self>,
             mut stream: Box<dyn ClientStream>,
             _peer: std::net::SocketAddr,
             _local: std::net::SocketAddr,

@@ -7,6 +7,7 @@
 //! once per accepted connection, each call on a task of its own.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -102,8 +103,13 @@ pub trait ProtocolHandler: Send + Sync + 'static {
     /// `local` the gateway address the client reached (what a protocol that
     /// hands out broker addresses, as Kafka's Metadata does, gives back).
     /// Returning `Ok` means the connection ended normally.
+    ///
+    /// Takes the handler by `Arc`: the future owns what it needs, so the
+    /// runtime can make it before it spawns it, and the connection's task
+    /// holds that future and nothing else of the call (every idle
+    /// connection pays for each byte its task holds).
     async fn serve(
-        &self,
+        self: Arc<Self>,
         stream: Box<dyn ClientStream>,
         peer: SocketAddr,
         local: SocketAddr,

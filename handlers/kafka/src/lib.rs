@@ -221,7 +221,7 @@ impl ProtocolHandler for KafkaHandler {
     }
 
     async fn serve(
-        &self,
+        self: Arc<Self>,
         stream: Box<dyn ClientStream>,
         peer: SocketAddr,
         local: SocketAddr,

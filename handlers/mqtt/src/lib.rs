@@ -117,7 +117,7 @@ impl ProtocolHandler for MqttHandler {
     }
 
     async fn serve(
-        &self,
+        self: Arc<Self>,
         stream: Box<dyn ClientStream>,
         _peer: SocketAddr,
         _local: SocketAddr,
