@@ -14,7 +14,15 @@ use self::proto::*;
 pub use self::proto::{BaseCommand, MessageMetadata as Metadata};
 use crate::{connection::RequestKey, error::ConnectionError};
 
-const CRC_CASTAGNOLI: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
+/// The CRC32C of a payload frame: its metadata size (4 bytes, big endian),
+/// its metadata and its payload, in parts rather than copied together.
+/// Gateway patch 14: computed by the `crc32c` crate (SSE 4.2 / ARMv8 CRC
+/// instructions) instead of `crc`'s byte-wise table, which took half of
+/// a producer's CPU time at 50 MB/s.
+fn payload_crc(metadata_size: u32, metadata: &[u8], payload: &[u8]) -> u32 {
+    let crc = crc32c::crc32c(&metadata_size.to_be_bytes());
+    crc32c::crc32c_append(crc32c::crc32c_append(crc, metadata), payload)
+}
 
 /// Pulsar binary message
 ///
@@ -255,12 +263,16 @@ impl tokio_util::codec::Encoder<Message> for Codec {
         let header_size = if item.payload.is_some() { 18 } else { 8 };
         // Total size does not include the size of the 'totalSize' field, so we subtract 4
         let total_size = command_size + metadata_size + payload_size + header_size - 4;
-        let mut buf = Vec::with_capacity(total_size + 4);
+        // Gateway patch 14: written into `dst` in place (the frame was
+        // built in a Vec of its own, then copied).
+        let start = dst.len();
+        dst.reserve(total_size + 4);
+        let buf = dst;
 
         // Simple command frame
         buf.put_u32(total_size as u32);
         buf.put_u32(command_size as u32);
-        item.command.encode(&mut buf)?;
+        item.command.encode(buf)?;
 
         // Payload command frame
         if let Some(payload) = &item.payload {
@@ -271,18 +283,19 @@ impl tokio_util::codec::Encoder<Message> for Codec {
 
             let metadata_offset = buf.len();
             buf.put_u32(metadata_size as u32);
-            payload.metadata.encode(&mut buf)?;
+            payload.metadata.encode(buf)?;
+            let payload_offset = buf.len();
             buf.put(&payload.data[..]);
 
-            let crc = CRC_CASTAGNOLI.checksum(&buf[metadata_offset..]);
+            let crc = payload_crc(
+                metadata_size as u32,
+                &buf[metadata_offset + 4..payload_offset],
+                &buf[payload_offset..],
+            );
             let mut crc_buf: &mut [u8] = &mut buf[crc_offset..metadata_offset];
             crc_buf.put_u32(crc);
         }
-        if dst.remaining_mut() < buf.len() {
-            dst.reserve(buf.len());
-        }
-        dst.put_slice(&buf);
-        trace!("Encoder sending {} bytes", buf.len());
+        trace!("Encoder sending {} bytes", buf.len() - start);
         //        println!("Wrote message {:?}", item);
         Ok(())
     }
@@ -326,13 +339,12 @@ impl tokio_util::codec::Decoder for Codec {
 
                         let metadata = Metadata::decode(payload_frame.metadata)?;
 
-                        //computing crc from metadata using the CRC_CASTAGNOLI checksum
-                        let mut reconstructed_crc_data = Vec::new();
-                        reconstructed_crc_data.put_u32(payload_frame.metadata_size);
-                        reconstructed_crc_data.extend_from_slice(payload_frame.metadata);
-                        reconstructed_crc_data.extend_from_slice(buf);
-
-                        let computed_crc_32 = CRC_CASTAGNOLI.checksum(&reconstructed_crc_data);
+                        // Gateway patch 14: no copy of the frame to checksum it.
+                        let computed_crc_32 = payload_crc(
+                            payload_frame.metadata_size,
+                            payload_frame.metadata,
+                            buf,
+                        );
 
                         let checksum32 = payload_frame.checksum;
                         if checksum32 == computed_crc_32 {
@@ -385,12 +397,16 @@ impl asynchronous_codec::Encoder for Codec {
         let header_size = if item.payload.is_some() { 18 } else { 8 };
         // Total size does not include the size of the 'totalSize' field, so we subtract 4
         let total_size = command_size + metadata_size + payload_size + header_size - 4;
-        let mut buf = Vec::with_capacity(total_size + 4);
+        // Gateway patch 14: written into `dst` in place (the frame was
+        // built in a Vec of its own, then copied).
+        let start = dst.len();
+        dst.reserve(total_size + 4);
+        let buf = dst;
 
         // Simple command frame
         buf.put_u32(total_size as u32);
         buf.put_u32(command_size as u32);
-        item.command.encode(&mut buf)?;
+        item.command.encode(buf)?;
 
         // Payload command frame
         if let Some(payload) = &item.payload {
@@ -401,18 +417,19 @@ impl asynchronous_codec::Encoder for Codec {
 
             let metadata_offset = buf.len();
             buf.put_u32(metadata_size as u32);
-            payload.metadata.encode(&mut buf)?;
+            payload.metadata.encode(buf)?;
+            let payload_offset = buf.len();
             buf.put(&payload.data[..]);
 
-            let crc = CRC_CASTAGNOLI.checksum(&buf[metadata_offset..]);
+            let crc = payload_crc(
+                metadata_size as u32,
+                &buf[metadata_offset + 4..payload_offset],
+                &buf[payload_offset..],
+            );
             let mut crc_buf: &mut [u8] = &mut buf[crc_offset..metadata_offset];
             crc_buf.put_u32(crc);
         }
-        if dst.remaining_mut() < buf.len() {
-            dst.reserve(buf.len());
-        }
-        dst.put_slice(&buf);
-        trace!("Encoder sending {} bytes", buf.len());
+        trace!("Encoder sending {} bytes", buf.len() - start);
         //        println!("Wrote message {:?}", item);
         Ok(())
     }
@@ -456,13 +473,12 @@ impl asynchronous_codec::Decoder for Codec {
 
                         let metadata = Metadata::decode(payload_frame.metadata)?;
 
-                        //computing crc from metadata using the CRC_CASTAGNOLI checksum
-                        let mut reconstructed_crc_data = Vec::new();
-                        reconstructed_crc_data.put_u32(payload_frame.metadata_size);
-                        reconstructed_crc_data.extend_from_slice(payload_frame.metadata);
-                        reconstructed_crc_data.extend_from_slice(buf);
-
-                        let computed_crc_32 = CRC_CASTAGNOLI.checksum(&reconstructed_crc_data);
+                        // Gateway patch 14: no copy of the frame to checksum it.
+                        let computed_crc_32 = payload_crc(
+                            payload_frame.metadata_size,
+                            payload_frame.metadata,
+                            buf,
+                        );
 
                         let checksum32 = payload_frame.checksum;
                         if checksum32 == computed_crc_32 {
@@ -756,6 +772,46 @@ mod tests {
         let mut output = BytesMut::with_capacity(65);
         Codec.encode(message, &mut output).unwrap();
         assert_eq!(&output, input);
+    }
+}
+
+#[cfg(test)]
+mod gateway_patch_checksum_tests {
+    use bytes::BytesMut;
+    use tokio_util::codec::{Decoder, Encoder};
+
+    use super::Codec;
+
+    /// A SEND with its payload as a broker wrote it, CRC32C 0x428354B5.
+    const FRAME: &[u8] = &[
+        0x00, 0x00, 0x00, 0x3D, 0x00, 0x00, 0x00, 0x08, 0x08, 0x06, 0x32, 0x04, 0x08, 0x00, 0x10,
+        0x08, 0x0E, 0x01, 0x42, 0x83, 0x54, 0xB5, 0x00, 0x00, 0x00, 0x19, 0x0A, 0x0E, 0x73, 0x74,
+        0x61, 0x6E, 0x64, 0x61, 0x6C, 0x6F, 0x6E, 0x65, 0x2D, 0x30, 0x2D, 0x33, 0x10, 0x08, 0x18,
+        0xBE, 0xC0, 0xFC, 0x84, 0xD2, 0x2C, 0x68, 0x65, 0x6C, 0x6C, 0x6F, 0x2D, 0x70, 0x75, 0x6C,
+        0x73, 0x61, 0x72, 0x2D, 0x38,
+    ];
+
+    #[test]
+    fn frames_encode_with_the_brokers_checksum_after_what_the_buffer_holds() {
+        let message = Codec.decode(&mut FRAME.into()).unwrap().unwrap();
+        assert!(message.payload.is_some(), "the checksum matched");
+        let mut out = BytesMut::new();
+        Codec.encode(message.clone(), &mut out).unwrap();
+        Codec.encode(message, &mut out).unwrap();
+        assert_eq!(&out[..FRAME.len()], FRAME);
+        assert_eq!(&out[FRAME.len()..], FRAME);
+    }
+
+    #[test]
+    fn a_payload_that_does_not_match_its_checksum_is_not_taken() {
+        let mut corrupt = FRAME.to_vec();
+        let last = corrupt.len() - 1;
+        corrupt[last] ^= 1;
+        let decoded = Codec.decode(&mut corrupt[..].into());
+        assert!(
+            !matches!(decoded, Ok(Some(ref m)) if m.payload.is_some()),
+            "a corrupt payload was taken: {decoded:?}"
+        );
     }
 }
 
