@@ -24,7 +24,7 @@ use limits::{
     malformed_packets_close_their_connection, subscriptions_per_connection_are_bounded,
 };
 use mosquitto::mosquitto_clients_publish_and_subscribe;
-use rumqttc_client::{rumqttc_round_trip, rumqttc_v5_round_trip};
+use rumqttc_client::{rumqttc_over_websocket, rumqttc_round_trip, rumqttc_v5_round_trip};
 use serde_json::{json, Value};
 use sessions::{
     qos_2_is_stored_once_across_a_reconnect, sessions_expire_and_wills_wait_their_delay,
@@ -410,6 +410,7 @@ on_both_backends!(
     a_second_connection_takes_the_client_id_over,
     mqtt_and_kafka_share_topics,
     rumqttc_round_trip,
+    rumqttc_over_websocket,
     rumqttc_v5_round_trip,
     mosquitto_clients_publish_and_subscribe,
     an_oversized_packet_closes_its_connection,

@@ -1,10 +1,10 @@
 //! rumqttc, the Rust MQTT client, at its default settings: MQTT 3.1.1 and
-//! 5 round trips through the gateway.
+//! 5 round trips through the gateway, over TCP and WebSocket.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions, QoS};
+use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions, QoS, Transport};
 
 use crate::common::{unique, BackendKind, Gateway};
 
@@ -33,15 +33,35 @@ async fn until<T>(
     }
 }
 
-/// A subscriber of `base/#` and a publisher of ten QoS 1 messages over two
-/// topics under it: the subscriber gets each topic's messages in order.
+/// Over TCP: see [`round_trip`].
 pub async fn rumqttc_round_trip(backend: BackendKind) {
     let gw = Gateway::start(backend).await;
-    let addr = gw.mqtt_addr.expect("an MQTT listener");
-    let base = unique("rumqttc");
-    let options = |id: &str| MqttOptions::new(unique(id), addr.ip().to_string(), addr.port());
+    round_trip(tcp(&gw, "sub"), tcp(&gw, "pub")).await;
+}
 
-    let (subscriber, mut sub_events) = AsyncClient::new(options("sub"), 16);
+/// Over WebSocket (`ws://…/mqtt` on the HTTP listener, rumqttc's
+/// `websocket` feature): a subscriber over WebSocket gets what a publisher
+/// over TCP sends, as in [`round_trip`].
+pub async fn rumqttc_over_websocket(backend: BackendKind) {
+    let gw = Gateway::start(backend).await;
+    let http = gw.http_addr.expect("an HTTP listener");
+    let mut websocket =
+        MqttOptions::new(unique("ws-sub"), format!("ws://{http}/mqtt"), http.port());
+    websocket.set_transport(Transport::Ws);
+    round_trip(websocket, tcp(&gw, "pub")).await;
+}
+
+/// Options of a client of `gw`'s MQTT listener, with a fresh id.
+fn tcp(gw: &Gateway, id: &str) -> MqttOptions {
+    let addr = gw.mqtt_addr.expect("an MQTT listener");
+    MqttOptions::new(unique(id), addr.ip().to_string(), addr.port())
+}
+
+/// A subscriber of `base/#` and a publisher of ten QoS 1 messages over two
+/// topics under it: the subscriber gets each topic's messages in order.
+async fn round_trip(subscriber: MqttOptions, publisher: MqttOptions) {
+    let base = unique("rumqttc");
+    let (subscriber, mut sub_events) = AsyncClient::new(subscriber, 16);
     subscriber
         .subscribe(format!("{base}/#"), QoS::AtLeastOnce)
         .await
@@ -51,7 +71,7 @@ pub async fn rumqttc_round_trip(backend: BackendKind) {
     })
     .await;
 
-    let (publisher, mut pub_events) = AsyncClient::new(options("pub"), 16);
+    let (publisher, mut pub_events) = AsyncClient::new(publisher, 16);
     for i in 0..10 {
         publisher
             .publish(
