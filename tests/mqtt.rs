@@ -281,6 +281,26 @@ async fn a_silent_client_is_dropped_after_its_keep_alive(backend: BackendKind) {
     }
 }
 
+/// A QoS 1 delivery the client did not acknowledge before its connection
+/// was lost comes again on its session's next connection, with DUP set
+/// and the packet id it had (MQTT 4.4; paho with manual acks).
+async fn an_unacknowledged_delivery_comes_again_with_its_packet_id(backend: BackendKind) {
+    let gw = Gateway::start(backend).await;
+    for version in ["3", "5"] {
+        let topic = format!("{}/cmd", unique(&format!("redeliver-v{version}")));
+        let id = unique("redeliver");
+        let got = paho(&gw, version, "redeliver", &[&topic, &id]).await;
+        let first_id = &got[0][1];
+        assert_ne!(
+            first_id,
+            &json!(1),
+            "MQTT {version}: the id a new connection gives first"
+        );
+        assert_eq!(got[0], json!(["again", first_id, false]), "MQTT {version}");
+        assert_eq!(got[1], json!(["again", first_id, true]), "MQTT {version}");
+    }
+}
+
 /// A second connection with a client id in use takes it over: the first
 /// is disconnected (MQTT 5: reason 0x8E, session taken over).
 async fn a_second_connection_takes_the_client_id_over(backend: BackendKind) {
@@ -407,6 +427,7 @@ on_both_backends!(
     sessions_expire_and_wills_wait_their_delay,
     the_will_goes_on_a_lost_connection_only,
     a_silent_client_is_dropped_after_its_keep_alive,
+    an_unacknowledged_delivery_comes_again_with_its_packet_id,
     a_second_connection_takes_the_client_id_over,
     mqtt_and_kafka_share_topics,
     rumqttc_round_trip,

@@ -73,14 +73,15 @@ from paho.mqtt.properties import Properties
 WAIT = 30
 
 
-def client(version, client_id="", clean=True):
+def client(version, client_id="", clean=True, manual_ack=False):
     transport = "websockets" if version.endswith("ws") else "tcp"
     if version.startswith("5"):
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                        protocol=mqtt.MQTTv5, transport=transport)
+                        protocol=mqtt.MQTTv5, transport=transport, manual_ack=manual_ack)
     else:
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                        protocol=mqtt.MQTTv311, clean_session=clean, transport=transport)
+                        protocol=mqtt.MQTTv311, clean_session=clean, transport=transport,
+                        manual_ack=manual_ack)
     if transport == "websockets":
         c.ws_set_options(path="/mqtt")
     c.connected = queue.Queue()
@@ -376,6 +377,46 @@ def keepalive(host, port, version, topic):
     return {"will": will, "will_after": will_after, "then": then, "still_connected": still}
 
 
+def redeliver(host, port, version, topic, client_id):
+    """A persistent session's subscriber gets two QoS 1 messages,
+    acknowledges the first only (manual acks) and loses its connection;
+    connected again, it gets the second again. Returns [payload, packet
+    id, dup] of both deliveries of the second."""
+    def session():
+        c = client(version, client_id, clean=False, manual_ack=True)
+        connect(c, host, port, version, clean=False, expiry=300)
+        return c
+    sub = session()
+    subscribe(sub, topic, 1)
+    pub = client(version)
+    connect(pub, host, port, version)
+    # The first is acknowledged, so the second's packet id is not the one
+    # a new connection would give first.
+    publish(pub, topic, "before", 1)
+    publish(pub, topic, "again", 1)
+    stop(pub)
+    before = sub.messages.get(timeout=WAIT)
+    sub.ack(before.mid, before.qos)
+    first = sub.messages.get(timeout=WAIT)
+    sub.loop_stop()
+    sub.socket().close()
+    back = session()
+    # "before" may come again too: its PUBACK, queued by ack(), may not
+    # have been written when the connection was cut.
+    again = back.messages.get(timeout=WAIT)
+    while again.payload != b"again":
+        back.ack(again.mid, again.qos)
+        again = back.messages.get(timeout=WAIT)
+    back.ack(again.mid, again.qos)
+    # Forget the session.
+    back.disconnect()
+    back.loop_stop()
+    gone = client(version, client_id, clean=True)
+    connect(gone, host, port, version, clean=True)
+    stop(gone)
+    return [[m.payload.decode(), m.mid, bool(m.dup)] for m in (first, again)]
+
+
 def takeover(host, port, version, client_id):
     first = client(version, client_id)
     connect(first, host, port, version)
@@ -451,6 +492,7 @@ SCENARIOS = {
     "will": will,
     "takeover": takeover,
     "keepalive": keepalive,
+    "redeliver": redeliver,
     "receive": receive,
     "publish": publish_many,
     "login": login,

@@ -11,7 +11,7 @@
 //! gateway's memory: a client that comes back through another gateway
 //! resumes its subscriptions (the backend's), not these.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -43,9 +43,10 @@ pub(crate) struct Parked {
     /// QoS 2 deliveries the client received (PUBREC) whose PUBCOMP did not
     /// come: PUBREL goes again.
     pub released: BTreeSet<u16>,
-    /// Deliveries the client had not acknowledged: the backend delivers
-    /// them again, and they go out marked DUP.
-    pub unacked: BTreeSet<(TopicName, MessageId)>,
+    /// Deliveries the client had not acknowledged, with their packet ids:
+    /// the backend delivers them again, and they go out marked DUP with
+    /// the same packet id (MQTT 4.4).
+    pub unacked: BTreeMap<(TopicName, MessageId), u16>,
     /// Cancelled when the client connects again: its delayed will and
     /// the session's expiry are called off.
     pub back: CancellationToken,

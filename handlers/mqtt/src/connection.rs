@@ -164,7 +164,7 @@ pub(crate) struct Connection {
     session_expiry_secs: u32,
     /// Deliveries the session's previous connection left unacknowledged:
     /// they go out again marked DUP.
-    redelivered: BTreeSet<(TopicName, MessageId)>,
+    redelivered: BTreeMap<(TopicName, MessageId), u16>,
     /// The session's filters, as stored (persistent sessions).
     record: Record,
     /// Whether the store holds a record of this session.
@@ -251,7 +251,7 @@ impl Connection {
             keep_alive: idle_limit.map(|l| Box::pin(tokio::time::sleep(l))),
             will: connect.will.map(Box::new),
             session_expiry_secs,
-            redelivered: BTreeSet::new(),
+            redelivered: BTreeMap::new(),
             record: Record::default(),
             stored: resume,
             publishing: None,
@@ -339,8 +339,8 @@ impl Connection {
                 .collect(),
             released: std::mem::take(&mut self.released),
             unacked: std::mem::take(&mut self.unacked)
-                .into_values()
-                .filter_map(|u| u.message)
+                .into_iter()
+                .filter_map(|(id, u)| u.message.map(|message| (message, id)))
                 .collect(),
             back: CancellationToken::new(),
         }
@@ -1186,9 +1186,21 @@ impl Connection {
         let retain = options.retain_as_published && outgoing.retained;
         let mut outgoing = outgoing;
         outgoing.properties.subscription_ids = options.id.into_iter().collect();
+        // Sent before and not acknowledged: again, with DUP and the packet
+        // id it had (MQTT 4.4), unless that id is in use again.
+        let original = match self.redelivered.is_empty() {
+            true => None,
+            false => self
+                .redelivered
+                .remove(&(message.topic.clone(), message.id)),
+        };
         let packet_id = match qos {
             QoS::AtMostOnce => None,
-            _ => match self.next_packet_id() {
+            _ => match original
+                .filter(|&id| self.packet_id_free(id))
+                .and_then(NonZeroU16::new)
+                .or_else(|| self.next_packet_id())
+            {
                 Some(id) => Some(id),
                 None => {
                     // Unreachable with the delivery window; the message
@@ -1198,10 +1210,8 @@ impl Connection {
                 }
             },
         };
-        let dup = !self.redelivered.is_empty()
-            && self
-                .redelivered
-                .remove(&(message.topic.clone(), message.id));
+        // DUP is never set at QoS 0.
+        let dup = original.is_some() && packet_id.is_some();
         let publish = Publish {
             dup,
             retain,
@@ -1239,18 +1249,26 @@ impl Connection {
         }
     }
 
-    /// The next free packet id for a delivery; `None` when all are in use
-    /// (the delivery window keeps far fewer in flight).
+    /// The next free packet id for a delivery, not one kept for a message
+    /// the previous connection left unacknowledged; `None` when all are in
+    /// use (the delivery window keeps far fewer in flight).
     fn next_packet_id(&mut self) -> Option<NonZeroU16> {
         for _ in 0..=u16::MAX {
             self.last_packet_id = self.last_packet_id.wrapping_add(1);
             if let Some(id) = NonZeroU16::new(self.last_packet_id) {
-                if !self.unacked.contains_key(&id.get()) && !self.released.contains(&id.get()) {
+                let reserved = !self.redelivered.is_empty()
+                    && self.redelivered.values().any(|&r| r == id.get());
+                if self.packet_id_free(id.get()) && !reserved {
                     return Some(id);
                 }
             }
         }
         None
+    }
+
+    /// Whether no delivery in flight holds packet id `id`.
+    fn packet_id_free(&self, id: u16) -> bool {
+        !self.unacked.contains_key(&id) && !self.released.contains(&id)
     }
 
     /// PUBACK or PUBREC of a delivery: its message acknowledged to the

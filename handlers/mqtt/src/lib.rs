@@ -11,7 +11,8 @@
 //! topics created later; `$share/{group}/{filter}` is a Shared
 //! subscription), delivery at the lower of the published and granted QoS
 //! with the client's Receive Maximum as the window (unacknowledged ones
-//! sent again marked DUP on the session's next connection), keep-alive
+//! sent again marked DUP, with their packet ids, on the session's next
+//! connection), keep-alive
 //! (1.5 times the client's), the last will on any end but DISCONNECT (MQTT
 //! 5: after its delay, unless the client is back), persistent sessions
 //! (3.1.1 clean session off, MQTT 5 Session Expiry above 0: durable
