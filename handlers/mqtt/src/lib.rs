@@ -12,11 +12,10 @@
 //! subscription), delivery at the lower of the published and granted QoS
 //! with the client's Receive Maximum as the window (unacknowledged ones
 //! sent again marked DUP, with their packet ids, on the session's next
-//! connection), keep-alive
-//! (1.5 times the client's), the last will on any end but DISCONNECT (MQTT
-//! 5: after its delay, unless the client is back), persistent sessions
-//! (3.1.1 clean session off, MQTT 5 Session Expiry above 0: durable
-//! subscriptions restored on the next connection, ended at expiry,
+//! connection), keep-alive (1.5 times the client's), the last will on any
+//! end but DISCONNECT (MQTT 5: after its delay, unless the client is back),
+//! persistent sessions (3.1.1 clean session off, MQTT 5 Session Expiry
+//! above 0: durable subscriptions restored on the next connection, ended at expiry,
 //! `session.rs`), retained messages (`retained.rs`), MQTT 5 properties
 //! (user properties as message properties, the others as `mqtt-*` ones,
 //! `properties.rs`), topic aliases from the client, subscription
