@@ -9,7 +9,8 @@
 //! clients' admin APIs (`kafka/admin.rs`), consumer groups tested in
 //! `kafka/groups.rs` (and spread over two gateways on one Pulsar in
 //! `kafka/cluster.rs`), the Java client in `kafka/java.rs`, rskafka (a Rust
-//! client) in `kafka/rskafka.rs`. A Pulsar
+//! client) in `kafka/rskafka.rs`, requests no client sends (unknown APIs,
+//! oversized or malformed frames) in `kafka/wire.rs`. A Pulsar
 //! application's batched messages reach both consumers intact. Also: a
 //! gateway killed (SIGKILL) under load loses no message it acknowledged.
 
@@ -24,6 +25,8 @@ mod groups;
 mod java;
 #[path = "kafka/rskafka.rs"]
 mod rskafka_client;
+#[path = "kafka/wire.rs"]
+mod wire;
 
 use std::process::{Command, Stdio};
 

@@ -8,74 +8,21 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
 use super::common::{eventually, BackendKind, Gateway};
 use super::groups::{produce, records, Member};
 use super::unique;
+use super::wire::{string, Fields, Wire};
 
 /// Kafka's NOT_COORDINATOR.
 const NOT_COORDINATOR: i16 = 16;
 
-/// A Kafka string: its length (i16), then its bytes.
-fn string(s: &str) -> Vec<u8> {
-    let mut out = i16::try_from(s.len())
-        .expect("a short string")
-        .to_be_bytes()
-        .to_vec();
-    out.extend_from_slice(s.as_bytes());
-    out
-}
-
-/// Sends one request (header v1) and returns the response body after its
-/// correlation id. Hand-encoded: the versions used (Metadata v1,
-/// FindCoordinator v0, Heartbeat v0) are a few fixed fields each.
+/// Sends one request on a new connection and returns the response body.
 async fn call(addr: SocketAddr, api_key: i16, version: i16, body: &[u8]) -> Vec<u8> {
-    let mut request = Vec::new();
-    request.extend_from_slice(&api_key.to_be_bytes());
-    request.extend_from_slice(&version.to_be_bytes());
-    request.extend_from_slice(&7i32.to_be_bytes());
-    request.extend_from_slice(&string("cluster-test"));
-    request.extend_from_slice(body);
-    let mut conn = TcpStream::connect(addr)
+    Wire::connect(addr)
         .await
-        .expect("connect to the gateway");
-    let len = u32::try_from(request.len()).expect("a small request");
-    conn.write_all(&len.to_be_bytes()).await.expect("send");
-    conn.write_all(&request).await.expect("send");
-    let mut len = [0; 4];
-    tokio::time::timeout(Duration::from_secs(30), conn.read_exact(&mut len))
+        .call(api_key, version, body)
         .await
-        .expect("an answer within 30 s")
-        .expect("a response length");
-    let mut response = vec![0; u32::from_be_bytes(len) as usize];
-    conn.read_exact(&mut response).await.expect("a response");
-    assert_eq!(response[..4], 7i32.to_be_bytes(), "the correlation id");
-    response.split_off(4)
-}
-
-/// Reads a response's fields in order.
-struct Fields<'a>(&'a [u8]);
-
-impl Fields<'_> {
-    fn take<const N: usize>(&mut self) -> [u8; N] {
-        let (head, rest) = self.0.split_first_chunk::<N>().expect("a longer response");
-        self.0 = rest;
-        *head
-    }
-    fn i16(&mut self) -> i16 {
-        i16::from_be_bytes(self.take())
-    }
-    fn i32(&mut self) -> i32 {
-        i32::from_be_bytes(self.take())
-    }
-    fn string(&mut self) -> Option<String> {
-        let len = usize::try_from(self.i16()).ok()?;
-        let (s, rest) = self.0.split_at(len);
-        self.0 = rest;
-        Some(String::from_utf8(s.to_vec()).expect("UTF-8"))
-    }
+        .expect("a response")
 }
 
 /// Metadata v1 for no topic: the brokers (node id, host, port) and the

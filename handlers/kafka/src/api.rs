@@ -248,16 +248,20 @@ impl Connection {
                 .map(Reply::Now);
             }
             // An API served at other versions: refused in the request's
-            // own version; anything else closes the connection.
-            if let Ok(known) = ApiKey::try_from(key) {
-                if let Some((header, response)) = unsupported::answer(known, version, frame) {
-                    return encode(known, version, header.correlation_id, &response)
-                        .map(Reply::Now);
+            // own version; anything else gets the bare refusal.
+            tracing::debug!(key, version, "request of an API or version not served");
+            let Ok(known) = ApiKey::try_from(key) else {
+                return Ok(Reply::Now(unsupported::bare(correlation_id, 0)));
+            };
+            return match unsupported::answer(known, version, frame) {
+                Some((header, response)) => {
+                    encode(known, version, header.correlation_id, &response).map(Reply::Now)
                 }
-            }
-            return Err(HandlerError::Protocol(format!(
-                "API key {key} version {version} is not served"
-            )));
+                None => Ok(Reply::Now(unsupported::bare(
+                    correlation_id,
+                    known.response_header_version(version),
+                ))),
+            };
         };
         let mut body = frame;
         let header = RequestHeader::decode(&mut body, api.request_header_version(version))

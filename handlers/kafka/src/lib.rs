@@ -33,8 +33,9 @@
 //!
 //! A request at a version this handler does not serve, of an API it
 //! serves at lower versions, is answered UNSUPPORTED_VERSION in its own
-//! version (`unsupported.rs`); an API not served at all, or a version the
-//! codec cannot read, closes the connection, as a Kafka broker does.
+//! version (`unsupported.rs`); an API key unknown or not served, or a
+//! version the codec cannot read, gets the header and UNSUPPORTED_VERSION
+//! alone, as no response schema is known for it.
 //!
 //! Kafka partition `p` of topic `t` is the backend topic `t-partition-p`;
 //! a topic without partitions is a Kafka topic of one partition. A record's

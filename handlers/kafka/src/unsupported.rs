@@ -7,13 +7,17 @@
 //! KIP-848 member epochs, share groups...), the request is answered in its
 //! own version with UNSUPPORTED_VERSION in every error field of the
 //! response, so the client gets a clear refusal rather than a closed
-//! connection. Anything else (an API not served at all, a version the
-//! codec cannot read) has no response this handler could write and closes
-//! the connection, as a Kafka broker does.
+//! connection. Anything else (an API key unknown or not served, a version
+//! the codec cannot read) has no response schema this handler could fill
+//! in: it gets the [`bare`] refusal, the response header followed by the
+//! UNSUPPORTED_VERSION code alone, which is how an ApiVersions response,
+//! the one every client reads before choosing versions, begins. The
+//! connection stays open, as the frame was read whole. (A Kafka broker
+//! closes the connection instead; the refusal tells the client why.)
 //!
 //! ApiVersions itself is answered in `api.rs` (v0 with the served ranges).
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::describe_groups_response::DescribedGroup;
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
@@ -58,6 +62,20 @@ pub fn answer(api: ApiKey, version: i16, frame: Bytes) -> Option<(RequestHeader,
     let header = RequestHeader::decode(&mut body, api.request_header_version(version)).ok()?;
     let request = RequestKind::decode(api, &mut body, version).ok()?;
     Some((header, refusal(request, version)?))
+}
+
+/// The refusal of a request no response schema is known for: the response
+/// header (of `header_version`, 0 or 1) with `correlation_id`, then the
+/// UNSUPPORTED_VERSION error code.
+pub fn bare(correlation_id: i32, header_version: i16) -> BytesMut {
+    let mut out = BytesMut::with_capacity(7);
+    out.put_i32(correlation_id);
+    if header_version >= 1 {
+        // The header's tagged fields: none.
+        out.put_u8(0);
+    }
+    out.put_i16(ResponseError::UnsupportedVersion.code());
+    out
 }
 
 /// A response to `request` at `version` with UNSUPPORTED_VERSION wherever
@@ -164,7 +182,6 @@ fn refusal(request: RequestKind, version: i16) -> Option<ResponseKind> {
 
 #[cfg(test)]
 mod tests {
-    use bytes::BytesMut;
     use kafka_protocol::messages::describe_groups_request::DescribeGroupsRequest;
     use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
     use kafka_protocol::messages::{GroupId, TopicName};
@@ -277,6 +294,8 @@ mod tests {
             answered(api, version, bytes);
         }
         assert!(answer(ApiKey::AlterConfigs, 0, Bytes::from_static(&[0; 16])).is_none());
+        assert_eq!(&bare(7, 0)[..], &[0, 0, 0, 7, 0, 35]);
+        assert_eq!(&bare(-2, 1)[..], &[0xff, 0xff, 0xff, 0xfe, 0, 0, 35]);
         // Garbage at a readable version: no answer, no panic.
         assert!(answer(ApiKey::Fetch, 13, Bytes::from_static(&[0xff; 9])).is_none());
     }
