@@ -13,25 +13,35 @@
 //! - `produce rec/s`, `p50 ms`, `p99 ms`: one producer sends
 //!   `BENCH_RECORDS` records of `BENCH_RECORD_BYTES` (default 1 KiB) to a
 //!   fresh one-partition topic as fast as it can, acks=all. Kafka targets
-//!   use `ProducerPerformance` from `org.apache.kafka:kafka-tools` (the code
-//!   behind `kafka-producer-perf-test`), the same build for all three;
-//!   `pulsar` uses `pulsar-perf produce` (Java pulsar-client) shipped with
+//!   get librdkafka (confluent-kafka from the test virtualenv, driven by
+//!   `benches/kafka/librdkafka_perf.py`), the same build for all three;
+//!   `pulsar` gets `pulsar-perf produce` (Java pulsar-client) shipped with
 //!   the standalone. Both batch for 1 ms (`linger.ms=1`, pulsar-perf's
-//!   default window) and keep about 1000 records in flight (Kafka's
-//!   `buffer.memory` = 1000 records and `batch.size` a fifth of that, see
-//!   below; pulsar-perf's `-o 1000`), so their
+//!   default window) and keep at most 1000 records in flight
+//!   (`queue.buffering.max.messages`, pulsar-perf's `-o 1000`), so their
 //!   latencies, measured from the send call to its acknowledgement, are
-//!   queueing at the same depth. ProducerPerformance reports whole
-//!   milliseconds. Topics exist before the clock starts. ProducerPerformance
-//!   times from its first send to its last acknowledgement; pulsar-perf's
-//!   rate here is taken from its log, from its producer's creation to its
-//!   last send (its own summary counts from the JVM's start), so it may be
-//!   up to 1000 records (0.5% at 200000) high.
+//!   queueing at the same depth. Topics exist before the clock starts.
+//!   librdkafka's clock runs from its first send to its last
+//!   acknowledgement; pulsar-perf's rate here is taken from its log, from
+//!   its producer's creation to its last send (its own summary counts from
+//!   the JVM's start), so it may be up to 1000 records (0.5% at 200000)
+//!   high.
 //! - `consume rec/s`: those records are read back from the earliest
-//!   offset: `ConsumerPerformance` (a consumer group; its fetch rate,
-//!   which leaves out the group join) or `pulsar-perf consume` (an
+//!   offset: librdkafka in a consumer group, timed from its first record
+//!   to its last (the group join left out), or `pulsar-perf consume` (an
 //!   exclusive subscription from the earliest, receiver queue 1000,
 //!   acknowledging each message; its rate includes subscribing).
+//! - A second table runs the Java Kafka client on the three Kafka targets:
+//!   `ProducerPerformance` and `ConsumerPerformance` from
+//!   `org.apache.kafka:kafka-tools` (the code behind
+//!   `kafka-producer-perf-test`), the same records to another topic, its
+//!   fetch rate (without the group join) for consume. Its producer is
+//!   idempotent (the Java default) and keeps at most five requests of
+//!   `batch.size` in flight, see below. On this machine's two cores the
+//!   client's own CPU counts: the Java producer spends about 25 µs of CPU
+//!   per 1 KiB record (librdkafka about 6), taken from the broker and the
+//!   gateway beside it, which is why the gateway-on-Pulsar ratio is read
+//!   from the first table, whose clients cost the two sides alike.
 //! - `1-at-a-time p50/p99 ms`: low load, one record in flight: a record is
 //!   sent, its acknowledgement awaited, then the next, `BENCH_LOW_LOAD_RECORDS`
 //!   times after 100 unmeasured ones. Measured in this process with Rust
@@ -55,8 +65,9 @@
 //!   work): brokers, gateway and the client JVMs. Absolute figures drift;
 //!   the ratios, measured minutes apart, are the result.
 //! - Each target runs once per row; the row's runs follow each other.
-//!   Every broker is freshly started and warmed with `BENCH_WARMUP_RECORDS`
-//!   records to another topic first. The JVMs (Kafka, Pulsar) run
+//!   Every broker is freshly started and warmed first: each target gets
+//!   `BENCH_WARMUP_RECORDS` records produced to another topic and consumed
+//!   back by the same clients. The JVMs (Kafka, Pulsar) run
 //!   `-Xmx1g -XX:+UseSerialGC` with the full JIT.
 //!
 //! The bench starts everything it needs and stops it at the end, also when
@@ -85,14 +96,15 @@
 //! sets `batch.size` (e.g. 16384 to see the client's default window; the
 //! note under the table then says the depths differ).
 //!
-//! The runs are long enough to leave the JVMs' warm-up behind (50000
-//! records to another topic first, then 200000): with 5000 and 50000 the
-//! Kafka client's JIT dominated, and the same gateway on Pulsar measured
-//! 0.41 of pulsar-perf where 200000 records after a warm-up measured 0.61.
+//! The runs are long enough to leave the JVMs' warm-up behind (200000
+//! records produced and consumed first, then 200000): the broker's JIT
+//! shows in the first runs on a fresh standalone (by hand, the same
+//! producer through the gateway: 37k records/s on the first run, 48k on
+//! the second, the broker's CPU per record down by a third).
 //!
 //! Knobs: `BENCH_RECORDS` (default 200000), `BENCH_RECORD_BYTES` (1024),
 //! `BENCH_BATCH_BYTES` (1000 / 5 records),
-//! `BENCH_WARMUP_RECORDS` (50000), `BENCH_LOW_LOAD_RECORDS` (1000),
+//! `BENCH_WARMUP_RECORDS` (200000), `BENCH_LOW_LOAD_RECORDS` (1000),
 //! `BENCH_KAFKA_FSYNC` (0).
 
 use std::fmt::Write as _;
@@ -144,7 +156,7 @@ impl Knobs {
         Knobs {
             records: env_number("BENCH_RECORDS").unwrap_or(200_000),
             record_bytes,
-            warmup_records: env_number("BENCH_WARMUP_RECORDS").unwrap_or(50_000),
+            warmup_records: env_number("BENCH_WARMUP_RECORDS").unwrap_or(200_000),
             low_load_records: env_number("BENCH_LOW_LOAD_RECORDS").unwrap_or(1_000) as usize,
             kafka_fsync: env_number("BENCH_KAFKA_FSYNC").unwrap_or(0) != 0,
             batch_bytes: env_number("BENCH_BATCH_BYTES")
@@ -325,9 +337,27 @@ fn start_gateway(name: &str, dir: &Path, backend: &[&str]) -> (Proc, String) {
     (gw, format!("127.0.0.1:{kafka}"))
 }
 
+/// CPU time (user and system) of this process's children that ended and
+/// were waited for, in seconds.
+fn children_cpu() -> f64 {
+    use nix::sys::resource::{getrusage, UsageWho};
+    getrusage(UsageWho::RUSAGE_CHILDREN).map_or(0.0, |usage| {
+        let seconds = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+        seconds(usage.user_time()) + seconds(usage.system_time())
+    })
+}
+
+/// What one client tool run printed, and the CPU it took, start-up
+/// included.
+struct ToolRun {
+    output: String,
+    cpu: f64,
+}
+
 /// Runs a client tool to its end within [`TOOL_TIMEOUT`]; returns its
-/// output, or panics with it if it failed.
-fn run_tool(what: &str, cmd: Command, log: &Path) -> String {
+/// output and CPU time, or panics with its output if it failed.
+fn run_tool(what: &str, cmd: Command, log: &Path) -> ToolRun {
+    let cpu = children_cpu();
     let mut proc = Proc::spawn(what, cmd, log.to_path_buf());
     let deadline = Instant::now() + TOOL_TIMEOUT;
     let status = loop {
@@ -348,7 +378,10 @@ fn run_tool(what: &str, cmd: Command, log: &Path) -> String {
         "{what} failed ({status}):\n{}",
         tail(&output)
     );
-    output
+    ToolRun {
+        output,
+        cpu: children_cpu() - cpu,
+    }
 }
 
 /// Throughput and latency of one produce run.
@@ -360,6 +393,18 @@ struct Produced {
     p50: f64,
     /// 99th percentile, ms.
     p99: f64,
+    /// The client's CPU time over the records, µs per record (its whole
+    /// process: start-up included).
+    client_cpu: f64,
+}
+
+/// Throughput of one consume run.
+#[derive(Clone, Copy, Default)]
+struct Consumed {
+    /// Records per second.
+    rate: f64,
+    /// As in [`Produced`].
+    client_cpu: f64,
 }
 
 /// The Java tools of both sides, and where their logs go.
@@ -368,6 +413,8 @@ struct Tools {
     kafka_libs: PathBuf,
     /// The Pulsar distribution's `bin/pulsar-perf`.
     pulsar_perf: PathBuf,
+    /// The test virtualenv's interpreter, with confluent-kafka.
+    python: PathBuf,
     /// Logs of every tool run.
     logs: PathBuf,
     knobs: Knobs,
@@ -400,7 +447,8 @@ impl Tools {
                 "buffer.memory={}",
                 IN_FLIGHT * self.knobs.record_bytes + self.knobs.batch_bytes
             ));
-        let out = run_tool("ProducerPerformance", cmd, &self.log(topic));
+        let run = run_tool("ProducerPerformance", cmd, &self.log(topic));
+        let out = run.output;
         let re = Regex::new(
             r"(\d+) records sent, ([\d.]+) records/sec .*?, (\d+) ms 50th, \d+ ms 95th, (\d+) ms 99th",
         )
@@ -418,18 +466,20 @@ impl Tools {
             rate: num(&c[2]),
             p50: num(&c[3]),
             p99: num(&c[4]),
+            client_cpu: per_record(run.cpu, records),
         }
     }
 
     /// `ConsumerPerformance` reads `records` of `topic` from the earliest;
     /// returns its fetch rate (records/s, without the group join).
-    fn kafka_consume(&self, bootstrap: &str, topic: &str, records: u64) -> f64 {
+    fn kafka_consume(&self, bootstrap: &str, topic: &str, records: u64) -> Consumed {
         let mut cmd = self.kafka_tool("org.apache.kafka.tools.ConsumerPerformance");
         cmd.args(["--bootstrap-server", bootstrap, "--topic", topic])
             .args(["--messages", &records.to_string()])
             .args(["--group", &format!("{topic}-group"), "--timeout", "60000"]);
         let log = self.log(&format!("{topic}-consume"));
-        let out = run_tool("ConsumerPerformance", cmd, &log);
+        let run = run_tool("ConsumerPerformance", cmd, &log);
+        let out = run.output;
         // The data line: start, end, MB, MB/s, records, records/s,
         // rebalance ms, fetch ms, fetch MB/s, fetch records/s.
         let fields: Vec<&str> = out
@@ -445,7 +495,70 @@ impl Tools {
             "ConsumerPerformance did not read every record:\n{}",
             tail(&out)
         );
-        num(fields[9])
+        Consumed {
+            rate: num(fields[9]),
+            client_cpu: per_record(run.cpu, records),
+        }
+    }
+
+    /// `librdkafka_perf.py` with `args`; returns its JSON summary and CPU.
+    fn librdkafka(&self, args: &[String], log: &Path) -> (serde_json::Value, f64) {
+        let mut cmd = Command::new(&self.python);
+        cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/kafka/librdkafka_perf.py"))
+            .args(args);
+        let run = run_tool("librdkafka_perf.py", cmd, log);
+        let summary = run
+            .output
+            .lines()
+            .rev()
+            .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .unwrap_or_else(|| {
+                panic!("no summary from librdkafka_perf.py:\n{}", tail(&run.output))
+            });
+        (summary, run.cpu)
+    }
+
+    /// librdkafka sends `records` to partition 0 of `topic` at `bootstrap`.
+    fn rdkafka_produce(&self, bootstrap: &str, topic: &str, records: u64) -> Produced {
+        let args = [
+            "produce".to_owned(),
+            bootstrap.to_owned(),
+            topic.to_owned(),
+            records.to_string(),
+            self.knobs.record_bytes.to_string(),
+            self.knobs.batch_bytes.to_string(),
+            IN_FLIGHT.to_string(),
+        ];
+        let (summary, cpu) = self.librdkafka(&args, &self.log(&format!("{topic}-rdkafka")));
+        let field = |name: &str| {
+            summary[name]
+                .as_f64()
+                .unwrap_or_else(|| panic!("no {name} in {summary}"))
+        };
+        Produced {
+            rate: field("rate"),
+            p50: field("p50_ms"),
+            p99: field("p99_ms"),
+            client_cpu: per_record(cpu, records),
+        }
+    }
+
+    /// librdkafka reads `records` of `topic` from the earliest in a group.
+    fn rdkafka_consume(&self, bootstrap: &str, topic: &str, records: u64) -> Consumed {
+        let args = [
+            "consume".to_owned(),
+            bootstrap.to_owned(),
+            topic.to_owned(),
+            records.to_string(),
+        ];
+        let log = self.log(&format!("{topic}-rdkafka-consume"));
+        let (summary, cpu) = self.librdkafka(&args, &log);
+        Consumed {
+            rate: summary["rate"]
+                .as_f64()
+                .unwrap_or_else(|| panic!("no rate in {summary}")),
+            client_cpu: per_record(cpu, records),
+        }
     }
 
     fn pulsar_perf(&self, mode: &str, url: &str) -> Command {
@@ -463,7 +576,8 @@ impl Tools {
             .args(["-s", &self.knobs.record_bytes.to_string()])
             .args(["-o", &IN_FLIGHT.to_string(), "-b", "1"])
             .arg(topic);
-        let out = run_tool("pulsar-perf produce", cmd, &self.log(topic));
+        let run = run_tool("pulsar-perf produce", cmd, &self.log(topic));
+        let out = run.output;
         // Its "Aggregated throughput" counts from its start, producer
         // creation included (seconds, with a fresh topic on a busy
         // machine); the rate here runs from "Created 1 producers" to
@@ -503,17 +617,19 @@ impl Tools {
             rate: records as f64 / elapsed.max(0.001),
             p50,
             p99,
+            client_cpu: per_record(run.cpu, records),
         }
     }
 
     /// `pulsar-perf consume` reads `records` of `topic` from the earliest.
-    fn pulsar_consume(&self, url: &str, topic: &str, records: u64) -> f64 {
+    fn pulsar_consume(&self, url: &str, topic: &str, records: u64) -> Consumed {
         let mut cmd = self.pulsar_perf("consume", url);
         cmd.args(["-m", &records.to_string(), "-sp", "Earliest", "-q", "1000"])
             .args(["-ss", "bench"])
             .arg(topic);
         let log = self.log(&format!("{}-consume", topic.replace('/', "_")));
-        let out = run_tool("pulsar-perf consume", cmd, &log);
+        let run = run_tool("pulsar-perf consume", cmd, &log);
+        let out = run.output;
         let c = Regex::new(
             r"Aggregated throughput stats ---\s*(\d+) records received ---\s*([\d.]+) msg/s",
         )
@@ -525,7 +641,10 @@ impl Tools {
             "pulsar-perf consume did not read every record:\n{}",
             tail(&out)
         );
-        num(&c[2])
+        Consumed {
+            rate: num(&c[2]),
+            client_cpu: per_record(run.cpu, records),
+        }
     }
 
     fn log(&self, topic: &str) -> PathBuf {
@@ -541,6 +660,11 @@ fn log_seconds(line: &str) -> Option<f64> {
         .expect("valid regex")
         .captures(line)?;
     Some(num(&c[1]) * 3600.0 + num(&c[2]) * 60.0 + num(&c[3]) + num(&c[4]) / 1000.0)
+}
+
+/// `seconds` of CPU over `records`, in µs per record.
+fn per_record(seconds: f64, records: u64) -> f64 {
+    seconds * 1e6 / records.max(1) as f64
 }
 
 fn num(s: &str) -> f64 {
@@ -655,11 +779,15 @@ async fn low_load_pulsar(url: &str, topic: &str, bytes: usize, n: usize) -> LowL
     LowLoad::from_samples(samples)
 }
 
-/// One column of the table.
+/// One row of the tables.
 #[derive(Clone, Copy, Default)]
 struct Row {
+    /// librdkafka, or pulsar-perf for `pulsar`.
     produce: Produced,
-    consume: f64,
+    consume: Consumed,
+    /// The Java Kafka client (not run on `pulsar`).
+    java_produce: Produced,
+    java_consume: Consumed,
     low_load: LowLoad,
 }
 
@@ -727,6 +855,7 @@ fn main() {
     let tools = Tools {
         kafka_libs: libs,
         pulsar_perf,
+        python: python(),
         logs,
         knobs,
     };
@@ -738,31 +867,47 @@ fn main() {
     let (n, warmup) = (tools.knobs.records, tools.knobs.warmup_records);
 
     let mut rows = [Row::default(); 4];
+    // Every path a measured run takes, produce and consume, runs once
+    // first, so that the JVMs' JIT (brokers and the standalone's bookie)
+    // has compiled it: the gateway on Pulsar, measured before pulsar-perf,
+    // would otherwise meet a colder broker than it.
     eprintln!("warming up");
     for (i, addr) in bootstrap.iter().enumerate() {
-        tools.kafka_produce(addr, &topic(TARGETS[i], "warmup"), warmup);
+        let t = topic(TARGETS[i], "warmup");
+        tools.rdkafka_produce(addr, &t, warmup);
+        tools.rdkafka_consume(addr, &t, warmup);
     }
     tools.pulsar_produce(&pulsar.url, &pulsar_topic("warmup"), warmup);
+    tools.pulsar_consume(&pulsar.url, &pulsar_topic("warmup"), warmup);
 
     // Topics are made before the clock starts (on Pulsar, a topic's
     // creation can take seconds on a busy machine); pulsar-perf's clock
     // starts once its producer exists.
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
     for (i, addr) in bootstrap.iter().enumerate() {
-        runtime.block_on(create_topic(addr, &topic(TARGETS[i], "data")));
+        for what in ["data", "java"] {
+            runtime.block_on(create_topic(addr, &topic(TARGETS[i], what)));
+        }
     }
 
     eprintln!("produce");
     for (i, addr) in bootstrap.iter().enumerate() {
-        rows[i].produce = tools.kafka_produce(addr, &topic(TARGETS[i], "data"), n);
+        rows[i].produce = tools.rdkafka_produce(addr, &topic(TARGETS[i], "data"), n);
     }
     rows[3].produce = tools.pulsar_produce(&pulsar.url, &pulsar_topic("data"), n);
 
     eprintln!("consume");
     for (i, addr) in bootstrap.iter().enumerate() {
-        rows[i].consume = tools.kafka_consume(addr, &topic(TARGETS[i], "data"), n);
+        rows[i].consume = tools.rdkafka_consume(addr, &topic(TARGETS[i], "data"), n);
     }
     rows[3].consume = tools.pulsar_consume(&pulsar.url, &pulsar_topic("data"), n);
+
+    eprintln!("the Java client");
+    for (i, addr) in bootstrap.iter().enumerate() {
+        let t = topic(TARGETS[i], "java");
+        rows[i].java_produce = tools.kafka_produce(addr, &t, n);
+        rows[i].java_consume = tools.kafka_consume(addr, &t, n);
+    }
 
     eprintln!("one at a time");
     let (bytes, low) = (
@@ -788,33 +933,55 @@ fn main() {
     drop(kafka);
 }
 
+/// The test virtualenv's interpreter: `PULSAR_GATEWAY_PYTHON` (as
+/// `scripts/test.sh` sets it), or the one `scripts/python-venv.sh` makes.
+fn python() -> PathBuf {
+    if let Some(python) = std::env::var_os("PULSAR_GATEWAY_PYTHON") {
+        return python.into();
+    }
+    let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/python-venv.sh"))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run scripts/python-venv.sh");
+    assert!(out.status.success(), "scripts/python-venv.sh failed");
+    let path = String::from_utf8_lossy(&out.stdout);
+    PathBuf::from(path.lines().last().unwrap_or_default().trim())
+}
+
 fn table(rows: &[Row; 4], knobs: &Knobs) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "\n{:<12} {:>14} {:>8} {:>8} {:>14} {:>12} {:>12}",
+        "\n{:<12} {:>14} {:>8} {:>8} {:>14} {:>12} {:>12}   client CPU µs/rec",
         "target", "produce rec/s", "p50 ms", "p99 ms", "consume rec/s", "1x1 p50 ms", "1x1 p99 ms"
     );
     for (name, r) in TARGETS.iter().zip(rows) {
         let _ = writeln!(
             s,
-            "{:<12} {:>14.0} {:>8.1} {:>8.1} {:>14.0} {:>12.3} {:>12.3}",
+            "{:<12} {:>14.0} {:>8.1} {:>8.1} {:>14.0} {:>12.3} {:>12.3}   {:.1} / {:.1}",
             name,
             r.produce.rate,
             r.produce.p50,
             r.produce.p99,
-            r.consume,
+            r.consume.rate,
             r.low_load.p50,
-            r.low_load.p99
+            r.low_load.p99,
+            r.produce.client_cpu,
+            r.consume.client_cpu,
         );
     }
+    let _ = writeln!(
+        s,
+        "(clients: librdkafka on the Kafka targets, pulsar-perf on pulsar; \
+         client CPU: produce / consume, whole process)"
+    );
     let [kafka, embedded, on_pulsar, pulsar] = rows;
     let _ = writeln!(
         s,
         "\ngw-embedded / kafka: produce {:.2}, consume {:.2}  \
          (the embedded store fsyncs before acking; Kafka {})",
         embedded.produce.rate / kafka.produce.rate,
-        embedded.consume / kafka.consume,
+        embedded.consume.rate / kafka.consume.rate,
         if knobs.kafka_fsync {
             "flushed every message here too"
         } else {
@@ -826,22 +993,51 @@ fn table(rows: &[Row; 4], knobs: &Knobs) -> String {
         "gw-pulsar / pulsar:   produce {:.2}, consume {:.2}  \
          (the standalone's bookie does not fsync its journal)",
         on_pulsar.produce.rate / pulsar.produce.rate,
-        on_pulsar.consume / pulsar.consume,
+        on_pulsar.consume.rate / pulsar.consume.rate,
     );
-    let window = MAX_IN_FLIGHT_REQUESTS * knobs.batch_bytes / knobs.record_bytes.max(1);
-    if window < IN_FLIGHT {
-        let _ = writeln!(
-            s,
-            "note: batch.size={} keeps at most ~{window} records in flight in the Kafka \
-             producer against pulsar-perf's {IN_FLIGHT}: the produce ratios compare depths",
-            knobs.batch_bytes,
-        );
-    }
     let _ = writeln!(
         s,
         "latency gw-pulsar adds over pulsar, one at a time: p50 {:+.3} ms, p99 {:+.3} ms",
         on_pulsar.low_load.p50 - pulsar.low_load.p50,
         on_pulsar.low_load.p99 - pulsar.low_load.p99,
     );
+
+    let _ = writeln!(
+        s,
+        "\nthe Java Kafka client (ProducerPerformance, ConsumerPerformance), same records:\n\
+         {:<12} {:>14} {:>8} {:>8} {:>14}   client CPU µs/rec",
+        "target", "produce rec/s", "p50 ms", "p99 ms", "consume rec/s"
+    );
+    for (name, r) in TARGETS.iter().zip(rows).take(3) {
+        let _ = writeln!(
+            s,
+            "{:<12} {:>14.0} {:>8.1} {:>8.1} {:>14.0}   {:.1} / {:.1}",
+            name,
+            r.java_produce.rate,
+            r.java_produce.p50,
+            r.java_produce.p99,
+            r.java_consume.rate,
+            r.java_produce.client_cpu,
+            r.java_consume.client_cpu,
+        );
+    }
+    let _ = writeln!(
+        s,
+        "gw-embedded / kafka: produce {:.2}, consume {:.2}; \
+         gw-pulsar / pulsar (pulsar-perf above): produce {:.2}, consume {:.2}",
+        embedded.java_produce.rate / kafka.java_produce.rate,
+        embedded.java_consume.rate / kafka.java_consume.rate,
+        on_pulsar.java_produce.rate / pulsar.produce.rate,
+        on_pulsar.java_consume.rate / pulsar.consume.rate,
+    );
+    let window = MAX_IN_FLIGHT_REQUESTS * knobs.batch_bytes / knobs.record_bytes.max(1);
+    if window < IN_FLIGHT {
+        let _ = writeln!(
+            s,
+            "note: batch.size={} keeps at most ~{window} records in flight in the Java \
+             producer against pulsar-perf's {IN_FLIGHT}: its ratios compare depths",
+            knobs.batch_bytes,
+        );
+    }
     s
 }

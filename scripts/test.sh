@@ -18,7 +18,6 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE_ROOT/target}"
 # Each run builds a fresh clone: incremental artifacts would only pile up
 # in the shared target dir (gigabytes per run).
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
-REQUIREMENTS="tests/python/requirements.txt"
 PYTHON="${PYTHON:-python3}"
 
 START_ALL=$SECONDS
@@ -100,36 +99,11 @@ check_rust() {
 }
 
 # --- Python virtualenv -------------------------------------------------------
+# scripts/python-venv.sh creates (or reuses) it and prints its interpreter.
 ensure_venv() {
-    command -v "$PYTHON" >/dev/null 2>&1 || die "$PYTHON not found"
-    local hash py_version
-    hash="$(sha256sum "$REQUIREMENTS" | cut -c1-16)"
-    py_version="$("$PYTHON" -c 'import sys; print(sys.version.split()[0])')"
-    VENV="$CACHE_ROOT/venv-$hash"
-    mkdir -p "$CACHE_ROOT"
-
-    # Serialise concurrent runs that would build the same venv.
-    exec 9>"$CACHE_ROOT/venv.lock"
-    if command -v flock >/dev/null 2>&1; then
-        flock 9
-    fi
-
-    # The stamp is written only after a complete install; it also records the
-    # interpreter, so a changed python3 rebuilds the venv.
-    local stamp="$VENV/.installed"
-    if [[ -f "$stamp" && "$(cat "$stamp")" == "$py_version" ]] &&
-        "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1; then
-        echo "reusing $VENV (Python $py_version)"
-    else
-        echo "creating $VENV with $PYTHON (Python $py_version)"
-        rm -rf "$VENV"
-        "$PYTHON" -m venv "$VENV"
-        "$VENV/bin/python" -m pip install --disable-pip-version-check --no-input -q \
-            -r "$REQUIREMENTS"
-        printf '%s\n' "$py_version" >"$stamp"
-    fi
-    exec 9>&-
-    export PULSAR_GATEWAY_PYTHON="$VENV/bin/python"
+    PULSAR_GATEWAY_PYTHON="$(PYTHON="$PYTHON" scripts/python-venv.sh | tail -n 1)"
+    [[ -x "$PULSAR_GATEWAY_PYTHON" ]] || die "no Python virtualenv"
+    export PULSAR_GATEWAY_PYTHON
     echo "PULSAR_GATEWAY_PYTHON=$PULSAR_GATEWAY_PYTHON"
 }
 
