@@ -17,7 +17,12 @@
 //!   `benches/kafka/librdkafka_perf.py`), the same build for all three;
 //!   `pulsar` gets `pulsar-perf produce` (Java pulsar-client) shipped with
 //!   the standalone. Both batch for 1 ms (`linger.ms=1`, pulsar-perf's
-//!   default window) and keep at most 1000 records in flight
+//!   default window), pulsar-perf into entries of the gateway's size (up
+//!   to 1000 messages and 128 KiB, the Java client's defaults, where
+//!   pulsar-perf's own are 4 MiB: the broker's work, and so its rate on
+//!   these two cores, goes by entries, and consuming the same topic costs
+//!   the broker the same through the gateway or pulsar-perf), and keep at
+//!   most 1000 records in flight
 //!   (`queue.buffering.max.messages`, pulsar-perf's `-o 1000`), so their
 //!   latencies, measured from the send call to its acknowledgement, are
 //!   queueing at the same depth. Topics exist before the clock starts.
@@ -116,6 +121,7 @@ mod common;
 
 use common::env_number;
 use common::process::{free_port, http_ok, tail, Proc};
+use pulsar_gateway::backend::pulsar::ProducerSettings;
 use regex::Regex;
 
 /// The Kafka version of `benches/kafka/pom.xml`; names the cache directory.
@@ -572,9 +578,14 @@ impl Tools {
     /// `pulsar-perf produce` sends `records` to `topic`.
     fn pulsar_produce(&self, url: &str, topic: &str, records: u64) -> Produced {
         let mut cmd = self.pulsar_perf("produce", url);
+        // Entries as large as the gateway's (the Java client's defaults;
+        // pulsar-perf's own are 4 MiB).
+        let entries = ProducerSettings::default();
         cmd.args(["-m", &records.to_string(), "-r", "10000000"])
             .args(["-s", &self.knobs.record_bytes.to_string()])
             .args(["-o", &IN_FLIGHT.to_string(), "-b", "1"])
+            .args(["-bb", &entries.batch_max_bytes.to_string()])
+            .args(["-bm", &entries.batch_max_messages.to_string()])
             .arg(topic);
         let run = run_tool("pulsar-perf produce", cmd, &self.log(topic));
         let out = run.output;

@@ -403,13 +403,22 @@ impl Connection {
 }
 
 /// The response frame's body: header, then the response.
+/// The largest response header: correlation id and empty tagged fields.
+const RESPONSE_HEADER_BYTES: usize = 5;
+
 fn encode(
     api: ApiKey,
     version: i16,
     correlation_id: i32,
     response: &ResponseKind,
 ) -> Result<BytesMut, HandlerError> {
-    let mut out = BytesMut::new();
+    // Fetch responses run to megabytes: sized up front, they are written
+    // once rather than copied at each doubling of the buffer.
+    let capacity = match response {
+        ResponseKind::Fetch(fetch) => fetch.compute_size(version).unwrap_or(0),
+        _ => 0,
+    };
+    let mut out = BytesMut::with_capacity(capacity + RESPONSE_HEADER_BYTES);
     let mut header = ResponseHeader::default();
     header.correlation_id = correlation_id;
     header

@@ -335,7 +335,7 @@ impl Task {
         let batch_size = raw.payload.metadata.num_messages_in_batch.unwrap_or(1);
         let id = raw.message_id.id.clone();
         let key = (raw.topic.clone(), id.ledger_id, id.entry_id);
-        let message = convert::message(raw)?;
+        let message = convert::message(raw, None)?;
         if batch_size > 1 {
             self.batches
                 .entry(key)

@@ -64,11 +64,19 @@ pub fn latest_id() -> MessageIdData {
     }
 }
 
-/// The contract's message from what the consumer delivered.
-pub fn message(received: pulsar::consumer::Message<Vec<u8>>) -> Result<Message, BackendError> {
-    let topic: TopicName = received.topic.parse().map_err(|e| {
-        BackendError::Unavailable(format!("broker sent topic {}: {e}", received.topic))
-    })?;
+/// The contract's message from what the consumer delivered. `known` is the
+/// topic the caller expects it from, taken as is when the names match
+/// (parsing the name of every message costs as much as the rest).
+pub fn message(
+    received: pulsar::consumer::Message<Vec<u8>>,
+    known: Option<&TopicName>,
+) -> Result<Message, BackendError> {
+    let topic = match known {
+        Some(known) if known.as_str() == received.topic => known.clone(),
+        _ => received.topic.parse().map_err(|e| {
+            BackendError::Unavailable(format!("broker sent topic {}: {e}", received.topic))
+        })?,
+    };
     let payload = received.payload;
     let metadata = payload.metadata;
     let batch_size = metadata.num_messages_in_batch.unwrap_or(1);

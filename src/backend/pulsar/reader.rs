@@ -200,7 +200,7 @@ impl PulsarReader {
                 continue;
             }
             state.floor = Some(at);
-            return convert::message(raw).map(Some);
+            return convert::message(raw, Some(&self.topic)).map(Some);
         }
     }
 }
