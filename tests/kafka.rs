@@ -8,7 +8,8 @@
 //! gzip) are consumed back intact. Topics are administered with both
 //! clients' admin APIs (`kafka/admin.rs`), consumer groups tested in
 //! `kafka/groups.rs` (and spread over two gateways on one Pulsar in
-//! `kafka/cluster.rs`), the Java client in `kafka/java.rs`, rskafka (a Rust
+//! `kafka/cluster.rs`; a group outliving its coordinator's restart in
+//! `kafka/failover.rs`), the Java client in `kafka/java.rs`, rskafka (a Rust
 //! client) in `kafka/rskafka.rs`, requests no client sends (unknown APIs,
 //! oversized or malformed frames) in `kafka/wire.rs`. A Pulsar
 //! application's batched messages reach both consumers intact. Also: a
@@ -19,6 +20,8 @@ mod admin;
 #[path = "kafka/cluster.rs"]
 mod cluster;
 mod common;
+#[path = "kafka/failover.rs"]
+mod failover;
 #[path = "kafka/groups.rs"]
 mod groups;
 #[path = "kafka/java.rs"]

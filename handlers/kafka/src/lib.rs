@@ -216,8 +216,14 @@ impl ProtocolHandler for KafkaHandler {
     }
 
     /// Registers this gateway as a broker in the metadata store, refreshed
-    /// until shutdown.
+    /// until shutdown, and starts writing the groups' records there.
     fn start(&self, listening: SocketAddr, ctx: Context) {
+        let shutdown = ctx.shutdown.clone();
+        tokio::spawn(group::state::persist(
+            Arc::downgrade(&self.coordinator),
+            ctx.backend.metadata(),
+            async move { shutdown.cancelled().await },
+        ));
         self.cluster.start(listening, ctx);
     }
 

@@ -11,16 +11,22 @@
 //! receiver that the state machine answers; a sweeper task completes
 //! rebalances whose time is up and expires silent members.
 //!
-//! Membership lives in this gateway's memory, as on a Kafka broker (which
-//! rebuilds it from nothing after a restart too: members simply join
-//! again). Committed offsets are durable, in `offsets`.
+//! Membership lives in the coordinating gateway's memory, and each stable
+//! generation (its members, protocol, leader and assignments) also in the
+//! metadata store (`state`), as a Kafka broker writes its groups to
+//! `__consumer_offsets`: a gateway that takes a group over (after a
+//! restart, or from another gateway) [`Coordinator::restore`]s it, and its
+//! members go on heartbeating in their generation instead of joining
+//! again. The coordinator records each change to that record
+//! ([`Coordinator::take_changes`]); `state` writes them. Committed offsets
+//! are durable, in `offsets`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 /// How often the sweeper looks for finished rebalances and silent members.
@@ -190,6 +196,30 @@ pub struct MemberDescription {
     pub assignment: Bytes,
 }
 
+/// A stable generation as the metadata store keeps it (see `state`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub generation: i32,
+    pub protocol_type: String,
+    pub protocol: String,
+    pub leader: String,
+    pub members: Vec<SnapshotMember>,
+}
+
+/// A member of a [`Snapshot`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapshotMember {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub session_timeout: Duration,
+    pub rebalance_timeout: Duration,
+    /// Its metadata for the group's protocol.
+    pub metadata: Bytes,
+    pub assignment: Bytes,
+}
+
 struct Member {
     instance_id: Option<String>,
     client_id: String,
@@ -233,6 +263,9 @@ struct Group {
     /// While preparing a group's first generation: not before this time,
     /// so members starting together land in one generation.
     not_before: Option<Instant>,
+    /// Whether a stable generation of it was recorded for the store (and
+    /// not yet its end).
+    recorded: bool,
 }
 
 impl Group {
@@ -247,7 +280,61 @@ impl Group {
             pending: HashMap::new(),
             rebalance_deadline: None,
             not_before: None,
+            recorded: false,
         }
+    }
+
+    /// The stable generation as the store keeps it.
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            generation: self.generation,
+            protocol_type: self.protocol_type.clone(),
+            protocol: self.protocol.clone(),
+            leader: self.leader.clone().unwrap_or_default(),
+            members: self
+                .members
+                .iter()
+                .map(|(id, m)| SnapshotMember {
+                    member_id: id.clone(),
+                    instance_id: m.instance_id.clone(),
+                    client_id: m.client_id.clone(),
+                    client_host: m.client_host.clone(),
+                    session_timeout: m.session_timeout,
+                    rebalance_timeout: m.rebalance_timeout,
+                    metadata: m.metadata_for(&self.protocol),
+                    assignment: m.assignment.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The group a snapshot records, Stable, its members' sessions starting
+    /// at `now`.
+    fn restored(snapshot: Snapshot, now: Instant) -> Group {
+        let mut group = Group::new();
+        group.phase = Phase::Stable;
+        group.generation = snapshot.generation;
+        group.protocol_type = snapshot.protocol_type;
+        group.leader = Some(snapshot.leader);
+        group.recorded = true;
+        for m in snapshot.members {
+            let member = Member {
+                instance_id: m.instance_id,
+                client_id: m.client_id,
+                client_host: m.client_host,
+                session_timeout: m.session_timeout,
+                rebalance_timeout: m.rebalance_timeout,
+                protocol_type: group.protocol_type.clone(),
+                protocols: vec![(snapshot.protocol.clone(), m.metadata)],
+                assignment: m.assignment,
+                expires: now + m.session_timeout,
+                awaiting_join: None,
+                awaiting_sync: None,
+            };
+            group.members.insert(m.member_id, member);
+        }
+        group.protocol = snapshot.protocol;
+        group
     }
 
     /// The protocol every member speaks that the members rank best
@@ -464,6 +551,12 @@ impl Group {
 pub struct Coordinator {
     settings: GroupSettings,
     groups: Mutex<HashMap<String, Group>>,
+    /// Changes to the groups' records not yet taken for the store: a new
+    /// stable generation, or `None` once the group has no members (the
+    /// latest change of each group only).
+    changes: Mutex<BTreeMap<String, Option<Snapshot>>>,
+    /// Notified at each change recorded.
+    changed: Arc<Notify>,
     /// The sweeper task, started with the first join.
     sweeper: OnceLock<()>,
     /// Handed to the sweeper, which stops once the coordinator is gone.
@@ -475,6 +568,8 @@ impl Coordinator {
         Arc::new_cyclic(|this| Coordinator {
             settings,
             groups: Mutex::new(HashMap::new()),
+            changes: Mutex::new(BTreeMap::new()),
+            changed: Arc::new(Notify::new()),
             sweeper: OnceLock::new(),
             this: this.clone(),
         })
@@ -504,12 +599,62 @@ impl Coordinator {
         });
     }
 
+    /// Records a change of `group_id`'s record for the store.
+    fn record(&self, group_id: &str, snapshot: Option<Snapshot>) {
+        self.changes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(group_id.to_owned(), snapshot);
+        self.changed.notify_one();
+    }
+
+    /// Notified when a change is recorded (a permit is kept if nobody
+    /// waits: a change made meanwhile is not missed).
+    pub fn changed(&self) -> Arc<Notify> {
+        self.changed.clone()
+    }
+
+    /// The changes recorded since the last call, each group's latest.
+    pub fn take_changes(&self) -> BTreeMap<String, Option<Snapshot>> {
+        std::mem::take(
+            &mut *self
+                .changes
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
+    }
+
+    /// Whether this coordinator holds `group_id` in memory.
+    pub fn holds(&self, group_id: &str) -> bool {
+        self.groups().contains_key(group_id)
+    }
+
+    /// Takes a group over from its record in the store, unless it is held
+    /// already (a join came first).
+    pub fn restore(&self, group_id: &str, snapshot: Snapshot) {
+        self.start_sweeper();
+        let now = Instant::now();
+        self.groups()
+            .entry(group_id.to_owned())
+            .or_insert_with(|| Group::restored(snapshot, now));
+    }
+
+    /// Drops a group another gateway coordinates now; its members are
+    /// answered as if it had never been here (their pending calls fail).
+    pub fn forget(&self, group_id: &str) {
+        self.groups().remove(group_id);
+    }
+
     /// Completes rebalances whose time is up and expires silent members.
     pub fn sweep(&self, now: Instant) {
         let mut groups = self.groups();
-        for group in groups.values_mut() {
+        for (id, group) in groups.iter_mut() {
             group.maybe_complete_join(now);
             group.expire(now, &self.settings);
+            if group.phase == Phase::Empty && group.recorded {
+                group.recorded = false;
+                self.record(id, None);
+            }
         }
         // Forget groups with nothing left; committed offsets stay in the
         // store.
@@ -679,6 +824,7 @@ impl Coordinator {
                 if group.leader.as_deref() == Some(member_id) {
                     let mut assignments: HashMap<String, Bytes> = assignments.into_iter().collect();
                     group.phase = Phase::Stable;
+                    group.recorded = true;
                     let (protocol_type, protocol) =
                         (group.protocol_type.clone(), group.protocol.clone());
                     for (id, member) in group.members.iter_mut() {
@@ -691,6 +837,8 @@ impl Coordinator {
                             }));
                         }
                     }
+                    let snapshot = group.snapshot();
+                    self.record(group_id, Some(snapshot));
                 }
                 SyncReply::Later(waiting)
             }
@@ -833,6 +981,7 @@ impl Coordinator {
             Some(group) if !group.members.is_empty() => Err(GroupError::NonEmptyGroup),
             _ => {
                 groups.remove(group_id);
+                self.record(group_id, None);
                 Ok(())
             }
         }
@@ -946,6 +1095,38 @@ mod tests {
             coordinator.heartbeat("g", &follower.member_id, None, 0),
             Err(GroupError::IllegalGeneration)
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stable_generation_is_recorded_and_another_coordinator_carries_on_with_it() {
+        let first = Coordinator::new(settings());
+        let member = joined(first.join(join("g", "", "a"))).await.unwrap();
+        assert!(first.take_changes().is_empty(), "nothing stable yet");
+        let only = vec![(member.member_id.clone(), Bytes::from_static(b"p0"))];
+        synced(first.sync("g", &member.member_id, None, 1, only))
+            .await
+            .unwrap();
+        let mut changes = first.take_changes();
+        let snapshot = changes.remove("g").flatten().expect("the generation");
+        assert_eq!((snapshot.generation, snapshot.members.len()), (1, 1));
+        assert_eq!(snapshot.protocol, "cooperative-sticky");
+
+        // Another gateway takes the group over: the member heartbeats on
+        // in its generation and keeps its assignment.
+        let next = Coordinator::new(settings());
+        next.restore("g", snapshot);
+        assert_eq!(next.heartbeat("g", &member.member_id, None, 1), Ok(()));
+        let again = synced(next.sync("g", &member.member_id, None, 1, vec![])).await;
+        assert_eq!(&again.unwrap().assignment[..], b"p0");
+        let described = next.describe("g").unwrap();
+        assert_eq!(described.phase, Phase::Stable);
+        assert_eq!(&described.members[0].metadata[..], b"c");
+
+        // Once it has no members, its record goes.
+        next.leave("g", &[(member.member_id.clone(), None)]);
+        next.sweep(Instant::now());
+        assert_eq!(next.take_changes().remove("g"), Some(None));
+        assert!(!next.holds("g"));
     }
 
     #[tokio::test(start_paused = true)]

@@ -4,8 +4,10 @@
 //! DeleteGroups). One live gateway coordinates each group
 //! ([`crate::cluster`]); the others answer its requests NOT_COORDINATOR,
 //! which sends clients back to FindCoordinator. Membership is
-//! [`coordinator`]'s, in the coordinating gateway's memory; offsets are
-//! [`offsets`]' in the metadata store.
+//! [`coordinator`]'s, in the coordinating gateway's memory, each stable
+//! generation also recorded in the metadata store by [`state`] for the
+//! gateway coordinating the group next; offsets are [`offsets`]' in the
+//! metadata store.
 //!
 //! Each function here translates one request to the coordinator's plain
 //! types and its answer back, with Kafka's error codes. A response sets
@@ -14,6 +16,7 @@
 
 pub mod coordinator;
 pub mod offsets;
+pub mod state;
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
@@ -78,15 +81,21 @@ fn millis(ms: i32) -> std::time::Duration {
     std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
-/// Whether this gateway coordinates `group`; `NOT_COORDINATOR` if another
-/// live gateway does.
+/// Whether this gateway coordinates `group`, which it then holds (taken
+/// over from its record if need be); `NOT_COORDINATOR` if another live
+/// gateway does, and this one lets go of what it held of it.
 async fn coordinated_here(conn: &Connection, group: &str) -> Result<(), ResponseError> {
     let store = conn.ctx.backend.metadata();
-    if conn.cluster.coordinates(store.as_ref(), group).await {
-        Ok(())
-    } else {
-        Err(ResponseError::NotCoordinator)
+    if !conn.cluster.coordinates(store.as_ref(), group).await {
+        conn.coordinator.forget(group);
+        return Err(ResponseError::NotCoordinator);
     }
+    state::load(&conn.coordinator, store.as_ref(), group)
+        .await
+        .map_err(|e| {
+            tracing::warn!(group, error = %e, "could not read the group's record");
+            ResponseError::CoordinatorLoadInProgress
+        })
 }
 
 /// FindCoordinator: the live gateway chosen for the group (the same on
@@ -596,6 +605,15 @@ pub async fn describe_groups(
 }
 
 /// DeleteGroups: groups without members lose their committed offsets.
+/// Deletes a group's record and committed offsets; whether it had offsets.
+async fn delete_stored(
+    store: &dyn gateway_api::MetadataStore,
+    group: &str,
+) -> Result<bool, gateway_api::BackendError> {
+    state::delete(store, group).await?;
+    offsets::delete_all(store, group).await
+}
+
 pub async fn delete_groups(
     conn: &Connection,
     request: DeleteGroupsRequest,
@@ -613,7 +631,7 @@ pub async fn delete_groups(
         let known_here = conn.coordinator.describe(group_id.as_str()).is_some();
         result.error_code = match conn.coordinator.delete(group_id.as_str()) {
             Err(e) => e.code().code(),
-            Ok(()) => match offsets::delete_all(store.as_ref(), group_id.as_str()).await {
+            Ok(()) => match delete_stored(store.as_ref(), group_id.as_str()).await {
                 Ok(had_offsets) if had_offsets || known_here => 0,
                 Ok(_) => GroupError::GroupIdNotFound.code().code(),
                 Err(e) => error_code(&e).code(),

@@ -68,8 +68,13 @@ fn unescape(segment: &str) -> String {
     segment.replace("%2F", "/").replace("%25", "%")
 }
 
+/// Where everything of `group` is kept: its offsets, its record (`state`).
+pub fn group_root(group: &str) -> String {
+    format!("{PREFIX}{}/", escape(group))
+}
+
 fn group_prefix(group: &str) -> String {
-    format!("{PREFIX}{}/offsets/", escape(group))
+    format!("{}offsets/", group_root(group))
 }
 
 fn key(group: &str, topic: &str, partition: i32) -> String {
