@@ -10,8 +10,9 @@ use super::dispatch::to_message;
 use super::log::{PartitionLog, Record};
 use super::{log_error, resolve_in};
 
-/// Records fetched from the log per read.
-const READ_RECORDS: usize = 256;
+/// Records fetched from the log per read: enough that `READ_BYTES` is the
+/// bound for records of 1 KiB and more.
+const READ_RECORDS: usize = 1024;
 /// Bytes fetched from the log per read.
 const READ_BYTES: usize = 1 << 20;
 

@@ -114,6 +114,9 @@ enum Frame {
     Invalid(String),
 }
 
+/// What a window reads first (see [`Window::chunk`]).
+const FIRST_CHUNK: usize = 64 << 10;
+
 /// A bounded, refillable view of one file span `[.., limit)`.
 struct Window<'a> {
     /// The file read from.
@@ -126,21 +129,25 @@ struct Window<'a> {
     buf: Bytes,
     /// Nothing at or past this position is read (durable size or file size).
     limit: u64,
-    /// Bytes to read per refill when less is needed.
+    /// Bytes to read at the next refill when less is needed: doubled at
+    /// each refill up to `max_chunk`, so a read that stops early (at its
+    /// record count) has not read (and zeroed) much more than it used.
     chunk: usize,
+    max_chunk: usize,
     /// Largest body accepted; bounds what one frame can make us allocate.
     max_body: u64,
 }
 
 impl<'a> Window<'a> {
-    fn new(file: &'a File, path: &'a Path, limit: u64, chunk: usize, max_body: u64) -> Self {
+    fn new(file: &'a File, path: &'a Path, limit: u64, max_chunk: usize, max_body: u64) -> Self {
         Window {
             file,
             path,
             start: 0,
             buf: Bytes::new(),
             limit,
-            chunk,
+            chunk: FIRST_CHUNK.min(max_chunk),
+            max_chunk,
             max_body,
         }
     }
@@ -150,6 +157,7 @@ impl<'a> Window<'a> {
         let end_in_buf = self.start + self.buf.len() as u64;
         if pos < self.start || pos + len > end_in_buf {
             let want = len.max(self.chunk as u64).min(self.limit - pos);
+            self.chunk = (self.chunk * 2).min(self.max_chunk);
             let mut fresh = BytesMut::zeroed(want as usize);
             self.file
                 .read_exact_at(&mut fresh, pos)
