@@ -308,6 +308,63 @@ async fn pipelined_produce_requests_keep_their_order(backend: BackendKind) {
     assert!(gw.counter("messages_out", &labels).await >= 3000);
 }
 
+/// Producers that are not idempotent, with acks=1 (each request answered
+/// once its records are persisted) and acks=0 (none answered, so nothing
+/// holds the producer back): every record is consumed back, in send
+/// order, at contiguous offsets. kafka-python's producer is read back by
+/// librdkafka, and librdkafka's (batches of 10 records, no lingering: many
+/// requests in flight) by kafka-python.
+async fn produce_with_acks_0_and_1_keeps_every_record_in_order(backend: BackendKind) {
+    let gw = Gateway::start(backend).await;
+    let bootstrap = gw.kafka_addr.expect("a Kafka listener").to_string();
+    let n = 500;
+    for acks in ["1", "0"] {
+        let clients = [
+            ("kafka_python_produce.py", vec![], "confluent_consume.py"),
+            (
+                "confluent_produce.py",
+                vec!["none", "10"],
+                "kafka_python_consume.py",
+            ),
+        ];
+        for (producer, extra, consumer) in clients {
+            let topic = unique(&format!("acks-{acks}"));
+            let mut args = vec![bootstrap.clone(), topic.clone(), n.to_string()];
+            args.extend(extra.iter().map(|a| a.to_string()));
+            args.extend(["--acks".to_owned(), acks.to_owned()]);
+            let acked = run_client(producer, args).await;
+            if acks == "1" {
+                assert_acked_in_order(&acked, n);
+            } else {
+                // Unanswered, the client learns no offset: librdkafka
+                // reports none, kafka-python makes up offsets counted from
+                // 0 in each batch.
+                let sent = acked.as_array().map(Vec::len);
+                assert_eq!(sent, Some(n as usize), "{producer}");
+            }
+            let records = run_client(
+                consumer,
+                vec![bootstrap.clone(), topic.clone(), n.to_string()],
+            )
+            .await;
+            assert_produced_records(&records, n);
+            let labels =
+                format!("protocol=\"kafka\",topic=\"persistent://public/default/{topic}\"");
+            assert_eq!(gw.counter("messages_in", &labels).await, n, "{producer}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_with_acks_0_and_1_keeps_every_record_in_order_on_the_embedded_store() {
+    produce_with_acks_0_and_1_keeps_every_record_in_order(BackendKind::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_with_acks_0_and_1_keeps_every_record_in_order_on_pulsar() {
+    produce_with_acks_0_and_1_keeps_every_record_in_order(BackendKind::Pulsar).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_produce_requests_keep_their_order_on_the_embedded_store() {
     pipelined_produce_requests_keep_their_order(BackendKind::Embedded).await;
