@@ -1,18 +1,23 @@
 //! The Kafka handler end to end: the real gateway binary, driven by
 //! kafka-python at its default settings (idempotent, acks=all), on both
 //! backends; on Pulsar, what arrived is read back with the official Pulsar
-//! client. Consumers without a group (kafka-python and librdkafka, assigning
+//! client. Producers that are not idempotent, with acks=1 and acks=0
+//! (kafka-python and librdkafka), have every record consumed back in
+//! order. Consumers without a group (kafka-python and librdkafka, assigning
 //! partitions themselves) read back what was produced, wait at the end for
 //! new records, reset when out of range, and list offsets. Batches
 //! compressed with each of Kafka's codecs (librdkafka; kafka-python with
 //! gzip) are consumed back intact. Topics are administered with both
 //! clients' admin APIs (`kafka/admin.rs`), consumer groups tested in
-//! `kafka/groups.rs` (and spread over two gateways on one Pulsar in
-//! `kafka/cluster.rs`), the Java client in `kafka/java.rs`, rskafka (a Rust
-//! client) in `kafka/rskafka.rs`, requests no client sends (unknown APIs,
-//! oversized or malformed frames) in `kafka/wire.rs`. A Pulsar
-//! application's batched messages reach both consumers intact. Also: a
-//! gateway killed (SIGKILL) under load loses no message it acknowledged.
+//! `kafka/groups.rs` (joined, committed, split, and listed, described and
+//! deleted with both clients' admin APIs), brokers and coordinators in
+//! `kafka/cluster.rs` (two gateways on one Pulsar as one cluster, the
+//! advertised address), the Java client in `kafka/java.rs`, rskafka (a
+//! Rust client) in `kafka/rskafka.rs`, requests no client sends (unknown
+//! APIs, oversized or malformed frames, the configured request size
+//! limit) in `kafka/wire.rs`. A Pulsar application's batched messages
+//! reach both consumers intact. Also: a gateway killed (SIGKILL) under
+//! load loses no message it acknowledged.
 
 #[path = "kafka/admin.rs"]
 mod admin;
