@@ -421,6 +421,12 @@ pub struct KafkaSettings {
     /// I/O thread on the embedded store), and a client must not be able to
     /// ask for millions.
     pub max_partitions: u32,
+    /// The longest request a Kafka client may send, in bytes (Kafka's
+    /// `socket.request.max.bytes`): a longer one closes its connection
+    /// before anything of its size is read. Also the most a produced
+    /// record batch may decompress to, and the topics' `max.message.bytes`
+    /// (DescribeConfigs).
+    pub max_request_bytes: usize,
     /// How long a new consumer group waits for more members before its
     /// first generation (`group.initial.rebalance.delay.ms`).
     pub group_initial_rebalance_delay: HumanDuration,
@@ -438,6 +444,7 @@ impl Default for KafkaSettings {
             cluster_id: d.cluster_id,
             default_partitions: d.default_partitions,
             max_partitions: d.max_partitions,
+            max_request_bytes: d.max_frame_bytes,
             group_initial_rebalance_delay: HumanDuration(d.groups.initial_rebalance_delay),
             group_min_session_timeout: HumanDuration(d.groups.min_session_timeout),
             group_max_session_timeout: HumanDuration(d.groups.max_session_timeout),
@@ -447,7 +454,8 @@ impl Default for KafkaSettings {
 
 impl KafkaSettings {
     /// The handler's settings; refuses an advertised address that is not
-    /// `host:port`.
+    /// `host:port`, and a request limit no request header fits in or no
+    /// frame length (an int32) can reach.
     pub fn handler_config(&self) -> Result<KafkaConfig, ConfigError> {
         let advertised = match &self.advertised_addr {
             None => None,
@@ -471,8 +479,19 @@ impl KafkaSettings {
                 message: format!("\"{}\" is empty or has a '/'", self.cluster_id),
             });
         }
+        if !(1024..=i32::MAX as usize).contains(&self.max_request_bytes) {
+            return Err(ConfigError::Invalid {
+                key: "kafka.max_request_bytes",
+                message: format!(
+                    "{} is outside 1024..={} (a Kafka frame's length is an int32)",
+                    self.max_request_bytes,
+                    i32::MAX
+                ),
+            });
+        }
         let d = KafkaConfig::default();
         Ok(KafkaConfig {
+            max_frame_bytes: self.max_request_bytes,
             advertised,
             cluster_id: self.cluster_id.clone(),
             default_partitions: self.default_partitions,
@@ -727,6 +746,9 @@ struct Cli {
     /// Kafka: the most partitions a client may give a topic.
     #[arg(long, env = "PULSAR_GATEWAY_KAFKA_MAX_PARTITIONS", value_name = "N", default_value_t = KafkaSettings::default().max_partitions)]
     kafka_max_partitions: u32,
+    /// Kafka: the longest request accepted, in bytes; a longer one closes its connection.
+    #[arg(long, env = "PULSAR_GATEWAY_KAFKA_MAX_REQUEST_BYTES", value_name = "BYTES", default_value_t = KafkaSettings::default().max_request_bytes)]
+    kafka_max_request_bytes: usize,
     /// Kafka: how long a new consumer group waits for more members, e.g. 3s.
     #[arg(long, env = "PULSAR_GATEWAY_KAFKA_GROUP_INITIAL_REBALANCE_DELAY", value_name = "DURATION", default_value_t = KafkaSettings::default().group_initial_rebalance_delay)]
     kafka_group_initial_rebalance_delay: HumanDuration,
@@ -869,6 +891,7 @@ impl Config {
         overlay(m, "kafka_cluster_id", &mut k.cluster_id);
         overlay(m, "kafka_default_partitions", &mut k.default_partitions);
         overlay(m, "kafka_max_partitions", &mut k.max_partitions);
+        overlay(m, "kafka_max_request_bytes", &mut k.max_request_bytes);
         overlay(
             m,
             "kafka_group_initial_rebalance_delay",
@@ -1578,6 +1601,7 @@ mod tests {
         .unwrap();
         let kafka = config.kafka.handler_config().unwrap();
         assert_eq!(kafka.advertised, Some(("kafka.example.com".into(), 19092)));
+        assert_eq!(kafka.max_frame_bytes, 100 << 20, "Kafka's default");
         assert_eq!(kafka.default_partitions, 3);
         assert_eq!(kafka.groups.initial_rebalance_delay, Duration::ZERO);
         assert_eq!(kafka.groups.min_session_timeout, Duration::from_secs(6));
@@ -1596,6 +1620,28 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(err.contains("kafka.cluster_id"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_kafka_request_limit_comes_from_the_flag_or_the_file_within_bounds() {
+        let limited =
+            Config::load_from(["pulsar-gateway", "--kafka-max-request-bytes", "1048576"]).unwrap();
+        let kafka = limited.kafka.handler_config().unwrap();
+        assert_eq!(kafka.max_frame_bytes, 1 << 20);
+
+        let from_file = Config::from_toml("[kafka]\nmax_request_bytes = 2097152\n").unwrap();
+        let kafka = from_file.kafka.handler_config().unwrap();
+        assert_eq!(kafka.max_frame_bytes, 2 << 20);
+
+        for bad in ["1023", "2147483648"] {
+            let err = Config::load_from(["pulsar-gateway", "--kafka-max-request-bytes", bad])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("kafka.max_request_bytes"), "{bad}: {err}");
+        }
+        for fine in ["1024", "2147483647"] {
+            Config::load_from(["pulsar-gateway", "--kafka-max-request-bytes", fine]).unwrap();
         }
     }
 }

@@ -9,6 +9,10 @@ Usage: confluent_produce.py BOOTSTRAP TOPIC COUNT COMPRESSION [BATCH]
   kafka_python_produce.py does) to partition 0 and prints one JSON list of
   {"partition", "offset"} in send order; exits non-zero if any record
   failed.
+  --acks N (anywhere): a producer that is not idempotent (acks below all
+  requires it) with acks=N, 0 or 1. With acks=0 the gateway answers
+  nothing and every record is reported at offset null (librdkafka knows
+  none).
 """
 
 import json
@@ -16,8 +20,14 @@ import sys
 
 from confluent_kafka import KafkaException, Producer
 
-bootstrap, topic, count, compression = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-batch = int(sys.argv[5]) if len(sys.argv) > 5 else None
+args = sys.argv[1:]
+acks = None
+if "--acks" in args:
+    at = args.index("--acks")
+    acks = int(args[at + 1])
+    del args[at : at + 2]
+bootstrap, topic, count, compression = args[0], args[1], int(args[2]), args[3]
+batch = int(args[4]) if len(args) > 4 else None
 
 settings = {
     "bootstrap.servers": bootstrap,
@@ -27,6 +37,8 @@ settings = {
     # Long enough for all the records to go in one or a few batches.
     "linger.ms": 100,
 }
+if acks is not None:
+    settings.update({"enable.idempotence": False, "acks": acks})
 if batch is not None:
     settings.update({"linger.ms": 0, "batch.num.messages": batch})
 producer = Producer(settings)

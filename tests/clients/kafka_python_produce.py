@@ -10,6 +10,10 @@ Usage: kafka_python_produce.py BOOTSTRAP TOPIC COUNT [spread]
   compressing does not make it smaller, as with a single small record.
   --repeat-header (anywhere): each record carries h=xN, then z=zN, then h
   again (h=again), to check that repeated header keys keep their order.
+  --acks N (anywhere): a producer that is not idempotent (acks below all
+  requires it) with acks=N, 0 or 1. With acks=0 the gateway answers
+  nothing, and kafka-python reports offsets it makes up, counted from 0
+  in each batch.
 Usage: kafka_python_produce.py BOOTSTRAP TOPIC forever
   Sends until killed, one record at a time, printing each acknowledged
   value on its own line as soon as the gateway acknowledged it.
@@ -26,16 +30,18 @@ if "--compression" in args:
     at = args.index("--compression")
     compression = args[at + 1]
     del args[at : at + 2]
+settings = {}
+if "--acks" in args:
+    at = args.index("--acks")
+    settings.update(acks=int(args[at + 1]), enable_idempotence=False)
+    del args[at : at + 2]
 repeat_header = "--repeat-header" in args
 if repeat_header:
     args.remove("--repeat-header")
 bootstrap, topic, count = args[0], args[1], args[2]
-if compression is None:
-    producer = KafkaProducer(bootstrap_servers=bootstrap)
-else:
-    producer = KafkaProducer(
-        bootstrap_servers=bootstrap, compression_type=compression, linger_ms=100
-    )
+if compression is not None:
+    settings.update(compression_type=compression, linger_ms=100)
+producer = KafkaProducer(bootstrap_servers=bootstrap, **settings)
 
 if count == "forever":
     i = 0

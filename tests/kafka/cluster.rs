@@ -3,7 +3,9 @@
 //! the group's requests NOT_COORDINATOR, and one group whose members
 //! bootstrap at different gateways splits a topic's partitions and
 //! consumes every record once. Alone (the embedded store) a gateway is the
-//! one broker and coordinates every group.
+//! one broker and coordinates every group. A gateway given an advertised
+//! address names that one for itself in Metadata and FindCoordinator, and
+//! another gateway of its cluster lists it there.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -200,4 +202,64 @@ async fn alone_a_gateway_is_the_one_broker_and_coordinates_every_group() {
         );
         assert_ne!(heartbeat(addr, group).await, NOT_COORDINATOR);
     }
+}
+
+/// The host:port the gateway under test advertises: nobody listens there.
+const ADVERTISED: (&str, i32) = ("kafka.example.test", 19092);
+
+/// A gateway started with `--kafka-advertised-addr` names that address, not
+/// the one it was reached at, for itself in Metadata and FindCoordinator.
+/// On Pulsar, another gateway of its cluster lists it there too.
+async fn the_advertised_address_is_the_brokers_and_the_coordinators(backend: BackendKind) {
+    let cluster = unique("advertised");
+    let gw = Gateway::builder(backend)
+        .arg("--kafka-cluster-id")
+        .arg(&cluster)
+        .arg("--kafka-advertised-addr")
+        .arg(format!("{}:{}", ADVERTISED.0, ADVERTISED.1))
+        .start()
+        .await;
+    let addr = gw.kafka_addr.expect("a Kafka listener");
+    let advertised = (ADVERTISED.0.to_owned(), ADVERTISED.1);
+
+    let (listed, controller) = brokers(addr).await;
+    assert_eq!(
+        listed,
+        vec![(controller, advertised.0.clone(), advertised.1)]
+    );
+    for group in ["g1", "orders-service", &unique("advertised-group")] {
+        let (error, node_id, host, port) = find_coordinator(addr, group).await;
+        assert_eq!((error, node_id), (0, controller), "{group}");
+        assert_eq!((host, port), advertised, "{group}");
+    }
+
+    if backend == BackendKind::Pulsar {
+        let other = Gateway::builder(backend)
+            .arg("--kafka-cluster-id")
+            .arg(&cluster)
+            .start()
+            .await;
+        let other_addr = other.kafka_addr.expect("a Kafka listener");
+        let at_other = (controller, advertised.0.clone(), advertised.1);
+        let listed_there = eventually(Duration::from_secs(30), || async {
+            let (listed, _) = brokers(other_addr).await;
+            listed.len() == 2 && listed.contains(&at_other)
+        })
+        .await;
+        assert!(
+            listed_there,
+            "the other gateway lists {:?}",
+            brokers(other_addr).await
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_advertised_address_is_the_brokers_and_the_coordinators_on_the_embedded_store() {
+    the_advertised_address_is_the_brokers_and_the_coordinators(BackendKind::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_advertised_address_is_the_brokers_and_the_coordinators_on_pulsar() {
+    the_advertised_address_is_the_brokers_and_the_coordinators(BackendKind::Pulsar).await;
 }

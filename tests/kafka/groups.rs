@@ -1,12 +1,15 @@
 //! Consumer groups end to end, with the group consumers of kafka-python
 //! and librdkafka (`subscribe`, manual commits): committed offsets survive
 //! the consumer, and two members of one group split a topic's partitions.
+//! Both clients' admin APIs list, describe and delete a group: deleting
+//! it is refused (NON_EMPTY_GROUP) while it has a member, and once deleted
+//! it is listed no more and its committed offsets are gone.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::common::{BackendKind, Gateway};
@@ -59,6 +62,14 @@ impl Client {
         match self {
             Client::KafkaPython => "kafka_python_group_consume.py",
             Client::Librdkafka => "confluent_group_consume.py",
+        }
+    }
+
+    /// Its group administration script (the admin client's).
+    fn admin_script(self) -> &'static str {
+        match self {
+            Client::KafkaPython => "kafka_python_groups.py",
+            Client::Librdkafka => "confluent_groups.py",
         }
     }
 }
@@ -245,4 +256,97 @@ async fn two_members_split_the_partitions_on_the_embedded_store() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_members_split_the_partitions_on_pulsar() {
     two_members_split_the_partitions(BackendKind::Pulsar).await;
+}
+
+/// Kafka's NON_EMPTY_GROUP.
+const NON_EMPTY_GROUP: i64 = 68;
+
+/// What `client`'s admin script sees of `group` (joining it and deleting
+/// it first, as `options` say).
+async fn administer_group(client: Client, bootstrap: &str, group: &str, options: &[&str]) -> Value {
+    let mut args = vec![bootstrap.to_owned(), group.to_owned()];
+    args.extend(options.iter().map(|o| o.to_string()));
+    run_client(client.admin_script(), args).await
+}
+
+async fn groups_are_listed_described_and_deleted(backend: BackendKind, client: Client) {
+    let (_gw, bootstrap) = start_for_groups(backend).await;
+    let topic = unique("group-admin");
+    let group = unique("administered");
+    produce(&bootstrap, &topic, 10, false).await;
+    let consumed = group_consume(client, &bootstrap, &topic, &group, 10).await;
+    assert_eq!(consumed["committed"]["0"], 10, "{consumed}");
+    let committed = json!({ format!("{topic}/0"): 10 });
+
+    // Its consumer closed: no member left, its offsets kept.
+    let closed = administer_group(client, &bootstrap, &group, &[]).await;
+    assert_eq!(
+        closed["listed"],
+        json!({"protocol_type": "consumer", "state": "Empty"}),
+        "{closed}"
+    );
+    assert_eq!(
+        closed["described"],
+        json!({"state": "Empty", "protocol_type": "consumer", "members": 0}),
+        "{closed}"
+    );
+    assert_eq!(closed["offsets"], committed, "{closed}");
+
+    // With a live member it is not deleted.
+    let with_member = administer_group(
+        client,
+        &bootstrap,
+        &group,
+        &["--member", &topic, "--delete"],
+    )
+    .await;
+    assert_eq!(with_member["deleted"], NON_EMPTY_GROUP, "{with_member}");
+    assert_eq!(
+        with_member["listed"],
+        json!({"protocol_type": "consumer", "state": "Stable"}),
+        "{with_member}"
+    );
+    assert_eq!(
+        with_member["described"],
+        json!({"state": "Stable", "protocol_type": "consumer", "members": 1}),
+        "{with_member}"
+    );
+    assert_eq!(with_member["offsets"], committed, "{with_member}");
+
+    // Empty again, it is deleted with its offsets: Kafka describes a group
+    // it does not know as Dead.
+    let deleted = administer_group(client, &bootstrap, &group, &["--delete"]).await;
+    assert_eq!(deleted["deleted"], "ok", "{deleted}");
+    assert_eq!(deleted["listed"], Value::Null, "{deleted}");
+    assert_eq!(
+        deleted["described"],
+        json!({"state": "Dead", "protocol_type": "", "members": 0}),
+        "{deleted}"
+    );
+    assert_eq!(deleted["offsets"], json!({}), "{deleted}");
+
+    // A new consumer of the group starts where auto.offset.reset says
+    // (the earliest offset), not where the group had committed.
+    let again = group_consume(client, &bootstrap, &topic, &group, 10).await;
+    assert_eq!(records(&again), partition0(0..10, &[0]), "{again}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_python_lists_describes_and_deletes_groups_on_the_embedded_store() {
+    groups_are_listed_described_and_deleted(BackendKind::Embedded, Client::KafkaPython).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_python_lists_describes_and_deletes_groups_on_pulsar() {
+    groups_are_listed_described_and_deleted(BackendKind::Pulsar, Client::KafkaPython).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn librdkafka_lists_describes_and_deletes_groups_on_the_embedded_store() {
+    groups_are_listed_described_and_deleted(BackendKind::Embedded, Client::Librdkafka).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn librdkafka_lists_describes_and_deletes_groups_on_pulsar() {
+    groups_are_listed_described_and_deleted(BackendKind::Pulsar, Client::Librdkafka).await;
 }

@@ -1,7 +1,8 @@
 //! The Kafka wire at its edges, on the real gateway binary: requests no
 //! client sends after ApiVersions (unknown API keys, APIs not served,
 //! versions beyond the served ones) are refused with UNSUPPORTED_VERSION on
-//! a connection that goes on serving; a frame over the size limit, or a
+//! a connection that goes on serving; a frame over the size limit (the
+//! default, or one configured, at which a frame is still served), or a
 //! request that does not decode, closes its own connection and no other.
 //!
 //! Requests are encoded by hand here: the point is bytes no client library
@@ -193,4 +194,51 @@ async fn oversized_and_malformed_requests_close_only_their_connection_on_the_emb
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_and_malformed_requests_close_only_their_connection_on_pulsar() {
     oversized_and_malformed_requests_close_only_their_connection(BackendKind::Pulsar).await;
+}
+
+/// The request size limit set here, in place of the default 100 MiB.
+const REQUEST_LIMIT: u32 = 1 << 20;
+
+async fn the_configured_request_limit_closes_only_the_connection_over_it(backend: BackendKind) {
+    // Set through the environment (`--kafka-max-request-bytes` is the
+    // flag; config.rs's tests cover it and the TOML key).
+    let gateway = Gateway::builder(backend)
+        .env(
+            "PULSAR_GATEWAY_KAFKA_MAX_REQUEST_BYTES",
+            REQUEST_LIMIT.to_string(),
+        )
+        .start()
+        .await;
+    let addr = gateway.kafka_addr.expect("a Kafka listener");
+    let mut bystander = Wire::connect(addr).await;
+    assert!(bystander.call(18, 0, &[]).await.is_some());
+
+    // A frame of exactly the limit is read whole and answered: an unknown
+    // API key (the header is 19 bytes with this client id), refused.
+    let mut at_limit = Wire::connect(addr).await;
+    let body = vec![0; REQUEST_LIMIT as usize - 19];
+    let answer = at_limit.call(999, 0, &body).await.expect("an answer");
+    assert_eq!(answer, UNSUPPORTED_VERSION.to_be_bytes());
+
+    // A frame saying 2 MiB, under the default limit, over this one: only
+    // its length is sent, and the gateway closes the connection on reading
+    // it (under the default it would wait for the body).
+    let mut oversized = Wire::connect(addr).await;
+    oversized.send(&(2 * REQUEST_LIMIT).to_be_bytes()).await;
+    assert_eq!(oversized.response().await, None, "closed unanswered");
+
+    let (error, _) = api_versions(&bystander.call(18, 0, &[]).await.expect("still served"));
+    assert_eq!(error, 0);
+    let (error, _) = api_versions(&at_limit.call(18, 0, &[]).await.expect("still served"));
+    assert_eq!(error, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configured_request_limit_closes_only_the_connection_over_it_on_the_embedded_store() {
+    the_configured_request_limit_closes_only_the_connection_over_it(BackendKind::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configured_request_limit_closes_only_the_connection_over_it_on_pulsar() {
+    the_configured_request_limit_closes_only_the_connection_over_it(BackendKind::Pulsar).await;
 }

@@ -551,7 +551,9 @@ pub async fn list_groups(
 }
 
 /// DescribeGroups: a group without members here is `Empty` if it has
-/// committed offsets, else `Dead`, as Kafka answers.
+/// committed offsets, else `Dead`, as Kafka answers. An `Empty` one is of
+/// protocol type `consumer`, as ListGroups lists it: only consumers commit
+/// offsets here, and Kafka keeps an emptied group's type.
 pub async fn describe_groups(
     conn: &Connection,
     request: DescribeGroupsRequest,
@@ -591,9 +593,12 @@ pub async fn describe_groups(
                     .collect();
             }
             None => match offsets::fetch_all(store.as_ref(), group_id.as_str()).await {
-                Ok(stored) => {
-                    let state = if stored.is_empty() { "Dead" } else { "Empty" };
-                    described.group_state = StrBytes::from_static_str(state);
+                Ok(stored) if stored.is_empty() => {
+                    described.group_state = StrBytes::from_static_str("Dead");
+                }
+                Ok(_) => {
+                    described.group_state = StrBytes::from_static_str("Empty");
+                    described.protocol_type = StrBytes::from_static_str("consumer");
                 }
                 Err(e) => described.error_code = error_code(&e).code(),
             },
