@@ -222,6 +222,7 @@ impl ProtocolHandler for KafkaHandler {
         tokio::spawn(group::state::persist(
             Arc::downgrade(&self.coordinator),
             ctx.backend.metadata(),
+            self.config.cluster_id.clone(),
             async move { shutdown.cancelled().await },
         ));
         self.cluster.start(listening, ctx);

@@ -76,8 +76,16 @@ pub struct PulsarMetadata {
     replica: Arc<Mutex<Replica>>,
     /// The last position applied, `None` before the first.
     applied: watch::Receiver<Option<Position>>,
+    /// Writes of one key take turns (a key hashes to one of these): two
+    /// in flight at once would be batched into one entry by the producer,
+    /// share its position, and one would lose its outcome.
+    key_turns: Box<[tokio::sync::Mutex<()>]>,
     stop: CancellationToken,
 }
+
+/// How many [`PulsarMetadata::key_turns`]: writes of different keys
+/// rarely wait for each other.
+const KEY_TURNS: usize = 64;
 
 impl PulsarMetadata {
     /// Starts the replica on `namespace`'s log topic. `backend` must not
@@ -107,6 +115,9 @@ impl PulsarMetadata {
             writer,
             replica,
             applied,
+            key_turns: (0..KEY_TURNS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
             stop,
         })
     }
@@ -124,6 +135,12 @@ impl PulsarMetadata {
         op: &str,
         expected: ExpectedVersion,
     ) -> Result<u64, BackendError> {
+        let turn = {
+            use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+            let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(key);
+            &self.key_turns[(hash % KEY_TURNS as u64) as usize]
+        };
+        let _turn = turn.lock().await;
         let message = NewMessage {
             payload: value,
             key: Some(Bytes::copy_from_slice(key.as_bytes())),

@@ -430,10 +430,11 @@ impl Group {
         self.not_before = None;
         self.generation = self.generation.wrapping_add(1).max(1);
         let Some(protocol) = self.choose_protocol() else {
+            // Its protocol type stays, as Kafka keeps an emptied group's
+            // (ListGroups and DescribeGroups show it).
             self.phase = Phase::Empty;
             self.leader = None;
             self.protocol.clear();
-            self.protocol_type.clear();
             return;
         };
         self.protocol = protocol;

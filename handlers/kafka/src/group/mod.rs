@@ -90,12 +90,17 @@ async fn coordinated_here(conn: &Connection, group: &str) -> Result<(), Response
         conn.coordinator.forget(group);
         return Err(ResponseError::NotCoordinator);
     }
-    state::load(&conn.coordinator, store.as_ref(), group)
-        .await
-        .map_err(|e| {
-            tracing::warn!(group, error = %e, "could not read the group's record");
-            ResponseError::CoordinatorLoadInProgress
-        })
+    state::load(
+        &conn.coordinator,
+        store.as_ref(),
+        &conn.config.cluster_id,
+        group,
+    )
+    .await
+    .map_err(|e| {
+        tracing::warn!(group, error = %e, "could not read the group's record");
+        ResponseError::CoordinatorLoadInProgress
+    })
 }
 
 /// FindCoordinator: the live gateway chosen for the group (the same on
@@ -610,12 +615,14 @@ pub async fn describe_groups(
 }
 
 /// DeleteGroups: groups without members lose their committed offsets.
-/// Deletes a group's record and committed offsets; whether it had offsets.
+/// Deletes a group's record in this cluster and its committed offsets;
+/// whether it had offsets.
 async fn delete_stored(
+    conn: &Connection,
     store: &dyn gateway_api::MetadataStore,
     group: &str,
 ) -> Result<bool, gateway_api::BackendError> {
-    state::delete(store, group).await?;
+    state::delete(store, &conn.config.cluster_id, group).await?;
     offsets::delete_all(store, group).await
 }
 
@@ -636,7 +643,7 @@ pub async fn delete_groups(
         let known_here = conn.coordinator.describe(group_id.as_str()).is_some();
         result.error_code = match conn.coordinator.delete(group_id.as_str()) {
             Err(e) => e.code().code(),
-            Ok(()) => match delete_stored(store.as_ref(), group_id.as_str()).await {
+            Ok(()) => match delete_stored(conn, store.as_ref(), group_id.as_str()).await {
                 Ok(had_offsets) if had_offsets || known_here => 0,
                 Ok(_) => GroupError::GroupIdNotFound.code().code(),
                 Err(e) => error_code(&e).code(),

@@ -5,8 +5,10 @@
 //! without joining again, as with a Kafka broker, which loads its groups
 //! from `__consumer_offsets`.
 //!
-//! One key per group: `kafka/groups/<group>/state` (the group escaped as
-//! in `offsets`). The coordinator records a new stable generation, and a
+//! One key per group and Kafka cluster:
+//! `kafka/groups/<group>/state/<cluster id>` (the group escaped as in
+//! `offsets`): membership is the business of one cluster's gateways, where
+//! committed offsets are shared by all. The coordinator records a new stable generation, and a
 //! group left without members; [`persist`] writes the records in the
 //! background (the latest of each group), deleting the key of a group
 //! without members. [`load`] is called before a request is served for a
@@ -31,8 +33,8 @@ use super::offsets;
 /// The first byte of every value this version writes.
 const FORMAT: u8 = 1;
 
-fn key(group: &str) -> String {
-    format!("{}state", offsets::group_root(group))
+fn key(cluster: &str, group: &str) -> String {
+    format!("{}state/{cluster}", offsets::group_root(group))
 }
 
 fn put_bytes(out: &mut BytesMut, bytes: &[u8]) {
@@ -118,12 +120,13 @@ pub fn decode(mut value: Bytes) -> Option<Snapshot> {
 pub async fn load(
     coordinator: &Coordinator,
     store: &dyn MetadataStore,
+    cluster: &str,
     group: &str,
 ) -> Result<(), BackendError> {
     if coordinator.holds(group) {
         return Ok(());
     }
-    let Some(value) = store.get(&key(group)).await? else {
+    let Some(value) = store.get(&key(cluster, group)).await? else {
         return Ok(());
     };
     match decode(value.value) {
@@ -135,8 +138,14 @@ pub async fn load(
 }
 
 /// Deletes `group`'s record (DeleteGroups).
-pub async fn delete(store: &dyn MetadataStore, group: &str) -> Result<(), BackendError> {
-    store.delete(&key(group), ExpectedVersion::Any).await
+pub async fn delete(
+    store: &dyn MetadataStore,
+    cluster: &str,
+    group: &str,
+) -> Result<(), BackendError> {
+    store
+        .delete(&key(cluster, group), ExpectedVersion::Any)
+        .await
 }
 
 /// Writes the coordinator's recorded changes until `shutdown` completes,
@@ -147,6 +156,7 @@ pub async fn delete(store: &dyn MetadataStore, group: &str) -> Result<(), Backen
 pub async fn persist(
     coordinator: Weak<Coordinator>,
     store: Arc<dyn MetadataStore>,
+    cluster: String,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -163,7 +173,7 @@ pub async fn persist(
         let Some(changes) = coordinator.upgrade().map(|c| c.take_changes()) else {
             return;
         };
-        write(store.as_ref(), changes).await;
+        write(store.as_ref(), &cluster, changes).await;
         if stopping {
             return;
         }
@@ -171,14 +181,22 @@ pub async fn persist(
 }
 
 /// Writes recorded changes, each group's in turn.
-async fn write(store: &dyn MetadataStore, changes: BTreeMap<String, Option<Snapshot>>) {
+async fn write(
+    store: &dyn MetadataStore,
+    cluster: &str,
+    changes: BTreeMap<String, Option<Snapshot>>,
+) {
     for (group, snapshot) in changes {
         let written = match snapshot {
             Some(snapshot) => store
-                .put(&key(&group), encode(&snapshot), ExpectedVersion::Any)
+                .put(
+                    &key(cluster, &group),
+                    encode(&snapshot),
+                    ExpectedVersion::Any,
+                )
                 .await
                 .map(drop),
-            None => delete(store, &group).await,
+            None => delete(store, cluster, &group).await,
         };
         if let Err(e) = written {
             tracing::warn!(group, error = %e, "could not write the group's record");
@@ -226,6 +244,6 @@ mod tests {
             assert_eq!(decode(value.slice(..cut)), None, "cut at {cut}");
         }
         assert_eq!(decode(Bytes::from_static(b"\x02")), None);
-        assert_eq!(key("g/1"), "kafka/groups/g%2F1/state");
+        assert_eq!(key("c1", "g/1"), "kafka/groups/g%2F1/state/c1");
     }
 }
