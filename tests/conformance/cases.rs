@@ -780,7 +780,9 @@ pub async fn non_durable_subscriptions_leave_nothing_behind(b: TestBackend) {
     let sub = b.subscribe(req.clone()).await;
     let got = recv_n(&*sub, 3).await;
     sub.ack_cumulative(&topic, got[2].id).await.unwrap();
-    drop(sub);
+    // Closed, not dropped: a drop detaches in the background, and a
+    // subscribe racing it could attach to the cursor still there.
+    sub.close().await.unwrap();
     let sub = b.subscribe(req).await;
     assert_eq!(
         recv(&*sub).await.id.offset,

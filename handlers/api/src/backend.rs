@@ -126,7 +126,10 @@ impl SubscribeRequest {
 /// One consumer attached to a subscription. Dropping it (or
 /// [`Subscription::close`]) detaches the consumer; messages it had not
 /// acknowledged are redelivered to the subscription's other consumers, or
-/// to the next one to attach.
+/// to the next one to attach. A drop detaches in the background (on
+/// Pulsar the close is a round trip to the broker): a subscribe that must
+/// find it detached, such as a new non-durable subscription of the same
+/// name that should start afresh, awaits `close` first.
 #[async_trait]
 pub trait Subscription: Send + Sync {
     /// The next message. Waits until one is available. Cancel-safe: a
