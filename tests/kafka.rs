@@ -16,7 +16,8 @@
 //! advertised address), the Java client in `kafka/java.rs`, rskafka (a
 //! Rust client) in `kafka/rskafka.rs`, requests no client sends (unknown
 //! APIs, oversized or malformed frames, the configured request size
-//! limit) in `kafka/wire.rs`. A Pulsar application's batched messages
+//! limit) and Fetch's long poll (idle for max_wait_ms, ended by a record)
+//! in `kafka/wire.rs`. A Pulsar application's batched messages
 //! reach both consumers intact. Also: a gateway killed (SIGKILL) under
 //! load loses no message it acknowledged.
 

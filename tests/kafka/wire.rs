@@ -82,7 +82,7 @@ impl Wire {
 pub struct Fields<'a>(pub &'a [u8]);
 
 impl Fields<'_> {
-    fn take<const N: usize>(&mut self) -> [u8; N] {
+    pub fn take<const N: usize>(&mut self) -> [u8; N] {
         let (head, rest) = self.0.split_first_chunk::<N>().expect("a longer response");
         self.0 = rest;
         *head
@@ -241,4 +241,99 @@ async fn the_configured_request_limit_closes_only_the_connection_over_it_on_the_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_configured_request_limit_closes_only_the_connection_over_it_on_pulsar() {
     the_configured_request_limit_closes_only_the_connection_over_it(BackendKind::Pulsar).await;
+}
+
+/// The gateway's CPU time so far (user and system), in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the gateway's stat");
+    // After the command name (in parentheses): state is field 3, utime 14
+    // and stime 15.
+    let fields: Vec<&str> = stat[stat.rfind(')').expect("a command name") + 2..]
+        .split(' ')
+        .collect();
+    let tick = |i: usize| fields[i - 3].parse::<u64>().expect("a tick count");
+    tick(14) + tick(15)
+}
+
+/// Fetch v4 of partition 0 of `topic` from `offset`, at least one byte,
+/// waiting up to `max_wait_ms`: the error code and the records' length,
+/// with how long the answer took.
+async fn fetch(
+    wire: &mut Wire,
+    topic: &str,
+    offset: i64,
+    max_wait_ms: i32,
+) -> (i16, usize, Duration) {
+    let mut body = Vec::new();
+    body.extend_from_slice(&(-1i32).to_be_bytes()); // replica id
+    body.extend_from_slice(&max_wait_ms.to_be_bytes());
+    body.extend_from_slice(&1i32.to_be_bytes()); // min bytes
+    body.extend_from_slice(&(1i32 << 20).to_be_bytes()); // max bytes
+    body.push(0); // isolation level
+    body.extend_from_slice(&1i32.to_be_bytes());
+    body.extend_from_slice(&string(topic));
+    body.extend_from_slice(&1i32.to_be_bytes());
+    body.extend_from_slice(&0i32.to_be_bytes()); // partition
+    body.extend_from_slice(&offset.to_be_bytes());
+    body.extend_from_slice(&(1i32 << 20).to_be_bytes()); // partition max bytes
+    let asked = tokio::time::Instant::now();
+    let response = wire.call(1, 4, &body).await.expect("a Fetch answer");
+    let took = asked.elapsed();
+    let mut fields = Fields(&response);
+    let _throttle = fields.i32();
+    assert_eq!(fields.i32(), 1, "one topic");
+    assert_eq!(fields.string().as_deref(), Some(topic));
+    assert_eq!(fields.i32(), 1, "one partition");
+    assert_eq!(fields.i32(), 0, "partition 0");
+    let error = fields.i16();
+    let (_high_watermark, _last_stable) = (fields.take::<8>(), fields.take::<8>());
+    let aborted = fields.i32();
+    assert!(aborted <= 0, "no aborted transactions");
+    let records = usize::try_from(fields.i32()).unwrap_or(0);
+    (error, records, took)
+}
+
+async fn a_fetch_at_the_end_waits_idle_and_answers_when_a_record_comes(backend: BackendKind) {
+    let gateway = Gateway::start(backend).await;
+    let addr = gateway.kafka_addr.expect("a Kafka listener");
+    let topic = super::unique("long-poll");
+    let mut wire = Wire::connect(addr).await;
+    // Metadata v1 for the topic creates it.
+    let mut body = 1i32.to_be_bytes().to_vec();
+    body.extend_from_slice(&string(&topic));
+    wire.call(3, 1, &body).await.expect("a Metadata answer");
+
+    // Nothing to read: answered empty once max_wait_ms is up, and the
+    // wait costs next to no CPU (a busy loop would burn the whole 2 s).
+    let before = cpu_ticks(gateway.pid());
+    let (error, records, took) = fetch(&mut wire, &topic, 0, 2000).await;
+    let spent = cpu_ticks(gateway.pid()) - before;
+    assert_eq!((error, records), (0, 0), "an empty answer");
+    assert!(
+        took >= Duration::from_millis(1900),
+        "answered after {took:?}"
+    );
+    assert!(spent <= 20, "{spent} ticks of CPU over a 2 s wait");
+
+    // A record produced during a long wait ends it.
+    let bootstrap = addr.to_string();
+    let producing = {
+        let (bootstrap, topic) = (bootstrap.clone(), topic.clone());
+        tokio::spawn(async move { super::groups::produce(&bootstrap, &topic, 1, false).await })
+    };
+    let (error, records, took) = fetch(&mut wire, &topic, 0, 30_000).await;
+    producing.await.expect("the producer");
+    assert_eq!(error, 0);
+    assert!(records > 0, "the record is in the answer");
+    assert!(took < Duration::from_secs(25), "answered after {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_at_the_end_waits_idle_and_answers_when_a_record_comes_on_the_embedded_store() {
+    a_fetch_at_the_end_waits_idle_and_answers_when_a_record_comes(BackendKind::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_at_the_end_waits_idle_and_answers_when_a_record_comes_on_pulsar() {
+    a_fetch_at_the_end_waits_idle_and_answers_when_a_record_comes(BackendKind::Pulsar).await;
 }
