@@ -4,6 +4,8 @@
 //! a connection that goes on serving; a frame over the size limit (the
 //! default, or one configured, at which a frame is still served), or a
 //! request that does not decode, closes its own connection and no other.
+//! A Fetch at the end of a partition waits its max_wait_ms without
+//! burning CPU, and a record produced meanwhile ends the wait.
 //!
 //! Requests are encoded by hand here: the point is bytes no client library
 //! would send, and the few fields of each are fixed.
