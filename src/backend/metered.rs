@@ -243,6 +243,10 @@ impl Reader for MeteredReader {
         let result = self.inner.has_message_available().await;
         count(&self.metrics, "has_message_available", result)
     }
+
+    async fn next_available(&self, max: usize) -> Result<Vec<Message>, BackendError> {
+        count(&self.metrics, "read", self.inner.next_available(max).await)
+    }
 }
 
 #[cfg(test)]

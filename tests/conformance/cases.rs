@@ -180,6 +180,56 @@ pub async fn read_polling(backend: &dyn gateway_api::Backend, topic: &TopicName,
     assert!(!reader.has_message_available().await.unwrap());
 }
 
+/// Drains a reader with `next_available`, as Kafka's Fetch does: each
+/// call hands over at most what was asked, in order; an empty answer
+/// while messages remain means they are on their way, which `next` waits
+/// for. At the end there is nothing at hand and nothing available.
+pub async fn a_reader_hands_over_what_is_at_hand_in_batches(b: TestBackend) {
+    let topic = b.topic("at-hand");
+    publish_in_batches(&*b.backend, &topic, 3000, 1000).await;
+    let reader = b
+        .backend
+        .reader(&topic, StartPosition::Offset(10))
+        .await
+        .unwrap();
+    let mut offsets = Vec::new();
+    let mut batches = 0;
+    while offsets.len() < 2990 {
+        let batch = tokio::time::timeout(DEADLINE, reader.next_available(300))
+            .await
+            .expect("next_available does not wait for a publish")
+            .unwrap();
+        assert!(
+            batch.len() <= 300,
+            "{} messages for at most 300",
+            batch.len()
+        );
+        if batch.is_empty() {
+            let one = tokio::time::timeout(DEADLINE, reader.next())
+                .await
+                .unwrap_or_else(|_| panic!("message {} did not arrive", offsets.len() + 10))
+                .unwrap();
+            offsets.push(one.id.offset);
+        } else {
+            batches += 1;
+            offsets.extend(batch.iter().map(|m| m.id.offset));
+        }
+    }
+    assert_eq!(offsets, (10..3000).collect::<Vec<u64>>());
+    assert!(batches >= 10, "{batches} batches for 2990 messages");
+    assert!(reader.next_available(300).await.unwrap().is_empty());
+    assert!(!reader.has_message_available().await.unwrap());
+    b.backend
+        .publish(&topic, NewMessage::new("late"))
+        .await
+        .unwrap();
+    let late = tokio::time::timeout(DEADLINE, reader.next())
+        .await
+        .expect("the reader wakes for a later publish")
+        .unwrap();
+    assert_eq!((late.id.offset, &late.payload[..]), (3000, &b"late"[..]));
+}
+
 pub async fn concurrent_publishers_get_contiguous_offsets(b: TestBackend) {
     let topic = b.topic("contiguous");
     let mut tasks = Vec::new();

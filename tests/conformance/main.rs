@@ -153,6 +153,7 @@ macro_rules! all_cases {
             new_subscription_starts_where_asked,
             readers_start_at_every_kind_of_position,
             a_reader_polled_for_availability_reads_through_large_batches,
+            a_reader_hands_over_what_is_at_hand_in_batches,
             subscription_seek_rewinds_and_skips,
             seeks_forget_buffered_messages_and_move_every_partition,
             partitioned_topics_route_by_key_and_subscribe_as_one,

@@ -169,6 +169,16 @@ pub trait Reader: Send + Sync {
 
     /// Whether a message is available now at the reader's position.
     async fn has_message_available(&self) -> Result<bool, BackendError>;
+
+    /// Up to `max` messages from the reader's position that it can hand
+    /// over without waiting for the network or for a publish, in order:
+    /// what it has read ahead, or (embedded store) what one disk read
+    /// brings. Empty when none is at hand, which does not mean none is
+    /// published: on Pulsar one may be on its way (see
+    /// [`Reader::has_message_available`] and [`Reader::next`]). Lets a
+    /// reader be drained a batch per call rather than a message per call.
+    /// Cancel-safe.
+    async fn next_available(&self, max: usize) -> Result<Vec<Message>, BackendError>;
 }
 
 /// The offsets bounding a partition's retained messages.

@@ -25,7 +25,7 @@
 //! them; the high watermark answered is the larger of that next offset and
 //! where the reading stopped, exact when the reader reached the end.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -72,15 +72,19 @@ pub struct Readers {
     max: usize,
 }
 
+/// Messages asked of a reader at a time.
+const TAKE_BATCH: usize = 256;
+
 /// A reader and where it stands.
 struct Cursor {
     reader: Box<dyn Reader>,
-    /// The offset of the next message this cursor returns: the head's,
-    /// or (without a head) at least this; older ones the reader still
-    /// delivers are passed over.
+    /// The offset of the next message this cursor returns: the first
+    /// of `ahead`'s, or (when it is empty) at least this; older ones the
+    /// reader still delivers are passed over.
     next: u64,
-    /// A message read that did not fit a response: the next one returned.
-    head: Option<Message>,
+    /// Messages read and not yet returned, in offset order from `next`
+    /// (a message that did not fit a response goes back to the front).
+    ahead: VecDeque<Message>,
     /// [`Readers::clock`] at the last use.
     used: u64,
     /// The partition's offsets as last read from the backend, and when.
@@ -93,53 +97,68 @@ struct Cursor {
 impl Cursor {
     /// The next message if one is available now.
     async fn take(&mut self) -> Result<Option<Message>, BackendError> {
-        if let Some(message) = self.head.take() {
-            self.next = message.id.offset.saturating_add(1);
-            return Ok(Some(message));
-        }
         loop {
-            if !self.reader.has_message_available().await? {
-                return Ok(None);
-            }
-            // Cancel-safe: a message still on its way stays in the reader.
-            let Ok(message) = tokio::time::timeout(HANDOVER, self.reader.next()).await else {
-                return Ok(None);
-            };
-            if let Some(message) = self.offer(message?).await? {
+            if let Some(message) = self.ahead.pop_front() {
+                self.next = message.id.offset.saturating_add(1);
                 return Ok(Some(message));
+            }
+            let batch = self.reader.next_available(TAKE_BATCH).await?;
+            if batch.is_empty() {
+                if !self.reader.has_message_available().await? {
+                    return Ok(None);
+                }
+                // Cancel-safe: a message still on its way stays in the reader.
+                let Ok(message) = tokio::time::timeout(HANDOVER, self.reader.next()).await else {
+                    return Ok(None);
+                };
+                self.offer(message?).await?;
+                continue;
+            }
+            for message in batch {
+                if !self.offer(message).await? {
+                    break;
+                }
             }
         }
     }
 
-    /// `message` (just read) if it is the cursor's next, which then moves
-    /// past it. Older ones are passed over. A later one means the reader
-    /// skipped offsets, which are contiguous: it is moved back to the
-    /// cursor's position once (a reader opened at the end of a Pulsar
-    /// partition can miss a message published while it opens); skipping
-    /// again from there is a real gap (retention), and accepted.
-    async fn offer(&mut self, message: Message) -> Result<Option<Message>, BackendError> {
+    /// The offset the next message read should have.
+    fn expected(&self) -> u64 {
+        self.ahead
+            .back()
+            .map_or(self.next, |m| m.id.offset.saturating_add(1))
+    }
+
+    /// Queues `message` (just read) if it is the one expected. Older ones
+    /// are passed over. A later one means the reader skipped offsets,
+    /// which are contiguous: it is moved back to the expected offset once
+    /// (a reader opened at the end of a Pulsar partition can miss a
+    /// message published while it opens), and `false` says to drop what
+    /// else was read with it; skipping again from there is a real gap
+    /// (retention), and accepted.
+    async fn offer(&mut self, message: Message) -> Result<bool, BackendError> {
         let offset = message.id.offset;
-        if offset < self.next {
-            return Ok(None);
+        let expected = self.expected();
+        if offset < expected {
+            return Ok(true);
         }
-        if offset > self.next && self.resought != Some(self.next) {
-            tracing::debug!(
-                expected = self.next,
-                offset,
-                "a reader skipped offsets; moving it back"
-            );
-            self.resought = Some(self.next);
-            self.reader.seek(StartPosition::Offset(self.next)).await?;
-            return Ok(None);
+        if offset > expected && self.resought != Some(expected) {
+            tracing::debug!(expected, offset, "a reader skipped offsets; moving it back");
+            self.resought = Some(expected);
+            self.reader.seek(StartPosition::Offset(expected)).await?;
+            return Ok(false);
         }
-        self.next = offset.saturating_add(1);
-        Ok(Some(message))
+        if self.ahead.is_empty() {
+            self.next = offset;
+        }
+        self.ahead.push_back(message);
+        Ok(true)
     }
 
     /// Makes `message` (just taken) the next one returned.
     fn put_back(&mut self, message: Message) {
         self.next = message.id.offset;
-        self.head = Some(message);
+        self.ahead.push_front(message);
     }
 }
 
@@ -177,7 +196,7 @@ impl Readers {
                 let Some(cursor) = self.cursors.get_mut(topic) else {
                     return Err(BackendError::Closed);
                 };
-                cursor.head = None;
+                cursor.ahead.clear();
                 if let Err(e) = cursor.reader.seek(StartPosition::Offset(offset)).await {
                     self.cursors.remove(topic);
                     return Err(e);
@@ -201,7 +220,7 @@ impl Readers {
                     Cursor {
                         reader,
                         next: offset,
-                        head: None,
+                        ahead: VecDeque::new(),
                         used: clock,
                         range: None,
                         resought: None,
@@ -599,14 +618,7 @@ async fn wait_any(
         return Woken::Done;
     };
     let offered = match (result, readers.cursors.get_mut(&partition)) {
-        (Ok(message), Some(cursor)) => match cursor.offer(message).await {
-            Ok(Some(message)) => {
-                cursor.put_back(message);
-                Ok(())
-            }
-            Ok(None) => Ok(()),
-            Err(e) => Err(e),
-        },
+        (Ok(message), Some(cursor)) => cursor.offer(message).await.map(|_| ()),
         (Ok(_), None) => Ok(()),
         (Err(e), _) => Err(e),
     };
@@ -781,7 +793,6 @@ fn partition_data(wanted: Wanted, version: i16) -> PartitionData {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::VecDeque;
     use std::sync::{Arc, Mutex};
 
     use gateway_api::MessageId;
@@ -893,6 +904,13 @@ mod tests {
         async fn has_message_available(&self) -> Result<bool, BackendError> {
             Ok(!self.queue.lock().unwrap().is_empty())
         }
+
+        /// Two at a time, so batches end inside the tests' sequences.
+        async fn next_available(&self, max: usize) -> Result<Vec<Message>, BackendError> {
+            let mut queue = self.queue.lock().unwrap();
+            let count = max.min(2).min(queue.len());
+            Ok(queue.drain(..count).collect())
+        }
     }
 
     /// A cursor at offset 0 over `all`, whose reader first delivers
@@ -910,7 +928,7 @@ mod tests {
         let cursor = Cursor {
             reader,
             next: 0,
-            head: None,
+            ahead: VecDeque::new(),
             used: 0,
             range: None,
             resought: None,

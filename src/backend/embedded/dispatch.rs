@@ -644,12 +644,17 @@ pub fn key_hash(key: &[u8]) -> u64 {
 
 /// A log record as the contract's message.
 pub fn to_message(topic: &TopicName, record: &Record, redelivery_count: u32) -> Message {
+    into_message(topic, record.clone(), redelivery_count)
+}
+
+/// [`to_message`] of a record the caller gives up, without copying it.
+pub fn into_message(topic: &TopicName, record: Record, redelivery_count: u32) -> Message {
     Message {
         topic: topic.clone(),
         id: MessageId::from_offset(record.offset, topic.partition_index()),
-        payload: record.payload.clone(),
-        key: record.key.clone(),
-        properties: record.properties.clone(),
+        payload: record.payload,
+        key: record.key,
+        properties: record.properties,
         event_time: record.event_time,
         publish_time: record.publish_time,
         redelivery_count,

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use gateway_api::{BackendError, Message, Reader, StartPosition, TopicName};
 use tokio::sync::{watch, Mutex};
 
-use super::dispatch::to_message;
+use super::dispatch::into_message;
 use super::log::{PartitionLog, Record};
 use super::{log_error, resolve_in};
 
@@ -52,6 +52,31 @@ impl EmbeddedReader {
     }
 }
 
+impl EmbeddedReader {
+    /// Fills `pos.read_ahead` from the log when it is empty and the log
+    /// holds records past `pos.next`; whether records are at hand now.
+    /// Cancel-safe: the queue changes only once the disk read is done.
+    async fn fill(&self, pos: &mut Position) -> Result<bool, BackendError> {
+        if !pos.read_ahead.is_empty() {
+            return Ok(true);
+        }
+        let from = pos.next.max(self.log.start_offset());
+        if from >= self.log.next_offset() {
+            return Ok(false);
+        }
+        let batch = self
+            .log
+            .read(from, READ_RECORDS, READ_BYTES)
+            .await
+            .map_err(log_error)?;
+        pos.read_ahead = batch.into();
+        if pos.read_ahead.is_empty() {
+            pos.next = from;
+        }
+        Ok(!pos.read_ahead.is_empty())
+    }
+}
+
 #[async_trait]
 impl Reader for EmbeddedReader {
     async fn next(&self) -> Result<Message, BackendError> {
@@ -59,19 +84,9 @@ impl Reader for EmbeddedReader {
         loop {
             if let Some(record) = pos.read_ahead.pop_front() {
                 pos.next = record.offset + 1;
-                return Ok(to_message(&self.topic, &record, 0));
+                return Ok(into_message(&self.topic, record, 0));
             }
-            let from = pos.next.max(self.log.start_offset());
-            if from < self.log.next_offset() {
-                let batch = self
-                    .log
-                    .read(from, READ_RECORDS, READ_BYTES)
-                    .await
-                    .map_err(log_error)?;
-                pos.read_ahead = batch.into();
-                if pos.read_ahead.is_empty() {
-                    pos.next = from;
-                }
+            if self.fill(&mut pos).await? {
                 continue;
             }
             // Cancel-safe: nothing was taken from the queue before this wait.
@@ -80,6 +95,23 @@ impl Reader for EmbeddedReader {
                 .await
                 .map_err(|_| BackendError::Closed)?;
         }
+    }
+
+    async fn next_available(&self, max: usize) -> Result<Vec<Message>, BackendError> {
+        let mut pos = self.position.lock().await;
+        if !self.fill(&mut pos).await? {
+            return Ok(Vec::new());
+        }
+        let count = max.min(pos.read_ahead.len());
+        let out: Vec<Message> = pos
+            .read_ahead
+            .drain(..count)
+            .map(|record| into_message(&self.topic, record, 0))
+            .collect();
+        if let Some(last) = out.last() {
+            pos.next = last.id.offset + 1;
+        }
+        Ok(out)
     }
 
     async fn seek(&self, position: StartPosition) -> Result<(), BackendError> {

@@ -133,6 +133,9 @@ struct State {
     /// A message taken by `has_message_available`, returned by the next
     /// `next`.
     peeked: Option<Message>,
+    /// An error met by `next_available` after it had messages to return:
+    /// what the next call returns.
+    failed: Option<BackendError>,
 }
 
 /// Implements the contract's `Reader` over a Pulsar partition.
@@ -209,6 +212,9 @@ impl PulsarReader {
 impl Reader for PulsarReader {
     async fn next(&self) -> Result<Message, BackendError> {
         let mut state = self.state.lock().await;
+        if let Some(error) = state.failed.take() {
+            return Err(error);
+        }
         if let Some(message) = state.peeked.take() {
             return Ok(message);
         }
@@ -231,7 +237,7 @@ impl Reader for PulsarReader {
 
     async fn has_message_available(&self) -> Result<bool, BackendError> {
         let mut state = self.state.lock().await;
-        if state.peeked.is_some() {
+        if state.peeked.is_some() || state.failed.is_some() {
             return Ok(true);
         }
         if let Some(message) = self.take(&mut state, false).await? {
@@ -242,6 +248,28 @@ impl Reader for PulsarReader {
         let last = last_message_id(&mut state.consumer, &self.topic).await?;
         tracing::debug!(topic = %self.topic, last = ?last.as_ref().map(key), "last message id");
         Ok(last.is_some_and(|last| state.floor.is_none_or(|floor| key(&last) > floor)))
+    }
+
+    async fn next_available(&self, max: usize) -> Result<Vec<Message>, BackendError> {
+        let mut state = self.state.lock().await;
+        if let Some(error) = state.failed.take() {
+            return Err(error);
+        }
+        let mut out: Vec<Message> = state.peeked.take().into_iter().collect();
+        // No await below suspends: `take` without waiting polls a channel
+        // once, so this cannot be cancelled holding taken messages.
+        while out.len() < max {
+            match self.take(&mut state, false).await {
+                Ok(Some(message)) => out.push(message),
+                Ok(None) => break,
+                Err(error) if out.is_empty() => return Err(error),
+                Err(error) => {
+                    state.failed = Some(error);
+                    break;
+                }
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -323,6 +351,7 @@ async fn subscribe(
         consumer,
         floor,
         peeked: None,
+        failed: None,
     })
 }
 
