@@ -14,7 +14,7 @@
 //! from noise before it computes a checksum. Decoding takes `Bytes` so key
 //! and payload are slices of the buffer that was read, not copies.
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use gateway_api::NewMessage;
 
 use super::Record;
@@ -155,7 +155,7 @@ pub(crate) fn peek_offset(body: &[u8]) -> Option<u64> {
 /// Decodes a body whose checksum was already verified. Never panics, whatever
 /// the bytes: every length is checked against what is left before use.
 pub(crate) fn decode_body(body: Bytes) -> Result<Record, DecodeError> {
-    let mut cur = Cursor { bytes: body };
+    let mut cur = Cursor { bytes: body, at: 0 };
     let offset = cur.u64("offset")?;
     let publish_time = cur.u64("publish time")?;
     let flags = cur.u8("flags")?;
@@ -169,14 +169,14 @@ pub(crate) fn decode_body(body: Bytes) -> Result<Record, DecodeError> {
     };
     let key = if flags & FLAG_KEY != 0 {
         let len = cur.u32("key length")?;
-        Some(cur.take(len, "key")?)
+        Some(cur.bytes(len, "key")?)
     } else {
         None
     };
     let count = cur.u32("property count")?;
     // Each property needs at least 8 bytes, so this bounds the allocation by
     // what the body really holds, not by what the count claims.
-    let mut properties = Vec::with_capacity((count as usize).min(cur.bytes.len() / 8));
+    let mut properties = Vec::with_capacity((count as usize).min(cur.left() / 8));
     for _ in 0..count {
         let k_len = cur.u32("property key length")?;
         let k = cur.string(k_len, "property key")?;
@@ -190,29 +190,44 @@ pub(crate) fn decode_body(body: Bytes) -> Result<Record, DecodeError> {
         event_time,
         key,
         properties,
-        payload: cur.bytes,
+        payload: cur.rest(),
     })
 }
 
-/// Reads fields off the front of a body.
+/// Reads fields off the front of a body. Fixed-size fields are read in
+/// place; only the key and the payload become `Bytes` (each slice of the
+/// shared buffer costs an atomic count on it).
 struct Cursor {
-    /// What is left of the body.
     bytes: Bytes,
+    /// Where what is left of the body starts.
+    at: usize,
 }
 
 impl Cursor {
-    fn take(&mut self, len: u32, what: &'static str) -> Result<Bytes, DecodeError> {
-        let len = len as usize;
-        if len > self.bytes.len() {
-            return Err(DecodeError::Truncated(what));
-        }
-        Ok(self.bytes.split_to(len))
+    fn left(&self) -> usize {
+        self.bytes.len() - self.at
+    }
+
+    /// The next `len` bytes, as a slice of the body.
+    fn slice(&mut self, len: u32, what: &'static str) -> Result<&[u8], DecodeError> {
+        let start = self.at;
+        let end = start
+            .checked_add(len as usize)
+            .filter(|&end| end <= self.bytes.len())
+            .ok_or(DecodeError::Truncated(what))?;
+        self.at = end;
+        Ok(&self.bytes[start..end])
+    }
+
+    fn bytes(&mut self, len: u32, what: &'static str) -> Result<Bytes, DecodeError> {
+        let start = self.at;
+        self.slice(len, what)?;
+        Ok(self.bytes.slice(start..self.at))
     }
 
     fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], DecodeError> {
-        let head = self.take(N as u32, what)?;
         let mut out = [0u8; N];
-        out.copy_from_slice(&head);
+        out.copy_from_slice(self.slice(N as u32, what)?);
         Ok(out)
     }
 
@@ -229,8 +244,15 @@ impl Cursor {
     }
 
     fn string(&mut self, len: u32, what: &'static str) -> Result<String, DecodeError> {
-        let bytes = self.take(len, what)?;
+        let bytes = self.slice(len, what)?;
         String::from_utf8(bytes.to_vec()).map_err(|_| DecodeError::InvalidUtf8)
+    }
+
+    /// The rest of the body.
+    fn rest(self) -> Bytes {
+        let Cursor { mut bytes, at } = self;
+        bytes.advance(at);
+        bytes
     }
 }
 

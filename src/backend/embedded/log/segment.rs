@@ -5,10 +5,11 @@
 //! segment in memory, and many readers share one file handle without a
 //! seek position to fight over.
 
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::{Bytes, BytesMut};
 
@@ -117,6 +118,61 @@ enum Frame {
 /// What a window reads first (see [`Window::chunk`]).
 const FIRST_CHUNK: usize = 64 << 10;
 
+/// Read buffers kept for reuse ([`READ_BUFFERS`]).
+struct ReadBuffers {
+    held: Mutex<VecDeque<Bytes>>,
+}
+
+/// Buffers [`ReadBuffers`] keeps at most: a few per log read at once.
+const HELD_BUFFERS: usize = 16;
+/// Smaller buffers are not kept.
+const SMALLEST_HELD: usize = FIRST_CHUNK;
+
+/// The read buffers of every log, reused once no record read into them is
+/// alive any more: a fresh buffer is zeroed and its pages faulted in before
+/// the disk read overwrites it, which cost as much as the read. Shared by
+/// all logs so that memory kept is bounded by [`HELD_BUFFERS`], however
+/// many partitions are read.
+static READ_BUFFERS: ReadBuffers = ReadBuffers {
+    held: Mutex::new(VecDeque::new()),
+};
+
+impl ReadBuffers {
+    /// A buffer of at least `len` bytes, whose contents are stale.
+    fn take(&self, len: usize) -> BytesMut {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        for _ in 0..held.len() {
+            let Some(buf) = held.pop_front() else {
+                break;
+            };
+            if buf.len() < len {
+                held.push_back(buf);
+                continue;
+            }
+            // Unique: every slice of it (the records) has been dropped.
+            match buf.try_into_mut() {
+                Ok(reused) => return reused,
+                Err(buf) => held.push_back(buf),
+            }
+        }
+        drop(held);
+        BytesMut::zeroed(len)
+    }
+
+    /// Keeps `buf` (whole, as [`ReadBuffers::take`] gave it) for reuse,
+    /// letting go of the oldest kept one when there are enough.
+    fn give_back(&self, buf: Bytes) {
+        if buf.len() < SMALLEST_HELD {
+            return;
+        }
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        if held.len() >= HELD_BUFFERS {
+            held.pop_front();
+        }
+        held.push_back(buf);
+    }
+}
+
 /// A bounded, refillable view of one file span `[.., limit)`.
 struct Window<'a> {
     /// The file read from.
@@ -125,8 +181,10 @@ struct Window<'a> {
     path: &'a Path,
     /// File position of `buf[0]`.
     start: u64,
-    /// Bytes read at `start`.
+    /// A buffer from [`READ_BUFFERS`], whole: its first `filled` bytes were
+    /// read at `start`.
     buf: Bytes,
+    filled: usize,
     /// Nothing at or past this position is read (durable size or file size).
     limit: u64,
     /// Bytes to read at the next refill when less is needed: doubled at
@@ -138,6 +196,12 @@ struct Window<'a> {
     max_body: u64,
 }
 
+impl Drop for Window<'_> {
+    fn drop(&mut self) {
+        READ_BUFFERS.give_back(std::mem::take(&mut self.buf));
+    }
+}
+
 impl<'a> Window<'a> {
     fn new(file: &'a File, path: &'a Path, limit: u64, max_chunk: usize, max_body: u64) -> Self {
         Window {
@@ -145,6 +209,7 @@ impl<'a> Window<'a> {
             path,
             start: 0,
             buf: Bytes::new(),
+            filled: 0,
             limit,
             chunk: FIRST_CHUNK.min(max_chunk),
             max_chunk,
@@ -154,19 +219,37 @@ impl<'a> Window<'a> {
 
     /// Bytes `[pos, pos + len)`, which the caller checked lie below `limit`.
     fn bytes(&mut self, pos: u64, len: u64) -> Result<Bytes, LogError> {
-        let end_in_buf = self.start + self.buf.len() as u64;
-        if pos < self.start || pos + len > end_in_buf {
-            let want = len.max(self.chunk as u64).min(self.limit - pos);
-            self.chunk = (self.chunk * 2).min(self.max_chunk);
-            let mut fresh = BytesMut::zeroed(want as usize);
-            self.file
-                .read_exact_at(&mut fresh, pos)
-                .map_err(|source| LogError::io(self.path, source))?;
-            self.start = pos;
-            self.buf = fresh.freeze();
-        }
-        let from = (pos - self.start) as usize;
+        let from = self.cover(pos, len)?;
         Ok(self.buf.slice(from..from + len as usize))
+    }
+
+    /// The frame header at `pos`, which the caller checked lies below
+    /// `limit`: copied, where [`Window::bytes`] would count a reference.
+    fn header(&mut self, pos: u64) -> Result<[u8; HEADER_LEN], LogError> {
+        let from = self.cover(pos, HEADER_LEN as u64)?;
+        let mut raw = [0u8; HEADER_LEN];
+        raw.copy_from_slice(&self.buf[from..from + HEADER_LEN]);
+        Ok(raw)
+    }
+
+    /// Reads so that the buffer holds `[pos, pos + len)`; where it starts
+    /// in the buffer.
+    fn cover(&mut self, pos: u64, len: u64) -> Result<usize, LogError> {
+        let end_in_buf = self.start + self.filled as u64;
+        if pos < self.start || pos + len > end_in_buf {
+            let want = len.max(self.chunk as u64).min(self.limit - pos) as usize;
+            self.chunk = (self.chunk * 2).min(self.max_chunk);
+            let mut fresh = READ_BUFFERS.take(want);
+            let read = fresh
+                .get_mut(..want)
+                .map_or(Ok(()), |span| self.file.read_exact_at(span, pos));
+            READ_BUFFERS.give_back(std::mem::replace(&mut self.buf, fresh.freeze()));
+            self.filled = 0;
+            read.map_err(|source| LogError::io(self.path, source))?;
+            self.start = pos;
+            self.filled = want;
+        }
+        Ok((pos - self.start) as usize)
     }
 
     /// The frame at `pos`, with its checksum verified. Lengths are checked
@@ -181,10 +264,7 @@ impl<'a> Window<'a> {
                 self.limit - pos
             )));
         }
-        let head = self.bytes(pos, HEADER_LEN as u64)?;
-        let mut raw = [0u8; HEADER_LEN];
-        raw.copy_from_slice(&head);
-        let header = record::parse_header(raw);
+        let header = record::parse_header(self.header(pos)?);
         let body_len = u64::from(header.body_len);
         if body_len < MIN_BODY_LEN as u64 || body_len > self.max_body {
             return Ok(Frame::Invalid(format!(
@@ -449,10 +529,8 @@ pub(crate) fn read_into(plan: &ReadPlan, budget: &mut ReadBudget) -> Result<bool
         // Peek at the length first so the byte budget is checked before the
         // record is read.
         if pos < plan.end_pos && plan.end_pos - pos >= HEADER_LEN as u64 {
-            let head = window.bytes(pos, HEADER_LEN as u64)?;
-            let mut raw = [0u8; HEADER_LEN];
-            raw.copy_from_slice(&head);
-            let frame_len = HEADER_LEN + record::parse_header(raw).body_len as usize;
+            let head = record::parse_header(window.header(pos)?);
+            let frame_len = HEADER_LEN + head.body_len as usize;
             let past_budget = budget.used_bytes.saturating_add(frame_len) > budget.max_bytes;
             if past_budget && !budget.out.is_empty() {
                 return Ok(true);
@@ -491,6 +569,33 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), LogError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_buffers_are_reused_once_nothing_points_into_them_and_stay_bounded() {
+        let buffers = ReadBuffers {
+            held: Mutex::new(VecDeque::new()),
+        };
+        let first = buffers.take(SMALLEST_HELD).freeze();
+        let address = first.as_ptr();
+        let record = first.slice(10..20);
+        buffers.give_back(first);
+        let while_read = buffers.take(SMALLEST_HELD);
+        assert_ne!(
+            while_read.as_ptr(),
+            address,
+            "a record still points into it"
+        );
+        drop(record);
+        let again = buffers.take(SMALLEST_HELD / 2);
+        assert_eq!(again.as_ptr(), address, "reused once the record is gone");
+        assert!(again.len() >= SMALLEST_HELD / 2);
+
+        for _ in 0..HELD_BUFFERS + 4 {
+            buffers.give_back(BytesMut::zeroed(SMALLEST_HELD).freeze());
+        }
+        buffers.give_back(Bytes::from(vec![0u8; 16]));
+        assert_eq!(buffers.held.lock().unwrap().len(), HELD_BUFFERS);
+    }
 
     #[test]
     fn file_names_round_trip_and_others_are_ignored() {
