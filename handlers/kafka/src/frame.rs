@@ -1,6 +1,6 @@
 //! Kafka's framing: a 4-byte big-endian length, then that many bytes.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use gateway_api::{ByteBudget, HandlerError, Reservation};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -47,8 +47,11 @@ pub async fn read<R: AsyncRead + Unpin>(
 pub async fn write<W: AsyncWrite + Unpin>(writer: &mut W, body: &[u8]) -> Result<(), HandlerError> {
     let length = u32::try_from(body.len())
         .map_err(|_| HandlerError::Protocol(format!("a response of {} bytes", body.len())))?;
-    writer.write_all(&length.to_be_bytes()).await?;
-    writer.write_all(body).await?;
+    // One write for length and body: written apart, the length went out
+    // as a packet of its own.
+    let length = length.to_be_bytes();
+    let mut frame = Buf::chain(length.as_slice(), body);
+    writer.write_all_buf(&mut frame).await?;
     writer.flush().await?;
     Ok(())
 }

@@ -128,7 +128,11 @@ impl Default for KafkaConfig {
 }
 
 /// The reading half of a client's connection.
-type ClientReader = tokio::io::ReadHalf<Box<dyn ClientStream>>;
+type ClientReader = tokio::io::BufReader<tokio::io::ReadHalf<Box<dyn ClientStream>>>;
+
+/// Bytes read from a client at a time: a small request and the length of
+/// the next come in one read; a large body is read past the buffer.
+const READ_BUFFER: usize = 4096;
 
 /// The read of a connection's next frame, owning the reader until it is
 /// done (so that the read is never cut off half-way by the wait for a
@@ -239,6 +243,7 @@ impl ProtocolHandler for KafkaHandler {
         // address a client reached it at.
         self.cluster.learn_address(local);
         let (reader, mut writer) = tokio::io::split(stream);
+        let reader = tokio::io::BufReader::with_capacity(READ_BUFFER, reader);
         let session = sasl::Session::start(&*ctx.auth).await;
         let connection = api::Connection {
             config: self.config.clone(),
