@@ -97,7 +97,7 @@ pub fn message(
     Ok(Message {
         topic,
         id,
-        payload: Bytes::from(payload.data),
+        payload: payload.data,
         key,
         properties: metadata
             .properties

@@ -146,7 +146,7 @@ async fn run(client: &Pulsar<TokioExecutor>, topic: &TopicName) -> Result<(), Ba
     // Opened again, the subscription starts at what is unacknowledged.
     let mut consumer = subscribe(client, topic).await?;
     let message = next(&mut consumer, topic).await?;
-    let outcome = if message.payload.data == b"probe-1" {
+    let outcome = if message.payload.data[..] == b"probe-1"[..] {
         Ok(())
     } else {
         Err(refusal(

@@ -1695,7 +1695,7 @@ pub(crate) mod messages {
                     deliver_at_time: message.deliver_at_time,
                     ..Default::default()
                 },
-                data: message.payload,
+                data: message.payload.into(),
             }),
         }
     }

@@ -1,7 +1,7 @@
 //! low level structures used to send and process raw messages
 use std::{convert::TryFrom, io::Cursor};
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use nom::{
     bytes::streaming::take,
     combinator::{map_res, verify},
@@ -320,9 +320,12 @@ impl tokio_util::codec::Decoder for Codec {
             let message_size = buf.get_u32() as usize + 4;
             let src = buf.into_inner();
             if src.len() >= message_size {
+                // Gateway patch 15: the frame is split off the read buffer
+                // and the payload is a slice of it, not a copy.
+                let frame = src.split_to(message_size).freeze();
                 let msg = {
                     let (buf, command_frame) =
-                        command_frame(&src[..message_size]).map_err(|err| {
+                        command_frame(&frame[..]).map_err(|err| {
                             ConnectionError::Decoding(format!(
                                 "Error decoding command frame: {err:?}"
                             ))
@@ -350,7 +353,7 @@ impl tokio_util::codec::Decoder for Codec {
                         if checksum32 == computed_crc_32 {
                             Some(Payload {
                                 metadata,
-                                data: buf.to_vec(),
+                                data: frame.slice_ref(buf),
                                 broker_entry_metadata,
                                 redelivery_count: 0,
                             })
@@ -366,8 +369,6 @@ impl tokio_util::codec::Decoder for Codec {
                     Message { command, payload }
                 };
 
-                //TODO advance as we read, rather than this weird post thing
-                src.advance(message_size);
                 //                println!("Read message {:?}", &msg);
                 return Ok(Some(msg));
             }
@@ -454,9 +455,12 @@ impl asynchronous_codec::Decoder for Codec {
             let message_size = buf.get_u32() as usize + 4;
             let src = buf.into_inner();
             if src.len() >= message_size {
+                // Gateway patch 15: the frame is split off the read buffer
+                // and the payload is a slice of it, not a copy.
+                let frame = src.split_to(message_size).freeze();
                 let msg = {
                     let (buf, command_frame) =
-                        command_frame(&src[..message_size]).map_err(|err| {
+                        command_frame(&frame[..]).map_err(|err| {
                             ConnectionError::Decoding(format!(
                                 "Error decoding command frame: {err:?}"
                             ))
@@ -484,7 +488,7 @@ impl asynchronous_codec::Decoder for Codec {
                         if checksum32 == computed_crc_32 {
                             Some(Payload {
                                 metadata,
-                                data: buf.to_vec(),
+                                data: frame.slice_ref(buf),
                                 broker_entry_metadata,
                                 redelivery_count: 0,
                             })
@@ -500,8 +504,6 @@ impl asynchronous_codec::Decoder for Codec {
                     Message { command, payload }
                 };
 
-                //TODO advance as we read, rather than this weird post thing
-                src.advance(message_size);
                 //                println!("Read message {:?}", &msg);
                 return Ok(Some(msg));
             }
@@ -515,8 +517,9 @@ impl asynchronous_codec::Decoder for Codec {
 pub struct Payload {
     /// message metadata added by Pulsar
     pub metadata: Metadata,
-    /// raw message data
-    pub data: Vec<u8>,
+    /// raw message data (gateway patch 15: `Bytes`, a slice of the
+    /// received frame, where it was a copy in a `Vec`)
+    pub data: Bytes,
     /// pulsar-gateway patch: the broker entry metadata (magic 0x0e02) in
     /// front of the entry, when the broker sends it. For a batched entry it
     /// is the entry's, shared by every message of the batch.
@@ -602,11 +605,13 @@ fn payload_frame<'a>(i: &'a [u8]) -> IResult<&'a [u8], PayloadFrame<'a>> {
 
 pub(crate) struct BatchedMessage {
     pub metadata: SingleMessageMetadata,
-    pub payload: Vec<u8>,
+    pub payload: Bytes,
 }
 
 #[cfg_attr(feature = "telemetry", tracing::instrument(skip_all))]
-fn batched_message(i: &[u8]) -> IResult<&[u8], BatchedMessage> {
+/// One member of a batch: its metadata and its payload, still in the
+/// batch's bytes.
+fn batched_message(i: &[u8]) -> IResult<&[u8], (SingleMessageMetadata, &[u8])> {
     let (i, metadata_size) = be_u32(i)?;
     let (i, metadata) = verify(
         map_res(take(metadata_size), SingleMessageMetadata::decode),
@@ -616,25 +621,27 @@ fn batched_message(i: &[u8]) -> IResult<&[u8], BatchedMessage> {
 
     let (i, payload) = take(metadata.payload_size as u32)(i)?;
 
-    Ok((
-        i,
-        BatchedMessage {
-            metadata,
-            payload: payload.to_vec(),
-        },
-    ))
+    Ok((i, (metadata, payload)))
 }
 
+/// Gateway patch 15: each member's payload is a slice of the batch's
+/// bytes, not a copy.
 #[cfg_attr(feature = "telemetry", tracing::instrument(skip_all))]
 pub(crate) fn parse_batched_message(
     count: u32,
-    payload: &[u8],
+    payload: &Bytes,
 ) -> Result<Vec<BatchedMessage>, ConnectionError> {
     let (_, result) =
-        nom::multi::count(batched_message, count as usize)(payload).map_err(|err| {
+        nom::multi::count(batched_message, count as usize)(&payload[..]).map_err(|err| {
             ConnectionError::Decoding(format!("Error decoding batched messages: {err:?}"))
         })?;
-    Ok(result)
+    Ok(result
+        .into_iter()
+        .map(|(metadata, member)| BatchedMessage {
+            metadata,
+            payload: payload.slice_ref(member),
+        })
+        .collect())
 }
 
 impl BatchedMessage {
@@ -783,7 +790,7 @@ mod gateway_patch_checksum_tests {
     use super::Codec;
 
     /// A SEND with its payload as a broker wrote it, CRC32C 0x428354B5.
-    const FRAME: &[u8] = &[
+    pub(super) const FRAME: &[u8] = &[
         0x00, 0x00, 0x00, 0x3D, 0x00, 0x00, 0x00, 0x08, 0x08, 0x06, 0x32, 0x04, 0x08, 0x00, 0x10,
         0x08, 0x0E, 0x01, 0x42, 0x83, 0x54, 0xB5, 0x00, 0x00, 0x00, 0x19, 0x0A, 0x0E, 0x73, 0x74,
         0x61, 0x6E, 0x64, 0x61, 0x6C, 0x6F, 0x6E, 0x65, 0x2D, 0x30, 0x2D, 0x33, 0x10, 0x08, 0x18,
@@ -812,6 +819,55 @@ mod gateway_patch_checksum_tests {
             !matches!(decoded, Ok(Some(ref m)) if m.payload.is_some()),
             "a corrupt payload was taken: {decoded:?}"
         );
+    }
+}
+
+#[cfg(test)]
+mod gateway_patch_zero_copy_tests {
+    use bytes::{Bytes, BytesMut};
+    use tokio_util::codec::Decoder;
+
+    use super::{parse_batched_message, proto::SingleMessageMetadata, BatchedMessage, Codec};
+
+    /// Whether `part` lies inside `whole`'s memory.
+    fn inside(part: &[u8], whole: &[u8]) -> bool {
+        let range = whole.as_ptr_range();
+        part.is_empty() || (range.contains(&part.as_ptr()) && part.len() <= whole.len())
+    }
+
+    #[test]
+    fn a_decoded_payload_is_a_slice_of_the_read_buffer_and_the_rest_stays() {
+        let frame = super::gateway_patch_checksum_tests::FRAME;
+        let mut read = BytesMut::from(frame);
+        read.extend_from_slice(&frame[..7]);
+        let held = read.as_ptr_range();
+        let message = Codec.decode(&mut read).unwrap().unwrap();
+        let data = message.payload.expect("a payload").data;
+        assert_eq!(&data[..], b"hello-pulsar-8");
+        assert!(held.contains(&data.as_ptr()), "the payload was copied");
+        assert_eq!(&read[..], &frame[..7], "the next frame's bytes stay");
+    }
+
+    #[test]
+    fn batch_members_are_slices_of_the_batch() {
+        let members = [&b"first"[..], b"", b"third member"];
+        let mut batch = Vec::new();
+        for payload in members {
+            BatchedMessage {
+                metadata: SingleMessageMetadata {
+                    payload_size: payload.len() as i32,
+                    ..Default::default()
+                },
+                payload: Bytes::copy_from_slice(payload),
+            }
+            .serialize(&mut batch);
+        }
+        let batch = Bytes::from(batch);
+        let parsed = parse_batched_message(3, &batch).unwrap();
+        let payloads: Vec<&[u8]> = parsed.iter().map(|m| &m.payload[..]).collect();
+        assert_eq!(payloads, members);
+        assert!(parsed.iter().all(|m| inside(&m.payload, &batch)));
+        assert!(parse_batched_message(4, &batch).is_err(), "a member too many");
     }
 }
 

@@ -818,7 +818,7 @@ impl<Exe: Executor> TopicProducer<Exe> {
                     event_time: message.event_time,
                     ..Default::default()
                 },
-                payload: message.payload,
+                payload: message.payload.into(),
             }
             .serialize(&mut payload);
         }
@@ -847,7 +847,7 @@ impl<Exe: Executor> TopicProducer<Exe> {
                         event_time: message.event_time,
                         ..Default::default()
                     },
-                    payload: message.payload,
+                    payload: message.payload.into(),
                 };
                 let (tx, rx) = oneshot::channel();
                 let item = BatchItem::SingleMessage(tx, batched);

@@ -78,6 +78,7 @@ impl Iterator for BatchedMessageIterator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use crate::message::proto::SingleMessageMetadata;
 
     #[test]
@@ -90,7 +91,7 @@ mod tests {
                     payload_size: 1,
                     ..Default::default()
                 },
-                payload: b"a".to_vec(),
+                payload: Bytes::from_static(b"a"),
             },
             BatchedMessage {
                 metadata: SingleMessageMetadata {
@@ -99,7 +100,7 @@ mod tests {
                     payload_size: 1,
                     ..Default::default()
                 },
-                payload: b"b".to_vec(),
+                payload: Bytes::from_static(b"b"),
             },
         ];
 
@@ -119,7 +120,7 @@ mod tests {
                 partition_key_b64_encoded: Some(true),
                 ..Default::default()
             },
-            data,
+            data: data.into(),
             broker_entry_metadata: None,
             redelivery_count: 0,
         };

@@ -490,7 +490,7 @@ impl<Exe: Executor> ConsumerEngine<Exe> {
                     )
                     .map_err(ConsumerError::Io)?;
 
-                    payload.data = decompressed_payload;
+                    payload.data = decompressed_payload.into();
                     payload
                 }
             }
@@ -513,7 +513,7 @@ impl<Exe: Executor> ConsumerEngine<Exe> {
                     d.read_to_end(&mut decompressed_payload)
                         .map_err(ConsumerError::Io)?;
 
-                    payload.data = decompressed_payload;
+                    payload.data = decompressed_payload.into();
                     payload
                 }
             }
@@ -530,7 +530,7 @@ impl<Exe: Executor> ConsumerEngine<Exe> {
                     let decompressed_payload =
                         zstd::decode_all(&payload.data[..]).map_err(ConsumerError::Io)?;
 
-                    payload.data = decompressed_payload;
+                    payload.data = decompressed_payload.into();
                     payload
                 }
             }
@@ -552,7 +552,7 @@ impl<Exe: Executor> ConsumerEngine<Exe> {
                         .read_to_end(&mut decompressed_payload)
                         .map_err(ConsumerError::Io)?;
 
-                    payload.data = decompressed_payload;
+                    payload.data = decompressed_payload.into();
                     payload
                 }
             }
@@ -606,7 +606,7 @@ impl<Exe: Executor> ConsumerEngine<Exe> {
                             }
                         });
                     let message = Message {
-                        payload: data,
+                        payload: data.to_vec(),
                         properties,
                         partition_key: metadata.partition_key,
                         partition_key_b64_encoded: metadata.partition_key_b64_encoded,

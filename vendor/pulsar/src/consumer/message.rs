@@ -116,7 +116,7 @@ mod tests {
                     partition_key_b64_encoded: b64,
                     ..Default::default()
                 },
-                data: vec![],
+                data: bytes::Bytes::new(),
                 broker_entry_metadata: None,
                 redelivery_count: 0,
             },
