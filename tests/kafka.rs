@@ -16,8 +16,9 @@
 //! advertised address), the Java client in `kafka/java.rs`, rskafka (a
 //! Rust client) in `kafka/rskafka.rs`, requests no client sends (unknown
 //! APIs, oversized or malformed frames, the configured request size
-//! limit) and Fetch's long poll (idle for max_wait_ms, ended by a record)
-//! in `kafka/wire.rs`. A Pulsar application's batched messages
+//! limit) and Fetch's long poll (idle for max_wait_ms, ended by a record;
+//! min_bytes waited for until max_wait_ms or until records reach it) in
+//! `kafka/wire.rs`. A Pulsar application's batched messages
 //! reach both consumers intact. Also: a gateway killed (SIGKILL) under
 //! load loses no message it acknowledged.
 
