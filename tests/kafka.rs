@@ -18,9 +18,10 @@
 //! APIs, oversized or malformed frames, the configured request size
 //! limit) and Fetch's long poll (idle for max_wait_ms, ended by a record;
 //! min_bytes waited for until max_wait_ms or until records reach it) in
-//! `kafka/wire.rs`. A Pulsar application's batched messages
-//! reach both consumers intact. Also: a gateway killed (SIGKILL) under
-//! load loses no message it acknowledged.
+//! `kafka/wire.rs`, the idempotent producer's sequences on the wire (a
+//! retry stored once, a gap refused) in `kafka/idempotence.rs`. A Pulsar
+//! application's batched messages reach both consumers intact. Also: a
+//! gateway killed (SIGKILL) under load loses no message it acknowledged.
 
 #[path = "kafka/admin.rs"]
 mod admin;
@@ -31,6 +32,8 @@ mod common;
 mod failover;
 #[path = "kafka/groups.rs"]
 mod groups;
+#[path = "kafka/idempotence.rs"]
+mod idempotence;
 #[path = "kafka/java.rs"]
 mod java;
 #[path = "kafka/rskafka.rs"]

@@ -259,6 +259,8 @@ pub async fn produce(wire: &mut Wire, topic: &str, batch: Bytes) -> (i16, i64) {
 pub struct Fetched {
     /// The partition's error code.
     pub error: i16,
+    /// Where the partition ends: a test reading it all stops there.
+    pub high_watermark: i64,
     /// The records answered, decoded.
     pub records: Vec<Record>,
     /// The length of the record batches on the wire (what min_bytes
@@ -306,6 +308,7 @@ pub async fn fetch_records(
         .collect();
     Fetched {
         error: partition.error_code,
+        high_watermark: partition.high_watermark,
         records,
         bytes,
         took,
@@ -321,6 +324,31 @@ pub fn offsets_and_values(records: &[Record]) -> Vec<(i64, String)> {
             (r.offset, String::from_utf8_lossy(value).into_owned())
         })
         .collect()
+}
+
+/// How long [`fetch_all`] may take to reach the high watermark.
+const FETCH_ALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Every record of partition 0 of `topic` (offset and value), fetched
+/// from offset 0 up to the high watermark.
+pub async fn fetch_all(wire: &mut Wire, topic: &str) -> Vec<(i64, String)> {
+    let deadline = Instant::now() + FETCH_ALL_TIMEOUT;
+    let mut stored: Vec<(i64, String)> = Vec::new();
+    loop {
+        let next = stored.last().map_or(0, |(offset, _)| offset + 1);
+        let fetched = fetch_records(wire, topic, next, 1, 1000).await;
+        assert_eq!(fetched.error, NO_ERROR, "fetching {topic} from {next}");
+        stored.extend(offsets_and_values(&fetched.records));
+        let next = stored.last().map_or(0, |(offset, _)| offset + 1);
+        if next >= fetched.high_watermark {
+            return stored;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{topic}: still below the high watermark {} after {FETCH_ALL_TIMEOUT:?}: {stored:?}",
+            fetched.high_watermark
+        );
+    }
 }
 
 /// An ApiVersions v0 response: its error code and (key, min, max) ranges.
