@@ -18,10 +18,11 @@
 //! APIs, oversized or malformed frames, the configured request size
 //! limit) and Fetch's long poll (idle for max_wait_ms, ended by a record;
 //! min_bytes waited for until max_wait_ms or until records reach it) in
-//! `kafka/wire.rs`, the idempotent producer's sequences on the wire (a
-//! retry stored once, a gap refused) in `kafka/idempotence.rs`. A Pulsar
-//! application's batched messages reach both consumers intact. Also: a
-//! gateway killed (SIGKILL) under load loses no message it acknowledged.
+//! `kafka/wire.rs`, the idempotent producer's sequences and epochs on the
+//! wire (a retry stored once, a gap refused, an old epoch fenced) in
+//! `kafka/idempotence.rs`. A Pulsar application's batched messages reach
+//! both consumers intact. Also: a gateway killed (SIGKILL) under load
+//! loses no message it acknowledged.
 
 #[path = "kafka/admin.rs"]
 mod admin;

@@ -9,6 +9,12 @@
 //!   its records are stored once.
 //! - A batch whose base sequence skips ahead is refused with
 //!   OUT_OF_ORDER_SEQUENCE_NUMBER and none of it is stored.
+//! - A producer that bumps its epoch (the Java producer does, itself, after
+//!   some errors) starts its sequences over at 0; a new epoch starting
+//!   anywhere else is OUT_OF_ORDER_SEQUENCE_NUMBER (a batch was lost), and
+//!   a batch of the old epoch is refused with INVALID_PRODUCER_EPOCH (what
+//!   brokers answer a Produce since Kafka 2.7, KIP-588; before, the fatal
+//!   PRODUCER_FENCED).
 
 use kafka_protocol::messages::InitProducerIdRequest;
 
@@ -18,6 +24,9 @@ use super::wire::{create_topic, fetch_all, produce, record_batch, Wire, NO_ERROR
 
 /// Kafka's OUT_OF_ORDER_SEQUENCE_NUMBER.
 const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
+
+/// Kafka's INVALID_PRODUCER_EPOCH.
+const INVALID_PRODUCER_EPOCH: i16 = 47;
 
 /// The InitProducerId version sent: the newest the gateway serves.
 const INIT_PRODUCER_ID_VERSION: i16 = 4;
@@ -79,4 +88,51 @@ async fn a_retried_batch_is_stored_once_and_a_sequence_gap_is_refused_on_the_emb
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_batch_is_stored_once_and_a_sequence_gap_is_refused_on_pulsar() {
     a_retried_batch_is_stored_once_and_a_sequence_gap_is_refused(BackendKind::Pulsar).await;
+}
+
+async fn a_new_epoch_starts_at_sequence_0_and_fences_the_old_one(backend: BackendKind) {
+    let gateway = Gateway::start(backend).await;
+    let addr = gateway.kafka_addr.expect("a Kafka listener");
+    let topic = unique("epochs");
+    let mut wire = Wire::connect(addr).await;
+    create_topic(&mut wire, &topic).await;
+    let (id, epoch) = init_producer_id(&mut wire).await;
+
+    let old = record_batch((id, epoch, 0), &["e0-0", "e0-1"]);
+    assert_eq!(produce(&mut wire, &topic, old).await, (NO_ERROR, 0));
+    let bumped = epoch + 1;
+    // A new epoch's first batch not at sequence 0: one before it was lost.
+    let late = record_batch((id, bumped, 2), &["e1 after a lost batch"]);
+    assert_eq!(
+        produce(&mut wire, &topic, late).await,
+        (OUT_OF_ORDER_SEQUENCE_NUMBER, REFUSED)
+    );
+    let new = record_batch((id, bumped, 0), &["e1-0"]);
+    assert_eq!(produce(&mut wire, &topic, new).await, (NO_ERROR, 2));
+    // The old epoch is fenced, even at the sequence it would have had next.
+    let stale = record_batch((id, epoch, 2), &["e0-2"]);
+    assert_eq!(
+        produce(&mut wire, &topic, stale).await,
+        (INVALID_PRODUCER_EPOCH, REFUSED)
+    );
+    // The new epoch goes on.
+    let next = record_batch((id, bumped, 1), &["e1-1"]);
+    assert_eq!(produce(&mut wire, &topic, next).await, (NO_ERROR, 3));
+
+    let stored = fetch_all(&mut wire, &topic).await;
+    let expected: Vec<(i64, String)> = (0..)
+        .zip(["e0-0", "e0-1", "e1-0", "e1-1"])
+        .map(|(offset, value)| (offset, value.to_owned()))
+        .collect();
+    assert_eq!(stored, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_epoch_starts_at_sequence_0_and_fences_the_old_one_on_the_embedded_store() {
+    a_new_epoch_starts_at_sequence_0_and_fences_the_old_one(BackendKind::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_epoch_starts_at_sequence_0_and_fences_the_old_one_on_pulsar() {
+    a_new_epoch_starts_at_sequence_0_and_fences_the_old_one(BackendKind::Pulsar).await;
 }
