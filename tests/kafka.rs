@@ -16,10 +16,14 @@
 //! advertised address), the Java client in `kafka/java.rs`, rskafka (a
 //! Rust client) in `kafka/rskafka.rs`, requests no client sends (unknown
 //! APIs, oversized or malformed frames, the configured request size
-//! limit) and Fetch's long poll (idle for max_wait_ms, ended by a record)
-//! in `kafka/wire.rs`. A Pulsar application's batched messages
-//! reach both consumers intact. Also: a gateway killed (SIGKILL) under
-//! load loses no message it acknowledged.
+//! limit) and Fetch's long poll (idle for max_wait_ms, ended by a record;
+//! min_bytes waited for until max_wait_ms or until records reach it) in
+//! `kafka/wire.rs`, the idempotent producer's sequences and epochs on the
+//! wire (a retry stored once, a gap refused, an old epoch fenced) in
+//! `kafka/idempotence.rs`. A Pulsar application's batched messages
+//! reach both consumers intact, and on Pulsar a Kafka record produced to
+//! partition p of topic t is in the Pulsar topic `t-partition-p`. Also: a
+//! gateway killed (SIGKILL) under load loses no message it acknowledged.
 
 #[path = "kafka/admin.rs"]
 mod admin;
@@ -30,6 +34,8 @@ mod common;
 mod failover;
 #[path = "kafka/groups.rs"]
 mod groups;
+#[path = "kafka/idempotence.rs"]
+mod idempotence;
 #[path = "kafka/java.rs"]
 mod java;
 #[path = "kafka/rskafka.rs"]
@@ -651,6 +657,51 @@ async fn partitions_of_a_partitioned_pulsar_topic_are_consumed_where_produced() 
     assert_eq!(consumed, expected);
     let used: std::collections::HashSet<u64> = acked.iter().map(|&(p, _)| p).collect();
     assert!(used.len() > 1, "the keys went to one partition: {acked:?}");
+}
+
+/// Kafka partition p of topic t is the Pulsar topic `t-partition-p`: each
+/// record kafka-python produced to a partition of a partitioned Pulsar
+/// topic is read back from that Pulsar partition, with the official Pulsar
+/// client, in offset order, with its key; and no partition holds anything
+/// else. (On Pulsar only: it is about the names in Pulsar.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kafka_partition_is_the_pulsar_topic_t_partition_p() {
+    let gw = Gateway::start(BackendKind::Pulsar).await;
+    let bootstrap = gw.kafka_addr.expect("a Kafka listener").to_string();
+    let topic = unique("kafka-to-pulsar-partitions");
+    let partitions = 3;
+    create_partitioned_on_pulsar(&topic, partitions).await;
+    let acked = run_client(
+        "kafka_python_produce.py",
+        vec![bootstrap, topic.clone(), "30".into()],
+    )
+    .await;
+    let acked = acked_offsets(&acked);
+    assert_eq!(acked.len(), 30, "{acked:?}");
+    let used: std::collections::HashSet<u64> = acked.iter().map(|&(p, _)| p).collect();
+    assert!(used.len() > 1, "the keys went to one partition: {acked:?}");
+
+    for p in 0..u64::from(partitions) {
+        // Record i is value vI with key kI%3 (kafka_python_produce.py).
+        let mut expected: Vec<(u64, String, String)> = acked
+            .iter()
+            .enumerate()
+            .filter(|&(_, &(partition, _))| partition == p)
+            .map(|(i, &(_, offset))| (offset, format!("v{i}"), format!("k{}", i % 3)))
+            .collect();
+        expected.sort();
+        let expected: Vec<(String, String)> = expected
+            .into_iter()
+            .map(|(_, value, key)| (value, key))
+            .collect();
+        let read = read_from_pulsar(&format!("{topic}-partition-{p}"), "all").await;
+        let text = |field: &Value| field.as_str().unwrap_or("<not text>").to_owned();
+        let read: Vec<(String, String)> = read
+            .iter()
+            .map(|m| (text(&m["value"]), text(&m["key"])))
+            .collect();
+        assert_eq!(read, expected, "Pulsar's {topic}-partition-{p}");
+    }
 }
 
 /// A Pulsar application's messages (the official client, batching on) are

@@ -15,9 +15,11 @@
 //! accepted (and the state moves past it at once, so the producer's next
 //! batch may follow before this one is persisted), one of the last five
 //! batches again is a duplicate (answered with its first offset once that
-//! is known, not stored again), anything else is out of order. A batch
-//! that fails to persist takes the state back to its first sequence and
-//! forgets the batches queued after it, so the producer's retries are
+//! is known, not stored again), anything else is out of order. A newer
+//! epoch starts over at sequence 0 (anything else is out of order) and
+//! fences the older one (INVALID_PRODUCER_EPOCH), as Kafka brokers do. A
+//! batch that fails to persist takes the state back to its first sequence
+//! and forgets the batches queued after it, so the producer's retries are
 //! accepted. The state is this gateway's memory.
 //!
 //! A compressed batch (gzip, snappy, lz4, zstd) is decompressed under a cap
@@ -142,7 +144,16 @@ impl Producers {
         if batch.epoch < state.epoch {
             return Check::Reject(ResponseError::InvalidProducerEpoch);
         }
-        if batch.epoch > state.epoch || batch.first == state.next {
+        if batch.epoch > state.epoch {
+            // A producer that bumps its epoch starts its sequences over;
+            // a new epoch starting past 0 lost its first batches, which a
+            // Kafka broker refuses as out of order too.
+            return match batch.first {
+                0 => Check::Accept,
+                _ => Check::Reject(ResponseError::OutOfOrderSequenceNumber),
+            };
+        }
+        if batch.first == state.next {
             return Check::Accept;
         }
         match state
@@ -672,7 +683,12 @@ mod tests {
             producers.check(&p, batch(0, 20, 21)),
             Check::Reject(ResponseError::OutOfOrderSequenceNumber)
         ));
-        // A new epoch starts over; an old one is fenced.
+        // A new epoch starts over, at sequence 0 only; an old one is fenced.
+        assert!(matches!(
+            producers.check(&p, batch(1, 10, 10)),
+            Check::Reject(ResponseError::OutOfOrderSequenceNumber)
+        ));
+        assert!(matches!(producers.check(&p, batch(1, 0, 0)), Check::Accept));
         let _ = producers.accepted(&p, batch(1, 0, 0));
         assert!(matches!(
             producers.check(&p, batch(0, 10, 10)),
