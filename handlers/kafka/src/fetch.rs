@@ -72,7 +72,9 @@ pub struct Readers {
     max: usize,
 }
 
-/// Messages asked of a reader at a time.
+/// Messages asked of a reader at a time: enough that the per-call cost
+/// (a lock, an await) is spread thin, few enough that what a full
+/// response leaves queued in the cursor stays small.
 const TAKE_BATCH: usize = 256;
 
 /// A reader and where it stands.
@@ -950,6 +952,12 @@ mod tests {
         assert_eq!(drain(&mut cursor).await, vec![0, 1, 2, 3, 4]);
         assert_eq!(*seeks.lock().unwrap(), vec![2]);
         assert_eq!(cursor.next, 5);
+
+        // The gap inside a batch of the reader's: what came before it
+        // stays queued, the rest is dropped and read again.
+        let (mut cursor, seeks) = cursor_over(&[0, 1, 2, 3, 4, 5], &[0, 2, 3, 4, 5]);
+        assert_eq!(drain(&mut cursor).await, vec![0, 1, 2, 3, 4, 5]);
+        assert_eq!(*seeks.lock().unwrap(), vec![1]);
 
         // Offsets really missing (retention): one try, then the gap.
         let (mut cursor, seeks) = cursor_over(&[0, 1, 5, 6], &[0, 1, 5, 6]);

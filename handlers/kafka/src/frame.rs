@@ -47,8 +47,8 @@ pub async fn read<R: AsyncRead + Unpin>(
 pub async fn write<W: AsyncWrite + Unpin>(writer: &mut W, body: &[u8]) -> Result<(), HandlerError> {
     let length = u32::try_from(body.len())
         .map_err(|_| HandlerError::Protocol(format!("a response of {} bytes", body.len())))?;
-    // One write for length and body: written apart, the length went out
-    // as a packet of its own.
+    // One write for length and body, so a small response is one packet,
+    // not a 4-byte one followed by the rest.
     let length = length.to_be_bytes();
     let mut frame = Buf::chain(length.as_slice(), body);
     writer.write_all_buf(&mut frame).await?;

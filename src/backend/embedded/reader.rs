@@ -89,6 +89,12 @@ impl Reader for EmbeddedReader {
             if self.fill(&mut pos).await? {
                 continue;
             }
+            if pos.next.max(self.log.start_offset()) < self.log.next_offset() {
+                // A read came back empty below the end (retention moved the
+                // start meanwhile): read again rather than wait for a commit.
+                tokio::task::yield_now().await;
+                continue;
+            }
             // Cancel-safe: nothing was taken from the queue before this wait.
             pos.appends
                 .changed()

@@ -30,10 +30,8 @@ use super::convert;
 /// Messages the crate buffers toward a reader (its receiver queue), which
 /// is also how many the broker may have on their way to it. A reader is
 /// drained in bursts (a Kafka Fetch at a time); in between, a full queue
-/// stops the flow from the broker. At 1000 (the Java client's default) a
-/// librdkafka consumer of a standalone read 42-49k records/s through the
-/// gateway, at 4000 50-70k (1 KiB records, by hand). What a reader holds
-/// goes by this count: 4 MiB of 1 KiB messages.
+/// stops the flow from the broker, so this is four Fetches' worth of
+/// 1 KiB records. It bounds a reader's memory by count, not bytes.
 const READ_AHEAD: u32 = 4000;
 
 /// Turns the positions that need the broker entry index into message ids.

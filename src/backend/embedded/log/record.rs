@@ -219,6 +219,7 @@ impl Cursor {
         Ok(&self.bytes[start..end])
     }
 
+    /// The next `len` bytes, as `Bytes` sharing the body's buffer.
     fn bytes(&mut self, len: u32, what: &'static str) -> Result<Bytes, DecodeError> {
         let start = self.at;
         self.slice(len, what)?;

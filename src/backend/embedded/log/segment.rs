@@ -120,13 +120,17 @@ const FIRST_CHUNK: usize = 64 << 10;
 
 /// Read buffers kept for reuse ([`READ_BUFFERS`]).
 struct ReadBuffers {
+    /// Buffers given back, oldest first; some may still be pointed into.
     held: Mutex<VecDeque<Bytes>>,
 }
 
 /// Buffers [`ReadBuffers`] keeps at most: a few per log read at once.
 const HELD_BUFFERS: usize = 16;
-/// Smaller buffers are not kept.
+/// Smaller buffers are not kept: zeroing them costs little.
 const SMALLEST_HELD: usize = FIRST_CHUNK;
+/// Larger buffers are not kept (those of single large records), so what
+/// the pool holds stays below `HELD_BUFFERS` MiB.
+const LARGEST_HELD: usize = 1 << 20;
 
 /// The read buffers of every log, reused once no record read into them is
 /// alive any more: a fresh buffer is zeroed and its pages faulted in before
@@ -138,18 +142,15 @@ static READ_BUFFERS: ReadBuffers = ReadBuffers {
 };
 
 impl ReadBuffers {
-    /// A buffer of at least `len` bytes, whose contents are stale.
+    /// A buffer of at least `len` bytes, whose contents are stale: a kept
+    /// one no record points into any more, of at most twice that size (a
+    /// small read does not pin a large buffer), else a new one.
     fn take(&self, len: usize) -> BytesMut {
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-        for _ in 0..held.len() {
-            let Some(buf) = held.pop_front() else {
-                break;
-            };
-            if buf.len() < len {
-                held.push_back(buf);
-                continue;
-            }
-            // Unique: every slice of it (the records) has been dropped.
+        let fits = |buf: &Bytes| buf.len() >= len && buf.len() / 2 <= len;
+        // Unique: every slice of it (the records) has been dropped.
+        let free = held.iter().position(|buf| fits(buf) && buf.is_unique());
+        if let Some(buf) = free.and_then(|i| held.remove(i)) {
             match buf.try_into_mut() {
                 Ok(reused) => return reused,
                 Err(buf) => held.push_back(buf),
@@ -162,7 +163,7 @@ impl ReadBuffers {
     /// Keeps `buf` (whole, as [`ReadBuffers::take`] gave it) for reuse,
     /// letting go of the oldest kept one when there are enough.
     fn give_back(&self, buf: Bytes) {
-        if buf.len() < SMALLEST_HELD {
+        if !(SMALLEST_HELD..=LARGEST_HELD).contains(&buf.len()) {
             return;
         }
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
@@ -181,9 +182,10 @@ struct Window<'a> {
     path: &'a Path,
     /// File position of `buf[0]`.
     start: u64,
-    /// A buffer from [`READ_BUFFERS`], whole: its first `filled` bytes were
-    /// read at `start`.
+    /// A buffer from [`READ_BUFFERS`], whole (it may be longer than what
+    /// was read into it).
     buf: Bytes,
+    /// Bytes of `buf` read at `start`; what follows is stale.
     filled: usize,
     /// Nothing at or past this position is read (durable size or file size).
     limit: u64,
@@ -240,9 +242,10 @@ impl<'a> Window<'a> {
             let want = len.max(self.chunk as u64).min(self.limit - pos) as usize;
             self.chunk = (self.chunk * 2).min(self.max_chunk);
             let mut fresh = READ_BUFFERS.take(want);
-            let read = fresh
-                .get_mut(..want)
-                .map_or(Ok(()), |span| self.file.read_exact_at(span, pos));
+            let read = match fresh.get_mut(..want) {
+                Some(span) => self.file.read_exact_at(span, pos),
+                None => Err(std::io::Error::other("a read buffer shorter than asked")),
+            };
             READ_BUFFERS.give_back(std::mem::replace(&mut self.buf, fresh.freeze()));
             self.filled = 0;
             read.map_err(|source| LogError::io(self.path, source))?;
@@ -589,7 +592,12 @@ mod tests {
         let again = buffers.take(SMALLEST_HELD / 2);
         assert_eq!(again.as_ptr(), address, "reused once the record is gone");
         assert!(again.len() >= SMALLEST_HELD / 2);
+        buffers.give_back(again.freeze());
+        let small = buffers.take(SMALLEST_HELD / 4);
+        assert_ne!(small.as_ptr(), address, "a small read pins a large buffer");
 
+        buffers.give_back(BytesMut::zeroed(LARGEST_HELD + 1).freeze());
+        assert_eq!(buffers.held.lock().unwrap().len(), 1, "a huge buffer kept");
         for _ in 0..HELD_BUFFERS + 4 {
             buffers.give_back(BytesMut::zeroed(SMALLEST_HELD).freeze());
         }
