@@ -118,6 +118,9 @@ use index::{IndexCache, SealInfo, SegmentIndex};
 use segment::{IndexSource, ReadBudget, ReadPlan, Recovery, Segment};
 use writer::{Command, Writer};
 
+/// Most records a read makes room for before it has read any.
+const MAX_PREALLOCATED_RECORDS: usize = 1024;
+
 /// Tuning of one partition log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogConfig {
@@ -656,7 +659,8 @@ impl PartitionLog {
             max_bytes,
             max_body: inner.config.max_body(),
             used_bytes: 0,
-            out: Vec::new(),
+            // Grown record by record it was copied at each doubling.
+            out: Vec::with_capacity(max_records.min(MAX_PREALLOCATED_RECORDS)),
         };
         while !budget.full() {
             let Some((plan, end_offset)) = self.plan(budget.from).await? else {
