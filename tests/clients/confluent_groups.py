@@ -4,19 +4,8 @@ of it is live), then lists, describes and fetches its committed offsets.
 The same steps and output as kafka_python_groups.py.
 
 Usage: confluent_groups.py BOOTSTRAP GROUP [--member TOPIC] [--delete]
-  --member TOPIC: first joins GROUP as a consumer of TOPIC (librdkafka,
-  no commits) and waits, up to 60 s, until the group assigned it
-  partitions; it stays a member until the end, then leaves.
-  --delete: deletes GROUP (DeleteGroups) before looking at it.
-  Prints one JSON object:
-    "deleted": the deletion's outcome, "ok" or Kafka's error code (with
-      --delete only);
-    "listed": the group as ListGroups shows it, {"protocol_type",
-      "state"}, or null when it is not listed;
-    "described": DescribeGroups' {"state", "protocol_type", "members"
-      (their count)}, or {"error": the client's text of the error};
-    "offsets": the group's committed offsets, {"TOPIC/PARTITION": offset}
-      (OffsetFetch for all of them).
+  The options and the printed JSON object are kafka_python_groups.py's
+  (the member joins with librdkafka). One difference:
   librdkafka shows only whether a group's protocol type is empty (a
   "simple" group, of consumers that assign partitions themselves): it is
   reported as "" for those, else as "consumer". States are reported as

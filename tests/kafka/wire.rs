@@ -505,59 +505,19 @@ fn cpu_ticks(pid: u32) -> u64 {
     tick(14) + tick(15)
 }
 
-/// Fetch v4 of partition 0 of `topic` from `offset`, at least one byte,
-/// waiting up to `max_wait_ms`: the error code and the records' length,
-/// with how long the answer took.
-async fn fetch(
-    wire: &mut Wire,
-    topic: &str,
-    offset: i64,
-    max_wait_ms: i32,
-) -> (i16, usize, Duration) {
-    let mut body = Vec::new();
-    body.extend_from_slice(&(-1i32).to_be_bytes()); // replica id
-    body.extend_from_slice(&max_wait_ms.to_be_bytes());
-    body.extend_from_slice(&1i32.to_be_bytes()); // min bytes
-    body.extend_from_slice(&(1i32 << 20).to_be_bytes()); // max bytes
-    body.push(0); // isolation level
-    body.extend_from_slice(&1i32.to_be_bytes());
-    body.extend_from_slice(&string(topic));
-    body.extend_from_slice(&1i32.to_be_bytes());
-    body.extend_from_slice(&0i32.to_be_bytes()); // partition
-    body.extend_from_slice(&offset.to_be_bytes());
-    body.extend_from_slice(&(1i32 << 20).to_be_bytes()); // partition max bytes
-    let asked = tokio::time::Instant::now();
-    let response = wire.call(1, 4, &body).await.expect("a Fetch answer");
-    let took = asked.elapsed();
-    let mut fields = Fields(&response);
-    let _throttle = fields.i32();
-    assert_eq!(fields.i32(), 1, "one topic");
-    assert_eq!(fields.string().as_deref(), Some(topic));
-    assert_eq!(fields.i32(), 1, "one partition");
-    assert_eq!(fields.i32(), 0, "partition 0");
-    let error = fields.i16();
-    let (_high_watermark, _last_stable) = (fields.take::<8>(), fields.take::<8>());
-    let aborted = fields.i32();
-    assert!(aborted <= 0, "no aborted transactions");
-    let records = usize::try_from(fields.i32()).unwrap_or(0);
-    (error, records, took)
-}
-
 async fn a_fetch_at_the_end_waits_idle_and_answers_when_a_record_comes(backend: BackendKind) {
     let gateway = Gateway::start(backend).await;
     let addr = gateway.kafka_addr.expect("a Kafka listener");
     let topic = super::unique("long-poll");
     let mut wire = Wire::connect(addr).await;
-    // Metadata v1 for the topic creates it.
-    let mut body = 1i32.to_be_bytes().to_vec();
-    body.extend_from_slice(&string(&topic));
-    wire.call(3, 1, &body).await.expect("a Metadata answer");
+    create_topic(&mut wire, &topic).await;
 
     // Nothing to read: answered empty once max_wait_ms is up, and the
     // wait costs next to no CPU (a busy loop would burn the whole 2 s).
     let before = cpu_ticks(gateway.pid());
-    let (error, records, took) = fetch(&mut wire, &topic, 0, 2000).await;
+    let empty = fetch_records(&mut wire, &topic, 0, 1, 2000).await;
     let spent = cpu_ticks(gateway.pid()) - before;
+    let (error, records, took) = (empty.error, empty.bytes, empty.took);
     assert_eq!((error, records), (0, 0), "an empty answer");
     assert!(
         took >= Duration::from_millis(1900),
@@ -571,7 +531,8 @@ async fn a_fetch_at_the_end_waits_idle_and_answers_when_a_record_comes(backend: 
         let (bootstrap, topic) = (bootstrap.clone(), topic.clone());
         tokio::spawn(async move { super::groups::produce(&bootstrap, &topic, 1, false).await })
     };
-    let (error, records, took) = fetch(&mut wire, &topic, 0, 30_000).await;
+    let woken = fetch_records(&mut wire, &topic, 0, 1, 30_000).await;
+    let (error, records, took) = (woken.error, woken.bytes, woken.took);
     producing.await.expect("the producer");
     assert_eq!(error, 0);
     assert!(records > 0, "the record is in the answer");

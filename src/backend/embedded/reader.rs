@@ -53,6 +53,12 @@ impl EmbeddedReader {
 }
 
 impl EmbeddedReader {
+    /// Whether the log holds records at or past `pos.next` (or past its
+    /// start, when retention moved the start beyond `pos.next`).
+    fn behind_end(&self, pos: &Position) -> bool {
+        pos.next.max(self.log.start_offset()) < self.log.next_offset()
+    }
+
     /// Fills `pos.read_ahead` from the log when it is empty and the log
     /// holds records past `pos.next`; whether records are at hand now.
     /// Cancel-safe: the queue changes only once the disk read is done.
@@ -60,10 +66,10 @@ impl EmbeddedReader {
         if !pos.read_ahead.is_empty() {
             return Ok(true);
         }
-        let from = pos.next.max(self.log.start_offset());
-        if from >= self.log.next_offset() {
+        if !self.behind_end(pos) {
             return Ok(false);
         }
+        let from = pos.next.max(self.log.start_offset());
         let batch = self
             .log
             .read(from, READ_RECORDS, READ_BYTES)
@@ -89,7 +95,7 @@ impl Reader for EmbeddedReader {
             if self.fill(&mut pos).await? {
                 continue;
             }
-            if pos.next.max(self.log.start_offset()) < self.log.next_offset() {
+            if self.behind_end(&pos) {
                 // A read came back empty below the end (retention moved the
                 // start meanwhile): read again rather than wait for a commit.
                 tokio::task::yield_now().await;
@@ -130,7 +136,6 @@ impl Reader for EmbeddedReader {
 
     async fn has_message_available(&self) -> Result<bool, BackendError> {
         let pos = self.position.lock().await;
-        Ok(!pos.read_ahead.is_empty()
-            || pos.next.max(self.log.start_offset()) < self.log.next_offset())
+        Ok(!pos.read_ahead.is_empty() || self.behind_end(&pos))
     }
 }
