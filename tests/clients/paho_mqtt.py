@@ -237,6 +237,16 @@ def expiry(host, port, version, topic, client_id):
     return {"present": present}
 
 
+def away(host, port, version, topic, client_id, expiry):
+    """A session of `expiry` seconds subscribed to `topic`, whose client
+    then leaves."""
+    keeper = client(version, client_id)
+    connect(keeper, host, port, version, clean=True, expiry=int(expiry))
+    subscribe(keeper, topic, 1)
+    stop(keeper)
+    return {"left": True}
+
+
 def willdelay(host, port, version, topic, client_id):
     sub = client(version)
     connect(sub, host, port, version)
@@ -487,6 +497,7 @@ SCENARIOS = {
     "retained": retained,
     "slow": slow,
     "expiry": expiry,
+    "away": away,
     "willdelay": willdelay,
     "v5options": v5options,
     "will": will,

@@ -1,11 +1,19 @@
 //! What a session keeps across its client's connections: QoS 2 exchanges
 //! under way, its expiry, a delayed will.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use gateway_api::backend::StartPosition;
+use gateway_api::topic::{escape_word, Namespace};
+use gateway_api::{Backend, NewMessage, SubscribeRequest, TopicName};
+use pulsar_gateway::backend::embedded::{EmbeddedBackend, EmbeddedConfig};
+use pulsar_gateway::backend::pulsar::{PulsarBackend, PulsarConfig};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, ToSocketAddrs};
 
-use crate::common::{unique, BackendKind, Gateway};
+use crate::common::{eventually, test_pulsar_urls, unique, BackendKind, Gateway};
 use crate::{paho, payloads, Subscriber};
 
 /// A 3.1.1 CONNECT of `client_id` keeping its session (clean session 0).
@@ -95,4 +103,74 @@ pub async fn sessions_expire_and_wills_wait_their_delay(backend: BackendKind) {
     assert_eq!(got["got"], json!(["late", "marker"]));
     let after = got["late_after"].as_f64().unwrap();
     assert!(after >= 0.9, "the delayed will came after {after} s");
+}
+
+/// A persistent session whose client left before its gateway stopped ends
+/// on time all the same: the gateway started next ends it at the expiry
+/// stored with it, no client coming back, and its durable subscription is
+/// gone (a message published while the client was away is not kept for
+/// the next session of that name).
+pub async fn a_session_ends_on_time_across_a_restart(backend: BackendKind) {
+    let data = tempfile::tempdir().expect("a data directory");
+    let start = || Gateway::builder(backend).data_dir(data.path()).start();
+    let topic = unique("restart-expiry");
+    let client_id = unique("away");
+
+    let mut first = start().await;
+    let left = paho(&first, "5", "away", &[&topic, &client_id, "10"]).await;
+    assert_eq!(left, json!({"left": true}));
+    assert_eq!(paho(&first, "5", "publish", &[&topic, "1"]).await, 1);
+    first.terminate();
+    assert!(
+        first.wait_exit(Duration::from_secs(20)).await.is_some(),
+        "the first gateway stops"
+    );
+
+    let mut second = start().await;
+    let ended = eventually(Duration::from_secs(40), || async {
+        second
+            .output()
+            .lines()
+            .any(|line| line.contains("session expired") && line.contains(&client_id))
+    })
+    .await;
+    assert!(ended, "the session ended:\n{}", second.output());
+    second.terminate();
+    assert!(second.wait_exit(Duration::from_secs(20)).await.is_some());
+
+    // The session's subscription, asked for again from the latest message,
+    // starts there: the one that held "m0" was deleted.
+    let backend: Arc<dyn Backend> = match backend {
+        BackendKind::Embedded => Arc::new(
+            EmbeddedBackend::open(EmbeddedConfig::new(data.path()))
+                .await
+                .expect("the gateway's store opens"),
+        ),
+        BackendKind::Pulsar => {
+            let (url, web_url) = test_pulsar_urls();
+            Arc::new(
+                PulsarBackend::connect(PulsarConfig::new(url, web_url))
+                    .await
+                    .expect("the test Pulsar"),
+            )
+        }
+    };
+    let name = TopicName::from_mqtt(&topic, &Namespace::default()).expect("a topic name");
+    let subscription = format!("mqtt.{}.{}", escape_word(&client_id), escape_word(&topic));
+    let request = SubscribeRequest {
+        initial_position: StartPosition::Latest,
+        ..SubscribeRequest::new(name.clone(), subscription)
+    };
+    let session = backend.subscribe(request).await.expect("subscribe");
+    backend
+        .publish(&name, NewMessage::new("fresh"))
+        .await
+        .expect("publish");
+    let first_read = tokio::time::timeout(Duration::from_secs(30), session.receive())
+        .await
+        .expect("a message within 30 s")
+        .expect("receive");
+    assert_eq!(first_read.payload.as_ref(), b"fresh");
+    let _ = session.unsubscribe().await;
+    let _ = backend.close().await;
 }

@@ -14,7 +14,7 @@ use std::num::{NonZeroU16, NonZeroU32};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use futures::future::BoxFuture;
@@ -39,7 +39,7 @@ use crate::filter::Filter;
 use crate::properties;
 use crate::reason::{self, Reason};
 use crate::retained::Retained;
-use crate::session::{self, Record, Sessions};
+use crate::session::{self, now_ms, Record, Sessions};
 use crate::wire::{Codec, ConnAck, FilterRequest, Granted, Inbound, Outbound, Version, Will};
 use crate::MqttConfig;
 
@@ -229,7 +229,9 @@ impl Connection {
             .session_expiry_secs
             .min(config.max_session_expiry_secs);
         let persistent = session_expiry_secs > 0;
-        let resume = !connect.clean_start && stored.is_some();
+        // A session that ended while no gateway was there to end it.
+        let ended = stored.as_ref().is_some_and(|r| r.expired(now_ms()));
+        let resume = !connect.clean_start && stored.is_some() && !ended;
         if let (false, Some(old)) = (resume, &stored) {
             session::forget(&ctx, &sessions, &namespace, &client_id, old).await;
         }
@@ -273,7 +275,13 @@ impl Connection {
             if let Some(p) = parked {
                 conn.unpark(p);
             }
-            if let Some(old) = stored {
+            if let Some(mut old) = stored {
+                if old.expires_at.take().is_some() {
+                    // Held again: no gateway ends it now.
+                    if let Err(e) = sessions.save(&conn.client_id, &old).await {
+                        tracing::warn!(client = %conn.client_id, error = %e, "session's expiry not cleared");
+                    }
+                }
                 conn.restore(old).await;
             }
         } else if persistent {
@@ -390,6 +398,13 @@ impl Connection {
             }
             return result;
         }
+        if self.session_expiry_secs != u32::MAX {
+            // Stored before the session is parked: a connection taking it
+            // over clears this after.
+            let expiry_ms = u64::from(self.session_expiry_secs) * 1000;
+            self.record.expires_at = Some(now_ms().saturating_add(expiry_ms));
+            self.save_session().await;
+        }
         let parked = self.park();
         let back = parked.back.clone();
         self.registration.park(parked);
@@ -398,7 +413,6 @@ impl Connection {
                 self.ctx.clone(),
                 self.namespace.clone(),
                 self.client_id.clone(),
-                self.record.clone(),
                 (
                     self.registration.clients().clone(),
                     self.registration.key().to_owned(),
@@ -1359,10 +1373,4 @@ impl Connection {
 
 fn violation(reason: Reason, why: &str) -> Ending {
     Ending::Violation(reason, why.to_owned())
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

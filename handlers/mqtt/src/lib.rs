@@ -116,6 +116,12 @@ impl ProtocolHandler for MqttHandler {
         Protocol::Mqtt
     }
 
+    /// Ends on time the persistent sessions whose clients were away when
+    /// the gateway started.
+    fn start(&self, _listening: SocketAddr, ctx: Context) {
+        tokio::spawn(session::expire_stored(ctx));
+    }
+
     async fn serve(
         self: Arc<Self>,
         stream: Box<dyn ClientStream>,

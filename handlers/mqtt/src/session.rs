@@ -11,11 +11,11 @@
 //! backend, subscribes them again before the client asks.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use gateway_api::backend::{StartPosition, SubscribeRequest, SubscriptionKind};
 use gateway_api::metadata::ExpectedVersion;
-use gateway_api::topic::{escape_word, Namespace};
+use gateway_api::topic::{escape_word, unescape_word, Namespace};
 use gateway_api::{BackendError, Context, MetadataStore, NewMessage, TopicName};
 use rmqtt_codec::types::QoS;
 use tokio_util::sync::CancellationToken;
@@ -37,13 +37,28 @@ pub(crate) struct Subscribed {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Record {
     pub filters: Vec<Subscribed>,
+    /// While its client is away: when the session ends (ms since the
+    /// epoch). Stored, so that a gateway started later, or another one on
+    /// the same backend, ends it on time; `None` while a client holds it.
+    pub expires_at: Option<u64>,
 }
+
+/// How long the gateway waits before reading the stored sessions again
+/// when the backend did not answer.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// The record line that holds [`Record::expires_at`].
+const EXPIRES: &str = "expires ";
 
 impl Record {
     /// The record as stored: one line per filter, `{qos} {filter}`, the
-    /// filter percent-escaped as a topic word (so it holds no newline).
+    /// filter percent-escaped as a topic word (so it holds no newline),
+    /// and `expires {ms}` while the client is away.
     fn encode(&self) -> Vec<u8> {
         let mut out = String::new();
+        if let Some(at) = self.expires_at {
+            out.push_str(&format!("{EXPIRES}{at}\n"));
+        }
         for s in &self.filters {
             out.push_str(&format!("{} {}\n", u8::from(s.qos), escape_word(&s.filter)));
         }
@@ -54,16 +69,25 @@ impl Record {
     /// written by a later version).
     fn decode(bytes: &[u8]) -> Record {
         let text = String::from_utf8_lossy(bytes);
-        let filters = text
-            .lines()
-            .filter_map(|line| {
-                let (qos, filter) = line.split_once(' ')?;
+        let mut record = Record::default();
+        for line in text.lines() {
+            if let Some(at) = line.strip_prefix(EXPIRES) {
+                record.expires_at = at.parse().ok();
+                continue;
+            }
+            let filter = line.split_once(' ').and_then(|(qos, filter)| {
                 let qos = QoS::try_from(qos.parse::<u8>().ok()?).ok()?;
                 let filter = gateway_api::topic::unescape_word(filter)?;
                 Some(Subscribed { filter, qos })
-            })
-            .collect();
-        Record { filters }
+            });
+            record.filters.extend(filter);
+        }
+        record
+    }
+
+    /// Whether the session ended by `now` (ms since the epoch).
+    pub(crate) fn expired(&self, now: u64) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
     }
 
     /// Adds or replaces `filter`.
@@ -117,6 +141,15 @@ impl Sessions {
             .map(|v| Record::decode(&v.value)))
     }
 
+    /// The stored session of `client_id` and the version of its record.
+    async fn load_versioned(&self, client_id: &str) -> Result<Option<(Record, u64)>, BackendError> {
+        Ok(self
+            .store
+            .get(&self.key(client_id))
+            .await?
+            .map(|v| (Record::decode(&v.value), v.version)))
+    }
+
     /// Stores `record` as the session of `client_id`.
     pub(crate) async fn save(&self, client_id: &str, record: &Record) -> Result<(), BackendError> {
         self.store
@@ -137,6 +170,28 @@ impl Sessions {
     }
 }
 
+/// Every stored session of every namespace: its namespace, client id and
+/// record. Keys that do not read (written by a later version) are passed
+/// over.
+async fn every_session(
+    store: &dyn MetadataStore,
+) -> Result<Vec<(Namespace, String, Record)>, BackendError> {
+    let mut out = Vec::new();
+    for (key, versioned) in store.scan(PREFIX).await? {
+        let mut words = key[PREFIX.len()..].splitn(3, '/').map(unescape_word);
+        let (Some(Some(tenant)), Some(Some(namespace)), Some(Some(client_id))) =
+            (words.next(), words.next(), words.next())
+        else {
+            continue;
+        };
+        let Ok(namespace) = Namespace::new(&tenant, &namespace) else {
+            continue;
+        };
+        out.push((namespace, client_id, Record::decode(&versioned.value)));
+    }
+    Ok(out)
+}
+
 /// The backend subscription a session's filter is kept in.
 pub(crate) fn subscription_name(client_id: &str, filter: &str) -> String {
     format!("mqtt.{}.{}", escape_word(client_id), escape_word(filter))
@@ -151,6 +206,19 @@ pub(crate) fn shared_subscription_name(group: &str, filter: &str) -> String {
 pub(crate) async fn forget(
     ctx: &Context,
     sessions: &Sessions,
+    namespace: &Namespace,
+    client_id: &str,
+    record: &Record,
+) {
+    forget_subscriptions(ctx, namespace, client_id, record).await;
+    if let Err(e) = sessions.delete(client_id).await {
+        tracing::warn!(client = client_id, error = %e, "old session record kept");
+    }
+}
+
+/// Deletes a session's durable subscriptions.
+async fn forget_subscriptions(
+    ctx: &Context,
     namespace: &Namespace,
     client_id: &str,
     record: &Record,
@@ -186,9 +254,77 @@ pub(crate) async fn forget(
             }
         }
     }
-    if let Err(e) = sessions.delete(client_id).await {
-        tracing::warn!(client = client_id, error = %e, "old session record kept");
+}
+
+/// Ends the session of `client_id` if its stored record says it ended:
+/// the record goes first, and only at the version read (a client back
+/// in the meantime, on any gateway, rewrote it), then the durable
+/// subscriptions.
+async fn expire_if_due(ctx: &Context, namespace: &Namespace, client_id: &str) {
+    let sessions = Sessions::new(ctx.backend.metadata(), namespace);
+    let (record, version) = match sessions.load_versioned(client_id).await {
+        Ok(Some(found)) => found,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(client = client_id, error = %e, "session expiry not checked");
+            return;
+        }
+    };
+    if !record.expired(now_ms()) {
+        return;
     }
+    let key = sessions.key(client_id);
+    match sessions
+        .store
+        .delete(&key, ExpectedVersion::Exactly(version))
+        .await
+    {
+        Ok(()) => {}
+        Err(BackendError::VersionConflict(_)) => return,
+        Err(e) => {
+            tracing::warn!(client = client_id, error = %e, "expired session record kept");
+            return;
+        }
+    }
+    forget_subscriptions(ctx, namespace, client_id, &record).await;
+    tracing::info!(client = client_id, "session expired");
+}
+
+/// Ends, each on time, the sessions whose clients were away when the
+/// gateway started (their records say when), until shutdown. Every
+/// gateway on the backend does this; a session ends once (see
+/// [`expire_if_due`]).
+pub(crate) async fn expire_stored(ctx: Context) {
+    // The backend may still be connecting: read again until it answers.
+    let mut away = loop {
+        match every_session(ctx.backend.metadata().as_ref()).await {
+            Ok(sessions) => break sessions,
+            Err(e) => tracing::debug!(error = %e, "stored sessions not read yet"),
+        }
+        tokio::select! {
+            () = ctx.shutdown.cancelled() => return,
+            () = tokio::time::sleep(RETRY) => {}
+        }
+    };
+    away.retain(|(_, _, record)| record.expires_at.is_some());
+    away.sort_by_key(|(_, _, record)| record.expires_at);
+    for (namespace, client_id, record) in away {
+        let wait = record
+            .expires_at
+            .map_or(0, |at| at.saturating_sub(now_ms()));
+        tokio::select! {
+            () = ctx.shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_millis(wait)) => {}
+        }
+        expire_if_due(&ctx, &namespace, &client_id).await;
+    }
+}
+
+/// Now, in ms since the epoch.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Runs `work` `after` a client left, unless it comes back first (`back`
@@ -210,12 +346,12 @@ fn unless_back(
 
 /// Ends a persistent session `after` its client left, unless the client
 /// comes back first or the gateway stops: its durable subscriptions and
-/// record are deleted (MQTT 5 Session Expiry).
+/// record are deleted (MQTT 5 Session Expiry) if the stored record, which
+/// says when, still does.
 pub(crate) fn expire_later(
     ctx: Context,
     namespace: Namespace,
     client_id: String,
-    record: Record,
     (clients, registered): (Clients, String),
     back: CancellationToken,
     after: Duration,
@@ -223,9 +359,7 @@ pub(crate) fn expire_later(
     let token = back.clone();
     unless_back(ctx.shutdown.clone(), back, after, async move {
         if clients.unpark(&registered, &token) {
-            let sessions = Sessions::new(ctx.backend.metadata(), &namespace);
-            forget(&ctx, &sessions, &namespace, &client_id, &record).await;
-            tracing::debug!(client = %client_id, "session expired");
+            expire_if_due(&ctx, &namespace, &client_id).await;
         }
     });
 }
@@ -258,8 +392,23 @@ mod tests {
         record.set("a/+/c", QoS::AtMostOnce);
         assert_eq!(Record::decode(&record.encode()), record);
         assert_eq!(record.filters.len(), 2);
+        record.expires_at = Some(1_700_000_000_123);
+        assert_eq!(Record::decode(&record.encode()), record);
         assert!(record.remove("a/+/c"));
         assert!(!record.remove("a/+/c"));
+    }
+
+    #[test]
+    fn a_record_ends_at_its_expiry_and_not_while_held() {
+        let mut record = Record::default();
+        assert!(!record.expired(u64::MAX), "held: it does not end");
+        record.expires_at = Some(1000);
+        assert!(!record.expired(999));
+        assert!(record.expired(1000));
+        let unknown = b"expires soon\n1 a/b\nx y z\n";
+        let read = Record::decode(unknown);
+        assert_eq!(read.expires_at, None, "an unreadable expiry is no expiry");
+        assert_eq!(read.filters.len(), 1);
     }
 
     #[test]
