@@ -247,6 +247,20 @@ def away(host, port, version, topic, client_id, expiry):
     return {"left": True}
 
 
+def leave(host, port, version, topic, client_id, delay):
+    """A session whose client leaves without DISCONNECT, with a retained
+    will "gone" to `topic` delayed by `delay` seconds."""
+    c = client(version, client_id)
+    props = Properties(PacketTypes.WILLMESSAGE)
+    props.WillDelayInterval = int(delay)
+    c.will_set(topic, "gone", qos=1, retain=True, properties=props)
+    connect(c, host, port, version, clean=True, expiry=60)
+    # Before loop_stop: its network thread closes the socket as it ends.
+    c.loop_stop()
+    c.socket().close()
+    return {"left": True}
+
+
 def willdelay(host, port, version, topic, client_id):
     sub = client(version)
     connect(sub, host, port, version)
@@ -498,6 +512,7 @@ SCENARIOS = {
     "slow": slow,
     "expiry": expiry,
     "away": away,
+    "leave": leave,
     "willdelay": willdelay,
     "v5options": v5options,
     "will": will,

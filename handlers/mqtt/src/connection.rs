@@ -40,6 +40,7 @@ use crate::properties;
 use crate::reason::{self, Reason};
 use crate::retained::Retained;
 use crate::session::{self, now_ms, Record, Sessions};
+use crate::will;
 use crate::wire::{Codec, ConnAck, FilterRequest, Granted, Inbound, Outbound, Version, Will};
 use crate::MqttConfig;
 
@@ -54,9 +55,6 @@ const MAX_READ: usize = 64 * 1024;
 /// connection is given up (one that stops reading would otherwise keep
 /// its task from keep-alive, takeover and shutdown).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// How long a will may take to be stored when its connection ends.
-const WILL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A publish whose message the backend is persisting.
 struct Publishing {
@@ -232,6 +230,9 @@ impl Connection {
         // A session that ended while no gateway was there to end it.
         let ended = stored.as_ref().is_some_and(|r| r.expired(now_ms()));
         let resume = !connect.clean_start && stored.is_some() && !ended;
+        if stored.as_ref().is_some_and(|r| r.will_waits) {
+            will::client_back(&ctx, &namespace, &client_id, resume).await;
+        }
         if let (false, Some(old)) = (resume, &stored) {
             session::forget(&ctx, &sessions, &namespace, &client_id, old).await;
         }
@@ -276,7 +277,8 @@ impl Connection {
                 conn.unpark(p);
             }
             if let Some(mut old) = stored {
-                if old.expires_at.take().is_some() {
+                let was_away = old.expires_at.take().is_some();
+                if was_away | std::mem::take(&mut old.will_waits) {
                     // Held again: no gateway ends it now.
                     if let Err(e) = sessions.save(&conn.client_id, &old).await {
                         tracing::warn!(client = %conn.client_id, error = %e, "session's expiry not cleared");
@@ -392,23 +394,36 @@ impl Connection {
             will_delay = will.as_ref().map(|w| w.delay_secs),
             "MQTT connection ended"
         );
+        // Published when the will delay or the session ends, whichever
+        // comes first, unless the client is back by then.
+        let will_delay = will
+            .as_ref()
+            .map_or(0, |w| w.delay_secs)
+            .min(self.session_expiry_secs);
+        let will = will.and_then(|w| self.will_message(&w));
         if !self.persistent() {
             if let Some(will) = will {
-                self.publish_will(will).await;
+                will::publish(&self.ctx, &self.client_id, will).await;
             }
             return result;
         }
-        if self.session_expiry_secs != u32::MAX {
-            // Stored before the session is parked: a connection taking it
-            // over clears this after.
+        let delayed_will = match will {
+            Some(will) => self.leave_will(will, will_delay).await,
+            None => false,
+        };
+        // Stored before the session is parked: a connection taking it
+        // over clears these after.
+        let ends = self.session_expiry_secs != u32::MAX;
+        if ends || delayed_will {
             let expiry_ms = u64::from(self.session_expiry_secs) * 1000;
-            self.record.expires_at = Some(now_ms().saturating_add(expiry_ms));
+            self.record.expires_at = ends.then(|| now_ms().saturating_add(expiry_ms));
+            self.record.will_waits = delayed_will;
             self.save_session().await;
         }
         let parked = self.park();
         let back = parked.back.clone();
         self.registration.park(parked);
-        if self.session_expiry_secs != u32::MAX {
+        if ends {
             session::expire_later(
                 self.ctx.clone(),
                 self.namespace.clone(),
@@ -421,16 +436,14 @@ impl Connection {
                 Duration::from_secs(self.session_expiry_secs.into()),
             );
         }
-        if let Some(will) = will {
-            // Published when the will delay or the session ends, whichever
-            // comes first, unless the client is back by then.
-            let delay = will.delay_secs.min(self.session_expiry_secs);
-            if delay == 0 {
-                self.publish_will(will).await;
-            } else if let Some((topic, message)) = self.will_message(&will) {
-                let after = Duration::from_secs(delay.into());
-                session::will_later(self.ctx.clone(), topic, message, back, after);
-            }
+        if delayed_will {
+            will::publish_later(
+                self.ctx.clone(),
+                self.namespace.clone(),
+                self.client_id.clone(),
+                back,
+                Duration::from_secs(will_delay.into()),
+            );
         }
         result
     }
@@ -1301,32 +1314,35 @@ impl Connection {
         }
     }
 
-    /// The topic and message of a will, unless its topic is refused.
-    fn will_message(&self, will: &Will) -> Option<(TopicName, NewMessage)> {
-        match self.publish_topic(&will.publish.topic) {
-            Ok(topic) => {
-                let message = properties::to_backend(&will.publish, &self.client_id, now_ms());
-                Some((topic, message))
-            }
-            Err(r) => {
-                tracing::debug!(client = %self.client_id, reason = r.0, "will refused");
-                None
+    /// A persistent session's will: published now when it has no delay,
+    /// else stored until the delay runs out. Whether one waits.
+    async fn leave_will(&mut self, will: will::Will, delay_secs: u32) -> bool {
+        if delay_secs == 0 {
+            will::publish(&self.ctx, &self.client_id, will).await;
+            return false;
+        }
+        let at = now_ms().saturating_add(u64::from(delay_secs) * 1000);
+        match will::keep(&self.ctx, &self.namespace, &self.client_id, will, at).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(client = %self.client_id, error = %e, "delayed will lost");
+                false
             }
         }
     }
 
-    /// Publishes a will now.
-    async fn publish_will(&mut self, will: Box<Will>) {
-        let Some((topic, message)) = self.will_message(&will) else {
-            return;
-        };
-        let published = self.ctx.backend.publish(&topic, message);
-        match tokio::time::timeout(WILL_TIMEOUT, published).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(client = %self.client_id, error = %e, "will not published")
+    /// The topic and message of a will, unless its topic is refused.
+    fn will_message(&self, will: &Will) -> Option<will::Will> {
+        match self.publish_topic(&will.publish.topic) {
+            Ok(topic) => Some(will::Will {
+                topic,
+                message: properties::to_backend(&will.publish, &self.client_id, now_ms()),
+                retain: will.publish.retain,
+            }),
+            Err(r) => {
+                tracing::debug!(client = %self.client_id, reason = r.0, "will refused");
+                None
             }
-            Err(_) => tracing::warn!(client = %self.client_id, "will not published in time"),
         }
     }
 

@@ -35,11 +35,13 @@ mod clients;
 mod connect;
 mod connection;
 mod deliver;
+mod due;
 mod filter;
 mod properties;
 mod reason;
 mod retained;
 mod session;
+mod will;
 mod wire;
 
 use std::net::SocketAddr;
@@ -117,9 +119,10 @@ impl ProtocolHandler for MqttHandler {
     }
 
     /// Ends on time the persistent sessions whose clients were away when
-    /// the gateway started.
+    /// the gateway started, and publishes their delayed wills.
     fn start(&self, _listening: SocketAddr, ctx: Context) {
-        tokio::spawn(session::expire_stored(ctx));
+        tokio::spawn(session::expire_stored(ctx.clone()));
+        tokio::spawn(will::publish_stored(ctx));
     }
 
     async fn serve(

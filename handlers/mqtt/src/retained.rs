@@ -104,7 +104,7 @@ impl Retained {
 }
 
 /// `[FORMAT][count u32]([len u32][key][len u32][value])*[payload]`.
-fn encode(message: &NewMessage) -> Bytes {
+pub(crate) fn encode(message: &NewMessage) -> Bytes {
     let mut out = BytesMut::with_capacity(message.size() + 16);
     out.put_u8(FORMAT);
     out.put_u32(message.properties.len() as u32);
@@ -120,7 +120,7 @@ fn encode(message: &NewMessage) -> Bytes {
 
 /// The properties and payload of a stored record; `None` if it does not
 /// read.
-fn decode(mut bytes: Bytes) -> Option<(Vec<(String, String)>, Bytes)> {
+pub(crate) fn decode(mut bytes: Bytes) -> Option<(Vec<(String, String)>, Bytes)> {
     fn text(bytes: &mut Bytes) -> Option<String> {
         if bytes.remaining() < 4 {
             return None;

@@ -15,12 +15,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use gateway_api::backend::{StartPosition, SubscribeRequest, SubscriptionKind};
 use gateway_api::metadata::ExpectedVersion;
-use gateway_api::topic::{escape_word, unescape_word, Namespace};
-use gateway_api::{BackendError, Context, MetadataStore, NewMessage, TopicName};
+use gateway_api::topic::{escape_word, Namespace};
+use gateway_api::{BackendError, Context, MetadataStore, TopicName};
 use rmqtt_codec::types::QoS;
 use tokio_util::sync::CancellationToken;
 
 use crate::clients::Clients;
+use crate::due;
 use crate::filter::Filter;
 
 /// Where the session records live in the metadata store.
@@ -41,14 +42,15 @@ pub(crate) struct Record {
     /// epoch). Stored, so that a gateway started later, or another one on
     /// the same backend, ends it on time; `None` while a client holds it.
     pub expires_at: Option<u64>,
+    /// A delayed will of the session's last connection waits (`will.rs`).
+    pub will_waits: bool,
 }
-
-/// How long the gateway waits before reading the stored sessions again
-/// when the backend did not answer.
-const RETRY: Duration = Duration::from_secs(1);
 
 /// The record line that holds [`Record::expires_at`].
 const EXPIRES: &str = "expires ";
+
+/// The record line that says [`Record::will_waits`].
+const WILL_WAITS: &str = "will";
 
 impl Record {
     /// The record as stored: one line per filter, `{qos} {filter}`, the
@@ -58,6 +60,10 @@ impl Record {
         let mut out = String::new();
         if let Some(at) = self.expires_at {
             out.push_str(&format!("{EXPIRES}{at}\n"));
+        }
+        if self.will_waits {
+            out.push_str(WILL_WAITS);
+            out.push('\n');
         }
         for s in &self.filters {
             out.push_str(&format!("{} {}\n", u8::from(s.qos), escape_word(&s.filter)));
@@ -73,6 +79,10 @@ impl Record {
         for line in text.lines() {
             if let Some(at) = line.strip_prefix(EXPIRES) {
                 record.expires_at = at.parse().ok();
+                continue;
+            }
+            if line == WILL_WAITS {
+                record.will_waits = true;
                 continue;
             }
             let filter = line.split_once(' ').and_then(|(qos, filter)| {
@@ -114,22 +124,19 @@ impl Record {
 #[derive(Clone)]
 pub(crate) struct Sessions {
     store: Arc<dyn MetadataStore>,
-    /// `mqtt/sessions/{tenant}/{namespace}/`.
-    prefix: String,
+    namespace: Namespace,
 }
 
 impl Sessions {
     pub(crate) fn new(store: Arc<dyn MetadataStore>, namespace: &Namespace) -> Sessions {
-        let prefix = format!(
-            "{PREFIX}{}/{}/",
-            escape_word(&namespace.tenant),
-            escape_word(&namespace.namespace)
-        );
-        Sessions { store, prefix }
+        Sessions {
+            store,
+            namespace: namespace.clone(),
+        }
     }
 
     fn key(&self, client_id: &str) -> String {
-        format!("{}{}", self.prefix, escape_word(client_id))
+        due::client_key(PREFIX, &self.namespace, client_id)
     }
 
     /// The stored session of `client_id`, if any.
@@ -168,28 +175,6 @@ impl Sessions {
             .delete(&self.key(client_id), ExpectedVersion::Any)
             .await
     }
-}
-
-/// Every stored session of every namespace: its namespace, client id and
-/// record. Keys that do not read (written by a later version) are passed
-/// over.
-async fn every_session(
-    store: &dyn MetadataStore,
-) -> Result<Vec<(Namespace, String, Record)>, BackendError> {
-    let mut out = Vec::new();
-    for (key, versioned) in store.scan(PREFIX).await? {
-        let mut words = key[PREFIX.len()..].splitn(3, '/').map(unescape_word);
-        let (Some(Some(tenant)), Some(Some(namespace)), Some(Some(client_id))) =
-            (words.next(), words.next(), words.next())
-        else {
-            continue;
-        };
-        let Ok(namespace) = Namespace::new(&tenant, &namespace) else {
-            continue;
-        };
-        out.push((namespace, client_id, Record::decode(&versioned.value)));
-    }
-    Ok(out)
 }
 
 /// The backend subscription a session's filter is kept in.
@@ -295,29 +280,22 @@ async fn expire_if_due(ctx: &Context, namespace: &Namespace, client_id: &str) {
 /// gateway on the backend does this; a session ends once (see
 /// [`expire_if_due`]).
 pub(crate) async fn expire_stored(ctx: Context) {
-    // The backend may still be connecting: read again until it answers.
-    let mut away = loop {
-        match every_session(ctx.backend.metadata().as_ref()).await {
-            Ok(sessions) => break sessions,
-            Err(e) => tracing::debug!(error = %e, "stored sessions not read yet"),
-        }
-        tokio::select! {
-            () = ctx.shutdown.cancelled() => return,
-            () = tokio::time::sleep(RETRY) => {}
-        }
+    let Some(found) = due::records(&ctx, PREFIX).await else {
+        return;
     };
-    away.retain(|(_, _, record)| record.expires_at.is_some());
-    away.sort_by_key(|(_, _, record)| record.expires_at);
-    for (namespace, client_id, record) in away {
-        let wait = record
-            .expires_at
-            .map_or(0, |at| at.saturating_sub(now_ms()));
-        tokio::select! {
-            () = ctx.shutdown.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_millis(wait)) => {}
-        }
-        expire_if_due(&ctx, &namespace, &client_id).await;
-    }
+    let away: Vec<(u64, (Namespace, String))> = found
+        .into_iter()
+        .filter_map(|(key, versioned)| {
+            let at = Record::decode(&versioned.value).expires_at?;
+            Some((at, due::key_client(PREFIX, &key)?))
+        })
+        .collect();
+    tracing::info!(sessions = away.len(), "persistent sessions away");
+    let expire = |(namespace, client_id): (Namespace, String)| {
+        let ctx = ctx.clone();
+        async move { expire_if_due(&ctx, &namespace, &client_id).await }
+    };
+    due::run_on_time(&ctx, away, expire).await;
 }
 
 /// Now, in ms since the epoch.
@@ -329,7 +307,7 @@ pub(crate) fn now_ms() -> u64 {
 
 /// Runs `work` `after` a client left, unless it comes back first (`back`
 /// cancelled) or the gateway stops (`stopping` cancelled).
-fn unless_back(
+pub(crate) fn unless_back(
     stopping: CancellationToken,
     back: CancellationToken,
     after: Duration,
@@ -364,22 +342,6 @@ pub(crate) fn expire_later(
     });
 }
 
-/// Publishes a will `after` its connection ended, unless the client comes
-/// back first or the gateway stops (MQTT 5 Will Delay Interval).
-pub(crate) fn will_later(
-    ctx: Context,
-    topic: TopicName,
-    message: NewMessage,
-    back: CancellationToken,
-    after: Duration,
-) {
-    unless_back(ctx.shutdown.clone(), back, after, async move {
-        if let Err(e) = ctx.backend.publish(&topic, message).await {
-            tracing::warn!(topic = %topic, error = %e, "delayed will not published");
-        }
-    });
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -393,6 +355,7 @@ mod tests {
         assert_eq!(Record::decode(&record.encode()), record);
         assert_eq!(record.filters.len(), 2);
         record.expires_at = Some(1_700_000_000_123);
+        record.will_waits = true;
         assert_eq!(Record::decode(&record.encode()), record);
         assert!(record.remove("a/+/c"));
         assert!(!record.remove("a/+/c"));

@@ -1,0 +1,99 @@
+//! Work that records in the metadata store schedule (a session's end, a
+//! delayed will), done by a gateway that starts: the records read once the
+//! backend answers, then each piece of work at its time.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gateway_api::metadata::Versioned;
+use gateway_api::topic::{escape_word, unescape_word, Namespace};
+use gateway_api::Context;
+use tokio::sync::Semaphore;
+
+use crate::session::now_ms;
+
+/// How long a gateway waits before reading the records again when the
+/// backend did not answer (it may still be connecting).
+const RETRY: Duration = Duration::from_secs(1);
+
+/// At most this many pieces of due work run at once: records left by a
+/// gateway that stopped long ago are all due at start.
+const AT_ONCE: usize = 16;
+
+/// The records under `prefix`, read again until the backend answers;
+/// `None` if the gateway stops first.
+pub(crate) async fn records(ctx: &Context, prefix: &str) -> Option<Vec<(String, Versioned)>> {
+    loop {
+        match ctx.backend.metadata().scan(prefix).await {
+            Ok(found) => return Some(found),
+            Err(e) => tracing::debug!(prefix, error = %e, "stored records not read yet"),
+        }
+        tokio::select! {
+            () = ctx.shutdown.cancelled() => return None,
+            () = tokio::time::sleep(RETRY) => {}
+        }
+    }
+}
+
+/// Runs `work` on each item at its time (ms since the epoch), earliest
+/// first, until the gateway stops.
+pub(crate) async fn run_on_time<T, F, Fut>(ctx: &Context, mut items: Vec<(u64, T)>, work: F)
+where
+    T: Send + 'static,
+    F: Fn(T) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    items.sort_by_key(|(at, _)| *at);
+    let running = Arc::new(Semaphore::new(AT_ONCE));
+    for (at, item) in items {
+        let wait = Duration::from_millis(at.saturating_sub(now_ms()));
+        let permit = tokio::select! {
+            () = ctx.shutdown.cancelled() => return,
+            permit = async {
+                tokio::time::sleep(wait).await;
+                running.clone().acquire_owned().await
+            } => permit,
+        };
+        let Ok(permit) = permit else { return };
+        let job = work(item);
+        tokio::spawn(async move {
+            job.await;
+            drop(permit);
+        });
+    }
+}
+
+/// The key of a record of `client_id` of `namespace` under `prefix`:
+/// `{prefix}{tenant}/{namespace}/{client id}`, each escaped.
+pub(crate) fn client_key(prefix: &str, namespace: &Namespace, client_id: &str) -> String {
+    format!(
+        "{prefix}{}/{}/{}",
+        escape_word(&namespace.tenant),
+        escape_word(&namespace.namespace),
+        escape_word(client_id)
+    )
+}
+
+/// The namespace and client id a [`client_key`] names.
+pub(crate) fn key_client(prefix: &str, key: &str) -> Option<(Namespace, String)> {
+    let mut words = key.strip_prefix(prefix)?.splitn(3, '/').map(unescape_word);
+    let (tenant, namespace, client_id) = (words.next()??, words.next()??, words.next()??);
+    Some((Namespace::new(&tenant, &namespace).ok()?, client_id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_names_its_namespace_and_client() {
+        let namespace = Namespace::new("t", "n").unwrap_or_else(|e| panic!("{e}"));
+        let key = client_key("p/", &namespace, "odd/id %");
+        assert_eq!(
+            key_client("p/", &key),
+            Some((namespace, "odd/id %".to_owned()))
+        );
+        assert_eq!(key_client("q/", &key), None);
+    }
+}
