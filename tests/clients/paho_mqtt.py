@@ -255,7 +255,8 @@ def leave(host, port, version, topic, client_id, delay):
     props.WillDelayInterval = int(delay)
     c.will_set(topic, "gone", qos=1, retain=True, properties=props)
     connect(c, host, port, version, clean=True, expiry=60)
-    # Before loop_stop: its network thread closes the socket as it ends.
+    # The network thread stopped first, so that it sends no DISCONNECT;
+    # then the socket closes under it.
     c.loop_stop()
     c.socket().close()
     return {"left": True}

@@ -492,11 +492,26 @@ impl Gateway {
             .sum()
     }
 
+    /// The value of the gauge `name` with exactly `labels` (as written
+    /// between the braces), 0 when it has no such series.
+    pub async fn gauge(&self, name: &str, labels: &str) -> u64 {
+        self.series(&format!("pulsar_gateway_{name}"))
+            .await
+            .into_iter()
+            .find_map(|(l, value)| (l == labels).then_some(value))
+            .unwrap_or(0)
+    }
+
     /// Every series of the counter `name` in `/metrics`: its labels (as
     /// written between the braces) and its value.
     async fn counter_series(&self, name: &str) -> Vec<(String, u64)> {
+        self.series(&format!("pulsar_gateway_{name}_total")).await
+    }
+
+    /// Every series of the metric `metric` (its full name) in `/metrics`.
+    async fn series(&self, metric: &str) -> Vec<(String, u64)> {
         let metrics = self.get("/metrics").await.body;
-        let prefix = format!("pulsar_gateway_{name}_total{{");
+        let prefix = format!("{metric}{{");
         metrics
             .lines()
             .filter_map(|line| line.strip_prefix(&prefix)?.split_once("} "))
@@ -504,7 +519,7 @@ impl Gateway {
                 let value = value
                     .trim()
                     .parse()
-                    .unwrap_or_else(|e| panic!("{name}{{{labels}}} {value}: {e}"));
+                    .unwrap_or_else(|e| panic!("{metric}{{{labels}}} {value}: {e}"));
                 (labels.to_owned(), value)
             })
             .collect()

@@ -898,6 +898,20 @@ pub async fn metadata_store_compares_and_sets(b: TestBackend) {
         .await
         .unwrap();
     assert_eq!(meta.get(&key).await.unwrap(), None);
+    // Written again, the key does not get back a version read before: a
+    // write conditional on the old one fails.
+    let v3 = meta
+        .put(&key, Bytes::from_static(b"again"), ExpectedVersion::Absent)
+        .await
+        .unwrap();
+    assert!(v3 > v2, "{v3} after {v2}");
+    assert!(matches!(
+        meta.delete(&key, ExpectedVersion::Exactly(v1)).await,
+        Err(BackendError::VersionConflict(_))
+    ));
+    meta.delete(&key, ExpectedVersion::Exactly(v3))
+        .await
+        .unwrap();
     let b = b.restart().await;
     let kept = b.backend.metadata().get(&sibling).await.unwrap().unwrap();
     assert_eq!(kept.value, Bytes::from_static(b"b"), "the store is durable");

@@ -2,7 +2,7 @@
 //! under way, its expiry, a delayed will.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use gateway_api::backend::StartPosition;
 use gateway_api::topic::{escape_word, Namespace};
@@ -120,6 +120,7 @@ pub async fn a_session_ends_on_time_across_a_restart(backend: BackendKind) {
     let left = paho(&first, "5", "away", &[&topic, &client_id, "10"]).await;
     assert_eq!(left, json!({"left": true}));
     assert_eq!(paho(&first, "5", "publish", &[&topic, "1"]).await, 1);
+    connections_ended(&first).await;
     first.terminate();
     assert!(
         first.wait_exit(Duration::from_secs(20)).await.is_some(),
@@ -195,7 +196,11 @@ pub async fn a_delayed_will_goes_out_across_a_restart(backend: BackendKind) {
 
     let mut first = start().await;
     let left = paho(&first, "5", "leave", &[&topic, &unique("leaver"), "8"]).await;
+    let was_left = Instant::now();
     assert_eq!(left, json!({"left": true}));
+    // Stopped once it saw the connection end (stopping first would end
+    // it without a will).
+    connections_ended(&first).await;
     first.terminate();
     assert!(
         first.wait_exit(Duration::from_secs(20)).await.is_some(),
@@ -207,6 +212,11 @@ pub async fn a_delayed_will_goes_out_across_a_restart(backend: BackendKind) {
     // as the retained message): either way it comes.
     let got = Subscriber::start(&second, "5", &topic, 1).messages().await;
     assert_eq!(payloads(&got), ["gone"], "{}", second.output());
+    let after = was_left.elapsed();
+    assert!(
+        after >= Duration::from_secs(7),
+        "the will waited its delay: {after:?}"
+    );
     let later = Subscriber::start(&second, "5", &topic, 1).messages().await;
     assert_eq!(payloads(&later), ["gone"]);
     assert_eq!(later[0]["retain"], json!(true), "kept as retained");
@@ -226,4 +236,13 @@ async fn pulsar_subscriptions(topic: &str) -> Vec<String> {
     })
     .await
     .expect("the admin request")
+}
+
+/// Waits until `gw` has no MQTT connection open.
+async fn connections_ended(gw: &Gateway) {
+    let ended = eventually(Duration::from_secs(20), || async {
+        gw.gauge("connections", r#"protocol="mqtt""#).await == 0
+    })
+    .await;
+    assert!(ended, "the MQTT connections ended:\n{}", gw.output());
 }

@@ -278,7 +278,8 @@ impl Connection {
             }
             if let Some(mut old) = stored {
                 let was_away = old.expires_at.take().is_some();
-                if was_away | std::mem::take(&mut old.will_waits) {
+                let will_waited = std::mem::take(&mut old.will_waits);
+                if was_away || will_waited {
                     // Held again: no gateway ends it now.
                     if let Err(e) = sessions.save(&conn.client_id, &old).await {
                         tracing::warn!(client = %conn.client_id, error = %e, "session's expiry not cleared");
@@ -400,7 +401,10 @@ impl Connection {
             .as_ref()
             .map_or(0, |w| w.delay_secs)
             .min(self.session_expiry_secs);
-        let will = will.and_then(|w| self.will_message(&w));
+        // A will's time (its event time, where its Message Expiry counts
+        // from) is when it is published.
+        let published_at = now_ms().saturating_add(u64::from(will_delay) * 1000);
+        let will = will.and_then(|w| self.will_message(&w, published_at));
         if !self.persistent() {
             if let Some(will) = will {
                 will::publish(&self.ctx, &self.client_id, will).await;
@@ -408,7 +412,7 @@ impl Connection {
             return result;
         }
         let delayed_will = match will {
-            Some(will) => self.leave_will(will, will_delay).await,
+            Some(will) => self.leave_will(will, will_delay, published_at).await,
             None => false,
         };
         // Stored before the session is parked: a connection taking it
@@ -1316,12 +1320,11 @@ impl Connection {
 
     /// A persistent session's will: published now when it has no delay,
     /// else stored until the delay runs out. Whether one waits.
-    async fn leave_will(&mut self, will: will::Will, delay_secs: u32) -> bool {
+    async fn leave_will(&mut self, will: will::Will, delay_secs: u32, at: u64) -> bool {
         if delay_secs == 0 {
             will::publish(&self.ctx, &self.client_id, will).await;
             return false;
         }
-        let at = now_ms().saturating_add(u64::from(delay_secs) * 1000);
         match will::keep(&self.ctx, &self.namespace, &self.client_id, will, at).await {
             Ok(()) => true,
             Err(e) => {
@@ -1331,12 +1334,13 @@ impl Connection {
         }
     }
 
-    /// The topic and message of a will, unless its topic is refused.
-    fn will_message(&self, will: &Will) -> Option<will::Will> {
+    /// The topic and message of a will published at `at` (ms since the
+    /// epoch), unless its topic is refused.
+    fn will_message(&self, will: &Will, at: u64) -> Option<will::Will> {
         match self.publish_topic(&will.publish.topic) {
             Ok(topic) => Some(will::Will {
                 topic,
-                message: properties::to_backend(&will.publish, &self.client_id, now_ms()),
+                message: properties::to_backend(&will.publish, &self.client_id, at),
                 retain: will.publish.retain,
             }),
             Err(r) => {

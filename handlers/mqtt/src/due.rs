@@ -76,7 +76,7 @@ pub(crate) fn client_key(prefix: &str, namespace: &Namespace, client_id: &str) -
 }
 
 /// The namespace and client id a [`client_key`] names.
-pub(crate) fn key_client(prefix: &str, key: &str) -> Option<(Namespace, String)> {
+pub(crate) fn parse_client_key(prefix: &str, key: &str) -> Option<(Namespace, String)> {
     let mut words = key.strip_prefix(prefix)?.splitn(3, '/').map(unescape_word);
     let (tenant, namespace, client_id) = (words.next()??, words.next()??, words.next()??);
     Some((Namespace::new(&tenant, &namespace).ok()?, client_id))
@@ -91,9 +91,9 @@ mod tests {
         let namespace = Namespace::new("t", "n").unwrap_or_else(|e| panic!("{e}"));
         let key = client_key("p/", &namespace, "odd/id %");
         assert_eq!(
-            key_client("p/", &key),
+            parse_client_key("p/", &key),
             Some((namespace, "odd/id %".to_owned()))
         );
-        assert_eq!(key_client("q/", &key), None);
+        assert_eq!(parse_client_key("q/", &key), None);
     }
 }

@@ -37,6 +37,7 @@ pub(crate) struct Subscribed {
 /// A stored session.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Record {
+    /// What the session's next connection subscribes again.
     pub filters: Vec<Subscribed>,
     /// While its client is away: when the session ends (ms since the
     /// epoch). Stored, so that a gateway started later, or another one on
@@ -124,6 +125,7 @@ impl Record {
 #[derive(Clone)]
 pub(crate) struct Sessions {
     store: Arc<dyn MetadataStore>,
+    /// The namespace the client ids are of.
     namespace: Namespace,
 }
 
@@ -142,10 +144,9 @@ impl Sessions {
     /// The stored session of `client_id`, if any.
     pub(crate) async fn load(&self, client_id: &str) -> Result<Option<Record>, BackendError> {
         Ok(self
-            .store
-            .get(&self.key(client_id))
+            .load_versioned(client_id)
             .await?
-            .map(|v| Record::decode(&v.value)))
+            .map(|(record, _)| record))
     }
 
     /// The stored session of `client_id` and the version of its record.
@@ -242,9 +243,10 @@ async fn forget_subscriptions(
 }
 
 /// Ends the session of `client_id` if its stored record says it ended:
-/// the record goes first, and only at the version read (a client back
-/// in the meantime, on any gateway, rewrote it), then the durable
-/// subscriptions.
+/// the durable subscriptions go first, then the record, at the version
+/// read. No client resumes a session past its end (a CONNECT then finds
+/// it ended), and a gateway stopped in between leaves the record for the
+/// next one to end again.
 async fn expire_if_due(ctx: &Context, namespace: &Namespace, client_id: &str) {
     let sessions = Sessions::new(ctx.backend.metadata(), namespace);
     let (record, version) = match sessions.load_versioned(client_id).await {
@@ -258,20 +260,20 @@ async fn expire_if_due(ctx: &Context, namespace: &Namespace, client_id: &str) {
     if !record.expired(now_ms()) {
         return;
     }
+    forget_subscriptions(ctx, namespace, client_id, &record).await;
     let key = sessions.key(client_id);
     match sessions
         .store
         .delete(&key, ExpectedVersion::Exactly(version))
         .await
     {
-        Ok(()) => {}
-        Err(BackendError::VersionConflict(_)) => return,
+        // Rewritten since: a new session of that client id.
+        Ok(()) | Err(BackendError::VersionConflict(_)) => {}
         Err(e) => {
             tracing::warn!(client = client_id, error = %e, "expired session record kept");
             return;
         }
     }
-    forget_subscriptions(ctx, namespace, client_id, &record).await;
     tracing::info!(client = client_id, "session expired");
 }
 
@@ -287,7 +289,7 @@ pub(crate) async fn expire_stored(ctx: Context) {
         .into_iter()
         .filter_map(|(key, versioned)| {
             let at = Record::decode(&versioned.value).expires_at?;
-            Some((at, due::key_client(PREFIX, &key)?))
+            Some((at, due::parse_client_key(PREFIX, &key)?))
         })
         .collect();
     tracing::info!(sessions = away.len(), "persistent sessions away");

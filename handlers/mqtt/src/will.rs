@@ -33,7 +33,9 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 /// A will, ready to publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Will {
+    /// Where it is published.
     pub topic: TopicName,
+    /// What is published, its Message Expiry counted from its publication.
     pub message: NewMessage,
     /// Published as the topic's retained message too (Will Retain).
     pub retain: bool,
@@ -44,6 +46,7 @@ pub(crate) struct Will {
 struct Waiting {
     /// When it is published, ms since the epoch.
     at: u64,
+    /// What is then published.
     will: Will,
 }
 
@@ -179,9 +182,10 @@ async fn publish_if_due(ctx: &Context, namespace: &Namespace, client_id: &str, n
             return;
         }
     };
-    if waiting.as_ref().is_some_and(|w| w.at > now) {
+    // One that does not read (written by a later version) is left alone.
+    let Some(waiting) = waiting.filter(|w| w.at <= now) else {
         return;
-    }
+    };
     match store.delete(&key, ExpectedVersion::Exactly(version)).await {
         Ok(()) => {}
         Err(BackendError::VersionConflict(_)) => return,
@@ -190,13 +194,8 @@ async fn publish_if_due(ctx: &Context, namespace: &Namespace, client_id: &str, n
             return;
         }
     }
-    match waiting {
-        Some(waiting) => {
-            publish(ctx, client_id, waiting.will).await;
-            tracing::info!(client = client_id, "delayed will published");
-        }
-        None => tracing::warn!(client = client_id, "a stored will did not read; dropped"),
-    }
+    publish(ctx, client_id, waiting.will).await;
+    tracing::info!(client = client_id, "delayed will published");
 }
 
 /// Publishes the will of `client_id` `after` its connection ended, unless
@@ -225,8 +224,8 @@ pub(crate) async fn publish_stored(ctx: Context) {
     let waiting: Vec<(u64, (Namespace, String))> = found
         .into_iter()
         .filter_map(|(key, versioned)| {
-            let (namespace, client_id) = due::key_client(PREFIX, &key)?;
-            let at = Waiting::decode(versioned.value, &namespace).map_or(0, |w| w.at);
+            let (namespace, client_id) = due::parse_client_key(PREFIX, &key)?;
+            let at = Waiting::decode(versioned.value, &namespace)?.at;
             Some((at, (namespace, client_id)))
         })
         .collect();

@@ -19,6 +19,12 @@ const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 const TOPICS: TableDefinition<&str, u32> = TableDefinition::new("topics");
 /// Cursors: `<partition topic>\0<subscription>` -> encoded cursor.
 const CURSORS: TableDefinition<&str, &[u8]> = TableDefinition::new("cursors");
+/// The last metadata version handed out, under [`LAST_VERSION`]: versions
+/// rise across keys and deletes, so a key deleted and written again never
+/// gets a version a conditional write read before (as on Pulsar, where a
+/// version is a log offset).
+const VERSIONS: TableDefinition<&str, u64> = TableDefinition::new("versions");
+const LAST_VERSION: &str = "last";
 
 /// Maps any redb error to the contract's storage error.
 fn storage<E: Into<redb::Error>>(e: E) -> BackendError {
@@ -48,6 +54,7 @@ impl MetaDb {
         txn.open_table(KV).map_err(storage)?;
         txn.open_table(TOPICS).map_err(storage)?;
         txn.open_table(CURSORS).map_err(storage)?;
+        txn.open_table(VERSIONS).map_err(storage)?;
         txn.commit().map_err(storage)?;
         Ok(MetaDb {
             db: Arc::new(RwLock::new(Some(Arc::new(db)))),
@@ -255,7 +262,15 @@ impl MetadataStore for MetaDb {
             let version = {
                 let mut table = txn.open_table(KV).map_err(storage)?;
                 let current = check_version(&table, &key, expected)?;
-                let version = current.unwrap_or(0) + 1;
+                let mut versions = txn.open_table(VERSIONS).map_err(storage)?;
+                let last = versions
+                    .get(LAST_VERSION)
+                    .map_err(storage)?
+                    .map_or(0, |v| v.value());
+                // A store written before versions rose across keys may
+                // hold a key above the last one handed out.
+                let version = last.max(current.unwrap_or(0)) + 1;
+                versions.insert(LAST_VERSION, version).map_err(storage)?;
                 let mut raw = Vec::with_capacity(8 + value.len());
                 raw.extend_from_slice(&version.to_be_bytes());
                 raw.extend_from_slice(&value);
