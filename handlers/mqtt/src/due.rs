@@ -6,6 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use gateway_api::metadata::Versioned;
 use gateway_api::topic::{escape_word, unescape_word, Namespace};
 use gateway_api::Context;
@@ -23,7 +24,7 @@ const AT_ONCE: usize = 16;
 
 /// The records under `prefix`, read again until the backend answers;
 /// `None` if the gateway stops first.
-pub(crate) async fn records(ctx: &Context, prefix: &str) -> Option<Vec<(String, Versioned)>> {
+async fn records(ctx: &Context, prefix: &str) -> Option<Vec<(String, Versioned)>> {
     loop {
         match ctx.backend.metadata().scan(prefix).await {
             Ok(found) => return Some(found),
@@ -38,7 +39,7 @@ pub(crate) async fn records(ctx: &Context, prefix: &str) -> Option<Vec<(String, 
 
 /// Runs `work` on each item at its time (ms since the epoch), earliest
 /// first, until the gateway stops.
-pub(crate) async fn run_on_time<T, F, Fut>(ctx: &Context, mut items: Vec<(u64, T)>, work: F)
+async fn run_on_time<T, F, Fut>(ctx: &Context, mut items: Vec<(u64, T)>, work: F)
 where
     T: Send + 'static,
     F: Fn(T) -> Fut,
@@ -62,6 +63,37 @@ where
             drop(permit);
         });
     }
+}
+
+/// Reads the records of clients under `prefix` (keys made by
+/// [`client_key`]) once the backend answers, and runs `work` on each
+/// client whose record `time_of` gives a time, at that time, until the
+/// gateway stops. `what` names them in the log.
+pub(crate) async fn run_client_records<W, F, Fut>(
+    ctx: Context,
+    prefix: &str,
+    what: &str,
+    time_of: W,
+    work: F,
+) where
+    W: Fn(&Namespace, Bytes) -> Option<u64>,
+    F: Fn(Context, Namespace, String) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let Some(found) = records(&ctx, prefix).await else {
+        return;
+    };
+    let items: Vec<(u64, (Namespace, String))> = found
+        .into_iter()
+        .filter_map(|(key, versioned)| {
+            let (namespace, client_id) = parse_client_key(prefix, &key)?;
+            let at = time_of(&namespace, versioned.value)?;
+            Some((at, (namespace, client_id)))
+        })
+        .collect();
+    tracing::info!(count = items.len(), "{what}");
+    let run = |(namespace, client_id)| work(ctx.clone(), namespace, client_id);
+    run_on_time(&ctx, items, run).await;
 }
 
 /// The key of a record of `client_id` of `namespace` under `prefix`:

@@ -13,6 +13,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use gateway_api::backend::{StartPosition, SubscribeRequest, SubscriptionKind};
 use gateway_api::metadata::ExpectedVersion;
 use gateway_api::topic::{escape_word, Namespace};
@@ -282,22 +283,11 @@ async fn expire_if_due(ctx: &Context, namespace: &Namespace, client_id: &str) {
 /// gateway on the backend does this; a session ends once (see
 /// [`expire_if_due`]).
 pub(crate) async fn expire_stored(ctx: Context) {
-    let Some(found) = due::records(&ctx, PREFIX).await else {
-        return;
+    let time_of = |_: &Namespace, value: Bytes| Record::decode(&value).expires_at;
+    let expire = |ctx: Context, namespace: Namespace, client_id: String| async move {
+        expire_if_due(&ctx, &namespace, &client_id).await
     };
-    let away: Vec<(u64, (Namespace, String))> = found
-        .into_iter()
-        .filter_map(|(key, versioned)| {
-            let at = Record::decode(&versioned.value).expires_at?;
-            Some((at, due::parse_client_key(PREFIX, &key)?))
-        })
-        .collect();
-    tracing::info!(sessions = away.len(), "persistent sessions away");
-    let expire = |(namespace, client_id): (Namespace, String)| {
-        let ctx = ctx.clone();
-        async move { expire_if_due(&ctx, &namespace, &client_id).await }
-    };
-    due::run_on_time(&ctx, away, expire).await;
+    due::run_client_records(ctx, PREFIX, "persistent sessions away", time_of, expire).await;
 }
 
 /// Now, in ms since the epoch.

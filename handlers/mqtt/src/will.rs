@@ -218,23 +218,11 @@ pub(crate) fn publish_later(
 /// until shutdown. Every gateway on the backend does this; a will goes
 /// once (see [`publish_if_due`]).
 pub(crate) async fn publish_stored(ctx: Context) {
-    let Some(found) = due::records(&ctx, PREFIX).await else {
-        return;
+    let time_of = |namespace: &Namespace, value: Bytes| Some(Waiting::decode(value, namespace)?.at);
+    let publish = |ctx: Context, namespace: Namespace, client_id: String| async move {
+        publish_if_due(&ctx, &namespace, &client_id, now_ms()).await
     };
-    let waiting: Vec<(u64, (Namespace, String))> = found
-        .into_iter()
-        .filter_map(|(key, versioned)| {
-            let (namespace, client_id) = due::parse_client_key(PREFIX, &key)?;
-            let at = Waiting::decode(versioned.value, &namespace)?.at;
-            Some((at, (namespace, client_id)))
-        })
-        .collect();
-    tracing::info!(wills = waiting.len(), "delayed wills waiting");
-    let publish = |(namespace, client_id): (Namespace, String)| {
-        let ctx = ctx.clone();
-        async move { publish_if_due(&ctx, &namespace, &client_id, now_ms()).await }
-    };
-    due::run_on_time(&ctx, waiting, publish).await;
+    due::run_client_records(ctx, PREFIX, "delayed wills waiting", time_of, publish).await;
 }
 
 #[cfg(test)]
