@@ -247,7 +247,9 @@ async fn run(config: Config) -> Result<(), StartupError> {
         .find(|(protocol, _, _)| *protocol == Protocol::Mqtt)
         .and_then(|(_, _, handler)| handler.clone());
     let mut protocol_sockets = Vec::new();
+    let mut mqtt_listens = false;
     for (protocol, addr, handler) in wiring {
+        mqtt_listens |= protocol == Protocol::Mqtt && handler.is_some() && addr.addr().is_some();
         match (addr.addr(), handler) {
             (None, _) => info!("{protocol} listener is off"),
             (Some(addr), None) => {
@@ -314,6 +316,11 @@ async fn run(config: Config) -> Result<(), StartupError> {
         });
         let mut routes = "/healthz, /readyz, /metrics";
         if let (Some(mqtt), Ok(local)) = (mqtt_handler, &local_addr) {
+            if !mqtt_listens {
+                // Served over WebSocket alone, the handler's own work
+                // (stored sessions' expiry, delayed wills) starts here.
+                mqtt.start(*local, ctx.clone());
+            }
             app = app.merge(websocket::mqtt_routes(mqtt, ctx.clone(), *local));
             routes = "/healthz, /readyz, /metrics, /mqtt";
         }
