@@ -41,16 +41,44 @@ async fn init_producer_id(wire: &mut Wire) -> (i64, i16) {
     (response.producer_id.0, response.producer_epoch)
 }
 
+/// A gateway with a new topic and a new idempotent producer, and the
+/// connection it got its producer id on.
+struct Producer {
+    gateway: Gateway,
+    wire: Wire,
+    topic: String,
+    id: i64,
+    epoch: i16,
+}
+
+impl Producer {
+    async fn start(backend: BackendKind, topic: &str) -> Producer {
+        let gateway = Gateway::start(backend).await;
+        let mut wire = Wire::connect(gateway.kafka_addr.expect("a Kafka listener")).await;
+        let topic = unique(topic);
+        create_topic(&mut wire, &topic).await;
+        let (id, epoch) = init_producer_id(&mut wire).await;
+        Producer {
+            gateway,
+            wire,
+            topic,
+            id,
+            epoch,
+        }
+    }
+}
+
 /// Where a refused batch's base offset says it went: nowhere.
 const REFUSED: i64 = -1;
 
 async fn a_retried_batch_is_stored_once_and_a_sequence_gap_is_refused(backend: BackendKind) {
-    let gateway = Gateway::start(backend).await;
-    let addr = gateway.kafka_addr.expect("a Kafka listener");
-    let topic = unique("idempotent");
-    let mut wire = Wire::connect(addr).await;
-    create_topic(&mut wire, &topic).await;
-    let (id, epoch) = init_producer_id(&mut wire).await;
+    let Producer {
+        gateway,
+        mut wire,
+        topic,
+        id,
+        epoch,
+    } = Producer::start(backend, "idempotent").await;
     assert!(id >= 0, "producer id {id}");
     assert_eq!(epoch, 0, "a new producer's epoch");
 
@@ -61,7 +89,7 @@ async fn a_retried_batch_is_stored_once_and_a_sequence_gap_is_refused(backend: B
     );
     // The retry of a producer that lost the answer with its connection:
     // the same answer, on another connection, and nothing stored again.
-    let mut retry = Wire::connect(addr).await;
+    let mut retry = Wire::connect(gateway.kafka_addr.expect("a Kafka listener")).await;
     assert_eq!(produce(&mut retry, &topic, first).await, (NO_ERROR, 0));
     // The next batch in sequence lands right after the first one's three.
     let second = record_batch((id, epoch, 3), &["v3", "v4"]);
@@ -91,12 +119,13 @@ async fn a_retried_batch_is_stored_once_and_a_sequence_gap_is_refused_on_pulsar(
 }
 
 async fn a_new_epoch_starts_at_sequence_0_and_fences_the_old_one(backend: BackendKind) {
-    let gateway = Gateway::start(backend).await;
-    let addr = gateway.kafka_addr.expect("a Kafka listener");
-    let topic = unique("epochs");
-    let mut wire = Wire::connect(addr).await;
-    create_topic(&mut wire, &topic).await;
-    let (id, epoch) = init_producer_id(&mut wire).await;
+    let Producer {
+        gateway: _gateway,
+        mut wire,
+        topic,
+        id,
+        epoch,
+    } = Producer::start(backend, "epochs").await;
 
     let old = record_batch((id, epoch, 0), &["e0-0", "e0-1"]);
     assert_eq!(produce(&mut wire, &topic, old).await, (NO_ERROR, 0));

@@ -112,11 +112,13 @@ pub async fn sessions_expire_and_wills_wait_their_delay(backend: BackendKind) {
 /// the next session of that name).
 pub async fn a_session_ends_on_time_across_a_restart(backend: BackendKind) {
     let data = tempfile::tempdir().expect("a data directory");
-    let start = || Gateway::builder(backend).data_dir(data.path()).start();
     let topic = unique("restart-expiry");
     let client_id = unique("away");
 
-    let mut first = start().await;
+    let mut first = Gateway::builder(backend)
+        .data_dir(data.path())
+        .start()
+        .await;
     let left = paho(&first, "5", "away", &[&topic, &client_id, "10"]).await;
     assert_eq!(left, json!({"left": true}));
     assert_eq!(paho(&first, "5", "publish", &[&topic, "1"]).await, 1);
