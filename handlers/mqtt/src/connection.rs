@@ -51,6 +51,10 @@ const MIN_READ: usize = 64;
 /// The most a connection reads at once.
 const MAX_READ: usize = 64 * 1024;
 
+/// Bytes of encoded packets past which the connection writes them out
+/// before handling anything more.
+const FLUSH_AT: usize = 64 * 1024;
+
 /// How long a client may take to read what the gateway writes before its
 /// connection is given up (one that stops reading would otherwise keep
 /// its task from keep-alive, takeover and shutdown).
@@ -468,21 +472,35 @@ impl Connection {
         let stopped = self.registration.takeover.clone().cancelled_owned();
         let mut stopped = std::pin::pin!(stopped);
         loop {
-            if !self.write.is_empty() {
-                Box::pin(self.flush()).await?;
-            }
             if self.read.is_empty() {
                 // An idle connection holds no read buffer (see
                 // `poll_read_some`).
                 self.read = BytesMut::new();
             }
+            // What is due goes out in one write once nothing else is ready
+            // (or `FLUSH_AT` bytes are waiting): a burst of acknowledgements
+            // or deliveries costs one system call, not one each.
             let event = std::future::poll_fn(|cx| {
                 if stopped.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Ok(Event::Stopped));
+                    return Poll::Ready(Ok(Some(Event::Stopped)));
                 }
-                self.poll_event(cx)
+                if self.write.len() < FLUSH_AT {
+                    if let Poll::Ready(event) = self.poll_event(cx) {
+                        return Poll::Ready(event.map(Some));
+                    }
+                }
+                if !self.write.is_empty() {
+                    return Poll::Ready(Ok(None));
+                }
+                // About to wait: an idle connection holds no write buffer.
+                self.write = BytesMut::new();
+                Poll::Pending
             })
             .await?;
+            let Some(event) = event else {
+                Box::pin(self.flush()).await?;
+                continue;
+            };
             if let Some(ending) = Box::pin(self.on(event)).await {
                 return ending;
             }
@@ -1384,8 +1402,9 @@ impl Connection {
             tokio::time::timeout(WRITE_TIMEOUT, written)
                 .await
                 .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-            // Let go: an idle connection holds no write buffer.
-            self.write = BytesMut::new();
+            // Kept while the connection is busy; `serve` lets it go
+            // before waiting.
+            self.write.clear();
         }
         Ok(())
     }
