@@ -11,14 +11,14 @@
 //! gateway's memory: a client that comes back through another gateway
 //! resumes its subscriptions (the backend's), not these.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gateway_api::topic::Namespace;
 use gateway_api::{MessageId, TopicName};
-use tokio::sync::oneshot;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// How long a new connection waits for the one it takes over to close.
@@ -28,9 +28,6 @@ const TAKEOVER_WAIT: Duration = Duration::from_secs(10);
 struct Holder {
     connection: u64,
     takeover: CancellationToken,
-    /// Resolves (its sender dropped, nothing sent) once the connection
-    /// ended. A oneshot: a watch channel costs each connection 300 bytes.
-    ended: oneshot::Receiver<()>,
 }
 
 /// What a persistent session keeps of its last connection while its
@@ -54,26 +51,38 @@ pub(crate) struct Parked {
 
 #[derive(Default)]
 struct State {
-    held: HashMap<String, Holder>,
-    parked: HashMap<String, Parked>,
+    /// Keyed by the scoped client id, one allocation the connection's
+    /// [`Registration`] shares.
+    held: HashMap<Arc<str>, Holder>,
+    parked: HashMap<Arc<str>, Parked>,
+    /// Connections taken over that have not ended yet: the ones taking
+    /// over wait for them. Only a takeover under way costs memory here,
+    /// not each connection.
+    ending: HashSet<u64>,
+}
+
+#[derive(Default)]
+struct Shared {
+    state: Mutex<State>,
+    /// Told whenever a connection in `ending` ends.
+    ended: Notify,
 }
 
 /// The registry of this gateway's clients.
 #[derive(Default, Clone)]
 pub(crate) struct Clients {
-    state: Arc<Mutex<State>>,
+    shared: Arc<Shared>,
 }
 
 /// A connection's hold on its client id, released on drop.
 pub(crate) struct Registration {
     clients: Clients,
     /// The scoped client id it is registered under ([`scoped`]).
-    key: String,
+    key: Arc<str>,
     connection: u64,
     /// Cancelled when a newer connection takes the client id, or the
     /// gateway shuts down.
     pub takeover: CancellationToken,
-    _ended: oneshot::Sender<()>,
 }
 
 impl Clients {
@@ -90,24 +99,31 @@ impl Clients {
         static CONNECTIONS: AtomicU64 = AtomicU64::new(0);
         let connection = CONNECTIONS.fetch_add(1, Ordering::Relaxed);
         let takeover = shutdown.child_token();
-        let (ended_tx, ended_rx) = oneshot::channel();
+        let key: Arc<str> = client_id.into();
         let holder = Holder {
             connection,
             takeover: takeover.clone(),
-            ended: ended_rx,
         };
-        let previous = self.lock().held.insert(client_id.to_owned(), holder);
+        // Registered first: dropped while it waits, it releases the id.
+        let registration = Registration {
+            clients: self.clone(),
+            key: key.clone(),
+            connection,
+            takeover,
+        };
+        let previous = {
+            let mut state = self.lock();
+            let previous = state.held.insert(key, holder);
+            if let Some(p) = &previous {
+                // Its registration is still alive: its drop (which takes
+                // this lock) takes it out of `ending` again.
+                state.ending.insert(p.connection);
+            }
+            previous
+        };
         if let Some(previous) = previous {
             previous.takeover.cancel();
-            if tokio::time::timeout(TAKEOVER_WAIT, previous.ended)
-                .await
-                .is_err()
-            {
-                tracing::warn!(
-                    client = client_id,
-                    "the connection taken over did not end in time"
-                );
-            }
+            self.wait_ended(previous.connection, client_id).await;
         }
         let parked = {
             let mut state = self.lock();
@@ -117,14 +133,30 @@ impl Clients {
             }
             parked
         };
-        let registration = Registration {
-            clients: self.clone(),
-            key: client_id.to_owned(),
-            connection,
-            takeover,
-            _ended: ended_tx,
-        };
         (registration, parked)
+    }
+
+    /// Waits (at most [`TAKEOVER_WAIT`]) until `connection`, taken over,
+    /// has ended.
+    async fn wait_ended(&self, connection: u64, client_id: &str) {
+        let deadline = tokio::time::Instant::now() + TAKEOVER_WAIT;
+        loop {
+            let ended = self.shared.ended.notified();
+            let mut ended = std::pin::pin!(ended);
+            // Listening before looking: an end between the two is not missed.
+            ended.as_mut().enable();
+            if !self.lock().ending.contains(&connection) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, ended).await.is_err() {
+                self.lock().ending.remove(&connection);
+                tracing::warn!(
+                    client = client_id,
+                    "the connection taken over did not end in time"
+                );
+                return;
+            }
+        }
     }
 
     /// Forgets what `client_id`'s session parked unless the client came
@@ -140,7 +172,7 @@ impl Clients {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding the lock leaves the maps as they were.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.shared.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -155,6 +187,11 @@ impl Registration {
     /// What the client id is registered under.
     pub(crate) fn key(&self) -> &str {
         &self.key
+    }
+
+    /// The client id: the key without its namespace ([`scoped`]).
+    pub(crate) fn client_id(&self) -> &str {
+        self.key.splitn(3, '/').nth(2).unwrap_or(&self.key)
     }
 
     /// Keeps `parked` for the session's next connection.
@@ -178,5 +215,69 @@ impl Drop for Registration {
         {
             state.held.remove(&self.key);
         }
+        if state.ending.remove(&self.connection) {
+            self.clients.shared.ended.notify_waiters();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn namespace() -> Namespace {
+        Namespace {
+            tenant: "public".into(),
+            namespace: "default".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_client_id_is_the_key_without_its_namespace() {
+        let clients = Clients::default();
+        let shutdown = CancellationToken::new();
+        let key = scoped(&namespace(), "sensors/a/b");
+        let (registration, _) = clients.register(&key, &shutdown).await;
+        assert_eq!(registration.key(), "public/default/sensors/a/b");
+        assert_eq!(registration.client_id(), "sensors/a/b");
+    }
+
+    #[tokio::test]
+    async fn a_takeover_returns_once_the_connection_taken_over_ended() {
+        let clients = Clients::default();
+        let shutdown = CancellationToken::new();
+        let (first, _) = clients.register("public/default/c", &shutdown).await;
+        let taking = tokio::spawn({
+            let (clients, shutdown) = (clients.clone(), shutdown.clone());
+            async move { clients.register("public/default/c", &shutdown).await }
+        });
+        first.takeover.cancelled().await;
+        // Told, still alive: the new connection waits.
+        tokio::task::yield_now().await;
+        assert!(!taking.is_finished());
+        drop(first);
+        let (second, _) = taking.await.unwrap();
+        assert!(!second.takeover.is_cancelled());
+        assert!(clients.lock().ending.is_empty());
+        // The first one's end did not release the id the second holds.
+        assert!(clients.lock().held.contains_key("public/default/c"));
+        drop(second);
+        assert!(clients.lock().held.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_takeover_stops_waiting_after_its_bound() {
+        let clients = Clients::default();
+        let shutdown = CancellationToken::new();
+        let (stuck, _) = clients.register("public/default/c", &shutdown).await;
+        let started = tokio::time::Instant::now();
+        let (second, _) = clients.register("public/default/c", &shutdown).await;
+        assert_eq!(started.elapsed(), TAKEOVER_WAIT);
+        assert!(stuck.takeover.is_cancelled());
+        assert!(clients.lock().ending.is_empty());
+        drop(stuck);
+        // The stuck one ending later leaves the new holder in place.
+        assert!(clients.lock().held.contains_key("public/default/c"));
+        drop(second);
     }
 }

@@ -144,7 +144,7 @@ pub(crate) struct Connection {
     /// Bytes read and not yet decoded.
     read: BytesMut,
     /// How much the next read asks for (see [`MIN_READ`]).
-    read_hint: usize,
+    read_hint: u32,
     /// Packets encoded and not yet written.
     write: BytesMut,
     ctx: Context,
@@ -152,12 +152,11 @@ pub(crate) struct Connection {
     principal: Principal,
     /// Where the client's topic names resolve.
     namespace: Namespace,
-    client_id: String,
-    /// 1.5 times the keep-alive; `None`: keep-alive off.
-    idle_limit: Option<Duration>,
-    /// Fires `idle_limit` after the client was last heard; reset on each
-    /// read rather than made anew, and boxed: a connection without
-    /// keep-alive holds none.
+    /// The client's keep-alive in seconds (0: off).
+    keep_alive_secs: u16,
+    /// Fires 1.5 times the keep-alive after the client was last heard
+    /// ([`Connection::idle_limit`]); reset on each read rather than made
+    /// anew, and boxed: a connection without keep-alive holds none.
     keep_alive: Option<Pin<Box<Sleep>>>,
     /// Published when the connection ends other than by DISCONNECT.
     will: Option<Box<Will>>,
@@ -165,8 +164,10 @@ pub(crate) struct Connection {
     /// at most `max_session_expiry_secs`).
     session_expiry_secs: u32,
     /// Deliveries the session's previous connection left unacknowledged:
-    /// they go out again marked DUP.
-    redelivered: BTreeMap<(TopicName, MessageId), u16>,
+    /// they go out again marked DUP (`None`: there are none).
+    // Boxed on purpose: 8 bytes here instead of a map's 24.
+    #[allow(clippy::box_collection)]
+    redelivered: Option<Box<BTreeMap<(TopicName, MessageId), u16>>>,
     /// The session's filters, as stored (persistent sessions).
     record: Record,
     /// Whether the store holds a record of this session.
@@ -176,8 +177,11 @@ pub(crate) struct Connection {
     /// Made at a publish and let go once all are settled: its queue is an
     /// allocation an idle connection does without.
     publishing: Option<Box<FuturesOrdered<BoxFuture<'static, Settled>>>>,
-    /// MQTT 5 topic aliases the client set.
-    aliases: BTreeMap<u16, bytestring::ByteString>,
+    /// MQTT 5 topic aliases the client set (made at the first: most
+    /// connections hold none).
+    // Boxed on purpose: 8 bytes here instead of a map's 24.
+    #[allow(clippy::box_collection)]
+    aliases: Option<Box<BTreeMap<u16, bytestring::ByteString>>>,
     /// QoS 2 packet ids received and not yet released (PUBREL): a PUBLISH
     /// with one of them again is a resend, not stored twice.
     qos2_received: BTreeMap<u16, Qos2>,
@@ -194,7 +198,7 @@ pub(crate) struct Connection {
     /// (PUBCOMP) is awaited.
     released: BTreeSet<u16>,
     /// The most unacknowledged deliveries the client accepts.
-    window: usize,
+    window: u16,
     /// The packet id given to the last delivery.
     last_packet_id: u16,
     /// The connection's hold on its client id; its `takeover` token is
@@ -243,27 +247,26 @@ impl Connection {
         if let Some(max) = connect.max_packet_size {
             codec.limit_outbound(max.get());
         }
-        let window = usize::from(connect.receive_max).min(config.max_inflight.into());
-        let idle_limit = (connect.keep_alive > 0)
-            .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
+        let window = connect.receive_max.min(config.max_inflight);
+        let keep_alive = (connect.keep_alive > 0)
+            .then(|| Box::pin(tokio::time::sleep(idle_limit(connect.keep_alive))));
         let mut conn = Box::new(Connection {
             stream,
             codec,
             read,
-            read_hint: MIN_READ,
+            read_hint: MIN_READ as u32,
             write: BytesMut::new(),
             namespace,
-            client_id,
-            idle_limit,
-            keep_alive: idle_limit.map(|l| Box::pin(tokio::time::sleep(l))),
+            keep_alive_secs: connect.keep_alive,
+            keep_alive,
             will: connect.will.map(Box::new),
             session_expiry_secs,
-            redelivered: BTreeMap::new(),
+            redelivered: None,
             record: Record::default(),
             stored: resume,
             publishing: None,
             qos2_received: BTreeMap::new(),
-            aliases: BTreeMap::new(),
+            aliases: None,
             subscriptions: BTreeMap::new(),
             deliveries: None,
             delivery_sender: None,
@@ -285,8 +288,8 @@ impl Connection {
                 let will_waited = std::mem::take(&mut old.will_waits);
                 if was_away || will_waited {
                     // Held again: no gateway ends it now.
-                    if let Err(e) = sessions.save(&conn.client_id, &old).await {
-                        tracing::warn!(client = %conn.client_id, error = %e, "session's expiry not cleared");
+                    if let Err(e) = sessions.save(conn.client_id(), &old).await {
+                        tracing::warn!(client = %conn.client_id(), error = %e, "session's expiry not cleared");
                     }
                 }
                 conn.restore(old).await;
@@ -298,7 +301,7 @@ impl Connection {
         let ack = ConnAck {
             session_present: resume,
             reason: reason::SUCCESS,
-            assigned_client_id: assigned.then(|| conn.client_id.as_str().into()),
+            assigned_client_id: assigned.then(|| conn.client_id().into()),
             receive_max: NonZeroU16::new(conn.config.max_inflight),
             max_packet_size: Some(conn.config.max_packet_size),
             session_expiry_secs: (session_expiry_secs != connect.session_expiry_secs)
@@ -314,6 +317,11 @@ impl Connection {
         }
         conn.flush().await?;
         Ok(conn)
+    }
+
+    /// The client id (its registration holds it).
+    fn client_id(&self) -> &str {
+        self.registration.client_id()
     }
 
     /// The stored sessions of the client's namespace (made when needed:
@@ -340,7 +348,7 @@ impl Connection {
             .map(|id| (id, Qos2::Received))
             .collect();
         self.released = parked.released;
-        self.redelivered = parked.unacked;
+        self.redelivered = (!parked.unacked.is_empty()).then(|| Box::new(parked.unacked));
     }
 
     /// What the session keeps of this connection while its client is away.
@@ -393,7 +401,7 @@ impl Connection {
         self.close_subscriptions().await;
         let will = if publish_will { self.will.take() } else { None };
         tracing::debug!(
-            client = %self.client_id,
+            client = %self.client_id(),
             ending = ?ending,
             persistent = self.persistent(),
             will_delay = will.as_ref().map(|w| w.delay_secs),
@@ -411,7 +419,7 @@ impl Connection {
         let will = will.and_then(|w| self.will_message(&w, published_at));
         if !self.persistent() {
             if let Some(will) = will {
-                will::publish(&self.ctx, &self.client_id, will).await;
+                will::publish(&self.ctx, self.client_id(), will).await;
             }
             return result;
         }
@@ -435,7 +443,7 @@ impl Connection {
             session::expire_later(
                 self.ctx.clone(),
                 self.namespace.clone(),
-                self.client_id.clone(),
+                self.client_id().to_owned(),
                 (
                     self.registration.clients().clone(),
                     self.registration.key().to_owned(),
@@ -448,7 +456,7 @@ impl Connection {
             will::publish_later(
                 self.ctx.clone(),
                 self.namespace.clone(),
-                self.client_id.clone(),
+                self.client_id().to_owned(),
                 back,
                 Duration::from_secs(will_delay.into()),
             );
@@ -497,13 +505,19 @@ impl Connection {
                 Poll::Pending
             })
             .await?;
-            let Some(event) = event else {
-                Box::pin(self.flush()).await?;
-                continue;
-            };
-            if let Some(ending) = Box::pin(self.on(event)).await {
+            // The event moves into the boxed step: this future, which an
+            // idle connection holds, has no room for one.
+            if let Some(ending) = Box::pin(self.step(event)).await {
                 return ending;
             }
+        }
+    }
+
+    /// Handles `event`, or writes what is due when there is none.
+    async fn step(&mut self, event: Option<Event>) -> Option<std::io::Result<Ending>> {
+        match event {
+            Some(event) => self.on(event).await,
+            None => self.flush().await.err().map(Err),
         }
     }
 
@@ -526,7 +540,7 @@ impl Connection {
                 return Poll::Ready(read.map(|(read, room)| Event::Read(read, room)));
             }
         }
-        if self.unacked.len() < self.window {
+        if self.unacked.len() < usize::from(self.window) {
             if let Some(deliveries) = &mut self.deliveries {
                 if let Poll::Ready(Some(delivery)) = deliveries.poll_recv(cx) {
                     return Poll::Ready(Ok(Event::Delivery(delivery)));
@@ -554,7 +568,7 @@ impl Connection {
             let mut nothing = tokio::io::ReadBuf::new(&mut []);
             std::task::ready!(Pin::new(&mut self.stream).poll_read(cx, &mut nothing))?;
         }
-        self.read.reserve(self.read_hint);
+        self.read.reserve(self.read_hint as usize);
         let room = self.read.capacity() - self.read.len();
         let read = std::task::ready!(poll_read_buf(
             Pin::new(&mut self.stream),
@@ -584,14 +598,18 @@ impl Connection {
             },
             Event::Read(0, _) => Some(Ok(Ending::Lost)),
             Event::Read(read, room) => {
-                self.read_hint = if read >= room {
-                    (self.read_hint * 2).min(MAX_READ)
-                } else if read < self.read_hint / 4 {
-                    (self.read_hint / 2).max(MIN_READ)
+                let hint = self.read_hint as usize;
+                let hint = if read >= room {
+                    (hint * 2).min(MAX_READ)
+                } else if read < hint / 4 {
+                    (hint / 2).max(MIN_READ)
                 } else {
-                    self.read_hint
+                    hint
                 };
-                if let (Some(timer), Some(limit)) = (&mut self.keep_alive, self.idle_limit) {
+                // At most MAX_READ.
+                self.read_hint = hint as u32;
+                if let Some(timer) = &mut self.keep_alive {
+                    let limit = idle_limit(self.keep_alive_secs);
                     timer.as_mut().reset(tokio::time::Instant::now() + limit);
                 }
                 match self.handle_packets().await {
@@ -753,7 +771,7 @@ impl Connection {
             Ok(t) => t,
             Err(r) => return self.refuse_publish(&p, r),
         };
-        let message = properties::to_backend(&p, &self.client_id, now_ms());
+        let message = properties::to_backend(&p, self.client_id(), now_ms());
         let retain = p.retain.then(|| message.clone());
         let bytes = message.payload.len();
         let reservation = self.ctx.inbound.reserve(message.size()).await;
@@ -795,14 +813,16 @@ impl Connection {
             ));
         }
         if p.topic.is_empty() {
-            match self.aliases.get(&alias.get()) {
+            match self.aliases.as_ref().and_then(|a| a.get(&alias.get())) {
                 Some(topic) => p.topic = topic.clone(),
                 None => return Some(violation(reason::PROTOCOL_ERROR, "unknown topic alias")),
             }
         } else if p.topic.len() <= self.config.max_topic_len {
             // A copy: the decoded name shares the whole packet's buffer.
             let topic = bytestring::ByteString::from(p.topic.to_string());
-            self.aliases.insert(alias.get(), topic);
+            self.aliases
+                .get_or_insert_with(Default::default)
+                .insert(alias.get(), topic);
         }
         None
     }
@@ -831,7 +851,7 @@ impl Connection {
         }
         match (self.codec.version(), p.qos, p.packet_id) {
             (_, QoS::AtMostOnce, _) => {
-                tracing::debug!(client = %self.client_id, topic = %p.topic, reason = r.0, "QoS 0 publish dropped");
+                tracing::debug!(client = %self.client_id(), topic = %p.topic, reason = r.0, "QoS 0 publish dropped");
                 None
             }
             (Version::V5, qos, Some(id)) => {
@@ -885,7 +905,7 @@ impl Connection {
         }
         let Some(id) = done.packet_id else {
             if let Err(e) = &done.result {
-                tracing::debug!(client = %self.client_id, error = %e, "QoS 0 publish failed");
+                tracing::debug!(client = %self.client_id(), error = %e, "QoS 0 publish failed");
             }
             return None;
         };
@@ -984,17 +1004,17 @@ impl Connection {
         let found = match self.retained().matching(&parsed, &self.namespace).await {
             Ok(found) => found,
             Err(e) => {
-                tracing::warn!(client = %self.client_id, filter, error = %e, "retained messages not read");
+                tracing::warn!(client = %self.client_id(), filter, error = %e, "retained messages not read");
                 return;
             }
         };
         // No more than the delivery window has room for: retained
         // messages are not queued in the backend, so past it they are not
         // sent (the client sees the next ones published).
-        let room = self.window.saturating_sub(self.unacked.len());
+        let room = usize::from(self.window).saturating_sub(self.unacked.len());
         if found.len() > room {
             tracing::debug!(
-                client = %self.client_id,
+                client = %self.client_id(),
                 filter,
                 matched = found.len(),
                 sent = room,
@@ -1035,7 +1055,7 @@ impl Connection {
                 properties: (self.codec.version() == Version::V5).then_some(outgoing.properties),
             };
             if let Err(e) = self.send(Outbound::Publish(Box::new(publish))) {
-                tracing::debug!(client = %self.client_id, error = %e, "retained message passed over");
+                tracing::debug!(client = %self.client_id(), error = %e, "retained message passed over");
             }
         }
     }
@@ -1055,7 +1075,7 @@ impl Connection {
         let filter = match Filter::parse(text) {
             Ok(f) => f,
             Err(e) => {
-                tracing::debug!(client = %self.client_id, error = %e, "filter refused");
+                tracing::debug!(client = %self.client_id(), error = %e, "filter refused");
                 return (Granted::Refused(reason::TOPIC_FILTER_INVALID), false);
             }
         };
@@ -1123,12 +1143,15 @@ impl Connection {
             // A session in the store (new and persistent, or resumed)
             // keeps its subscriptions, and its backlog, in durable ones.
             None if self.stored => (
-                session::subscription_name(&self.client_id, text),
+                session::subscription_name(self.client_id(), text),
                 SubscriptionKind::Exclusive,
                 true,
             ),
             None => (
-                format!("mqtt-{}", session::subscription_name(&self.client_id, text)),
+                format!(
+                    "mqtt-{}",
+                    session::subscription_name(self.client_id(), text)
+                ),
                 SubscriptionKind::Exclusive,
                 false,
             ),
@@ -1139,11 +1162,11 @@ impl Connection {
             kind,
             initial_position: StartPosition::Latest,
             durable,
-            consumer_name: self.client_id.clone(),
+            consumer_name: self.client_id().to_owned(),
             receive_queue: self.config.receive_queue,
         };
         let subscription = self.ctx.backend.subscribe(request).await.map_err(|e| {
-            tracing::debug!(client = %self.client_id, filter = text, error = %e, "subscribe failed");
+            tracing::debug!(client = %self.client_id(), filter = text, error = %e, "subscribe failed");
             reason::backend(&e)
         })?;
         let filter_key: Arc<str> = text.into();
@@ -1193,7 +1216,7 @@ impl Connection {
             match self.open(&filter, &stored.filter, options).await {
                 Ok(()) => self.record.set(&stored.filter, stored.qos),
                 Err(r) => tracing::warn!(
-                    client = %self.client_id,
+                    client = %self.client_id(),
                     filter = %stored.filter,
                     reason = r.0,
                     "a session's subscription could not be restored"
@@ -1203,9 +1226,9 @@ impl Connection {
     }
 
     async fn save_session(&mut self) {
-        match self.sessions().save(&self.client_id, &self.record).await {
+        match self.sessions().save(self.client_id(), &self.record).await {
             Ok(()) => self.stored = true,
-            Err(e) => tracing::warn!(client = %self.client_id, error = %e, "session not saved"),
+            Err(e) => tracing::warn!(client = %self.client_id(), error = %e, "session not saved"),
         }
     }
 
@@ -1226,7 +1249,7 @@ impl Connection {
             let _ = subscription.ack(&message.topic, message.id).await;
             return;
         };
-        if options.no_local && outgoing.publisher.as_deref() == Some(self.client_id.as_str()) {
+        if options.no_local && outgoing.publisher.as_deref() == Some(self.client_id()) {
             // MQTT 5 No Local: the client's own message.
             let _ = subscription.ack(&message.topic, message.id).await;
             return;
@@ -1237,12 +1260,10 @@ impl Connection {
         outgoing.properties.subscription_ids = options.id.into_iter().collect();
         // Sent before and not acknowledged: again, with DUP and the packet
         // id it had (MQTT 4.4), unless that id is in use again.
-        let original = match self.redelivered.is_empty() {
-            true => None,
-            false => self
-                .redelivered
-                .remove(&(message.topic.clone(), message.id)),
-        };
+        let original = self
+            .redelivered
+            .as_mut()
+            .and_then(|r| r.remove(&(message.topic.clone(), message.id)));
         let packet_id = match qos {
             QoS::AtMostOnce => None,
             _ => match original
@@ -1254,7 +1275,7 @@ impl Connection {
                 None => {
                     // Unreachable with the delivery window; the message
                     // stays unacknowledged in the backend.
-                    tracing::warn!(client = %self.client_id, "no packet id free");
+                    tracing::warn!(client = %self.client_id(), "no packet id free");
                     return;
                 }
             },
@@ -1274,7 +1295,7 @@ impl Connection {
         if let Err(e) = self.send(Outbound::Publish(Box::new(publish))) {
             // Larger than the client accepts (MQTT 5 Maximum Packet Size):
             // as if delivered and acknowledged, as MQTT says.
-            tracing::debug!(client = %self.client_id, error = %e, "delivery passed over");
+            tracing::debug!(client = %self.client_id(), error = %e, "delivery passed over");
             let _ = subscription.ack(&message.topic, message.id).await;
             return;
         }
@@ -1305,8 +1326,10 @@ impl Connection {
         for _ in 0..=u16::MAX {
             self.last_packet_id = self.last_packet_id.wrapping_add(1);
             if let Some(id) = NonZeroU16::new(self.last_packet_id) {
-                let reserved = !self.redelivered.is_empty()
-                    && self.redelivered.values().any(|&r| r == id.get());
+                let reserved = self
+                    .redelivered
+                    .as_ref()
+                    .is_some_and(|r| r.values().any(|&r| r == id.get()));
                 if self.packet_id_free(id.get()) && !reserved {
                     return Some(id);
                 }
@@ -1331,7 +1354,7 @@ impl Connection {
         };
         if let Some(subscribed) = self.subscriptions.get(&unacked.filter) {
             if let Err(e) = subscribed.subscription.ack(&topic, message_id).await {
-                tracing::debug!(client = %self.client_id, error = %e, "ack failed");
+                tracing::debug!(client = %self.client_id(), error = %e, "ack failed");
             }
         }
     }
@@ -1340,13 +1363,13 @@ impl Connection {
     /// else stored until the delay runs out. Whether one waits.
     async fn leave_will(&mut self, will: will::Will, delay_secs: u32, at: u64) -> bool {
         if delay_secs == 0 {
-            will::publish(&self.ctx, &self.client_id, will).await;
+            will::publish(&self.ctx, self.client_id(), will).await;
             return false;
         }
-        match will::keep(&self.ctx, &self.namespace, &self.client_id, will, at).await {
+        match will::keep(&self.ctx, &self.namespace, self.client_id(), will, at).await {
             Ok(()) => true,
             Err(e) => {
-                tracing::warn!(client = %self.client_id, error = %e, "delayed will lost");
+                tracing::warn!(client = %self.client_id(), error = %e, "delayed will lost");
                 false
             }
         }
@@ -1358,11 +1381,11 @@ impl Connection {
         match self.publish_topic(&will.publish.topic) {
             Ok(topic) => Some(will::Will {
                 topic,
-                message: properties::to_backend(&will.publish, &self.client_id, at),
+                message: properties::to_backend(&will.publish, self.client_id(), at),
                 retain: will.publish.retain,
             }),
             Err(r) => {
-                tracing::debug!(client = %self.client_id, reason = r.0, "will refused");
+                tracing::debug!(client = %self.client_id(), reason = r.0, "will refused");
                 None
             }
         }
@@ -1380,7 +1403,7 @@ impl Connection {
                 &self.ctx,
                 &self.sessions(),
                 &self.namespace,
-                &self.client_id,
+                self.client_id(),
                 &record,
             )
             .await;
@@ -1410,6 +1433,22 @@ impl Connection {
     }
 }
 
+/// How long a client with a keep-alive of `secs` may be silent: 1.5
+/// times that (MQTT 3.1.2.10).
+fn idle_limit(secs: u16) -> Duration {
+    Duration::from_millis(u64::from(secs) * 1500)
+}
+
 fn violation(reason: Reason, why: &str) -> Ending {
     Ending::Violation(reason, why.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every idle connection holds one `Connection`: it stays within
+    /// jemalloc's 512-byte size class (the next one is 640).
+    #[test]
+    fn a_connection_fits_in_512_bytes() {
+        assert!(std::mem::size_of::<super::Connection>() <= 512);
+    }
 }

@@ -44,7 +44,9 @@ mod session;
 mod will;
 mod wire;
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -125,20 +127,28 @@ impl ProtocolHandler for MqttHandler {
         tokio::spawn(will::publish_stored(ctx));
     }
 
-    async fn serve(
+    /// Written out rather than `async fn`: an async fn's future keeps all
+    /// its arguments, and the two addresses it does not use would cost
+    /// every idle connection 64 bytes.
+    fn serve<'async_trait>(
         self: Arc<Self>,
         stream: Box<dyn ClientStream>,
         _peer: SocketAddr,
         _local: SocketAddr,
         ctx: Context,
-    ) -> Result<(), HandlerError> {
+    ) -> Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send + 'async_trait>>
+    where
+        Self: 'async_trait,
+    {
         // An idle connection's task holds this future as long as it lives:
         // each step is boxed, so that it keeps only the step it is in, not
         // the largest of them.
-        let Some(connection) = Box::pin(self.connect(stream, ctx)).await? else {
-            return Ok(());
-        };
-        Box::pin(connection.run()).await
+        Box::pin(async move {
+            let Some(connection) = Box::pin(self.connect(stream, ctx)).await? else {
+                return Ok(());
+            };
+            Box::pin(connection.run()).await
+        })
     }
 }
 
