@@ -28,7 +28,8 @@ use rumqttc_client::{rumqttc_over_websocket, rumqttc_round_trip, rumqttc_v5_roun
 use serde_json::{json, Value};
 use sessions::{
     a_delayed_will_goes_out_across_a_restart, a_session_ends_on_time_across_a_restart,
-    qos_2_is_stored_once_across_a_reconnect, sessions_expire_and_wills_wait_their_delay,
+    a_session_held_by_a_gateway_that_died_ends, qos_2_is_stored_once_across_a_reconnect,
+    sessions_expire_and_wills_wait_their_delay,
 };
 
 /// Runs a scenario of `paho_mqtt.py` against `gw`; its JSON.
@@ -427,6 +428,7 @@ on_both_backends!(
     qos_2_is_stored_once_across_a_reconnect,
     sessions_expire_and_wills_wait_their_delay,
     a_session_ends_on_time_across_a_restart,
+    a_session_held_by_a_gateway_that_died_ends,
     a_delayed_will_goes_out_across_a_restart,
     the_will_goes_on_a_lost_connection_only,
     a_silent_client_is_dropped_after_its_keep_alive,

@@ -540,6 +540,15 @@ impl Gateway {
         self._temp.path()
     }
 
+    /// Kills the gateway (SIGKILL): it writes nothing more, as if its
+    /// machine were lost.
+    pub fn kill(&self) {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        let pid = Pid::from_raw(self.child.id() as i32);
+        kill(pid, Signal::SIGKILL).expect("send SIGKILL to the gateway");
+    }
+
     /// Sends SIGTERM.
     pub fn terminate(&self) {
         use nix::sys::signal::{kill, Signal};

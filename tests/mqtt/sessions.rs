@@ -196,6 +196,101 @@ pub async fn a_session_ends_on_time_across_a_restart(backend: BackendKind) {
     let _ = backend.close().await;
 }
 
+/// A rumqttc MQTT 5 client of `client_id` keeping its session
+/// (`expiry_secs`), connected to `gw` and, with `topic`, subscribed to it
+/// at QoS 1; whether the gateway had its session.
+async fn keeping_session(
+    gw: &Gateway,
+    client_id: &str,
+    expiry_secs: u32,
+    topic: Option<&str>,
+) -> (rumqttc::v5::AsyncClient, rumqttc::v5::EventLoop, bool) {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let addr = gw.mqtt_addr.expect("an MQTT listener");
+    let mut options = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+    options
+        .set_clean_start(false)
+        .set_session_expiry_interval(Some(expiry_secs));
+    let (client, mut events) = AsyncClient::new(options, 10);
+    if let Some(topic) = topic {
+        client
+            .subscribe(topic, QoS::AtLeastOnce)
+            .await
+            .expect("subscribe queued");
+    }
+    let mut present = None;
+    let done = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match events.poll().await.expect("the MQTT connection") {
+                Event::Incoming(Packet::ConnAck(ack)) => {
+                    present = Some(ack.session_present);
+                    if topic.is_none() {
+                        return;
+                    }
+                }
+                Event::Incoming(Packet::SubAck(_)) => return,
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert!(done.is_ok(), "connected (and subscribed) within 20 s");
+    (client, events, present.expect("a CONNACK"))
+}
+
+/// MQTT 5: the session of a client connected to a gateway that died
+/// (killed: it wrote no end time) ends once another gateway finds the
+/// first one gone, its expiry interval after that; a session that lasts
+/// longer is still there for its client.
+pub async fn a_session_held_by_a_gateway_that_died_ends(backend: BackendKind) {
+    let data = tempfile::tempdir().expect("a data directory");
+    let topic = unique("orphan");
+    let (brief, lasting) = (unique("orphan-brief"), unique("orphan-lasting"));
+
+    let mut first = Gateway::builder(backend)
+        .data_dir(data.path())
+        .start()
+        .await;
+    let held_brief = keeping_session(&first, &brief, 2, Some(&topic)).await;
+    let held_lasting = keeping_session(&first, &lasting, 3600, Some(&topic)).await;
+    first.kill();
+    assert!(
+        first.wait_exit(Duration::from_secs(20)).await.is_some(),
+        "the first gateway is gone"
+    );
+    drop((held_brief, held_lasting));
+
+    let second = Gateway::builder(backend)
+        .data_dir(data.path())
+        .start()
+        .await;
+    let subscription = format!("mqtt.{}.{}", escape_word(&brief), escape_word(&topic));
+    // On Pulsar any gateway started since may be the one that ends it
+    // (they share the standalone): what shows is Pulsar's own state.
+    let ended = eventually(Duration::from_secs(60), || async {
+        match backend {
+            BackendKind::Embedded => second
+                .output()
+                .lines()
+                .any(|line| line.contains("session expired") && line.contains(&brief)),
+            BackendKind::Pulsar => !pulsar_subscriptions(&topic).await.contains(&subscription),
+        }
+    })
+    .await;
+    assert!(
+        ended,
+        "the brief session ended:\n{}\n--- the first gateway:\n{}",
+        second.output(),
+        first.output()
+    );
+    let (_, _, present) = keeping_session(&second, &lasting, 3600, None).await;
+    assert!(present, "the lasting session is kept:\n{}", second.output());
+    let (_, _, present) = keeping_session(&second, &brief, 2, None).await;
+    assert!(!present, "the brief one is not");
+}
+
 /// MQTT 5: a delayed will whose gateway stopped before the delay ran out
 /// is published by the next gateway, as the retained message its Will
 /// Retain flag asked for.

@@ -21,6 +21,8 @@ use gateway_api::{MessageId, TopicName};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::gateways::Gateways;
+
 /// How long a new connection waits for the one it takes over to close.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(10);
 
@@ -66,6 +68,8 @@ struct Shared {
     state: Mutex<State>,
     /// Told whenever a connection in `ending` ends.
     ended: Notify,
+    /// This gateway among the others on the backend.
+    gateways: Arc<Gateways>,
 }
 
 /// The registry of this gateway's clients.
@@ -168,6 +172,11 @@ impl Clients {
         }
         state.parked.remove(client_id);
         true
+    }
+
+    /// This gateway among the others on the backend.
+    pub(crate) fn gateways(&self) -> &Arc<Gateways> {
+        &self.shared.gateways
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {

@@ -39,17 +39,18 @@ use crate::filter::Filter;
 use crate::properties;
 use crate::reason::{self, Reason};
 use crate::retained::Retained;
-use crate::session::{self, now_ms, Record, Sessions};
+use crate::session::{self, now_ms, Held, Record, Sessions};
 use crate::will;
 use crate::wire::{Codec, ConnAck, FilterRequest, Granted, Inbound, Outbound, Version, Will};
 use crate::MqttConfig;
 
-/// The least a connection reads at once, and what an idle one holds: its
-/// read buffer grows while the client sends more than it holds, up to
-/// [`MAX_READ`], and shrinks back as it quiets down.
-const MIN_READ: usize = 64;
-/// The most a connection reads at once.
-const MAX_READ: usize = 64 * 1024;
+/// The least a connection reads at once (`1 <<` this: 64 bytes): its read
+/// buffer grows while the client sends more than it holds, up to
+/// [`MAX_READ_SHIFT`], and shrinks back as it quiets down. An idle one
+/// holds none.
+const MIN_READ_SHIFT: u8 = 6;
+/// The most a connection reads at once (`1 <<` this: 64 KiB).
+const MAX_READ_SHIFT: u8 = 16;
 
 /// Bytes of encoded packets past which the connection writes them out
 /// before handling anything more.
@@ -143,8 +144,8 @@ pub(crate) struct Connection {
     codec: Codec,
     /// Bytes read and not yet decoded.
     read: BytesMut,
-    /// How much the next read asks for (see [`MIN_READ`]).
-    read_hint: u32,
+    /// The next read asks for `1 << read_shift` bytes (see [`MIN_READ_SHIFT`]).
+    read_shift: u8,
     /// Packets encoded and not yet written.
     write: BytesMut,
     ctx: Context,
@@ -247,6 +248,14 @@ impl Connection {
         if let Some(max) = connect.max_packet_size {
             codec.limit_outbound(max.get());
         }
+        // A session that ends says which gateway holds it (`gateways.rs`).
+        let held = (persistent && session_expiry_secs != u32::MAX).then(|| {
+            Box::new(Held {
+                by: registration.clients().gateways().id().clone(),
+                expiry_secs: session_expiry_secs,
+                since: now_ms(),
+            })
+        });
         let window = connect.receive_max.min(config.max_inflight);
         let keep_alive = (connect.keep_alive > 0)
             .then(|| Box::pin(tokio::time::sleep(idle_limit(connect.keep_alive))));
@@ -254,7 +263,7 @@ impl Connection {
             stream,
             codec,
             read,
-            read_hint: MIN_READ as u32,
+            read_shift: MIN_READ_SHIFT,
             write: BytesMut::new(),
             namespace,
             keep_alive_secs: connect.keep_alive,
@@ -279,6 +288,7 @@ impl Connection {
             ctx,
             config,
         });
+        conn.record.held = held.clone();
         if resume {
             if let Some(p) = parked {
                 conn.unpark(p);
@@ -286,7 +296,9 @@ impl Connection {
             if let Some(mut old) = stored {
                 let was_away = old.expires_at.take().is_some();
                 let will_waited = std::mem::take(&mut old.will_waits);
-                if was_away || will_waited {
+                let holder_changed = old.held != held;
+                old.held = held;
+                if was_away || will_waited || holder_changed {
                     // Held again: no gateway ends it now.
                     if let Err(e) = sessions.save(conn.client_id(), &old).await {
                         tracing::warn!(client = %conn.client_id(), error = %e, "session's expiry not cleared");
@@ -434,6 +446,7 @@ impl Connection {
             let expiry_ms = u64::from(self.session_expiry_secs) * 1000;
             self.record.expires_at = ends.then(|| now_ms().saturating_add(expiry_ms));
             self.record.will_waits = delayed_will;
+            self.record.held = None;
             self.save_session().await;
         }
         let parked = self.park();
@@ -555,7 +568,7 @@ impl Connection {
         Poll::Pending
     }
 
-    /// Reads what the client sent into `read`, asking for `read_hint`
+    /// Reads what the client sent into `read`, asking for `1 << read_shift`
     /// bytes more; the bytes read and the room there was. With nothing
     /// buffered it first waits for the stream to be readable without a
     /// buffer (a read of no bytes, which returns once bytes or the end are
@@ -568,7 +581,7 @@ impl Connection {
             let mut nothing = tokio::io::ReadBuf::new(&mut []);
             std::task::ready!(Pin::new(&mut self.stream).poll_read(cx, &mut nothing))?;
         }
-        self.read.reserve(self.read_hint as usize);
+        self.read.reserve(1 << self.read_shift);
         let room = self.read.capacity() - self.read.len();
         let read = std::task::ready!(poll_read_buf(
             Pin::new(&mut self.stream),
@@ -598,16 +611,12 @@ impl Connection {
             },
             Event::Read(0, _) => Some(Ok(Ending::Lost)),
             Event::Read(read, room) => {
-                let hint = self.read_hint as usize;
-                let hint = if read >= room {
-                    (hint * 2).min(MAX_READ)
-                } else if read < hint / 4 {
-                    (hint / 2).max(MIN_READ)
-                } else {
-                    hint
-                };
-                // At most MAX_READ.
-                self.read_hint = hint as u32;
+                let asked = 1usize << self.read_shift;
+                if read >= room {
+                    self.read_shift = (self.read_shift + 1).min(MAX_READ_SHIFT);
+                } else if read < asked / 4 {
+                    self.read_shift = self.read_shift.saturating_sub(1).max(MIN_READ_SHIFT);
+                }
                 if let Some(timer) = &mut self.keep_alive {
                     let limit = idle_limit(self.keep_alive_secs);
                     timer.as_mut().reset(tokio::time::Instant::now() + limit);

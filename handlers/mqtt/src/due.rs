@@ -1,6 +1,8 @@
 //! Work that records in the metadata store schedule (a session's end, a
-//! delayed will), done by a gateway that starts: the records read once the
-//! backend answers, then each piece of work at its time.
+//! delayed will), done on time by every gateway: the records are read once
+//! the backend answers and again every [`SWEEP`], and the work due before
+//! the next reading is done at its time. Records another gateway wrote
+//! since (a client that left it) are found by the next reading.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -22,9 +24,12 @@ const RETRY: Duration = Duration::from_secs(1);
 /// gateway that stopped long ago are all due at start.
 const AT_ONCE: usize = 16;
 
+/// How often the records are read again.
+pub(crate) const SWEEP: Duration = Duration::from_secs(60);
+
 /// The records under `prefix`, read again until the backend answers;
 /// `None` if the gateway stops first.
-async fn records(ctx: &Context, prefix: &str) -> Option<Vec<(String, Versioned)>> {
+pub(crate) async fn records(ctx: &Context, prefix: &str) -> Option<Vec<(String, Versioned)>> {
     loop {
         match ctx.backend.metadata().scan(prefix).await {
             Ok(found) => return Some(found),
@@ -37,9 +42,9 @@ async fn records(ctx: &Context, prefix: &str) -> Option<Vec<(String, Versioned)>
     }
 }
 
-/// Runs `work` on each item at its time (ms since the epoch), earliest
-/// first, until the gateway stops.
-async fn run_on_time<T, F, Fut>(ctx: &Context, mut items: Vec<(u64, T)>, work: F)
+/// Starts `work` on each item at its time (ms since the epoch), earliest
+/// first; returns once all are started, or the gateway stops.
+pub(crate) async fn run_on_time<T, F, Fut>(ctx: &Context, mut items: Vec<(u64, T)>, work: F)
 where
     T: Send + 'static,
     F: Fn(T) -> Fut,
@@ -65,10 +70,20 @@ where
     }
 }
 
-/// Reads the records of clients under `prefix` (keys made by
-/// [`client_key`]) once the backend answers, and runs `work` on each
-/// client whose record `time_of` gives a time, at that time, until the
-/// gateway stops. `what` names them in the log.
+/// Waits until `at` (ms since the epoch); false if the gateway stops
+/// first.
+pub(crate) async fn wait_until(ctx: &Context, at: u64) -> bool {
+    let wait = Duration::from_millis(at.saturating_sub(now_ms()));
+    tokio::select! {
+        () = ctx.shutdown.cancelled() => false,
+        () = tokio::time::sleep(wait) => true,
+    }
+}
+
+/// Every [`SWEEP`] until the gateway stops, reads the records of clients
+/// under `prefix` (keys made by [`client_key`]) and runs `work` on each
+/// client whose record `time_of` gives a time before the next reading, at
+/// that time. `what` names them in the log (at the first reading).
 pub(crate) async fn run_client_records<W, F, Fut>(
     ctx: Context,
     prefix: &str,
@@ -80,20 +95,30 @@ pub(crate) async fn run_client_records<W, F, Fut>(
     F: Fn(Context, Namespace, String) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let Some(found) = records(&ctx, prefix).await else {
-        return;
-    };
-    let items: Vec<(u64, (Namespace, String))> = found
-        .into_iter()
-        .filter_map(|(key, versioned)| {
-            let (namespace, client_id) = parse_client_key(prefix, &key)?;
-            let at = time_of(&namespace, versioned.value)?;
-            Some((at, (namespace, client_id)))
-        })
-        .collect();
-    tracing::info!(count = items.len(), "{what}");
-    let run = |(namespace, client_id)| work(ctx.clone(), namespace, client_id);
-    run_on_time(&ctx, items, run).await;
+    let mut first = true;
+    loop {
+        let Some(found) = records(&ctx, prefix).await else {
+            return;
+        };
+        let horizon = now_ms() + SWEEP.as_millis() as u64;
+        let items: Vec<(u64, (Namespace, String))> = found
+            .into_iter()
+            .filter_map(|(key, versioned)| {
+                let (namespace, client_id) = parse_client_key(prefix, &key)?;
+                let at = time_of(&namespace, versioned.value).filter(|&at| at <= horizon)?;
+                Some((at, (namespace, client_id)))
+            })
+            .collect();
+        if first {
+            tracing::info!(count = items.len(), "{what}");
+            first = false;
+        }
+        let run = |(namespace, client_id)| work(ctx.clone(), namespace, client_id);
+        run_on_time(&ctx, items, run).await;
+        if !wait_until(&ctx, horizon).await {
+            return;
+        }
+    }
 }
 
 /// The key of a record of `client_id` of `namespace` under `prefix`:

@@ -37,6 +37,7 @@ mod connection;
 mod deliver;
 mod due;
 mod filter;
+mod gateways;
 mod properties;
 mod reason;
 mod retained;
@@ -123,7 +124,9 @@ impl ProtocolHandler for MqttHandler {
     /// Ends on time the persistent sessions whose clients were away when
     /// the gateway started, and publishes their delayed wills.
     fn start(&self, _listening: SocketAddr, ctx: Context) {
-        tokio::spawn(session::expire_stored(ctx.clone()));
+        let gateways = self.clients.gateways().clone();
+        tokio::spawn(gateways.clone().register(ctx.clone()));
+        tokio::spawn(session::expire_stored(ctx.clone(), gateways));
         tokio::spawn(will::publish_stored(ctx));
     }
 

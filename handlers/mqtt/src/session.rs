@@ -10,10 +10,10 @@
 //! client's next connection, to this gateway or another on the same
 //! backend, subscribes them again before the client asks.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use gateway_api::backend::{StartPosition, SubscribeRequest, SubscriptionKind};
 use gateway_api::metadata::ExpectedVersion;
 use gateway_api::topic::{escape_word, Namespace};
@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clients::Clients;
 use crate::due;
 use crate::filter::Filter;
+use crate::gateways::Gateways;
 
 /// Where the session records live in the metadata store.
 const PREFIX: &str = "mqtt/sessions/";
@@ -46,6 +47,22 @@ pub(crate) struct Record {
     pub expires_at: Option<u64>,
     /// A delayed will of the session's last connection waits (`will.rs`).
     pub will_waits: bool,
+    /// While a client holds a session that ends: which gateway, and how
+    /// long the session lasts once the client is gone. A session held by
+    /// a gateway that died ends that long after it was found gone
+    /// (`gateways.rs`). Boxed: every connection holds a record.
+    pub held: Option<Box<Held>>,
+}
+
+/// Who holds a session, in its record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Held {
+    /// The gateway's id.
+    pub by: Arc<str>,
+    /// The session's expiry interval.
+    pub expiry_secs: u32,
+    /// Since when (ms since the epoch).
+    pub since: u64,
 }
 
 /// The record line that holds [`Record::expires_at`].
@@ -53,6 +70,10 @@ const EXPIRES: &str = "expires ";
 
 /// The record line that says [`Record::will_waits`].
 const WILL_WAITS: &str = "will";
+
+/// The record line that holds [`Record::held`]:
+/// `held {expiry secs} {since ms} {gateway}`.
+const HELD: &str = "held ";
 
 impl Record {
     /// The record as stored: one line per filter, `{qos} {filter}`, the
@@ -66,6 +87,10 @@ impl Record {
         if self.will_waits {
             out.push_str(WILL_WAITS);
             out.push('\n');
+        }
+        if let Some(held) = &self.held {
+            let (secs, since, by) = (held.expiry_secs, held.since, &held.by);
+            out.push_str(&format!("{HELD}{secs} {since} {by}\n"));
         }
         for s in &self.filters {
             out.push_str(&format!("{} {}\n", u8::from(s.qos), escape_word(&s.filter)));
@@ -85,6 +110,18 @@ impl Record {
             }
             if line == WILL_WAITS {
                 record.will_waits = true;
+                continue;
+            }
+            if let Some(held) = line.strip_prefix(HELD) {
+                let mut words = held.splitn(3, ' ');
+                record.held = (|| {
+                    let (secs, since, by) = (words.next()?, words.next()?, words.next()?);
+                    Some(Box::new(Held {
+                        by: by.into(),
+                        expiry_secs: secs.parse().ok()?,
+                        since: since.parse().ok()?,
+                    }))
+                })();
                 continue;
             }
             let filter = line.split_once(' ').and_then(|(qos, filter)| {
@@ -278,16 +315,118 @@ async fn expire_if_due(ctx: &Context, namespace: &Namespace, client_id: &str) {
     tracing::info!(client = client_id, "session expired");
 }
 
-/// Ends, each on time, the sessions whose clients were away when the
-/// gateway started (their records say when), until shutdown. Every
-/// gateway on the backend does this; a session ends once (see
-/// [`expire_if_due`]).
-pub(crate) async fn expire_stored(ctx: Context) {
-    let time_of = |_: &Namespace, value: Bytes| Record::decode(&value).expires_at;
-    let expire = |ctx: Context, namespace: Namespace, client_id: String| async move {
-        expire_if_due(&ctx, &namespace, &client_id).await
-    };
-    due::run_client_records(ctx, PREFIX, "persistent sessions away", time_of, expire).await;
+/// Ends each persistent session on time, until the gateway stops: every
+/// [`due::SWEEP`] (and when a gateway that holds sessions would stop
+/// counting as live) the records are read, the sessions of gateways gone
+/// are given their end time ([`adopt`]), and those that end before the
+/// next reading are ended then. Every gateway on the backend does this; a
+/// session ends once (see [`expire_if_due`]).
+pub(crate) async fn expire_stored(ctx: Context, gateways: Arc<Gateways>) {
+    let store = ctx.backend.metadata();
+    let mut first = true;
+    loop {
+        let Some(found) = due::records(&ctx, PREFIX).await else {
+            return;
+        };
+        let registered = match gateways.read(&*store).await {
+            Ok(registered) => registered,
+            Err(e) => {
+                tracing::debug!(error = %e, "MQTT gateways not read yet");
+                if !due::wait_until(&ctx, now_ms() + 1000).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        let now = now_ms();
+        // The next reading: after SWEEP, or when a holder would be gone.
+        let mut horizon = now + due::SWEEP.as_millis() as u64;
+        let mut named = HashSet::new();
+        let mut away = Vec::new();
+        for (key, versioned) in found {
+            let Some((namespace, client_id)) = due::parse_client_key(PREFIX, &key) else {
+                continue;
+            };
+            let mut record = Record::decode(&versioned.value);
+            let gone_at = match (&record.held, record.expires_at) {
+                (Some(held), None) => Some(registered.gone_at(&held.by, held.since)),
+                _ => None,
+            };
+            match gone_at {
+                Some(at) if at <= now => {
+                    let adopted = adopt(&ctx, &namespace, &client_id, record, versioned.version);
+                    match adopted.await {
+                        Some(r) => record = r,
+                        None => continue,
+                    }
+                }
+                Some(at) => horizon = horizon.min(at),
+                None => {}
+            }
+            if let Some(held) = record.held {
+                named.insert(held.by);
+            }
+            if let Some(at) = record.expires_at {
+                away.push((at, (namespace, client_id)));
+            }
+        }
+        let items: Vec<_> = away.into_iter().filter(|(at, _)| *at <= horizon).collect();
+        let named = named.iter().map(|by| &**by).collect();
+        gateways.forget_gone(&*store, &registered, &named).await;
+        if first {
+            tracing::info!(count = items.len(), "persistent sessions away");
+            first = false;
+        }
+        let expire = |(namespace, client_id): (Namespace, String)| {
+            let ctx = ctx.clone();
+            async move { expire_if_due(&ctx, &namespace, &client_id).await }
+        };
+        due::run_on_time(&ctx, items, expire).await;
+        if !due::wait_until(&ctx, horizon).await {
+            return;
+        }
+    }
+}
+
+/// Gives the session of `client_id`, held by a gateway that is gone, its
+/// end time: its expiry interval from now, as if its client had left now.
+/// Written at `version`, so a client that came back in between keeps it.
+/// The record as written, or `None` if it was not.
+async fn adopt(
+    ctx: &Context,
+    namespace: &Namespace,
+    client_id: &str,
+    mut record: Record,
+    version: u64,
+) -> Option<Record> {
+    let held = record.held.take()?;
+    let ends = now_ms().saturating_add(u64::from(held.expiry_secs) * 1000);
+    record.expires_at = Some(ends);
+    let sessions = Sessions::new(ctx.backend.metadata(), namespace);
+    let written = sessions
+        .store
+        .put(
+            &sessions.key(client_id),
+            record.encode().into(),
+            ExpectedVersion::Exactly(version),
+        )
+        .await;
+    match written {
+        Ok(_) => {
+            tracing::info!(
+                client = client_id,
+                gateway = %held.by,
+                expiry_secs = held.expiry_secs,
+                "session of a gateway gone: it ends after its expiry interval"
+            );
+            Some(record)
+        }
+        Err(BackendError::VersionConflict(_)) => None,
+        Err(e) => {
+            tracing::warn!(client = client_id, error = %e, "session of a gateway gone kept");
+            None
+        }
+    }
 }
 
 /// Now, in ms since the epoch.
@@ -348,6 +487,13 @@ mod tests {
         assert_eq!(record.filters.len(), 2);
         record.expires_at = Some(1_700_000_000_123);
         record.will_waits = true;
+        assert_eq!(Record::decode(&record.encode()), record);
+        record.expires_at = None;
+        record.held = Some(Box::new(Held {
+            by: "0123abcd".into(),
+            expiry_secs: 3600,
+            since: 1_700_000_000_000,
+        }));
         assert_eq!(Record::decode(&record.encode()), record);
         assert!(record.remove("a/+/c"));
         assert!(!record.remove("a/+/c"));
