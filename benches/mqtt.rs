@@ -173,6 +173,15 @@ async fn until(events: &mut EventLoop, who: &str, wanted: fn(&Incoming) -> bool)
     }
 }
 
+/// What each of `tasks` returned, in order.
+async fn joined<T>(tasks: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
+    let mut done = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        done.push(task.await.expect("a client task"));
+    }
+    done
+}
+
 /// Microseconds since `epoch`, as the first 8 bytes of a payload.
 fn stamped(epoch: Instant, bytes: usize) -> Vec<u8> {
     let mut payload = vec![b'x'; bytes];
@@ -250,10 +259,7 @@ async fn publish_run(target: &Target, knobs: &Knobs, publishers: usize, run: &st
             (client, events)
         }));
     }
-    let mut ready = Vec::new();
-    for c in connected {
-        ready.push(c.await.unwrap());
-    }
+    let ready = joined(connected).await;
     let first = Instant::now();
     let mut creating = Vec::new();
     for (p, (client, mut events)) in ready.into_iter().enumerate() {
@@ -270,10 +276,7 @@ async fn publish_run(target: &Target, knobs: &Knobs, publishers: usize, run: &st
             (client, events)
         }));
     }
-    let mut clients = Vec::new();
-    for c in creating {
-        clients.push(c.await.unwrap());
-    }
+    let clients = joined(creating).await;
     let first_ms = first.elapsed().as_secs_f64() * 1000.0;
     let started = Instant::now();
     let mut sending = Vec::new();

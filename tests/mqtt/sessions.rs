@@ -139,17 +139,13 @@ pub async fn a_session_ends_on_time_across_a_restart(backend: BackendKind) {
         .await;
     assert_eq!(second.mqtt_addr, None);
     let subscription = format!("mqtt.{}.{}", escape_word(&client_id), escape_word(&topic));
-    // On Pulsar any gateway started since may be the one that ends it
-    // (they share the standalone): what shows is Pulsar's own state.
-    let ended = eventually(Duration::from_secs(40), || async {
-        match backend {
-            BackendKind::Embedded => second
-                .output()
-                .lines()
-                .any(|line| line.contains("session expired") && line.contains(&client_id)),
-            BackendKind::Pulsar => !pulsar_subscriptions(&topic).await.contains(&subscription),
-        }
-    })
+    let ended = session_ended(
+        backend,
+        &second,
+        &client_id,
+        &topic,
+        Duration::from_secs(40),
+    )
     .await;
     assert!(
         ended,
@@ -194,6 +190,30 @@ pub async fn a_session_ends_on_time_across_a_restart(backend: BackendKind) {
     assert_eq!(first_read.payload.as_ref(), b"fresh");
     let _ = session.unsubscribe().await;
     let _ = backend.close().await;
+}
+
+/// Whether the session of `client_id`, subscribed to `topic`, ends
+/// `within`: `gw` logs it (embedded), or its subscription is gone from
+/// Pulsar (any gateway started since on the shared standalone may be the
+/// one that ends it: what shows is Pulsar's own state).
+async fn session_ended(
+    backend: BackendKind,
+    gw: &Gateway,
+    client_id: &str,
+    topic: &str,
+    within: Duration,
+) -> bool {
+    let subscription = format!("mqtt.{}.{}", escape_word(client_id), escape_word(topic));
+    eventually(within, || async {
+        match backend {
+            BackendKind::Embedded => gw
+                .output()
+                .lines()
+                .any(|line| line.contains("session expired") && line.contains(client_id)),
+            BackendKind::Pulsar => !pulsar_subscriptions(topic).await.contains(&subscription),
+        }
+    })
+    .await
 }
 
 /// A rumqttc MQTT 5 client of `client_id` keeping its session
@@ -266,19 +286,7 @@ pub async fn a_session_held_by_a_gateway_that_died_ends(backend: BackendKind) {
         .data_dir(data.path())
         .start()
         .await;
-    let subscription = format!("mqtt.{}.{}", escape_word(&brief), escape_word(&topic));
-    // On Pulsar any gateway started since may be the one that ends it
-    // (they share the standalone): what shows is Pulsar's own state.
-    let ended = eventually(Duration::from_secs(60), || async {
-        match backend {
-            BackendKind::Embedded => second
-                .output()
-                .lines()
-                .any(|line| line.contains("session expired") && line.contains(&brief)),
-            BackendKind::Pulsar => !pulsar_subscriptions(&topic).await.contains(&subscription),
-        }
-    })
-    .await;
+    let ended = session_ended(backend, &second, &brief, &topic, Duration::from_secs(60)).await;
     assert!(
         ended,
         "the brief session ended:\n{}\n--- the first gateway:\n{}",
