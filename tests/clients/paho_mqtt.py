@@ -237,6 +237,27 @@ def expiry(host, port, version, topic, client_id):
     return {"present": present}
 
 
+def endnow(host, port, version, topic, client_id):
+    """A session of an hour, left with a plain DISCONNECT, then with one
+    setting its expiry to 0 (MQTT 5): whether it was there after each."""
+    def leave(expiry_at_disconnect):
+        c = client(version, client_id)
+        present = connect(c, host, port, version, clean=False, expiry=3600)
+        subscribe(c, topic, 1)
+        props = Properties(PacketTypes.DISCONNECT)
+        if expiry_at_disconnect is not None:
+            props.SessionExpiryInterval = expiry_at_disconnect
+        c.disconnect(properties=props)
+        c.loop_stop()
+        return present
+    leave(None)
+    kept = leave(0)
+    back = client(version, client_id)
+    ended = not connect(back, host, port, version, clean=False, expiry=3600)
+    stop(back)
+    return {"kept": kept, "ended": ended}
+
+
 def away(host, port, version, topic, client_id, expiry):
     """A session of `expiry` seconds subscribed to `topic`, whose client
     then leaves."""
@@ -513,6 +534,7 @@ SCENARIOS = {
     "slow": slow,
     "expiry": expiry,
     "away": away,
+    "endnow": endnow,
     "leave": leave,
     "willdelay": willdelay,
     "v5options": v5options,

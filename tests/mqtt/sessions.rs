@@ -90,13 +90,17 @@ pub async fn qos_2_is_stored_once_across_a_reconnect(backend: BackendKind) {
     assert_eq!(payloads(&got), ["once", "m0"], "stored once");
 }
 
-/// MQTT 5: a session with a 1 s expiry is gone 3 s after its client left;
-/// a will with a delay goes after it, unless its client came back first.
+/// MQTT 5: a session with a 1 s expiry is gone 3 s after its client left,
+/// one whose client set its expiry to 0 at DISCONNECT at once; a will
+/// with a delay goes after it, unless its client came back first.
 pub async fn sessions_expire_and_wills_wait_their_delay(backend: BackendKind) {
     let gw = Gateway::start(backend).await;
     let topic = format!("{}/t", unique("expiry"));
     let got = paho(&gw, "5", "expiry", &[&topic, &unique("brief")]).await;
     assert_eq!(got, json!({"present": false}));
+    // Set to 0 at DISCONNECT, it ends then.
+    let got = paho(&gw, "5", "endnow", &[&topic, &unique("ender")]).await;
+    assert_eq!(got, json!({"kept": true, "ended": true}));
 
     let topic = format!("{}/status", unique("willdelay"));
     let got = paho(&gw, "5", "willdelay", &[&topic, &unique("delayed")]).await;

@@ -28,7 +28,9 @@ const TAKEOVER_WAIT: Duration = Duration::from_secs(10);
 
 /// One connection holding a client id.
 struct Holder {
+    /// Its connection's number ([`Registration::connection`]).
     connection: u64,
+    /// Cancelled to take the client id over from it.
     takeover: CancellationToken,
 }
 
@@ -56,6 +58,7 @@ struct State {
     /// Keyed by the scoped client id, one allocation the connection's
     /// [`Registration`] shares.
     held: HashMap<Arc<str>, Holder>,
+    /// What the sessions of clients away keep (see [`Parked`]).
     parked: HashMap<Arc<str>, Parked>,
     /// Connections taken over that have not ended yet: the ones taking
     /// over wait for them. Only a takeover under way costs memory here,
@@ -83,6 +86,7 @@ pub(crate) struct Registration {
     clients: Clients,
     /// The scoped client id it is registered under ([`scoped`]).
     key: Arc<str>,
+    /// Numbers connections apart: a registration drops only its own hold.
     connection: u64,
     /// Cancelled when a newer connection takes the client id, or the
     /// gateway shuts down.

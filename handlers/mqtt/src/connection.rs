@@ -55,6 +55,13 @@ const MAX_READ_SHIFT: u8 = 16;
 /// Bytes of encoded packets past which the connection writes them out
 /// before handling anything more.
 const FLUSH_AT: usize = 64 * 1024;
+/// Events handled past which the connection writes what they encoded
+/// before handling more (a client that keeps sending keeps reads ready).
+const FLUSH_EVENTS: u8 = 32;
+
+/// How long a connection whose client closed its side still tries to
+/// write what was due.
+const LAST_WRITE: Duration = Duration::from_secs(1);
 
 /// How long a client may take to read what the gateway writes before its
 /// connection is given up (one that stops reading would otherwise keep
@@ -296,6 +303,7 @@ impl Connection {
             if let Some(mut old) = stored {
                 let was_away = old.expires_at.take().is_some();
                 let will_waited = std::mem::take(&mut old.will_waits);
+                // It says since when: every resume writes the record.
                 let holder_changed = old.held != held;
                 old.held = held;
                 if was_away || will_waited || holder_changed {
@@ -492,6 +500,8 @@ impl Connection {
         }
         let stopped = self.registration.takeover.clone().cancelled_owned();
         let mut stopped = std::pin::pin!(stopped);
+        // Events handled since the last write.
+        let mut handled = 0u8;
         loop {
             if self.read.is_empty() {
                 // An idle connection holds no read buffer (see
@@ -499,13 +509,15 @@ impl Connection {
                 self.read = BytesMut::new();
             }
             // What is due goes out in one write once nothing else is ready
-            // (or `FLUSH_AT` bytes are waiting): a burst of acknowledgements
-            // or deliveries costs one system call, not one each.
+            // (or `FLUSH_AT` bytes or `FLUSH_EVENTS` events' worth are
+            // waiting): a burst of acknowledgements or deliveries costs one
+            // system call, not one each.
             let event = std::future::poll_fn(|cx| {
                 if stopped.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Ok(Some(Event::Stopped)));
                 }
-                if self.write.len() < FLUSH_AT {
+                let room = self.write.len() < FLUSH_AT && handled < FLUSH_EVENTS;
+                if self.write.is_empty() || room {
                     if let Poll::Ready(event) = self.poll_event(cx) {
                         return Poll::Ready(event.map(Some));
                     }
@@ -518,6 +530,10 @@ impl Connection {
                 Poll::Pending
             })
             .await?;
+            handled = match event {
+                Some(_) => handled.saturating_add(1),
+                None => 0,
+            };
             // The event moves into the boxed step: this future, which an
             // idle connection holds, has no room for one.
             if let Some(ending) = Box::pin(self.step(event)).await {
@@ -609,7 +625,12 @@ impl Connection {
                 Some(ending) => Some(self.end_with(ending).await),
                 None => None,
             },
-            Event::Read(0, _) => Some(Ok(Ending::Lost)),
+            Event::Read(0, _) => {
+                // The client closed its side: what was due goes out if it
+                // can still.
+                let _ = tokio::time::timeout(LAST_WRITE, self.flush()).await;
+                Some(Ok(Ending::Lost))
+            }
             Event::Read(read, room) => {
                 let asked = 1usize << self.read_shift;
                 if read >= room {

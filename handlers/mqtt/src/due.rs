@@ -22,7 +22,7 @@ const RETRY: Duration = Duration::from_secs(1);
 
 /// At most this many pieces of due work run at once: records left by a
 /// gateway that stopped long ago are all due at start.
-const AT_ONCE: usize = 16;
+pub(crate) const AT_ONCE: usize = 16;
 
 /// How often the records are read again.
 pub(crate) const SWEEP: Duration = Duration::from_secs(60);
@@ -44,14 +44,18 @@ pub(crate) async fn records(ctx: &Context, prefix: &str) -> Option<Vec<(String, 
 
 /// Starts `work` on each item at its time (ms since the epoch), earliest
 /// first; returns once all are started, or the gateway stops.
-pub(crate) async fn run_on_time<T, F, Fut>(ctx: &Context, mut items: Vec<(u64, T)>, work: F)
-where
+/// `running` bounds the work under way (of [`AT_ONCE`] permits).
+pub(crate) async fn run_on_time<T, F, Fut>(
+    ctx: Context,
+    running: Arc<Semaphore>,
+    mut items: Vec<(u64, T)>,
+    work: F,
+) where
     T: Send + 'static,
     F: Fn(T) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     items.sort_by_key(|(at, _)| *at);
-    let running = Arc::new(Semaphore::new(AT_ONCE));
     for (at, item) in items {
         let wait = Duration::from_millis(at.saturating_sub(now_ms()));
         let permit = tokio::select! {
@@ -95,6 +99,7 @@ pub(crate) async fn run_client_records<W, F, Fut>(
     F: Fn(Context, Namespace, String) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let running = Arc::new(Semaphore::new(AT_ONCE));
     let mut first = true;
     loop {
         let Some(found) = records(&ctx, prefix).await else {
@@ -114,7 +119,7 @@ pub(crate) async fn run_client_records<W, F, Fut>(
             first = false;
         }
         let run = |(namespace, client_id)| work(ctx.clone(), namespace, client_id);
-        run_on_time(&ctx, items, run).await;
+        run_on_time(ctx.clone(), running.clone(), items, run).await;
         if !wait_until(&ctx, horizon).await {
             return;
         }

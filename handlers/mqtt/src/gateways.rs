@@ -88,61 +88,73 @@ impl Gateways {
                 _ = ticks.tick() => {}
             }
             let beat = Bytes::from(now_ms().to_string());
-            match store.put(&key, beat, ExpectedVersion::Any).await {
-                Ok(_) => failing = false,
-                Err(e) if !failing => {
+            // Bounded: a heartbeat that waits stops counting anyway.
+            let put = store.put(&key, beat, ExpectedVersion::Any);
+            match tokio::time::timeout(HEARTBEAT, put).await {
+                Ok(Ok(_)) => failing = false,
+                Ok(Err(e)) if !failing => {
                     failing = true;
                     tracing::warn!(error = %e, "registering the MQTT gateway in the metadata store");
                 }
-                Err(_) => {}
+                Err(_) if !failing => {
+                    failing = true;
+                    tracing::warn!("registering the MQTT gateway in the metadata store: no answer");
+                }
+                Ok(Err(_)) | Err(_) => {}
             }
         }
         // Best effort: a registration left behind only looks like a
-        // gateway that died, and no session names it.
+        // gateway that died; the sessions it held have their end times
+        // by now, unless a connection is still closing (then another
+        // gateway may give it one first, to the same effect).
         if let Err(e) = store.delete(&key, ExpectedVersion::Any).await {
             tracing::debug!(error = %e, "deleting the MQTT gateway registration");
         }
     }
+}
 
-    /// The registrations, read now.
-    pub(crate) async fn read(&self, store: &dyn MetadataStore) -> Result<Registered, BackendError> {
-        let heartbeats = store
-            .scan(PREFIX)
-            .await?
-            .into_iter()
-            .filter_map(|(key, versioned)| {
-                let id = key.strip_prefix(PREFIX)?.to_owned();
-                let beat = std::str::from_utf8(&versioned.value).ok()?.parse().ok()?;
-                Some((id, beat))
-            })
-            .collect();
-        Ok(Registered {
-            heartbeats,
-            now: now_ms(),
+/// The registrations, read now.
+pub(crate) async fn read(store: &dyn MetadataStore) -> Result<Registered, BackendError> {
+    let heartbeats = store
+        .scan(PREFIX)
+        .await?
+        .into_iter()
+        .filter_map(|(key, versioned)| {
+            let id = key.strip_prefix(PREFIX)?.to_owned();
+            let beat = std::str::from_utf8(&versioned.value).ok()?.parse().ok()?;
+            Some((id, beat))
         })
-    }
+        .collect();
+    Ok(Registered {
+        heartbeats,
+        now: now_ms(),
+    })
+}
 
-    /// Deletes the registrations of gateways gone for [`FORGET_AFTER`]
-    /// that no session in `named` names any more.
-    pub(crate) async fn forget_gone(
-        &self,
-        store: &dyn MetadataStore,
-        registered: &Registered,
-        named: &HashSet<&str>,
-    ) {
-        let forget_ms = FORGET_AFTER.as_millis() as u64;
-        for (id, &beat) in &registered.heartbeats {
-            if registered.now.saturating_sub(beat) > forget_ms && !named.contains(id.as_str()) {
-                let key = format!("{PREFIX}{id}");
-                if let Err(e) = store.delete(&key, ExpectedVersion::Any).await {
-                    tracing::debug!(error = %e, gateway = %id, "old MQTT gateway registration kept");
-                }
+/// Deletes the registrations of gateways gone for [`FORGET_AFTER`] that
+/// no session in `named` names any more.
+pub(crate) async fn forget_gone(
+    store: &dyn MetadataStore,
+    registered: &Registered,
+    named: &HashSet<Arc<str>>,
+) {
+    let forget_ms = FORGET_AFTER.as_millis() as u64;
+    for (id, &beat) in &registered.heartbeats {
+        if registered.now.saturating_sub(beat) > forget_ms && !named.contains(id.as_str()) {
+            let key = format!("{PREFIX}{id}");
+            if let Err(e) = store.delete(&key, ExpectedVersion::Any).await {
+                tracing::debug!(error = %e, gateway = %id, "old MQTT gateway registration kept");
             }
         }
     }
 }
 
 impl Registered {
+    /// Whether gateway `id` registered after `at` (ms since the epoch).
+    pub(crate) fn beat_after(&self, id: &str, at: u64) -> bool {
+        self.heartbeats.get(id).is_some_and(|&beat| beat > at)
+    }
+
     /// When gateway `id`, holding a session since `since` (ms since the
     /// epoch), is gone unless it registers again: [`LIVENESS`] after its
     /// last heartbeat, or without one after `since`.

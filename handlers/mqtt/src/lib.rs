@@ -121,12 +121,14 @@ impl ProtocolHandler for MqttHandler {
         Protocol::Mqtt
     }
 
-    /// Ends on time the persistent sessions whose clients were away when
-    /// the gateway started, and publishes their delayed wills.
+    /// Registers this gateway among the MQTT gateways of the backend, and
+    /// from then on ends persistent sessions and publishes delayed wills
+    /// on time, whichever gateway their clients left (or held them and
+    /// died).
     fn start(&self, _listening: SocketAddr, ctx: Context) {
         let gateways = self.clients.gateways().clone();
-        tokio::spawn(gateways.clone().register(ctx.clone()));
-        tokio::spawn(session::expire_stored(ctx.clone(), gateways));
+        tokio::spawn(gateways.register(ctx.clone()));
+        tokio::spawn(session::expire_stored(ctx.clone()));
         tokio::spawn(will::publish_stored(ctx));
     }
 

@@ -10,7 +10,7 @@
 //! client's next connection, to this gateway or another on the same
 //! backend, subscribes them again before the client asks.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -19,12 +19,14 @@ use gateway_api::metadata::ExpectedVersion;
 use gateway_api::topic::{escape_word, Namespace};
 use gateway_api::{BackendError, Context, MetadataStore, TopicName};
 use rmqtt_codec::types::QoS;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::clients::Clients;
 use crate::due;
 use crate::filter::Filter;
-use crate::gateways::Gateways;
+use crate::gateways;
 
 /// Where the session records live in the metadata store.
 const PREFIX: &str = "mqtt/sessions/";
@@ -208,6 +210,22 @@ impl Sessions {
             .map(drop)
     }
 
+    /// Stores `record` as the session of `client_id` if its record is at
+    /// `version` still; the version written, or `None` if it was not
+    /// (another one since, or the store failed: logged).
+    async fn put_at(&self, client_id: &str, record: &Record, version: u64) -> Option<u64> {
+        let key = self.key(client_id);
+        let expected = ExpectedVersion::Exactly(version);
+        match self.store.put(&key, record.encode().into(), expected).await {
+            Ok(written) => Some(written),
+            Err(BackendError::VersionConflict(_)) => None,
+            Err(e) => {
+                tracing::warn!(client = client_id, error = %e, "session record not written");
+                None
+            }
+        }
+    }
+
     /// Forgets the session of `client_id`.
     pub(crate) async fn delete(&self, client_id: &str) -> Result<(), BackendError> {
         self.store
@@ -280,14 +298,18 @@ async fn forget_subscriptions(
     }
 }
 
-/// Ends the session of `client_id` if its stored record says it ended:
-/// the durable subscriptions go first, then the record, at the version
-/// read. No client resumes a session past its end (a CONNECT then finds
-/// it ended), and a gateway stopped in between leaves the record for the
-/// next one to end again.
+/// Ends the session of `client_id` if its stored record says it ended.
+/// The record is first written again at the version read: of gateways
+/// ending it at once, one does (the others find another version). Then
+/// the durable subscriptions go, then the record, at the version written.
+/// No client resumes a session past its end (a CONNECT then finds it
+/// ended), and a gateway stopped in between leaves the record for the
+/// next one to end again. A session taken from a gateway found gone
+/// ([`adopt`]) whose gateway has registered since is that gateway's again:
+/// it was cut off, not dead, and its client may be connected.
 async fn expire_if_due(ctx: &Context, namespace: &Namespace, client_id: &str) {
     let sessions = Sessions::new(ctx.backend.metadata(), namespace);
-    let (record, version) = match sessions.load_versioned(client_id).await {
+    let (mut record, version) = match sessions.load_versioned(client_id).await {
         Ok(Some(found)) => found,
         Ok(None) => return,
         Err(e) => {
@@ -295,14 +317,33 @@ async fn expire_if_due(ctx: &Context, namespace: &Namespace, client_id: &str) {
             return;
         }
     };
-    if !record.expired(now_ms()) {
+    let Some(ends) = record.expires_at.filter(|&at| at <= now_ms()) else {
         return;
+    };
+    if let Some(held) = &record.held {
+        let adopted_at = ends.saturating_sub(u64::from(held.expiry_secs) * 1000);
+        match gateways::read(&*sessions.store).await {
+            Ok(registered) if registered.beat_after(&held.by, adopted_at) => {
+                record.expires_at = None;
+                let _ = sessions.put_at(client_id, &record, version).await;
+                tracing::info!(client = client_id, gateway = %held.by, "session's gateway back: it holds the session again");
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(client = client_id, error = %e, "session expiry not checked");
+                return;
+            }
+        }
     }
+    let Some(claimed) = sessions.put_at(client_id, &record, version).await else {
+        return;
+    };
     forget_subscriptions(ctx, namespace, client_id, &record).await;
     let key = sessions.key(client_id);
     match sessions
         .store
-        .delete(&key, ExpectedVersion::Exactly(version))
+        .delete(&key, ExpectedVersion::Exactly(claimed))
         .await
     {
         // Rewritten since: a new session of that client id.
@@ -315,83 +356,129 @@ async fn expire_if_due(ctx: &Context, namespace: &Namespace, client_id: &str) {
     tracing::info!(client = client_id, "session expired");
 }
 
-/// Ends each persistent session on time, until the gateway stops: every
-/// [`due::SWEEP`] (and when a gateway that holds sessions would stop
-/// counting as live) the records are read, the sessions of gateways gone
-/// are given their end time ([`adopt`]), and those that end before the
-/// next reading are ended then. Every gateway on the backend does this; a
-/// session ends once (see [`expire_if_due`]).
-pub(crate) async fn expire_stored(ctx: Context, gateways: Arc<Gateways>) {
+/// Ends each persistent session on time, until the gateway stops. The
+/// records are read at start and every [`due::SWEEP`]: sessions of
+/// gateways gone get their end time ([`adopt`]), and those that end before
+/// the next reading are ended then. In between, the registrations (a few
+/// keys) are read every [`gateways::HEARTBEAT`], and the records again as
+/// soon as a gateway that held sessions is gone. Every gateway on the
+/// backend does this; a session ends once (see [`expire_if_due`]).
+pub(crate) async fn expire_stored(ctx: Context) {
     let store = ctx.backend.metadata();
+    let running = Arc::new(Semaphore::new(due::AT_ONCE));
+    let mut scheduled: Option<JoinHandle<()>> = None;
     let mut first = true;
     loop {
         let Some(found) = due::records(&ctx, PREFIX).await else {
             return;
         };
-        let registered = match gateways.read(&*store).await {
-            Ok(registered) => registered,
+        // Unread, no session is taken from its holder; those with an end
+        // time still end.
+        let registered = match gateways::read(&*store).await {
+            Ok(registered) => Some(registered),
             Err(e) => {
-                tracing::debug!(error = %e, "MQTT gateways not read yet");
-                if !due::wait_until(&ctx, now_ms() + 1000).await {
-                    return;
-                }
-                continue;
+                tracing::debug!(error = %e, "MQTT gateways not read");
+                None
             }
         };
         let now = now_ms();
-        // The next reading: after SWEEP, or when a holder would be gone.
-        let mut horizon = now + due::SWEEP.as_millis() as u64;
+        let horizon = now + due::SWEEP.as_millis() as u64;
+        // Each holder of a session, with the earliest it holds one since.
+        let mut holders: HashMap<Arc<str>, u64> = HashMap::new();
         let mut named = HashSet::new();
-        let mut away = Vec::new();
+        let mut items = Vec::new();
         for (key, versioned) in found {
             let Some((namespace, client_id)) = due::parse_client_key(PREFIX, &key) else {
                 continue;
             };
             let mut record = Record::decode(&versioned.value);
-            let gone_at = match (&record.held, record.expires_at) {
-                (Some(held), None) => Some(registered.gone_at(&held.by, held.since)),
-                _ => None,
-            };
-            match gone_at {
-                Some(at) if at <= now => {
-                    let adopted = adopt(&ctx, &namespace, &client_id, record, versioned.version);
-                    match adopted.await {
-                        Some(r) => record = r,
-                        None => continue,
-                    }
+            if let (Some(held), None) = (&record.held, record.expires_at) {
+                let gone = registered
+                    .as_ref()
+                    .is_some_and(|r| r.gone_at(&held.by, held.since) <= now);
+                if !gone {
+                    let since = holders.entry(held.by.clone()).or_insert(held.since);
+                    *since = (*since).min(held.since);
+                    named.insert(held.by.clone());
+                    continue;
                 }
-                Some(at) => horizon = horizon.min(at),
-                None => {}
+                let adopted = adopt(&ctx, &namespace, &client_id, record, versioned.version);
+                match adopted.await {
+                    Some(r) => record = r,
+                    None => continue,
+                }
             }
-            if let Some(held) = record.held {
-                named.insert(held.by);
+            if let Some(held) = &record.held {
+                named.insert(held.by.clone());
             }
-            if let Some(at) = record.expires_at {
-                away.push((at, (namespace, client_id)));
+            if let Some(at) = record.expires_at.filter(|&at| at <= horizon) {
+                items.push((at, (namespace, client_id)));
             }
         }
-        let items: Vec<_> = away.into_iter().filter(|(at, _)| *at <= horizon).collect();
-        let named = named.iter().map(|by| &**by).collect();
-        gateways.forget_gone(&*store, &registered, &named).await;
+        if let Some(registered) = &registered {
+            gateways::forget_gone(&*store, registered, &named).await;
+        }
         if first {
             tracing::info!(count = items.len(), "persistent sessions away");
             first = false;
         }
-        let expire = |(namespace, client_id): (Namespace, String)| {
+        // The previous reading's schedule is replaced by this one's, which
+        // covers it.
+        if let Some(previous) = scheduled.take() {
+            previous.abort();
+        }
+        let expire = {
             let ctx = ctx.clone();
-            async move { expire_if_due(&ctx, &namespace, &client_id).await }
+            move |(namespace, client_id): (Namespace, String)| {
+                let ctx = ctx.clone();
+                async move { expire_if_due(&ctx, &namespace, &client_id).await }
+            }
         };
-        due::run_on_time(&ctx, items, expire).await;
-        if !due::wait_until(&ctx, horizon).await {
+        let run = due::run_on_time(ctx.clone(), running.clone(), items, expire);
+        scheduled = Some(tokio::spawn(run));
+        if !until_next_reading(&ctx, &*store, &holders, horizon).await {
             return;
+        }
+    }
+}
+
+/// Waits until `horizon`, or until one of `holders` (each with the
+/// earliest it holds a session since) is gone, reading the registrations
+/// every heartbeat; false if the gateway stops first.
+async fn until_next_reading(
+    ctx: &Context,
+    store: &dyn MetadataStore,
+    holders: &HashMap<Arc<str>, u64>,
+    horizon: u64,
+) -> bool {
+    loop {
+        let beat = now_ms() + gateways::HEARTBEAT.as_millis() as u64;
+        if !due::wait_until(ctx, beat.min(horizon)).await {
+            return false;
+        }
+        if now_ms() >= horizon {
+            return true;
+        }
+        if holders.is_empty() {
+            continue;
+        }
+        if let Ok(registered) = gateways::read(store).await {
+            let now = now_ms();
+            if holders
+                .iter()
+                .any(|(by, &since)| registered.gone_at(by, since) <= now)
+            {
+                return true;
+            }
         }
     }
 }
 
 /// Gives the session of `client_id`, held by a gateway that is gone, its
 /// end time: its expiry interval from now, as if its client had left now.
-/// Written at `version`, so a client that came back in between keeps it.
-/// The record as written, or `None` if it was not.
+/// The record keeps naming that gateway (see [`expire_if_due`]). Written
+/// at `version`, so a client that came back in between keeps it. The
+/// record as written, or `None` if it was not.
 async fn adopt(
     ctx: &Context,
     namespace: &Namespace,
@@ -399,34 +486,18 @@ async fn adopt(
     mut record: Record,
     version: u64,
 ) -> Option<Record> {
-    let held = record.held.take()?;
-    let ends = now_ms().saturating_add(u64::from(held.expiry_secs) * 1000);
-    record.expires_at = Some(ends);
+    let held = record.held.as_deref()?;
+    let (by, expiry_secs) = (held.by.clone(), held.expiry_secs);
+    record.expires_at = Some(now_ms().saturating_add(u64::from(expiry_secs) * 1000));
     let sessions = Sessions::new(ctx.backend.metadata(), namespace);
-    let written = sessions
-        .store
-        .put(
-            &sessions.key(client_id),
-            record.encode().into(),
-            ExpectedVersion::Exactly(version),
-        )
-        .await;
-    match written {
-        Ok(_) => {
-            tracing::info!(
-                client = client_id,
-                gateway = %held.by,
-                expiry_secs = held.expiry_secs,
-                "session of a gateway gone: it ends after its expiry interval"
-            );
-            Some(record)
-        }
-        Err(BackendError::VersionConflict(_)) => None,
-        Err(e) => {
-            tracing::warn!(client = client_id, error = %e, "session of a gateway gone kept");
-            None
-        }
-    }
+    sessions.put_at(client_id, &record, version).await?;
+    tracing::info!(
+        client = client_id,
+        gateway = %by,
+        expiry_secs,
+        "session of a gateway gone: it ends after its expiry interval"
+    );
+    Some(record)
 }
 
 /// Now, in ms since the epoch.

@@ -5,10 +5,10 @@
 //! A delayed will waits in the backend's metadata store under
 //! `mqtt/wills/{tenant}/{namespace}/{client id}`, and the session's record
 //! says one waits (so a CONNECT, which reads the record anyway, deletes it
-//! without another read). Its gateway publishes it on time; a gateway
-//! that starts publishes those whose gateway stopped first. It is
-//! published once: whoever publishes it deletes it first, at the version
-//! read.
+//! without another read). Its gateway publishes it on time, and so does
+//! every gateway that reads it (at start and every minute), should its
+//! gateway have stopped first. It is published once: whoever publishes it
+//! deletes it first, at the version read.
 
 use std::time::Duration;
 
@@ -214,9 +214,9 @@ pub(crate) fn publish_later(
     });
 }
 
-/// Publishes, each on time, the wills waiting when the gateway started,
-/// until shutdown. Every gateway on the backend does this; a will goes
-/// once (see [`publish_if_due`]).
+/// Publishes each waiting will on time, reading them at start and every
+/// minute, until shutdown. Every gateway on the backend does this; a will
+/// goes once (see [`publish_if_due`]).
 pub(crate) async fn publish_stored(ctx: Context) {
     let time_of = |namespace: &Namespace, value: Bytes| Some(Waiting::decode(value, namespace)?.at);
     let publish = |ctx: Context, namespace: Namespace, client_id: String| async move {
