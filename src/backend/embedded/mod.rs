@@ -15,6 +15,7 @@
 pub mod cursor;
 pub mod dispatch;
 pub mod log;
+mod name_locks;
 pub mod reader;
 pub mod store;
 pub mod subscription;
@@ -39,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 use cursor::Cursor;
 use dispatch::PartitionSubscription;
 use log::{LogConfig, LogError, PartitionLog, RetentionPolicy};
+use name_locks::NameLocks;
 use store::MetaDb;
 use subscription::{lock_attached, Attached, EmbeddedSubscription};
 
@@ -126,8 +128,9 @@ pub struct Inner {
     topics: RwLock<HashMap<TopicName, u32>>,
     /// Open partitions (and non-partitioned topics).
     partitions: RwLock<HashMap<TopicName, Arc<Partition>>>,
-    /// Serializes opening partitions and changing the registry.
-    registry_lock: tokio::sync::Mutex<()>,
+    /// Serializes changes to one topic's registration (and the opening of
+    /// its partitions), by base topic name.
+    registry_locks: NameLocks,
     /// Serializes cursor writes so a deletion is never overwritten.
     cursor_lock: tokio::sync::Mutex<()>,
     /// Source of consumer ids.
@@ -239,7 +242,7 @@ impl EmbeddedBackend {
             meta,
             topics: RwLock::new(HashMap::new()),
             partitions: RwLock::new(HashMap::new()),
-            registry_lock: tokio::sync::Mutex::new(()),
+            registry_locks: NameLocks::default(),
             cursor_lock: tokio::sync::Mutex::new(()),
             next_consumer: AtomicU64::new(1),
             next_partition: AtomicU64::new(0),
@@ -351,7 +354,7 @@ impl Inner {
         n: u32,
         must_be_new: bool,
     ) -> Result<u32, BackendError> {
-        let _guard = self.registry_lock.lock().await;
+        let _guard = self.registry_locks.lock(base).await;
         if let Some(existing) = self.registered(base) {
             return if must_be_new {
                 Err(BackendError::TopicExists(base.clone()))
@@ -762,7 +765,7 @@ impl Backend for EmbeddedBackend {
     ) -> Result<(), BackendError> {
         let inner = &self.inner;
         inner.check_open()?;
-        let _guard = inner.registry_lock.lock().await;
+        let _guard = inner.registry_locks.lock(topic).await;
         let current = inner
             .registered(topic)
             .ok_or_else(|| BackendError::TopicNotFound(topic.clone()))?;
@@ -786,7 +789,7 @@ impl Backend for EmbeddedBackend {
     async fn delete_topic(&self, topic: &TopicName) -> Result<(), BackendError> {
         let inner = &self.inner;
         inner.check_open()?;
-        let _guard = inner.registry_lock.lock().await;
+        let _guard = inner.registry_locks.lock(topic).await;
         let n = inner
             .registered(topic)
             .ok_or_else(|| BackendError::TopicNotFound(topic.clone()))?;
