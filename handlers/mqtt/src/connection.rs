@@ -236,16 +236,25 @@ impl Connection {
         } = connected;
         let namespace = ctx.router.namespace(Protocol::Mqtt, &principal);
         let sessions = Sessions::new(ctx.backend.metadata(), &namespace);
-        let stored = sessions.load(&client_id).await?;
         // 3.1.1's session without end, or a longer one than allowed, ends
         // after `max_session_expiry` (MQTT 5 clients are told).
         let session_expiry_secs = connect
             .session_expiry_secs
             .min(config.max_session_expiry_secs);
         let persistent = session_expiry_secs > 0;
-        // A session that ended while no gateway was there to end it.
-        let ended = stored.as_ref().is_some_and(|r| r.expired(now_ms()));
-        let resume = !connect.clean_start && stored.is_some() && !ended;
+        // A session that ends says which gateway holds it (`gateways.rs`).
+        let held = (persistent && session_expiry_secs != u32::MAX).then(|| {
+            Box::new(Held {
+                by: registration.clients().gateways().id().clone(),
+                expiry_secs: session_expiry_secs,
+                since: now_ms(),
+            })
+        });
+        // Not resumed: none stored, a clean start, or one that ended while
+        // no gateway was there to end it.
+        let (stored, resume) = sessions
+            .connect(&client_id, !connect.clean_start, held.clone())
+            .await?;
         if stored.as_ref().is_some_and(|r| r.will_waits) {
             will::client_back(&ctx, &namespace, &client_id, resume).await;
         }
@@ -255,14 +264,6 @@ impl Connection {
         if let Some(max) = connect.max_packet_size {
             codec.limit_outbound(max.get());
         }
-        // A session that ends says which gateway holds it (`gateways.rs`).
-        let held = (persistent && session_expiry_secs != u32::MAX).then(|| {
-            Box::new(Held {
-                by: registration.clients().gateways().id().clone(),
-                expiry_secs: session_expiry_secs,
-                since: now_ms(),
-            })
-        });
         let window = connect.receive_max.min(config.max_inflight);
         let keep_alive = (connect.keep_alive > 0)
             .then(|| Box::pin(tokio::time::sleep(idle_limit(connect.keep_alive))));
@@ -300,18 +301,7 @@ impl Connection {
             if let Some(p) = parked {
                 conn.unpark(p);
             }
-            if let Some(mut old) = stored {
-                let was_away = old.expires_at.take().is_some();
-                let will_waited = std::mem::take(&mut old.will_waits);
-                // It says since when: every resume writes the record.
-                let holder_changed = old.held != held;
-                old.held = held;
-                if was_away || will_waited || holder_changed {
-                    // Held again: no gateway ends it now.
-                    if let Err(e) = sessions.save(conn.client_id(), &old).await {
-                        tracing::warn!(client = %conn.client_id(), error = %e, "session's expiry not cleared");
-                    }
-                }
+            if let Some(old) = stored {
                 conn.restore(old).await;
             }
         } else if persistent {

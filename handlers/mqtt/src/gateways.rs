@@ -88,9 +88,10 @@ impl Gateways {
                 _ = ticks.tick() => {}
             }
             let beat = Bytes::from(now_ms().to_string());
-            // Bounded: a heartbeat that waits stops counting anyway.
+            // Bounded, so the next one is not held up: one later than this
+            // would land after the gateway stopped counting as live.
             let put = store.put(&key, beat, ExpectedVersion::Any);
-            match tokio::time::timeout(HEARTBEAT, put).await {
+            match tokio::time::timeout(LIVENESS - HEARTBEAT, put).await {
                 Ok(Ok(_)) => failing = false,
                 Ok(Err(e)) if !failing => {
                     failing = true;

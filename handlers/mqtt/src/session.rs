@@ -45,7 +45,9 @@ pub(crate) struct Record {
     pub filters: Vec<Subscribed>,
     /// While its client is away: when the session ends (ms since the
     /// epoch). Stored, so that a gateway started later, or another one on
-    /// the same backend, ends it on time; `None` while a client holds it.
+    /// the same backend, ends it on time; `None` while a client holds it,
+    /// unless its gateway was found gone ([`Record::held`] then says
+    /// which).
     pub expires_at: Option<u64>,
     /// A delayed will of the session's last connection waits (`will.rs`).
     pub will_waits: bool,
@@ -69,6 +71,10 @@ pub(crate) struct Held {
 
 /// The record line that holds [`Record::expires_at`].
 const EXPIRES: &str = "expires ";
+
+/// How often a CONNECT reads and writes its session's record again when
+/// another write came in between.
+const TAKE_ATTEMPTS: usize = 3;
 
 /// The record line that says [`Record::will_waits`].
 const WILL_WAITS: &str = "will";
@@ -181,14 +187,6 @@ impl Sessions {
         due::client_key(PREFIX, &self.namespace, client_id)
     }
 
-    /// The stored session of `client_id`, if any.
-    pub(crate) async fn load(&self, client_id: &str) -> Result<Option<Record>, BackendError> {
-        Ok(self
-            .load_versioned(client_id)
-            .await?
-            .map(|(record, _)| record))
-    }
-
     /// The stored session of `client_id` and the version of its record.
     async fn load_versioned(&self, client_id: &str) -> Result<Option<(Record, u64)>, BackendError> {
         Ok(self
@@ -208,6 +206,48 @@ impl Sessions {
             )
             .await
             .map(drop)
+    }
+
+    /// The stored session of `client_id` for a CONNECT, and whether it is
+    /// resumed: when `resume` is asked and the session has not ended, it
+    /// is taken, its record written again at the version read with no end
+    /// time, no waiting will and `held`. A gateway ending the session (or
+    /// taking it from a gateway gone) at the same moment makes that write
+    /// fail, and the record is read again: a resumed session is never one
+    /// being ended. The record is returned as it was read.
+    pub(crate) async fn connect(
+        &self,
+        client_id: &str,
+        resume: bool,
+        held: Option<Box<Held>>,
+    ) -> Result<(Option<Record>, bool), BackendError> {
+        for _ in 0..TAKE_ATTEMPTS {
+            let Some((record, version)) = self.load_versioned(client_id).await? else {
+                return Ok((None, false));
+            };
+            if !resume || record.expired(now_ms()) {
+                return Ok((Some(record), false));
+            }
+            let taken = Record {
+                expires_at: None,
+                will_waits: false,
+                held: held.clone(),
+                ..record.clone()
+            };
+            let key = self.key(client_id);
+            let expected = ExpectedVersion::Exactly(version);
+            match self.store.put(&key, taken.encode().into(), expected).await {
+                Ok(_) => return Ok((Some(record), true)),
+                Err(BackendError::VersionConflict(_)) => continue,
+                Err(e) => {
+                    tracing::warn!(client = client_id, error = %e, "session's expiry not cleared");
+                    return Ok((Some(record), true));
+                }
+            }
+        }
+        Err(BackendError::Unavailable(format!(
+            "the session of {client_id} kept changing"
+        )))
     }
 
     /// Stores `record` as the session of `client_id` if its record is at
@@ -306,8 +346,16 @@ async fn forget_subscriptions(
 /// ended), and a gateway stopped in between leaves the record for the
 /// next one to end again. A session taken from a gateway found gone
 /// ([`adopt`]) whose gateway has registered since is that gateway's again:
-/// it was cut off, not dead, and its client may be connected.
-async fn expire_if_due(ctx: &Context, namespace: &Namespace, client_id: &str) {
+/// it was cut off, not dead, and its client may be connected. `left_here`
+/// is this gateway's id when its own timer asks, the client having left
+/// it and not come back: a record this gateway still holds (its end time
+/// was not written) ends too.
+async fn expire_if_due(
+    ctx: &Context,
+    namespace: &Namespace,
+    client_id: &str,
+    left_here: Option<&str>,
+) {
     let sessions = Sessions::new(ctx.backend.metadata(), namespace);
     let (mut record, version) = match sessions.load_versioned(client_id).await {
         Ok(Some(found)) => found,
@@ -317,10 +365,17 @@ async fn expire_if_due(ctx: &Context, namespace: &Namespace, client_id: &str) {
             return;
         }
     };
-    let Some(ends) = record.expires_at.filter(|&at| at <= now_ms()) else {
+    let mine = record
+        .held
+        .as_ref()
+        .is_some_and(|h| Some(&*h.by) == left_here);
+    // Its client left this gateway an expiry interval ago: due, whatever
+    // another gateway wrote.
+    let ends = if mine { Some(0) } else { record.expires_at };
+    let Some(ends) = ends.filter(|&at| at <= now_ms()) else {
         return;
     };
-    if let Some(held) = &record.held {
+    if let Some(held) = record.held.as_ref().filter(|_| !mine) {
         let adopted_at = ends.saturating_sub(u64::from(held.expiry_secs) * 1000);
         match gateways::read(&*sessions.store).await {
             Ok(registered) if registered.beat_after(&held.by, adopted_at) => {
@@ -373,7 +428,8 @@ pub(crate) async fn expire_stored(ctx: Context) {
             return;
         };
         // Unread, no session is taken from its holder; those with an end
-        // time still end.
+        // time still come due (one taken from a gateway ends once the
+        // registrations read again).
         let registered = match gateways::read(&*store).await {
             Ok(registered) => Some(registered),
             Err(e) => {
@@ -431,7 +487,7 @@ pub(crate) async fn expire_stored(ctx: Context) {
             let ctx = ctx.clone();
             move |(namespace, client_id): (Namespace, String)| {
                 let ctx = ctx.clone();
-                async move { expire_if_due(&ctx, &namespace, &client_id).await }
+                async move { expire_if_due(&ctx, &namespace, &client_id, None).await }
             }
         };
         let run = due::run_on_time(ctx.clone(), running.clone(), items, expire);
@@ -539,7 +595,8 @@ pub(crate) fn expire_later(
     let token = back.clone();
     unless_back(ctx.shutdown.clone(), back, after, async move {
         if clients.unpark(&registered, &token) {
-            expire_if_due(&ctx, &namespace, &client_id).await;
+            let here = clients.gateways().id().clone();
+            expire_if_due(&ctx, &namespace, &client_id, Some(&here)).await;
         }
     });
 }
