@@ -11,7 +11,7 @@
 //! gateway's memory: a client that comes back through another gateway
 //! resumes its subscriptions (the backend's), not these.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -60,17 +60,15 @@ struct State {
     held: HashMap<Arc<str>, Holder>,
     /// What the sessions of clients away keep (see [`Parked`]).
     parked: HashMap<Arc<str>, Parked>,
-    /// Connections taken over that have not ended yet: the ones taking
-    /// over wait for them. Only a takeover under way costs memory here,
-    /// not each connection.
-    ending: HashSet<u64>,
+    /// Connections taken over that have not ended yet, each with what
+    /// tells the one taking over when it has. Only a takeover under way
+    /// costs memory here, not each connection.
+    ending: HashMap<u64, Arc<Notify>>,
 }
 
 #[derive(Default)]
 struct Shared {
     state: Mutex<State>,
-    /// Told whenever a connection in `ending` ends.
-    ended: Notify,
     /// This gateway among the others on the backend.
     gateways: Arc<Gateways>,
 }
@@ -125,7 +123,7 @@ impl Clients {
             if let Some(p) = &previous {
                 // Its registration is still alive: its drop (which takes
                 // this lock) takes it out of `ending` again.
-                state.ending.insert(p.connection);
+                state.ending.insert(p.connection, Arc::default());
             }
             previous
         };
@@ -147,23 +145,19 @@ impl Clients {
     /// Waits (at most [`TAKEOVER_WAIT`]) until `connection`, taken over,
     /// has ended.
     async fn wait_ended(&self, connection: u64, client_id: &str) {
-        let deadline = tokio::time::Instant::now() + TAKEOVER_WAIT;
-        loop {
-            let ended = self.shared.ended.notified();
-            let mut ended = std::pin::pin!(ended);
-            // Listening before looking: an end between the two is not missed.
-            ended.as_mut().enable();
-            if !self.lock().ending.contains(&connection) {
-                return;
-            }
-            if tokio::time::timeout_at(deadline, ended).await.is_err() {
-                self.lock().ending.remove(&connection);
-                tracing::warn!(
-                    client = client_id,
-                    "the connection taken over did not end in time"
-                );
-                return;
-            }
+        let Some(ended) = self.lock().ending.get(&connection).cloned() else {
+            return;
+        };
+        // `notify_one` keeps its permit for a wait that starts after it.
+        if tokio::time::timeout(TAKEOVER_WAIT, ended.notified())
+            .await
+            .is_err()
+        {
+            self.lock().ending.remove(&connection);
+            tracing::warn!(
+                client = client_id,
+                "the connection taken over did not end in time"
+            );
         }
     }
 
@@ -228,8 +222,8 @@ impl Drop for Registration {
         {
             state.held.remove(&self.key);
         }
-        if state.ending.remove(&self.connection) {
-            self.clients.shared.ended.notify_waiters();
+        if let Some(ended) = state.ending.remove(&self.connection) {
+            ended.notify_one();
         }
     }
 }
