@@ -247,9 +247,7 @@ async fn run(config: Config) -> Result<(), StartupError> {
         .find(|(protocol, _, _)| *protocol == Protocol::Mqtt)
         .and_then(|(_, _, handler)| handler.clone());
     let mut protocol_sockets = Vec::new();
-    let mut mqtt_listens = false;
     for (protocol, addr, handler) in wiring {
-        mqtt_listens |= protocol == Protocol::Mqtt && handler.is_some() && addr.addr().is_some();
         match (addr.addr(), handler) {
             (None, _) => info!("{protocol} listener is off"),
             (Some(addr), None) => {
@@ -261,6 +259,9 @@ async fn run(config: Config) -> Result<(), StartupError> {
         }
     }
 
+    let mqtt_listens = protocol_sockets
+        .iter()
+        .any(|(handler, _)| handler.protocol() == Protocol::Mqtt);
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
     let shutdown = Shutdown::new();

@@ -543,18 +543,18 @@ impl Gateway {
     /// Kills the gateway (SIGKILL): it writes nothing more, as if its
     /// machine were lost.
     pub fn kill(&self) {
-        use nix::sys::signal::{kill, Signal};
-        use nix::unistd::Pid;
-        let pid = Pid::from_raw(self.child.id() as i32);
-        kill(pid, Signal::SIGKILL).expect("send SIGKILL to the gateway");
+        self.signal(nix::sys::signal::Signal::SIGKILL);
     }
 
     /// Sends SIGTERM.
     pub fn terminate(&self) {
-        use nix::sys::signal::{kill, Signal};
-        use nix::unistd::Pid;
-        let pid = Pid::from_raw(self.child.id() as i32);
-        kill(pid, Signal::SIGTERM).expect("send SIGTERM to the gateway");
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, signal)
+            .unwrap_or_else(|e| panic!("send {signal} to the gateway: {e}"));
     }
 
     /// Waits up to `within` for the process to exit.

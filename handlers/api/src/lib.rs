@@ -47,3 +47,11 @@ pub use metadata::{ExpectedVersion, MetadataStore, Versioned};
 pub use metrics::Metrics;
 pub use router::{DefaultRouter, Protocol, RouteError, Router};
 pub use topic::{Domain, NameError, TopicName};
+
+/// Now, in milliseconds since the Unix epoch (the unit of every stored
+/// time: expiries, event times, heartbeats).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

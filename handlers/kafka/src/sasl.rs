@@ -22,20 +22,13 @@
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use bytes::{Bytes, BytesMut};
-use gateway_api::{AuthError, Authenticator, Credentials, HandlerError, Principal};
+use gateway_api::{now_ms, AuthError, Authenticator, Credentials, HandlerError, Principal};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{
     ApiKey, SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest,
     SaslHandshakeResponse,
 };
 use kafka_protocol::protocol::StrBytes;
-
-/// Now, in ms since the epoch.
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
 
 /// The mechanisms offered, in the handshake's answer.
 const MECHANISMS: &[&str] = &["PLAIN"];

@@ -22,8 +22,8 @@ use futures::stream::{FuturesOrdered, StreamExt};
 use gateway_api::backend::{StartPosition, SubscribeRequest, SubscriptionKind};
 use gateway_api::topic::Namespace;
 use gateway_api::{
-    Action, BackendError, ClientStream, Context, HandlerError, MessageId, NewMessage, Principal,
-    Protocol, TopicName,
+    now_ms, Action, BackendError, ClientStream, Context, HandlerError, MessageId, NewMessage,
+    Principal, Protocol, TopicName,
 };
 use rmqtt_codec::types::{Publish, QoS};
 use tokio::io::{AsyncRead, AsyncWriteExt};
@@ -39,7 +39,7 @@ use crate::filter::Filter;
 use crate::properties;
 use crate::reason::{self, Reason};
 use crate::retained::Retained;
-use crate::session::{self, now_ms, Held, Record, Sessions};
+use crate::session::{self, Held, Record, Sessions};
 use crate::will;
 use crate::wire::{Codec, ConnAck, FilterRequest, Granted, Inbound, Outbound, Version, Will};
 use crate::MqttConfig;
@@ -253,7 +253,7 @@ impl Connection {
         // Not resumed: none stored, a clean start, or one that ended while
         // no gateway was there to end it.
         let (stored, resume) = sessions
-            .connect(&client_id, !connect.clean_start, held.clone())
+            .connect(&client_id, !connect.clean_start, held.as_deref())
             .await?;
         if stored.as_ref().is_some_and(|r| r.will_waits) {
             will::client_back(&ctx, &namespace, &client_id, resume).await;
@@ -296,7 +296,7 @@ impl Connection {
             ctx,
             config,
         });
-        conn.record.held = held.clone();
+        conn.record.held = held;
         if resume {
             if let Some(p) = parked {
                 conn.unpark(p);
@@ -1284,6 +1284,10 @@ impl Connection {
             .redelivered
             .as_mut()
             .and_then(|r| r.remove(&(message.topic.clone(), message.id)));
+        if self.redelivered.as_ref().is_some_and(|r| r.is_empty()) {
+            // All sent again: deliveries look in no map any more.
+            self.redelivered = None;
+        }
         let packet_id = match qos {
             QoS::AtMostOnce => None,
             _ => match original

@@ -14,7 +14,7 @@ use gateway_api::topic::{escape_word, unescape_word, Namespace};
 use gateway_api::Context;
 use tokio::sync::Semaphore;
 
-use crate::session::now_ms;
+use gateway_api::now_ms;
 
 /// How long a gateway waits before reading the records again when the
 /// backend did not answer (it may still be connecting).

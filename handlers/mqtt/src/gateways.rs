@@ -25,14 +25,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use gateway_api::{BackendError, Context, ExpectedVersion, MetadataStore};
 
-use crate::session::now_ms;
+use gateway_api::now_ms;
 
 /// How often a gateway refreshes its registration.
 pub(crate) const HEARTBEAT: Duration = Duration::from_secs(3);
 
 /// How long a registration counts as live after its last refresh: three
 /// missed heartbeats and a margin.
-pub(crate) const LIVENESS: Duration = Duration::from_secs(10);
+const LIVENESS: Duration = Duration::from_secs(10);
 
 /// How long a gone gateway's registration is kept once no session names
 /// it: a gateway stopped that long ago is not coming back as it was.

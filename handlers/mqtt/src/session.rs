@@ -12,12 +12,12 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use gateway_api::backend::{StartPosition, SubscribeRequest, SubscriptionKind};
 use gateway_api::metadata::ExpectedVersion;
 use gateway_api::topic::{escape_word, Namespace};
-use gateway_api::{BackendError, Context, MetadataStore, TopicName};
+use gateway_api::{now_ms, BackendError, Context, MetadataStore, TopicName};
 use rmqtt_codec::types::QoS;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -219,7 +219,7 @@ impl Sessions {
         &self,
         client_id: &str,
         resume: bool,
-        held: Option<Box<Held>>,
+        held: Option<&Held>,
     ) -> Result<(Option<Record>, bool), BackendError> {
         for _ in 0..TAKE_ATTEMPTS {
             let Some((record, version)) = self.load_versioned(client_id).await? else {
@@ -231,14 +231,12 @@ impl Sessions {
             let taken = Record {
                 expires_at: None,
                 will_waits: false,
-                held: held.clone(),
+                held: held.cloned().map(Box::new),
                 ..record.clone()
             };
-            let key = self.key(client_id);
-            let expected = ExpectedVersion::Exactly(version);
-            match self.store.put(&key, taken.encode().into(), expected).await {
-                Ok(_) => return Ok((Some(record), true)),
-                Err(BackendError::VersionConflict(_)) => continue,
+            match self.put_at(client_id, &taken, version).await {
+                Ok(Some(_)) => return Ok((Some(record), true)),
+                Ok(None) => continue,
                 Err(e) => {
                     tracing::warn!(client = client_id, error = %e, "session's expiry not cleared");
                     return Ok((Some(record), true));
@@ -251,19 +249,31 @@ impl Sessions {
     }
 
     /// Stores `record` as the session of `client_id` if its record is at
-    /// `version` still; the version written, or `None` if it was not
-    /// (another one since, or the store failed: logged).
-    async fn put_at(&self, client_id: &str, record: &Record, version: u64) -> Option<u64> {
+    /// `version` still: the version written, or `None` if another was
+    /// written since.
+    async fn put_at(
+        &self,
+        client_id: &str,
+        record: &Record,
+        version: u64,
+    ) -> Result<Option<u64>, BackendError> {
         let key = self.key(client_id);
         let expected = ExpectedVersion::Exactly(version);
         match self.store.put(&key, record.encode().into(), expected).await {
-            Ok(written) => Some(written),
-            Err(BackendError::VersionConflict(_)) => None,
-            Err(e) => {
+            Ok(written) => Ok(Some(written)),
+            Err(BackendError::VersionConflict(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// [`Sessions::put_at`], a failure of the store logged as `None`.
+    async fn put_at_or_log(&self, client_id: &str, record: &Record, version: u64) -> Option<u64> {
+        self.put_at(client_id, record, version)
+            .await
+            .unwrap_or_else(|e| {
                 tracing::warn!(client = client_id, error = %e, "session record not written");
                 None
-            }
-        }
+            })
     }
 
     /// Forgets the session of `client_id`.
@@ -380,7 +390,7 @@ async fn expire_if_due(
         match gateways::read(&*sessions.store).await {
             Ok(registered) if registered.beat_after(&held.by, adopted_at) => {
                 record.expires_at = None;
-                let _ = sessions.put_at(client_id, &record, version).await;
+                let _ = sessions.put_at_or_log(client_id, &record, version).await;
                 tracing::info!(client = client_id, gateway = %held.by, "session's gateway back: it holds the session again");
                 return;
             }
@@ -391,7 +401,7 @@ async fn expire_if_due(
             }
         }
     }
-    let Some(claimed) = sessions.put_at(client_id, &record, version).await else {
+    let Some(claimed) = sessions.put_at_or_log(client_id, &record, version).await else {
         return;
     };
     forget_subscriptions(ctx, namespace, client_id, &record).await;
@@ -546,7 +556,7 @@ async fn adopt(
     let (by, expiry_secs) = (held.by.clone(), held.expiry_secs);
     record.expires_at = Some(now_ms().saturating_add(u64::from(expiry_secs) * 1000));
     let sessions = Sessions::new(ctx.backend.metadata(), namespace);
-    sessions.put_at(client_id, &record, version).await?;
+    sessions.put_at_or_log(client_id, &record, version).await?;
     tracing::info!(
         client = client_id,
         gateway = %by,
@@ -554,13 +564,6 @@ async fn adopt(
         "session of a gateway gone: it ends after its expiry interval"
     );
     Some(record)
-}
-
-/// Now, in ms since the epoch.
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Runs `work` `after` a client left, unless it comes back first (`back`
