@@ -41,6 +41,7 @@
 //! ```text
 //! cargo bench --bench mqtt
 //! BENCH_MQTT_MESSAGES=20000 BENCH_MQTT_CONNECTIONS=1000 cargo bench --bench mqtt
+//! BENCH_MQTT_RUNS=one,many cargo bench --bench mqtt
 //! ```
 
 mod common;
@@ -71,6 +72,9 @@ struct Knobs {
     fanout: usize,
     fanout_messages: usize,
     connections: usize,
+    /// The runs to make (`BENCH_MQTT_RUNS`: some of `one,many,fanout,idle`,
+    /// comma-separated; all by default). Runs left out print as NaN.
+    runs: Vec<String>,
 }
 
 impl Knobs {
@@ -82,7 +86,16 @@ impl Knobs {
             fanout: n("BENCH_MQTT_FANOUT", 100),
             fanout_messages: n("BENCH_MQTT_FANOUT_MESSAGES", 1_000),
             connections: n("BENCH_MQTT_CONNECTIONS", 10_000),
+            runs: std::env::var("BENCH_MQTT_RUNS")
+                .unwrap_or_else(|_| "one,many,fanout,idle".into())
+                .split(',')
+                .map(|r| r.trim().to_owned())
+                .collect(),
         }
+    }
+
+    fn makes(&self, run: &str) -> bool {
+        self.runs.iter().any(|r| r == run)
     }
 }
 
@@ -199,6 +212,7 @@ fn latency_micros(epoch: Instant, payload: &[u8]) -> u64 {
 }
 
 /// One publish run's result.
+#[derive(Default)]
 struct Published {
     rate: f64,
     p50_ms: f64,
@@ -403,6 +417,7 @@ async fn fanout_run(target: &Target, knobs: &Knobs, run: &str) -> Fanout {
 }
 
 /// One fan-out run's result.
+#[derive(Default)]
 struct Fanout {
     /// Deliveries per second, up to the last one.
     rate: f64,
@@ -495,19 +510,51 @@ struct Row {
     idle: Idle,
 }
 
+impl Row {
+    /// A row of NaN, each run's figures filled in as it is made.
+    fn skipped(name: &'static str) -> Row {
+        let published = || Published {
+            rate: f64::NAN,
+            p50_ms: f64::NAN,
+            p99_ms: f64::NAN,
+            first_ms: f64::NAN,
+            ..Published::default()
+        };
+        Row {
+            name,
+            one: published(),
+            many: published(),
+            fanout: Fanout {
+                rate: f64::NAN,
+                ..Fanout::default()
+            },
+            idle: Idle {
+                settled: f64::NAN,
+                burst: f64::NAN,
+            },
+        }
+    }
+}
+
 async fn measure(target: &Target, knobs: &Knobs) -> Row {
     // Idle memory first, on the fresh process: memory the other runs
     // allocated and freed would otherwise be reused and hide the cost.
-    let idle = idle_run(target, knobs, "idle").await;
+    let mut row = Row::skipped(target.name);
+    if knobs.makes("idle") {
+        row.idle = idle_run(target, knobs, "idle").await;
+    }
     // Warm up: connections, the store's first writes.
     publish_run(target, knobs, 10, "warm").await;
-    Row {
-        name: target.name,
-        one: publish_run(target, knobs, 1, "one").await,
-        many: publish_run(target, knobs, 100, "many").await,
-        fanout: fanout_run(target, knobs, "fan").await,
-        idle,
+    if knobs.makes("one") {
+        row.one = publish_run(target, knobs, 1, "one").await;
     }
+    if knobs.makes("many") {
+        row.many = publish_run(target, knobs, 100, "many").await;
+    }
+    if knobs.makes("fanout") {
+        row.fanout = fanout_run(target, knobs, "fan").await;
+    }
+    row
 }
 
 fn main() {

@@ -1,5 +1,6 @@
 //! The gateway's Prometheus metrics, shared by every handler and backend.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -138,21 +139,41 @@ impl Metrics {
         bytes: usize,
         took: Duration,
     ) {
-        let labels = topic_labels(protocol, topic);
-        self.messages_in.get_or_create(&labels).inc_by(messages);
-        self.bytes_in.get_or_create(&labels).inc_by(bytes as u64);
-        self.publish_latency
-            .get_or_create(&ProtocolLabels {
-                protocol: protocol.as_str().into(),
-            })
-            .observe(took.as_secs_f64());
+        self.publish_meter(protocol, topic)
+            .published(messages, bytes, took);
     }
 
     /// Counts `messages` delivered together (`bytes` of payload).
     pub fn delivered(&self, protocol: Protocol, topic: &TopicName, messages: u64, bytes: usize) {
+        self.delivery_meter(protocol, topic)
+            .delivered(messages, bytes);
+    }
+
+    /// The series `protocol`'s publishes to `topic` count in, looked up
+    /// once: a handler that keeps it counts each message without building
+    /// and hashing labels.
+    pub fn publish_meter(&self, protocol: Protocol, topic: &TopicName) -> PublishMeter {
         let labels = topic_labels(protocol, topic);
-        self.messages_out.get_or_create(&labels).inc_by(messages);
-        self.bytes_out.get_or_create(&labels).inc_by(bytes as u64);
+        PublishMeter(Arc::new(PublishSeries {
+            messages: self.messages_in.get_or_create(&labels).clone(),
+            bytes: self.bytes_in.get_or_create(&labels).clone(),
+            latency: self
+                .publish_latency
+                .get_or_create(&ProtocolLabels {
+                    protocol: protocol.as_str().into(),
+                })
+                .clone(),
+        }))
+    }
+
+    /// The series `protocol`'s deliveries from `topic` count in (see
+    /// [`Metrics::publish_meter`]).
+    pub fn delivery_meter(&self, protocol: Protocol, topic: &TopicName) -> DeliveryMeter {
+        let labels = topic_labels(protocol, topic);
+        DeliveryMeter(Arc::new(DeliverySeries {
+            messages: self.messages_out.get_or_create(&labels).clone(),
+            bytes: self.bytes_out.get_or_create(&labels).clone(),
+        }))
     }
 
     /// Counts an error the backend returned to `operation`.
@@ -172,6 +193,46 @@ impl Metrics {
                 protocol: protocol.as_str().into(),
             })
             .clone()
+    }
+}
+
+/// Where one protocol's publishes to one topic are counted. Cheap to
+/// clone.
+#[derive(Clone)]
+pub struct PublishMeter(Arc<PublishSeries>);
+
+struct PublishSeries {
+    messages: Counter,
+    bytes: Counter,
+    latency: Histogram,
+}
+
+impl PublishMeter {
+    /// Counts `messages` published together (`bytes` of payload), which
+    /// took `took` from the client's request to the backend's
+    /// acknowledgement.
+    pub fn published(&self, messages: u64, bytes: usize, took: Duration) {
+        self.0.messages.inc_by(messages);
+        self.0.bytes.inc_by(bytes as u64);
+        self.0.latency.observe(took.as_secs_f64());
+    }
+}
+
+/// Where one protocol's deliveries from one topic are counted. Cheap to
+/// clone.
+#[derive(Clone)]
+pub struct DeliveryMeter(Arc<DeliverySeries>);
+
+struct DeliverySeries {
+    messages: Counter,
+    bytes: Counter,
+}
+
+impl DeliveryMeter {
+    /// Counts `messages` delivered together (`bytes` of payload).
+    pub fn delivered(&self, messages: u64, bytes: usize) {
+        self.0.messages.inc_by(messages);
+        self.0.bytes.inc_by(bytes as u64);
     }
 }
 

@@ -20,6 +20,7 @@ use bytes::BytesMut;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesOrdered, StreamExt};
 use gateway_api::backend::{StartPosition, SubscribeRequest, SubscriptionKind};
+use gateway_api::metrics::PublishMeter;
 use gateway_api::topic::Namespace;
 use gateway_api::{
     now_ms, Action, BackendError, ClientStream, Context, HandlerError, MessageId, NewMessage,
@@ -74,6 +75,7 @@ struct Publishing {
     packet_id: Option<NonZeroU16>,
     qos: QoS,
     topic: TopicName,
+    meter: PublishMeter,
     bytes: usize,
     started: Instant,
     /// The message, when it is to be retained (the retain flag).
@@ -115,6 +117,16 @@ enum Qos2 {
     Persisting,
     /// Persisted, PUBREC sent, PUBREL awaited.
     Received,
+}
+
+/// The topic a connection published to last, resolved and with its
+/// series: a device mostly publishes to one topic, which is then resolved
+/// and looked up once, not at every message.
+struct LastTopic {
+    /// As the client wrote it.
+    name: Box<str>,
+    topic: TopicName,
+    meter: PublishMeter,
 }
 
 /// A delivered QoS 1 or 2 message the client has not acknowledged.
@@ -190,6 +202,8 @@ pub(crate) struct Connection {
     // Boxed on purpose: 8 bytes here instead of a map's 24.
     #[allow(clippy::box_collection)]
     aliases: Option<Box<BTreeMap<u16, bytestring::ByteString>>>,
+    /// The topic published to last (none before the first publish).
+    last_topic: Option<Box<LastTopic>>,
     /// QoS 2 packet ids received and not yet released (PUBREL): a PUBLISH
     /// with one of them again is a resend, not stored twice.
     qos2_received: BTreeMap<u16, Qos2>,
@@ -284,6 +298,7 @@ impl Connection {
             publishing: None,
             qos2_received: BTreeMap::new(),
             aliases: None,
+            last_topic: None,
             subscriptions: BTreeMap::new(),
             deliveries: None,
             delivery_sender: None,
@@ -787,7 +802,7 @@ impl Connection {
         if let Some(ending) = self.resolve_alias(&mut p) {
             return Some(ending);
         }
-        let topic = match self.publish_topic(&p.topic) {
+        let (topic, meter) = match self.metered_topic(&p.topic) {
             Ok(t) => t,
             Err(r) => return self.refuse_publish(&p, r),
         };
@@ -812,6 +827,7 @@ impl Connection {
                 packet_id,
                 qos,
                 topic,
+                meter,
                 bytes,
                 started,
                 retain,
@@ -845,6 +861,22 @@ impl Connection {
                 .insert(alias.get(), topic);
         }
         None
+    }
+
+    /// The topic a PUBLISH goes to and the series it counts in, or the
+    /// reason it may not; the last one is kept (see [`LastTopic`]).
+    fn metered_topic(&mut self, name: &str) -> Result<(TopicName, PublishMeter), Reason> {
+        if let Some(last) = self.last_topic.as_deref().filter(|l| &*l.name == name) {
+            return Ok((last.topic.clone(), last.meter.clone()));
+        }
+        let topic = self.publish_topic(name)?;
+        let meter = self.ctx.metrics.publish_meter(Protocol::Mqtt, &topic);
+        self.last_topic = Some(Box::new(LastTopic {
+            name: name.into(),
+            topic: topic.clone(),
+            meter: meter.clone(),
+        }));
+        Ok((topic, meter))
     }
 
     /// The topic a PUBLISH goes to, or the reason it may not.
@@ -914,13 +946,7 @@ impl Connection {
             }
         }
         match &done.result {
-            Ok(()) => self.ctx.metrics.published(
-                Protocol::Mqtt,
-                &done.topic,
-                1,
-                done.bytes,
-                done.started.elapsed(),
-            ),
+            Ok(()) => done.meter.published(1, done.bytes, done.started.elapsed()),
             Err(e) => self.ctx.metrics.backend_error("publish", e),
         }
         let Some(id) = done.packet_id else {
@@ -1196,6 +1222,7 @@ impl Connection {
             Arc::from(subscription),
             options,
             self.delivery_queue(),
+            &self.ctx.metrics,
         );
         self.subscriptions.insert(filter_key, subscribed);
         Ok(())
@@ -1263,7 +1290,7 @@ impl Connection {
             return;
         }
         let (subscription, options) = (subscribed.subscription.clone(), subscribed.options);
-        let (message, name) = (*delivery.message, delivery.name);
+        let (message, named) = (*delivery.message, delivery.named);
         let Some(outgoing) = properties::outgoing(&message.properties, now_ms()) else {
             // Its Message Expiry passed: not delivered.
             let _ = subscription.ack(&message.topic, message.id).await;
@@ -1310,7 +1337,7 @@ impl Connection {
             dup,
             retain,
             qos,
-            topic: name.into(),
+            topic: named.name.clone(),
             packet_id,
             payload: message.payload.clone(),
             properties: (self.codec.version() == Version::V5).then_some(outgoing.properties),
@@ -1323,9 +1350,7 @@ impl Connection {
             let _ = subscription.ack(&message.topic, message.id).await;
             return;
         }
-        self.ctx
-            .metrics
-            .delivered(Protocol::Mqtt, &message.topic, 1, bytes);
+        named.meter.delivered(1, bytes);
         match packet_id {
             Some(id) => {
                 self.unacked.insert(

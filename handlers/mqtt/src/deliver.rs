@@ -10,8 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytestring::ByteString;
 use gateway_api::backend::Subscription;
-use gateway_api::{BackendError, Message};
+use gateway_api::metrics::DeliveryMeter;
+use gateway_api::{BackendError, Message, Metrics, Protocol, TopicName};
 use rmqtt_codec::types::QoS;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -30,8 +32,15 @@ pub(crate) struct Delivery {
     pub generation: u64,
     /// Boxed: the queue's slots stay small.
     pub message: Box<Message>,
-    /// Its topic's MQTT name.
-    pub name: String,
+    /// Its topic's MQTT name and series.
+    pub named: Arc<Named>,
+}
+
+/// A topic as a subscription delivers it: its MQTT name and the series
+/// its deliveries count in, made once for a run of messages from it.
+pub(crate) struct Named {
+    pub name: ByteString,
+    pub meter: DeliveryMeter,
 }
 
 /// What a client asked of a subscription.
@@ -103,6 +112,7 @@ pub(crate) fn start(
     subscription: Arc<dyn Subscription>,
     options: SubOptions,
     queue: mpsc::Sender<Delivery>,
+    metrics: &Metrics,
 ) -> Subscribed {
     static GENERATIONS: AtomicU64 = AtomicU64::new(0);
     let generation = GENERATIONS.fetch_add(1, Ordering::Relaxed);
@@ -113,6 +123,7 @@ pub(crate) fn start(
         generation,
         subscription.clone(),
         queue,
+        metrics.clone(),
     ));
     Subscribed {
         subscription,
@@ -129,7 +140,11 @@ async fn pump(
     generation: u64,
     subscription: Arc<dyn Subscription>,
     queue: mpsc::Sender<Delivery>,
+    metrics: Metrics,
 ) {
+    // The topic delivered from last and how it is named (`None`: passed
+    // over): a subscription mostly delivers runs from one topic.
+    let mut last: Option<(TopicName, Option<Arc<Named>>)> = None;
     loop {
         let message = match subscription.receive().await {
             Ok(m) => m,
@@ -144,15 +159,15 @@ async fn pump(
                 return;
             }
         };
-        // A topic without an MQTT name is not for MQTT clients, and a
-        // pattern also matches names MQTT's rules exclude (a topic created
-        // by another protocol under a `$` level): both are passed over.
-        let name = message
-            .topic
-            .base()
-            .mqtt_topic()
-            .filter(|name| !filter.is_wildcard() || filter.matches(name));
-        let Some(name) = name else {
+        let named = match &last {
+            Some((topic, named)) if *topic == message.topic => named.clone(),
+            _ => {
+                let named = named(&message.topic, &filter, &metrics);
+                last = Some((message.topic.clone(), named.clone()));
+                named
+            }
+        };
+        let Some(named) = named else {
             let _ = subscription.ack(&message.topic, message.id).await;
             continue;
         };
@@ -160,10 +175,25 @@ async fn pump(
             filter: filter_text.clone(),
             generation,
             message: Box::new(message),
-            name,
+            named,
         };
         if queue.send(delivery).await.is_err() {
             return;
         }
     }
+}
+
+/// How `topic` is delivered through `filter`: `None` when it is not. A
+/// topic without an MQTT name is not for MQTT clients, and a pattern also
+/// matches names MQTT's rules exclude (a topic created by another protocol
+/// under a `$` level): both are passed over.
+fn named(topic: &TopicName, filter: &Filter, metrics: &Metrics) -> Option<Arc<Named>> {
+    let name = topic
+        .base()
+        .mqtt_topic()
+        .filter(|name| !filter.is_wildcard() || filter.matches(name))?;
+    Some(Arc::new(Named {
+        name: name.into(),
+        meter: metrics.delivery_meter(Protocol::Mqtt, topic),
+    }))
 }
