@@ -30,13 +30,16 @@
 //!   CONNECTed (3.1.1, keep-alive off) and then silent: the growth of the
 //!   broker's resident memory divided by their number, once it stopped
 //!   falling (the figure right after the burst of connections is printed
-//!   under the table).
+//!   too); measured once, on each fresh process, before anything else.
 //!
 //! Durability differs, and the table says so: Mosquitto acknowledges a
 //! QoS 1 message once it is in its memory (it does not write it to disk,
 //! let alone fsync); the gateway acknowledges once its store fsynced it.
-//! Everything shares this machine's cores; the ratios, measured minutes
-//! apart, are the result.
+//! Everything shares this machine's cores, and what else runs on it
+//! drifts: both brokers run side by side, the publish and fan-out runs
+//! are made in `BENCH_MQTT_ROUNDS` rounds (3), each measuring Mosquitto
+//! and then the gateway seconds apart, and the median of the rounds'
+//! ratios is the result (each round's ratio is printed beside it).
 //!
 //! ```text
 //! cargo bench --bench mqtt
@@ -72,6 +75,8 @@ struct Knobs {
     fanout: usize,
     fanout_messages: usize,
     connections: usize,
+    /// Rounds of the publish and fan-out runs (`BENCH_MQTT_ROUNDS`).
+    rounds: usize,
     /// The runs to make (`BENCH_MQTT_RUNS`: some of `one,many,fanout,idle`,
     /// comma-separated; all by default). Runs left out print as NaN.
     runs: Vec<String>,
@@ -86,6 +91,7 @@ impl Knobs {
             fanout: n("BENCH_MQTT_FANOUT", 100),
             fanout_messages: n("BENCH_MQTT_FANOUT_MESSAGES", 1_000),
             connections: n("BENCH_MQTT_CONNECTIONS", 10_000),
+            rounds: n("BENCH_MQTT_ROUNDS", 3).max(1),
             runs: std::env::var("BENCH_MQTT_RUNS")
                 .unwrap_or_else(|_| "one,many,fanout,idle".into())
                 .split(',')
@@ -502,59 +508,56 @@ async fn settled_resident(target: &Target, mut lowest: u64) -> u64 {
     lowest
 }
 
+/// One round's publish and fan-out figures of one broker.
 struct Row {
-    name: &'static str,
     one: Published,
     many: Published,
     fanout: Fanout,
-    idle: Idle,
 }
 
-impl Row {
-    /// A row of NaN, each run's figures filled in as it is made.
-    fn skipped(name: &'static str) -> Row {
-        let published = || Published {
+/// A publish run not made: NaN.
+fn skipped_publish() -> Published {
+    Published {
+        rate: f64::NAN,
+        p50_ms: f64::NAN,
+        p99_ms: f64::NAN,
+        first_ms: f64::NAN,
+        ..Published::default()
+    }
+}
+
+/// One round of the runs `knobs` asks for on `target`; `round` keeps the
+/// rounds' topics and client ids apart.
+async fn measure(target: &Target, knobs: &Knobs, round: usize) -> Row {
+    let mut row = Row {
+        one: skipped_publish(),
+        many: skipped_publish(),
+        fanout: Fanout {
             rate: f64::NAN,
-            p50_ms: f64::NAN,
-            p99_ms: f64::NAN,
-            first_ms: f64::NAN,
-            ..Published::default()
-        };
-        Row {
-            name,
-            one: published(),
-            many: published(),
-            fanout: Fanout {
-                rate: f64::NAN,
-                ..Fanout::default()
-            },
-            idle: Idle {
-                settled: f64::NAN,
-                burst: f64::NAN,
-            },
-        }
-    }
-}
-
-async fn measure(target: &Target, knobs: &Knobs) -> Row {
-    // Idle memory first, on the fresh process: memory the other runs
-    // allocated and freed would otherwise be reused and hide the cost.
-    let mut row = Row::skipped(target.name);
-    if knobs.makes("idle") {
-        row.idle = idle_run(target, knobs, "idle").await;
-    }
-    // Warm up: connections, the store's first writes.
-    publish_run(target, knobs, 10, "warm").await;
+            ..Fanout::default()
+        },
+    };
     if knobs.makes("one") {
-        row.one = publish_run(target, knobs, 1, "one").await;
+        row.one = publish_run(target, knobs, 1, &format!("one{round}")).await;
     }
     if knobs.makes("many") {
-        row.many = publish_run(target, knobs, 100, "many").await;
+        row.many = publish_run(target, knobs, 100, &format!("many{round}")).await;
     }
     if knobs.makes("fanout") {
-        row.fanout = fanout_run(target, knobs, "fan").await;
+        row.fanout = fanout_run(target, knobs, &format!("fan{round}")).await;
     }
     row
+}
+
+/// The median of `values` (NaN when there are none).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.retain(|v| !v.is_nan());
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
 }
 
 fn main() {
@@ -570,19 +573,37 @@ fn main() {
     std::fs::create_dir_all(&mosquitto_dir).unwrap();
     std::fs::create_dir_all(&gateway_dir).unwrap();
 
+    // Both brokers run side by side, and each round measures one, then
+    // the other: drift in what else this machine runs reaches both alike,
+    // and the median of the rounds' ratios is the result.
     let mosquitto = start_mosquitto(&mosquitto_dir);
-    let peer = runtime.block_on(measure(&mosquitto, &knobs));
-    drop(mosquitto);
     let gateway = start_gateway(&gateway_dir);
-    let ours = runtime.block_on(measure(&gateway, &knobs));
+    let targets = [&mosquitto, &gateway];
+    // Idle memory first, on fresh processes: memory the other runs
+    // allocated and freed would otherwise be reused and hide the cost.
+    let idle = targets.map(|t| {
+        knobs
+            .makes("idle")
+            .then(|| runtime.block_on(idle_run(t, &knobs, "idle")))
+    });
+    // Warm up: connections, the store's first writes.
+    for t in targets {
+        runtime.block_on(publish_run(t, &knobs, 10, "warm"));
+    }
+    let rounds: Vec<[Row; 2]> = (0..knobs.rounds)
+        .map(|round| targets.map(|t| runtime.block_on(measure(t, &knobs, round))))
+        .collect();
+    let names = targets.map(|t| t.name);
+    drop(mosquitto);
     drop(gateway);
 
     println!(
-        "\nMQTT 3.1.1, QoS 1, {} B payloads, {} messages per publish run, fan-out {} x {}, {} idle connections",
-        knobs.bytes, knobs.messages, knobs.fanout, knobs.fanout_messages, knobs.connections
+        "\nMQTT 3.1.1, QoS 1, {} B payloads, {} messages per publish run, fan-out {} x {}, {} rounds",
+        knobs.bytes, knobs.messages, knobs.fanout, knobs.fanout_messages, knobs.rounds
     );
     println!(
-        "{:<12} {:>12} {:>7} {:>7} {:>6} {:>13} {:>7} {:>7} {:>6} {:>13} {:>6} {:>13}",
+        "{:<6} {:<12} {:>12} {:>7} {:>7} {:>6} {:>13} {:>7} {:>7} {:>6} {:>13} {:>6}",
+        "round",
         "target",
         "pub×1 msg/s",
         "p50 ms",
@@ -594,40 +615,56 @@ fn main() {
         "lost",
         "fan-out msg/s",
         "lost",
-        "idle KiB/conn"
     );
-    for r in [&peer, &ours] {
+    for (round, rows) in rounds.iter().enumerate() {
+        for (name, r) in names.iter().zip(rows) {
+            println!(
+                "{:<6} {:<12} {:>12.0} {:>7.2} {:>7.2} {:>6} {:>13.0} {:>7.2} {:>7.2} {:>6} {:>13.0} {:>6}",
+                round + 1,
+                name,
+                r.one.rate,
+                r.one.p50_ms,
+                r.one.p99_ms,
+                r.one.lost,
+                r.many.rate,
+                r.many.p50_ms,
+                r.many.p99_ms,
+                r.many.lost,
+                r.fanout.rate,
+                r.fanout.lost,
+            );
+        }
+    }
+    let ratios = |rate: fn(&Row) -> f64| -> (f64, String) {
+        let each: Vec<f64> = rounds.iter().map(|[m, g]| rate(g) / rate(m)).collect();
+        let listed = each.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>();
+        (median(each), listed.join(" "))
+    };
+    println!("\ngw-embedded / mosquitto, median of the rounds (each round's ratio):");
+    for (what, rate) in [
+        ("pub×1", (|r: &Row| r.one.rate) as fn(&Row) -> f64),
+        ("pub×100", |r: &Row| r.many.rate),
+        ("fan-out", |r: &Row| r.fanout.rate),
+    ] {
+        let (median, each) = ratios(rate);
+        println!("  {what:<8} {median:.2}  ({each})");
+    }
+    if let [Some(m), Some(g)] = idle {
         println!(
-            "{:<12} {:>12.0} {:>7.2} {:>7.2} {:>6} {:>13.0} {:>7.2} {:>7.2} {:>6} {:>13.0} {:>6} {:>13.2}",
-            r.name,
-            r.one.rate,
-            r.one.p50_ms,
-            r.one.p99_ms,
-            r.one.lost,
-            r.many.rate,
-            r.many.p50_ms,
-            r.many.p99_ms,
-            r.many.lost,
-            r.fanout.rate,
-            r.fanout.lost,
-            r.idle.settled
+            "idle KiB/conn ({} connections): mosquitto {:.2}, gw-embedded {:.2}, ratio {:.2}; \
+             right after the connect burst, before the allocator returned its pages: {:.2} and {:.2}",
+            knobs.connections,
+            m.settled,
+            g.settled,
+            g.settled / m.settled,
+            m.burst,
+            g.burst
         );
     }
     println!(
-        "\ngw-embedded / mosquitto: pub×1 {:.2}, pub×100 {:.2}, fan-out {:.2}, idle memory {:.2}",
-        ours.one.rate / peer.one.rate,
-        ours.many.rate / peer.many.rate,
-        ours.fanout.rate / peer.fanout.rate,
-        ours.idle.settled / peer.idle.settled
-    );
-    println!(
-        "idle KiB/conn right after the connect burst, before the allocator returned its pages: \
-         mosquitto {:.2}, gw-embedded {:.2}",
-        peer.idle.burst, ours.idle.burst
-    );
-    println!(
-        "first message to each of 100 new topics, all at once (untimed above): mosquitto {:.1} ms, gw-embedded {:.1} ms",
-        peer.many.first_ms, ours.many.first_ms
+        "first message to each of 100 new topics, all at once (untimed above), round 1: mosquitto {:.1} ms, gw-embedded {:.1} ms",
+        rounds.first().map_or(f64::NAN, |[m, _]| m.many.first_ms),
+        rounds.first().map_or(f64::NAN, |[_, g]| g.many.first_ms),
     );
     println!(
         "\"lost\": acknowledged to the publisher, never delivered to a connected subscriber (Mosquitto's max_queued_messages is 1000 by default)."
