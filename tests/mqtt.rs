@@ -24,7 +24,10 @@ use limits::{
     malformed_packets_close_their_connection, subscriptions_per_connection_are_bounded,
 };
 use mosquitto::mosquitto_clients_publish_and_subscribe;
-use rumqttc_client::{rumqttc_over_websocket, rumqttc_round_trip, rumqttc_v5_round_trip};
+use rumqttc_client::{
+    rumqttc_over_websocket, rumqttc_round_trip, rumqttc_v5_receives_topic_aliases,
+    rumqttc_v5_round_trip,
+};
 use serde_json::{json, Value};
 use sessions::{
     a_delayed_will_goes_out_across_a_restart, a_session_ends_on_time_across_a_restart,
@@ -438,6 +441,7 @@ on_both_backends!(
     rumqttc_round_trip,
     rumqttc_over_websocket,
     rumqttc_v5_round_trip,
+    rumqttc_v5_receives_topic_aliases,
     mosquitto_clients_publish_and_subscribe,
     an_oversized_packet_closes_its_connection,
     malformed_packets_close_their_connection,

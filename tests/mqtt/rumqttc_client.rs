@@ -175,3 +175,139 @@ pub async fn rumqttc_v5_round_trip(backend: BackendKind) {
         .expect("PUBCOMP in time")
         .unwrap();
 }
+
+/// MQTT 5 topic aliases the gateway sets: a client that accepts two
+/// (Topic Alias Maximum 2) receives deliveries from three topics; two of
+/// the topics get an alias, sent with the name the first time and alone
+/// after, the third always comes by name. A client that accepts none
+/// (rumqttc's default) sees no alias. rumqttc reports each PUBLISH as it
+/// came off the wire, before resolving its alias, so the test sees what
+/// was sent.
+pub async fn rumqttc_v5_receives_topic_aliases(backend: BackendKind) {
+    use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
+    use rumqttc::v5::mqttbytes::QoS as QoS5;
+    use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+
+    /// Waits for `n` PUBLISHes on `events`.
+    async fn publishes(events: &mut EventLoop, who: &str, n: usize) -> Vec<Publish> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut got = Vec::new();
+        while got.len() < n {
+            let event = match tokio::time::timeout_at(deadline, events.poll()).await {
+                Ok(Ok(event)) => event,
+                Ok(Err(e)) => panic!("{who}: {e}"),
+                Err(_) => panic!("{who}: {} of {n} messages in time", got.len()),
+            };
+            if let Event::Incoming(Packet::Publish(p)) = event {
+                got.push(p);
+            }
+        }
+        got
+    }
+
+    let gw = Gateway::start(backend).await;
+    let addr = gw.mqtt_addr.expect("an MQTT listener");
+    let base = unique("aliases");
+    let filter = format!("{base}/#");
+    let options = |id: &str| MqttOptions::new(unique(id), addr.ip().to_string(), addr.port());
+    let mut aliasing = options("alias-sub");
+    aliasing.set_topic_alias_max(Some(2));
+    let mut subscribers = Vec::new();
+    for opts in [aliasing, options("plain-sub")] {
+        let (client, mut events) = AsyncClient::new(opts, 64);
+        client.subscribe(&filter, QoS5::AtLeastOnce).await.unwrap();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let event = tokio::time::timeout_at(deadline, events.poll())
+                .await
+                .expect("SUBACK in time")
+                .unwrap();
+            if matches!(event, Event::Incoming(Packet::SubAck(_))) {
+                break;
+            }
+        }
+        subscribers.push((client, events));
+    }
+    let (publisher, mut pub_events) = AsyncClient::new(options("alias-pub"), 64);
+    let topics = ["a", "b", "c"];
+    let rounds = 3;
+    for round in 0..rounds {
+        for t in topics {
+            let payload = format!("{t} {round}");
+            publisher
+                .publish(format!("{base}/{t}"), QoS5::AtLeastOnce, false, payload)
+                .await
+                .unwrap();
+        }
+    }
+    let total = topics.len() * rounds;
+    let publishing = tokio::spawn(async move {
+        let mut acked = 0;
+        while acked < total {
+            match pub_events.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
+                Ok(_) => {}
+                Err(e) => panic!("publisher: {e}"),
+            }
+        }
+    });
+    let mut plain = subscribers.pop().expect("two subscribers");
+    let mut aliased = subscribers.pop().expect("two subscribers");
+    for p in publishes(&mut plain.1, "the subscriber without aliases", total).await {
+        let alias = p.properties.as_ref().and_then(|pp| pp.topic_alias);
+        assert_eq!(alias, None, "no alias to a client that accepts none");
+        let (t, _) = std::str::from_utf8(&p.payload)
+            .unwrap()
+            .split_once(' ')
+            .unwrap();
+        assert_eq!(p.topic, format!("{base}/{t}").as_bytes());
+    }
+    // What each alias stands for, as the client learns it; then which
+    // topics came by alias, and how.
+    let mut learned: BTreeMap<u16, String> = BTreeMap::new();
+    let mut by_alias_alone = 0;
+    let mut by_name_only: BTreeMap<String, usize> = BTreeMap::new();
+    for p in publishes(&mut aliased.1, "the subscriber with aliases", total).await {
+        let (t, _) = std::str::from_utf8(&p.payload)
+            .unwrap()
+            .split_once(' ')
+            .unwrap();
+        let expected = format!("{base}/{t}");
+        let alias = p.properties.as_ref().and_then(|pp| pp.topic_alias);
+        let topic = String::from_utf8(p.topic.to_vec()).unwrap();
+        match alias {
+            Some(alias) if topic.is_empty() => {
+                by_alias_alone += 1;
+                assert_eq!(learned.get(&alias), Some(&expected), "alias {alias} alone");
+            }
+            Some(alias) => {
+                assert!(
+                    (1..=2).contains(&alias),
+                    "alias {alias} within the client's 2"
+                );
+                assert_eq!(topic, expected);
+                let before = learned.insert(alias, topic);
+                assert!(before.is_none(), "alias {alias} set once");
+            }
+            None => {
+                assert_eq!(topic, expected);
+                *by_name_only.entry(topic).or_default() += 1;
+            }
+        }
+    }
+    assert_eq!(learned.len(), 2, "both aliases the client accepts used");
+    assert_eq!(
+        by_alias_alone,
+        2 * (rounds - 1),
+        "after their first message, aliased topics come by alias alone"
+    );
+    assert_eq!(
+        by_name_only.values().copied().collect::<Vec<_>>(),
+        [rounds],
+        "the third topic always comes by name: {by_name_only:?}"
+    );
+    tokio::time::timeout(WAIT, publishing)
+        .await
+        .expect("PUBACKs in time")
+        .unwrap();
+}

@@ -8,7 +8,7 @@
 //! its subscriptions deliver while fewer than the client's Receive Maximum
 //! of them wait for the client's acknowledgement.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::num::{NonZeroU16, NonZeroU32};
 use std::pin::Pin;
@@ -17,6 +17,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use bytestring::ByteString;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesOrdered, StreamExt};
 use gateway_api::backend::{StartPosition, SubscribeRequest, SubscriptionKind};
@@ -129,6 +130,15 @@ struct LastTopic {
     meter: PublishMeter,
 }
 
+/// MQTT 5 topic aliases of one connection.
+#[derive(Default)]
+struct TopicAliases {
+    /// Set by the client in its PUBLISHes: the topic of each.
+    received: BTreeMap<u16, ByteString>,
+    /// Set by the gateway in what it sends: the alias of each topic.
+    sent: HashMap<ByteString, u16>,
+}
+
 /// A delivered QoS 1 or 2 message the client has not acknowledged.
 struct Unacked {
     /// The filter it was delivered for, to find its subscription.
@@ -197,13 +207,14 @@ pub(crate) struct Connection {
     /// Made at a publish and let go once all are settled: its queue is an
     /// allocation an idle connection does without.
     publishing: Option<Box<FuturesOrdered<BoxFuture<'static, Settled>>>>,
-    /// MQTT 5 topic aliases the client set (made at the first: most
+    /// MQTT 5 topic aliases, both ways (made at the first: most
     /// connections hold none).
-    // Boxed on purpose: 8 bytes here instead of a map's 24.
-    #[allow(clippy::box_collection)]
-    aliases: Option<Box<BTreeMap<u16, bytestring::ByteString>>>,
+    aliases: Option<Box<TopicAliases>>,
     /// The topic published to last (none before the first publish).
     last_topic: Option<Box<LastTopic>>,
+    /// How many the client accepts (its Topic Alias Maximum, bounded by
+    /// `topic_alias_max`; 0: none).
+    sent_alias_max: u16,
     /// QoS 2 packet ids received and not yet released (PUBREL): a PUBLISH
     /// with one of them again is a resend, not stored twice.
     qos2_received: BTreeMap<u16, Qos2>,
@@ -299,6 +310,7 @@ impl Connection {
             qos2_received: BTreeMap::new(),
             aliases: None,
             last_topic: None,
+            sent_alias_max: connect.topic_alias_max.min(config.topic_alias_max),
             subscriptions: BTreeMap::new(),
             deliveries: None,
             delivery_sender: None,
@@ -849,15 +861,20 @@ impl Connection {
             ));
         }
         if p.topic.is_empty() {
-            match self.aliases.as_ref().and_then(|a| a.get(&alias.get())) {
+            match self
+                .aliases
+                .as_ref()
+                .and_then(|a| a.received.get(&alias.get()))
+            {
                 Some(topic) => p.topic = topic.clone(),
                 None => return Some(violation(reason::PROTOCOL_ERROR, "unknown topic alias")),
             }
         } else if p.topic.len() <= self.config.max_topic_len {
             // A copy: the decoded name shares the whole packet's buffer.
-            let topic = bytestring::ByteString::from(p.topic.to_string());
+            let topic = ByteString::from(p.topic.to_string());
             self.aliases
                 .get_or_insert_with(Default::default)
+                .received
                 .insert(alias.get(), topic);
         }
         None
@@ -1100,7 +1117,7 @@ impl Connection {
                 payload: stored.payload,
                 properties: (self.codec.version() == Version::V5).then_some(outgoing.properties),
             };
-            if let Err(e) = self.send(Outbound::Publish(Box::new(publish))) {
+            if let Err(e) = self.send_publish(publish) {
                 tracing::debug!(client = %self.client_id(), error = %e, "retained message passed over");
             }
         }
@@ -1230,7 +1247,7 @@ impl Connection {
 
     /// UNSUBSCRIBE: each filter's subscription closed (deleted, for a
     /// persistent session), then UNSUBACK.
-    async fn unsubscribe(&mut self, packet_id: NonZeroU16, filters: Vec<bytestring::ByteString>) {
+    async fn unsubscribe(&mut self, packet_id: NonZeroU16, filters: Vec<ByteString>) {
         let mut reasons = Vec::with_capacity(filters.len());
         for filter in filters {
             let text: &str = &filter;
@@ -1343,7 +1360,7 @@ impl Connection {
             properties: (self.codec.version() == Version::V5).then_some(outgoing.properties),
         };
         let bytes = message.payload.len();
-        if let Err(e) = self.send(Outbound::Publish(Box::new(publish))) {
+        if let Err(e) = self.send_publish(publish) {
             // Larger than the client accepts (MQTT 5 Maximum Packet Size):
             // as if delivered and acknowledged, as MQTT says.
             tracing::debug!(client = %self.client_id(), error = %e, "delivery passed over");
@@ -1464,6 +1481,35 @@ impl Connection {
         self.codec.encode(packet, &mut self.write)
     }
 
+    /// Sends a PUBLISH. While the client accepts more topic aliases (MQTT
+    /// 5), each new topic gets one: sent with its name the first time,
+    /// with the alias alone after. An alias counts once its PUBLISH was
+    /// encoded (one too large to send taught the client nothing).
+    fn send_publish(&mut self, mut publish: Publish) -> Result<(), crate::wire::WireError> {
+        let mut fresh = None;
+        if let (Some(properties), true) = (publish.properties.as_mut(), self.sent_alias_max > 0) {
+            let aliases = &mut self.aliases.get_or_insert_with(Default::default).sent;
+            match aliases.get(&publish.topic) {
+                Some(&alias) => {
+                    properties.topic_alias = NonZeroU16::new(alias);
+                    publish.topic = ByteString::new();
+                }
+                None if aliases.len() < usize::from(self.sent_alias_max) => {
+                    // At most `sent_alias_max`, a u16: the length fits.
+                    let alias = aliases.len() as u16 + 1;
+                    properties.topic_alias = NonZeroU16::new(alias);
+                    fresh = Some((publish.topic.clone(), alias));
+                }
+                None => {}
+            }
+        }
+        self.send(Outbound::Publish(Box::new(publish)))?;
+        if let (Some((topic, alias)), Some(aliases)) = (fresh, self.aliases.as_mut()) {
+            aliases.sent.insert(topic, alias);
+        }
+        Ok(())
+    }
+
     /// Writes what was encoded.
     async fn flush(&mut self) -> std::io::Result<()> {
         if !self.write.is_empty() {
@@ -1498,6 +1544,7 @@ mod tests {
     /// jemalloc's 512-byte size class (the next one is 640).
     #[test]
     fn a_connection_fits_in_512_bytes() {
-        assert!(std::mem::size_of::<super::Connection>() <= 512);
+        let size = std::mem::size_of::<super::Connection>();
+        assert!(size <= 512, "{size} bytes");
     }
 }

@@ -72,7 +72,9 @@ pub struct MqttConfig {
     pub receive_queue: usize,
     /// Messages a connection's subscriptions queue for it.
     pub delivery_queue: usize,
-    /// MQTT 5 topic aliases a client may set (its Topic Alias Maximum).
+    /// MQTT 5 topic aliases a client may set (its Topic Alias Maximum),
+    /// and the most the gateway sets in what it sends a client (fewer when
+    /// the client accepts fewer).
     pub topic_alias_max: u16,
     /// Filters one connection may subscribe (each is a backend
     /// subscription); past it SUBACK refuses with 0x97 (quota exceeded).

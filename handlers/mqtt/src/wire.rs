@@ -46,6 +46,9 @@ pub(crate) struct Connect {
     pub receive_max: u16,
     /// The largest packet the client accepts, in bytes.
     pub max_packet_size: Option<NonZeroU32>,
+    /// MQTT 5: the topic aliases the client accepts in what it is sent
+    /// (its Topic Alias Maximum; 3.1.1: none).
+    pub topic_alias_max: u16,
     /// The client id as sent (may be empty).
     pub client_id: ByteString,
     /// User name, if any.
@@ -280,6 +283,7 @@ fn connect_v3(c: v3::Connect) -> Connect {
         session_expiry_secs: if c.clean_session { 0 } else { u32::MAX },
         receive_max: u16::MAX,
         max_packet_size: None,
+        topic_alias_max: 0,
         client_id: c.client_id,
         username: c.username,
         password: c.password,
@@ -297,6 +301,7 @@ fn connect_v5(c: v5::Connect) -> Connect {
         session_expiry_secs: c.session_expiry_interval_secs,
         receive_max: c.receive_max.map_or(u16::MAX, NonZeroU16::get),
         max_packet_size: c.max_packet_size,
+        topic_alias_max: c.topic_alias_max,
         client_id: c.client_id,
         username: c.username,
         password: c.password,
