@@ -237,20 +237,20 @@ def expiry(host, port, version, topic, client_id):
     return {"present": present}
 
 
-def endnow(host, port, version, topic, client_id, phase):
-    """Phase "leave": a session of an hour, left with a plain DISCONNECT,
-    then with one setting its expiry to 0 (MQTT 5); whether it was there
-    the second time. Phase "back": whether it is there now."""
-    if phase == "back":
-        back = client(version, client_id)
-        present = connect(back, host, port, version, clean=False, expiry=3600)
-        stop(back)
-        return {"present": present}
+def endnow(host, port, version, topic, client_id):
+    """A session of an hour, left with a plain DISCONNECT, then with one
+    setting its expiry to 0 (MQTT 5), each time connecting again at once:
+    whether it was there the second time, and the third. The second time
+    the DISCONNECT follows a SUBSCRIBE of 50 filters, not waited for: the
+    gateway is still subscribing them when the client is back."""
 
     def leave(expiry_at_disconnect):
         c = client(version, client_id)
         present = connect(c, host, port, version, clean=False, expiry=3600)
-        subscribe(c, topic, 1)
+        if expiry_at_disconnect is None:
+            subscribe(c, topic, 1)
+        else:
+            c.subscribe([("%s/%d" % (topic, i), 1) for i in range(50)])
         props = Properties(PacketTypes.DISCONNECT)
         if expiry_at_disconnect is not None:
             props.SessionExpiryInterval = expiry_at_disconnect
@@ -258,7 +258,11 @@ def endnow(host, port, version, topic, client_id, phase):
         c.loop_stop()
         return present
     leave(None)
-    return {"kept": leave(0)}
+    kept = leave(0)
+    back = client(version, client_id)
+    present = connect(back, host, port, version, clean=False, expiry=3600)
+    stop(back)
+    return {"kept": kept, "present": present}
 
 
 def away(host, port, version, topic, client_id, expiry):

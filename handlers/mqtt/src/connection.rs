@@ -61,6 +61,10 @@ const FLUSH_AT: usize = 64 * 1024;
 /// before handling more (a client that keeps sending keeps reads ready).
 const FLUSH_EVENTS: u8 = 32;
 
+/// The most reads of what a client had sent that its connection handles
+/// once taken over (each up to 64 KiB).
+const TAKEOVER_READS: usize = 16;
+
 /// How long a connection whose client closed its side still tries to
 /// write what was due.
 const LAST_WRITE: Duration = Duration::from_secs(1);
@@ -634,10 +638,22 @@ impl Connection {
                         .await,
                 )
             }
-            Event::Stopped => Some(
-                self.end(Ending::TakenOver, reason::SESSION_TAKEN_OVER)
-                    .await,
-            ),
+            Event::Stopped => {
+                let came = Box::pin(self.handle_what_came()).await;
+                // Publishes being stored are waited for: the session parks
+                // the QoS 2 ones as received, so a resend is not stored
+                // twice.
+                self.drain_publishing().await;
+                match came {
+                    // A DISCONNECT (with the session expiry it set) or a
+                    // violation sent before the client connected again.
+                    Some(ending) => Some(self.end_with(ending).await),
+                    None => Some(
+                        self.end(Ending::TakenOver, reason::SESSION_TAKEN_OVER)
+                            .await,
+                    ),
+                }
+            }
             Event::Settled(done) => match self.published(done).await {
                 Some(ending) => Some(self.end_with(ending).await),
                 None => None,
@@ -694,6 +710,30 @@ impl Connection {
                 Ok(ending)
             }
         }
+    }
+
+    /// Taken over: reads and handles what the client had sent, without
+    /// waiting for more, so that a DISCONNECT it sent before connecting
+    /// again (with the session expiry it set, and its will discarded)
+    /// counts as it came first. At most [`TAKEOVER_READS`] reads. `Some`
+    /// when a packet ends the connection.
+    async fn handle_what_came(&mut self) -> Option<Ending> {
+        for _ in 0..TAKEOVER_READS {
+            if !self.read_ready() {
+                return None;
+            }
+            if let Some(ending) = self.handle_packets().await {
+                return Some(ending);
+            }
+        }
+        None
+    }
+
+    /// Reads what the client sent if bytes are there, without waiting;
+    /// whether some were.
+    fn read_ready(&mut self) -> bool {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        matches!(self.poll_read_some(&mut cx), Poll::Ready(Ok((read, _))) if read > 0)
     }
 
     /// Decodes and handles every whole packet read; `Some` when one ends
