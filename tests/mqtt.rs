@@ -31,8 +31,8 @@ use rumqttc_client::{
 use serde_json::{json, Value};
 use sessions::{
     a_delayed_will_goes_out_across_a_restart, a_session_ends_on_time_across_a_restart,
-    a_session_held_by_a_gateway_that_died_ends, qos_2_is_stored_once_across_a_reconnect,
-    sessions_expire_and_wills_wait_their_delay,
+    a_session_held_by_a_gateway_that_died_ends, a_session_moves_to_another_gateway,
+    qos_2_is_stored_once_across_a_reconnect, sessions_expire_and_wills_wait_their_delay,
 };
 
 /// Runs a scenario of `paho_mqtt.py` against `gw`; its JSON.
@@ -368,6 +368,11 @@ async fn only_clients_with_a_valid_token_connect(backend: BackendKind) {
             assert_eq!(got, json!({"connack": 0x86}), "MQTT {version}, {password}");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_moves_between_gateways() {
+    a_session_moves_to_another_gateway().await;
 }
 
 /// On Pulsar: what the official Pulsar client publishes (batched, with

@@ -365,3 +365,64 @@ async fn connections_ended(gw: &Gateway) {
     .await;
     assert!(ended, "the MQTT connections ended:\n{}", gw.output());
 }
+
+/// On Pulsar, two gateways on one cluster: a client whose session one
+/// gateway holds connects through the other (its first connection still
+/// open, as a half-open one would be). The first gateway takes its
+/// connection over (MQTT 5: DISCONNECT 0x8E), the second resumes the
+/// session, and the session's subscription, free again, delivers there.
+pub async fn a_session_moves_to_another_gateway() {
+    use rumqttc::v5::mqttbytes::v5::{DisconnectReasonCode, Packet};
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::{ConnectionError, Event, StateError};
+
+    let first = Gateway::start(BackendKind::Pulsar).await;
+    let second = Gateway::start(BackendKind::Pulsar).await;
+    let topic = unique("moving");
+    let client_id = unique("mover");
+    let (_old, mut old_events, present) =
+        keeping_session(&first, &client_id, 3600, Some(&topic)).await;
+    assert!(!present, "a new session");
+    let told = tokio::spawn(async move {
+        loop {
+            match old_events.poll().await {
+                Ok(Event::Incoming(Packet::Disconnect(d))) => return Some(d.reason_code),
+                Ok(_) => {}
+                // rumqttc reports the server's DISCONNECT as an error.
+                Err(ConnectionError::MqttState(StateError::ServerDisconnect {
+                    reason_code,
+                    ..
+                })) => return Some(reason_code),
+                Err(e) => panic!("the first connection: {e}"),
+            }
+        }
+    });
+
+    let (new, mut events, present) = keeping_session(&second, &client_id, 3600, None).await;
+    assert!(
+        present,
+        "the session resumed through the second gateway:\n{}\n--- the first:\n{}",
+        second.output(),
+        first.output()
+    );
+    let reason = tokio::time::timeout(Duration::from_secs(20), told)
+        .await
+        .expect("the first connection ends")
+        .unwrap();
+    assert_eq!(reason, Some(DisconnectReasonCode::SessionTakenOver));
+
+    new.publish(&topic, QoS::AtLeastOnce, false, "moved")
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let event = events.poll().await.expect("the MQTT connection");
+            if let Event::Incoming(Packet::Publish(p)) = event {
+                return p.payload;
+            }
+        }
+    })
+    .await
+    .expect("the session's subscription delivers through the second gateway");
+    assert_eq!(&got[..], b"moved");
+}

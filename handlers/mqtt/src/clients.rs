@@ -142,6 +142,20 @@ impl Clients {
         (registration, parked)
     }
 
+    /// Takes the client id registered under `key` ([`scoped`]) over from
+    /// its connection, for a connection through another gateway
+    /// (`handover.rs`): whether one held it.
+    pub(crate) fn take_over(&self, key: &str) -> bool {
+        let state = self.lock();
+        match state.held.get(key) {
+            Some(holder) => {
+                holder.takeover.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Waits (at most [`TAKEOVER_WAIT`]) until `connection`, taken over,
     /// has ended.
     async fn wait_ended(&self, connection: u64, client_id: &str) {

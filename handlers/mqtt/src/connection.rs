@@ -282,7 +282,12 @@ impl Connection {
         // Not resumed: none stored, a clean start, or one that ended while
         // no gateway was there to end it.
         let (stored, resume) = sessions
-            .connect(&client_id, !connect.clean_start, held.as_deref())
+            .connect(
+                &client_id,
+                !connect.clean_start,
+                held.as_deref(),
+                registration.clients().gateways().id(),
+            )
             .await?;
         if stored.as_ref().is_some_and(|r| r.will_waits) {
             will::client_back(&ctx, &namespace, &client_id, resume).await;

@@ -151,6 +151,11 @@ pub(crate) async fn forget_gone(
 }
 
 impl Registered {
+    /// When the registrations were read (ms since the epoch).
+    pub(crate) fn now(&self) -> u64 {
+        self.now
+    }
+
     /// Whether gateway `id` registered after `at` (ms since the epoch).
     pub(crate) fn beat_after(&self, id: &str, at: u64) -> bool {
         self.heartbeats.get(id).is_some_and(|&beat| beat > at)

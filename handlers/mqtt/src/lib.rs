@@ -18,16 +18,16 @@
 //! above 0: durable subscriptions restored on the next connection, ended at expiry,
 //! `session.rs`), retained messages (`retained.rs`), MQTT 5 properties
 //! (user properties as message properties, the others as `mqtt-*` ones,
-//! `properties.rs`), topic aliases from the client, subscription
-//! identifiers, No Local, Retain As Published, Retain Handling, reason
-//! codes and a server DISCONNECT with its reason. MQTT over WebSocket is
-//! the runtime's (`src/websocket.rs`), served by this same handler.
+//! `properties.rs`), topic aliases both ways, subscription identifiers,
+//! No Local, Retain As Published, Retain Handling, reason codes and a
+//! server DISCONNECT with its reason. A persistent session held through
+//! another gateway is taken over from it (`handover.rs`). MQTT over
+//! WebSocket is the runtime's (`src/websocket.rs`), served by this same
+//! handler.
 //!
-//! Not yet: AUTH (enhanced authentication), topic aliases toward the
-//! client, takeover and parked QoS 2 state across gateways (a client that
-//! comes back through another gateway resumes its subscriptions, which the
-//! backend holds, not the exchanges under way), session expiry and delayed
-//! wills surviving a gateway restart.
+//! Not yet: AUTH (enhanced authentication); parked QoS 2 state across
+//! gateways (a client that comes back through another gateway resumes its
+//! subscriptions, which the backend holds, not the exchanges under way).
 //!
 //! Topic `a/b/c` is the backend topic `a.b.c` (DESIGN.md).
 
@@ -38,6 +38,7 @@ mod deliver;
 mod due;
 mod filter;
 mod gateways;
+mod handover;
 mod properties;
 mod reason;
 mod retained;
@@ -130,6 +131,7 @@ impl ProtocolHandler for MqttHandler {
     fn start(&self, _listening: SocketAddr, ctx: Context) {
         let gateways = self.clients.gateways().clone();
         tokio::spawn(gateways.register(ctx.clone()));
+        tokio::spawn(handover::serve(ctx.clone(), self.clients.clone()));
         tokio::spawn(session::expire_stored(ctx.clone()));
         tokio::spawn(will::publish_stored(ctx));
     }

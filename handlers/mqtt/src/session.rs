@@ -27,6 +27,7 @@ use crate::clients::Clients;
 use crate::due;
 use crate::filter::Filter;
 use crate::gateways;
+use crate::handover;
 
 /// Where the session records live in the metadata store.
 const PREFIX: &str = "mqtt/sessions/";
@@ -196,6 +197,38 @@ impl Sessions {
             .map(|v| (Record::decode(&v.value), v.version)))
     }
 
+    /// Asks `holder`, when it is a live gateway, to let go of the session
+    /// of `client_id` (`handover.rs`), and waits until the record names it
+    /// no more (at most `handover::WAIT`): whether it was asked.
+    async fn handed_over(&self, client_id: &str, holder: &Held, own: &str) -> bool {
+        let live = match gateways::read(&*self.store).await {
+            Ok(registered) => registered.gone_at(&holder.by, holder.since) > registered.now(),
+            Err(e) => {
+                tracing::warn!(client = client_id, error = %e, "MQTT gateways not read");
+                false
+            }
+        };
+        if !live {
+            // Gone: its sessions are taken as they are.
+            return false;
+        }
+        let asked = handover::ask(&*self.store, &holder.by, &self.namespace, client_id, own);
+        if let Err(e) = asked.await {
+            tracing::warn!(client = client_id, error = %e, "the session's gateway not asked");
+            return false;
+        }
+        let deadline = tokio::time::Instant::now() + handover::WAIT;
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(handover::RECHECK).await;
+            match self.load_versioned(client_id).await {
+                Ok(Some((record, _))) if record.held.as_deref() == Some(holder) => {}
+                _ => return true,
+            }
+        }
+        tracing::warn!(client = client_id, gateway = %holder.by, "the session's gateway did not let go in time");
+        true
+    }
+
     /// Stores `record` as the session of `client_id`.
     pub(crate) async fn save(&self, client_id: &str, record: &Record) -> Result<(), BackendError> {
         self.store
@@ -208,23 +241,34 @@ impl Sessions {
             .map(drop)
     }
 
-    /// The stored session of `client_id` for a CONNECT, and whether it is
-    /// resumed: when `resume` is asked and the session has not ended, it
-    /// is taken, its record written again at the version read with no end
-    /// time, no waiting will and `held`. A gateway ending the session (or
-    /// taking it from a gateway gone) at the same moment makes that write
-    /// fail, and the record is read again: a resumed session is never one
-    /// being ended. The record is returned as it was read.
+    /// The stored session of `client_id` for a CONNECT through gateway
+    /// `own`, and whether it is resumed. A session another live gateway
+    /// holds is asked of it first (`handover.rs`). When `resume` is asked
+    /// and the session has not ended, it is taken, its record written again
+    /// at the version read with no end time, no waiting will and `held`. A
+    /// gateway ending the session (or taking it from a gateway gone) at the
+    /// same moment makes that write fail, and the record is read again: a
+    /// resumed session is never one being ended. The record is returned as
+    /// it was read.
     pub(crate) async fn connect(
         &self,
         client_id: &str,
         resume: bool,
         held: Option<&Held>,
+        own: &str,
     ) -> Result<(Option<Record>, bool), BackendError> {
+        let mut asked = false;
         for _ in 0..TAKE_ATTEMPTS {
             let Some((record, version)) = self.load_versioned(client_id).await? else {
                 return Ok((None, false));
             };
+            let elsewhere = record.held.as_deref().filter(|h| *h.by != *own);
+            if let (Some(holder), false) = (elsewhere, asked) {
+                asked = true;
+                if self.handed_over(client_id, holder, own).await {
+                    continue;
+                }
+            }
             if !resume || record.expired(now_ms()) {
                 return Ok((Some(record), false));
             }
