@@ -37,9 +37,10 @@
 //! let alone fsync); the gateway acknowledges once its store fsynced it.
 //! Everything shares this machine's cores, and what else runs on it
 //! drifts: both brokers run side by side, the publish and fan-out runs
-//! are made in `BENCH_MQTT_ROUNDS` rounds (3), each measuring Mosquitto
-//! and then the gateway seconds apart, and the median of the rounds'
-//! ratios is the result (each round's ratio is printed beside it).
+//! are made in `BENCH_MQTT_ROUNDS` rounds (5), each measuring both
+//! brokers seconds apart (which goes first alternates), and the median of
+//! the rounds' ratios is the result (each round's ratio is printed beside
+//! it).
 //!
 //! ```text
 //! cargo bench --bench mqtt
@@ -91,7 +92,7 @@ impl Knobs {
             fanout: n("BENCH_MQTT_FANOUT", 100),
             fanout_messages: n("BENCH_MQTT_FANOUT_MESSAGES", 1_000),
             connections: n("BENCH_MQTT_CONNECTIONS", 10_000),
-            rounds: n("BENCH_MQTT_ROUNDS", 3).max(1),
+            rounds: n("BENCH_MQTT_ROUNDS", 5).max(1),
             runs: std::env::var("BENCH_MQTT_RUNS")
                 .unwrap_or_else(|_| "one,many,fanout,idle".into())
                 .split(',')
@@ -573,9 +574,9 @@ fn main() {
     std::fs::create_dir_all(&mosquitto_dir).unwrap();
     std::fs::create_dir_all(&gateway_dir).unwrap();
 
-    // Both brokers run side by side, and each round measures one, then
-    // the other: drift in what else this machine runs reaches both alike,
-    // and the median of the rounds' ratios is the result.
+    // Both brokers run side by side, and each round measures both seconds
+    // apart: drift in what else this machine runs reaches both, and the
+    // median of the rounds' ratios is the result.
     let mosquitto = start_mosquitto(&mosquitto_dir);
     let gateway = start_gateway(&gateway_dir);
     let targets = [&mosquitto, &gateway];
@@ -590,8 +591,18 @@ fn main() {
     for t in targets {
         runtime.block_on(publish_run(t, &knobs, 10, "warm"));
     }
+    // Which broker goes first alternates from round to round.
     let rounds: Vec<[Row; 2]> = (0..knobs.rounds)
-        .map(|round| targets.map(|t| runtime.block_on(measure(t, &knobs, round))))
+        .map(|round| {
+            let [m, g] = targets;
+            if round % 2 == 0 {
+                let m = runtime.block_on(measure(m, &knobs, round));
+                [m, runtime.block_on(measure(g, &knobs, round))]
+            } else {
+                let g = runtime.block_on(measure(g, &knobs, round));
+                [runtime.block_on(measure(m, &knobs, round)), g]
+            }
+        })
         .collect();
     let names = targets.map(|t| t.name);
     drop(mosquitto);

@@ -19,13 +19,17 @@ use gateway_api::{
 /// Counts the errors and publish latency of the backend it wraps.
 pub struct Metered {
     inner: Arc<dyn Backend>,
-    metrics: Metrics,
+    /// Shared, so a publish's future holds one reference, not each series.
+    metrics: Arc<Metrics>,
 }
 
 impl Metered {
     /// Wraps `inner`, recording into `metrics`.
     pub fn new(inner: Arc<dyn Backend>, metrics: Metrics) -> Metered {
-        Metered { inner, metrics }
+        Metered {
+            inner,
+            metrics: Arc::new(metrics),
+        }
     }
 }
 
@@ -184,7 +188,7 @@ impl Backend for Metered {
 /// A consumer whose errors are counted.
 struct MeteredSubscription {
     inner: Box<dyn Subscription>,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
 }
 
 #[async_trait]
@@ -222,7 +226,7 @@ impl Subscription for MeteredSubscription {
 /// A reader whose errors are counted.
 struct MeteredReader {
     inner: Box<dyn Reader>,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
 }
 
 #[async_trait]

@@ -241,7 +241,7 @@ def endnow(host, port, version, topic, client_id):
     """A session of an hour, left with a plain DISCONNECT, then with one
     setting its expiry to 0 (MQTT 5), each time connecting again at once:
     whether it was there the second time, and the third. The second time
-    the DISCONNECT follows a SUBSCRIBE of 50 filters, not waited for: the
+    the DISCONNECT follows a SUBSCRIBE of 30 filters, not waited for: the
     gateway is still subscribing them when the client is back."""
 
     def leave(expiry_at_disconnect):
@@ -250,7 +250,7 @@ def endnow(host, port, version, topic, client_id):
         if expiry_at_disconnect is None:
             subscribe(c, topic, 1)
         else:
-            c.subscribe([("%s/%d" % (topic, i), 1) for i in range(50)])
+            c.subscribe([("%s/%d" % (topic, i), 1) for i in range(30)])
         props = Properties(PacketTypes.DISCONNECT)
         if expiry_at_disconnect is not None:
             props.SessionExpiryInterval = expiry_at_disconnect

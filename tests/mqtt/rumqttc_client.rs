@@ -187,18 +187,26 @@ pub async fn rumqttc_v5_receives_topic_aliases(backend: BackendKind) {
     use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
     use rumqttc::v5::mqttbytes::QoS as QoS5;
     use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+    use tokio::time::Instant;
+
+    /// The next packet `events` brings, failing the test past `deadline`.
+    async fn incoming(events: &mut EventLoop, who: &str, deadline: Instant) -> Packet {
+        loop {
+            match tokio::time::timeout_at(deadline, events.poll()).await {
+                Ok(Ok(Event::Incoming(packet))) => return packet,
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => panic!("{who}: {e}"),
+                Err(_) => panic!("{who}: nothing within {WAIT:?}"),
+            }
+        }
+    }
 
     /// Waits for `n` PUBLISHes on `events`.
     async fn publishes(events: &mut EventLoop, who: &str, n: usize) -> Vec<Publish> {
-        let deadline = tokio::time::Instant::now() + WAIT;
+        let deadline = Instant::now() + WAIT;
         let mut got = Vec::new();
         while got.len() < n {
-            let event = match tokio::time::timeout_at(deadline, events.poll()).await {
-                Ok(Ok(event)) => event,
-                Ok(Err(e)) => panic!("{who}: {e}"),
-                Err(_) => panic!("{who}: {} of {n} messages in time", got.len()),
-            };
-            if let Event::Incoming(Packet::Publish(p)) = event {
+            if let Packet::Publish(p) = incoming(events, who, deadline).await {
                 got.push(p);
             }
         }
@@ -216,16 +224,11 @@ pub async fn rumqttc_v5_receives_topic_aliases(backend: BackendKind) {
     for opts in [aliasing, options("plain-sub")] {
         let (client, mut events) = AsyncClient::new(opts, 64);
         client.subscribe(&filter, QoS5::AtLeastOnce).await.unwrap();
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let event = tokio::time::timeout_at(deadline, events.poll())
-                .await
-                .expect("SUBACK in time")
-                .unwrap();
-            if matches!(event, Event::Incoming(Packet::SubAck(_))) {
-                break;
-            }
-        }
+        let deadline = Instant::now() + WAIT;
+        while !matches!(
+            incoming(&mut events, "a subscriber", deadline).await,
+            Packet::SubAck(_)
+        ) {}
         subscribers.push((client, events));
     }
     let (publisher, mut pub_events) = AsyncClient::new(options("alias-pub"), 64);

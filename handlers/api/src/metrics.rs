@@ -139,14 +139,19 @@ impl Metrics {
         bytes: usize,
         took: Duration,
     ) {
-        self.publish_meter(protocol, topic)
-            .published(messages, bytes, took);
+        let labels = topic_labels(protocol, topic);
+        self.messages_in.get_or_create(&labels).inc_by(messages);
+        self.bytes_in.get_or_create(&labels).inc_by(bytes as u64);
+        self.publish_latency
+            .get_or_create(&protocol_labels(protocol))
+            .observe(took.as_secs_f64());
     }
 
     /// Counts `messages` delivered together (`bytes` of payload).
     pub fn delivered(&self, protocol: Protocol, topic: &TopicName, messages: u64, bytes: usize) {
-        self.delivery_meter(protocol, topic)
-            .delivered(messages, bytes);
+        let labels = topic_labels(protocol, topic);
+        self.messages_out.get_or_create(&labels).inc_by(messages);
+        self.bytes_out.get_or_create(&labels).inc_by(bytes as u64);
     }
 
     /// The series `protocol`'s publishes to `topic` count in, looked up
@@ -159,9 +164,7 @@ impl Metrics {
             bytes: self.bytes_in.get_or_create(&labels).clone(),
             latency: self
                 .publish_latency
-                .get_or_create(&ProtocolLabels {
-                    protocol: protocol.as_str().into(),
-                })
+                .get_or_create(&protocol_labels(protocol))
                 .clone(),
         }))
     }
@@ -189,9 +192,7 @@ impl Metrics {
     /// The gauge of open connections for `protocol`.
     pub fn connection_gauge(&self, protocol: Protocol) -> Gauge {
         self.connections
-            .get_or_create(&ProtocolLabels {
-                protocol: protocol.as_str().into(),
-            })
+            .get_or_create(&protocol_labels(protocol))
             .clone()
     }
 }
@@ -202,8 +203,11 @@ impl Metrics {
 pub struct PublishMeter(Arc<PublishSeries>);
 
 struct PublishSeries {
+    /// `messages_in` of the protocol and topic.
     messages: Counter,
+    /// `bytes_in` of the protocol and topic.
     bytes: Counter,
+    /// `publish_latency` of the protocol.
     latency: Histogram,
 }
 
@@ -224,7 +228,9 @@ impl PublishMeter {
 pub struct DeliveryMeter(Arc<DeliverySeries>);
 
 struct DeliverySeries {
+    /// `messages_out` of the protocol and topic.
     messages: Counter,
+    /// `bytes_out` of the protocol and topic.
     bytes: Counter,
 }
 
@@ -233,6 +239,12 @@ impl DeliveryMeter {
     pub fn delivered(&self, messages: u64, bytes: usize) {
         self.0.messages.inc_by(messages);
         self.0.bytes.inc_by(bytes as u64);
+    }
+}
+
+fn protocol_labels(protocol: Protocol) -> ProtocolLabels {
+    ProtocolLabels {
+        protocol: protocol.as_str().into(),
     }
 }
 

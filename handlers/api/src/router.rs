@@ -62,7 +62,9 @@ pub enum RouteError {
 /// one without the other.
 pub trait Router: Send + Sync + 'static {
     /// The topic a protocol's `name` stands for, if `principal` may perform
-    /// `action` on it.
+    /// `action` on it. The same arguments get the same answer for as long
+    /// as the gateway runs: a handler may keep one for a connection's life
+    /// (MQTT keeps the topic a connection published to last).
     fn resolve(
         &self,
         protocol: Protocol,

@@ -11,7 +11,7 @@
 //! gateway's memory: a client that comes back through another gateway
 //! resumes its subscriptions (the backend's), not these.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -64,6 +64,9 @@ struct State {
     /// tells the one taking over when it has. Only a takeover under way
     /// costs memory here, not each connection.
     ending: HashMap<u64, Arc<Notify>>,
+    /// Connections taken over for a connection through another gateway
+    /// (`handover.rs`): their sessions park nothing here.
+    moved: HashSet<u64>,
 }
 
 #[derive(Default)]
@@ -144,16 +147,15 @@ impl Clients {
 
     /// Takes the client id registered under `key` ([`scoped`]) over from
     /// its connection, for a connection through another gateway
-    /// (`handover.rs`): whether one held it.
-    pub(crate) fn take_over(&self, key: &str) -> bool {
-        let state = self.lock();
-        match state.held.get(key) {
-            Some(holder) => {
-                holder.takeover.cancel();
-                true
-            }
-            None => false,
-        }
+    /// (`handover.rs`): what tells when that connection ended, if one
+    /// held the id.
+    pub(crate) fn take_over(&self, key: &str) -> Option<Arc<Notify>> {
+        let mut state = self.lock();
+        let holder = state.held.get(key)?;
+        holder.takeover.cancel();
+        let connection = holder.connection;
+        state.moved.insert(connection);
+        Some(state.ending.entry(connection).or_default().clone())
     }
 
     /// Waits (at most [`TAKEOVER_WAIT`]) until `connection`, taken over,
@@ -215,9 +217,21 @@ impl Registration {
         self.key.splitn(3, '/').nth(2).unwrap_or(&self.key)
     }
 
-    /// Keeps `parked` for the session's next connection.
+    /// Whether the client id was taken over for a connection through
+    /// another gateway ([`Clients::take_over`]).
+    pub(crate) fn moved(&self) -> bool {
+        self.clients.lock().moved.contains(&self.connection)
+    }
+
+    /// Keeps `parked` for the session's next connection, unless the
+    /// session moved to another gateway ([`Clients::take_over`]): kept
+    /// here, it would be stale when the client comes back through this
+    /// gateway.
     pub(crate) fn park(&self, parked: Parked) {
-        self.clients.lock().parked.insert(self.key.clone(), parked);
+        let mut state = self.clients.lock();
+        if !state.moved.remove(&self.connection) {
+            state.parked.insert(self.key.clone(), parked);
+        }
     }
 
     /// The registry, for timers that outlive the connection.
@@ -239,6 +253,7 @@ impl Drop for Registration {
         if let Some(ended) = state.ending.remove(&self.connection) {
             ended.notify_one();
         }
+        state.moved.remove(&self.connection);
     }
 }
 
@@ -300,5 +315,30 @@ mod tests {
         // The stuck one ending later leaves the new holder in place.
         assert!(clients.lock().held.contains_key("public/default/c"));
         drop(second);
+    }
+
+    #[tokio::test]
+    async fn a_session_moved_to_another_gateway_parks_nothing_here() {
+        let clients = Clients::default();
+        let shutdown = CancellationToken::new();
+        let key = "public/default/c";
+        let (moved, _) = clients.register(key, &shutdown).await;
+        let ended = clients.take_over(key).expect("a connection of the client");
+        assert!(moved.takeover.is_cancelled());
+        assert!(moved.moved());
+        moved.park(Parked::default());
+        drop(moved);
+        // Its end is told (`notify_one` keeps the permit).
+        ended.notified().await;
+        let (back, parked) = clients.register(key, &shutdown).await;
+        assert!(parked.is_none(), "nothing parked by the connection moved");
+        // One taken over here parks as before.
+        back.park(Parked::default());
+        drop(back);
+        let (_, parked) = clients.register(key, &shutdown).await;
+        assert!(parked.is_some());
+        assert!(clients.lock().moved.is_empty());
+        assert!(clients.lock().ending.is_empty());
+        assert!(clients.take_over("public/default/nobody").is_none());
     }
 }

@@ -61,9 +61,9 @@ const FLUSH_AT: usize = 64 * 1024;
 /// before handling more (a client that keeps sending keeps reads ready).
 const FLUSH_EVENTS: u8 = 32;
 
-/// The most reads of what a client had sent that its connection handles
-/// once taken over (each up to 64 KiB).
-const TAKEOVER_READS: usize = 16;
+/// The most bytes of what a client had sent that its connection reads
+/// once taken over.
+const TAKEOVER_BYTES: usize = 1 << 20;
 
 /// How long a connection whose client closed its side still tries to
 /// write what was due.
@@ -80,7 +80,6 @@ struct Publishing {
     packet_id: Option<NonZeroU16>,
     qos: QoS,
     topic: TopicName,
-    meter: PublishMeter,
     bytes: usize,
     started: Instant,
     /// The message, when it is to be retained (the retain flag).
@@ -128,10 +127,14 @@ enum Qos2 {
 /// series: a device mostly publishes to one topic, which is then resolved
 /// and looked up once, not at every message.
 struct LastTopic {
-    /// As the client wrote it.
+    /// As the client wrote it: what a PUBLISH is compared with.
     name: Box<str>,
+    /// What the router resolved it to for this client.
     topic: TopicName,
-    meter: PublishMeter,
+    /// The series its publishes count in, made at the first one stored:
+    /// a publish the backend refused leaves no series behind (names are
+    /// the client's to choose).
+    meter: Option<PublishMeter>,
 }
 
 /// MQTT 5 topic aliases of one connection.
@@ -469,6 +472,15 @@ impl Connection {
             }
             return result;
         }
+        if self.registration.moved() {
+            // The session goes on through another gateway (`handover.rs`):
+            // nothing of it is kept or written here. A will without delay
+            // goes now; one with a delay does not, its client being back.
+            if let (Some(will), 0) = (will, will_delay) {
+                will::publish(&self.ctx, self.client_id(), will).await;
+            }
+            return result;
+        }
         let delayed_will = match will {
             Some(will) => self.leave_will(will, will_delay, published_at).await,
             None => false,
@@ -720,13 +732,21 @@ impl Connection {
     /// Taken over: reads and handles what the client had sent, without
     /// waiting for more, so that a DISCONNECT it sent before connecting
     /// again (with the session expiry it set, and its will discarded)
-    /// counts as it came first. At most [`TAKEOVER_READS`] reads. `Some`
-    /// when a packet ends the connection.
+    /// counts as it came first. At most [`TAKEOVER_BYTES`], and no more
+    /// publishes at once than `max_inflight` allows. `Some` when a packet
+    /// ends the connection.
     async fn handle_what_came(&mut self) -> Option<Ending> {
-        for _ in 0..TAKEOVER_READS {
-            if !self.read_ready() {
+        // The largest reads: the connection ends anyway.
+        self.read_shift = MAX_READ_SHIFT;
+        let mut taken = 0;
+        while taken < TAKEOVER_BYTES
+            && self.publishes_in_flight() < usize::from(self.config.max_inflight)
+        {
+            let read = self.read_ready();
+            if read == 0 {
                 return None;
             }
+            taken += read;
             if let Some(ending) = self.handle_packets().await {
                 return Some(ending);
             }
@@ -735,10 +755,13 @@ impl Connection {
     }
 
     /// Reads what the client sent if bytes are there, without waiting;
-    /// whether some were.
-    fn read_ready(&mut self) -> bool {
+    /// how many were (0 also when the stream ended or failed).
+    fn read_ready(&mut self) -> usize {
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        matches!(self.poll_read_some(&mut cx), Poll::Ready(Ok((read, _))) if read > 0)
+        match self.poll_read_some(&mut cx) {
+            Poll::Ready(Ok((read, _))) => read,
+            Poll::Ready(Err(_)) | Poll::Pending => 0,
+        }
     }
 
     /// Decodes and handles every whole packet read; `Some` when one ends
@@ -859,7 +882,7 @@ impl Connection {
         if let Some(ending) = self.resolve_alias(&mut p) {
             return Some(ending);
         }
-        let (topic, meter) = match self.metered_topic(&p.topic) {
+        let topic = match self.cached_topic(&p.topic) {
             Ok(t) => t,
             Err(r) => return self.refuse_publish(&p, r),
         };
@@ -884,7 +907,6 @@ impl Connection {
                 packet_id,
                 qos,
                 topic,
-                meter,
                 bytes,
                 started,
                 retain,
@@ -925,20 +947,32 @@ impl Connection {
         None
     }
 
-    /// The topic a PUBLISH goes to and the series it counts in, or the
-    /// reason it may not; the last one is kept (see [`LastTopic`]).
-    fn metered_topic(&mut self, name: &str) -> Result<(TopicName, PublishMeter), Reason> {
+    /// The topic a PUBLISH goes to, or the reason it may not; the last one
+    /// is kept (see [`LastTopic`]).
+    fn cached_topic(&mut self, name: &str) -> Result<TopicName, Reason> {
         if let Some(last) = self.last_topic.as_deref().filter(|l| &*l.name == name) {
-            return Ok((last.topic.clone(), last.meter.clone()));
+            return Ok(last.topic.clone());
         }
         let topic = self.publish_topic(name)?;
-        let meter = self.ctx.metrics.publish_meter(Protocol::Mqtt, &topic);
         self.last_topic = Some(Box::new(LastTopic {
             name: name.into(),
             topic: topic.clone(),
-            meter: meter.clone(),
+            meter: None,
         }));
-        Ok((topic, meter))
+        Ok(topic)
+    }
+
+    /// The series a publish to `topic`, stored, counts in: the last
+    /// topic's, made once.
+    fn publish_meter(&mut self, topic: &TopicName) -> PublishMeter {
+        let metrics = &self.ctx.metrics;
+        match self.last_topic.as_deref_mut().filter(|l| l.topic == *topic) {
+            Some(last) => last
+                .meter
+                .get_or_insert_with(|| metrics.publish_meter(Protocol::Mqtt, topic))
+                .clone(),
+            None => metrics.publish_meter(Protocol::Mqtt, topic),
+        }
     }
 
     /// The topic a PUBLISH goes to, or the reason it may not.
@@ -1008,7 +1042,10 @@ impl Connection {
             }
         }
         match &done.result {
-            Ok(()) => done.meter.published(1, done.bytes, done.started.elapsed()),
+            Ok(()) => {
+                let meter = self.publish_meter(&done.topic);
+                meter.published(1, done.bytes, done.started.elapsed());
+            }
             Err(e) => self.ctx.metrics.backend_error("publish", e),
         }
         let Some(id) = done.packet_id else {

@@ -39,7 +39,9 @@ pub(crate) struct Delivery {
 /// A topic as a subscription delivers it: its MQTT name and the series
 /// its deliveries count in, made once for a run of messages from it.
 pub(crate) struct Named {
+    /// The topic's MQTT name, shared by its deliveries' PUBLISHes.
     pub name: ByteString,
+    /// The series its deliveries count in.
     pub meter: DeliveryMeter,
 }
 

@@ -6,19 +6,24 @@
 //! instead, its old connection still open there (a half-open one the
 //! client gave up on). This gateway then asks the holder, by writing
 //! `mqtt/takeovers/{holder}/{tenant}/{namespace}/{client}`, and waits, at
-//! most [`WAIT`], until the record names that gateway no more. Each
-//! gateway looks for the requests to it every [`POLL`] and takes the
-//! connection asked for over as a takeover within it does (MQTT 5:
-//! DISCONNECT 0x8E): that connection handles what its client had sent, and
-//! its end writes the session's record, which the waiting gateway reads
-//! and takes. Clean sessions are stored nowhere, so a client id connected
-//! with one through two gateways is not found out.
+//! most [`WAIT`], until the request is gone. Each gateway looks for the
+//! requests to it every [`POLL`], takes the connection asked for over as
+//! a takeover within it does (MQTT 5: DISCONNECT 0x8E; the connection
+//! handles what its client had sent and closes the session's
+//! subscriptions), and deletes the request once that connection ended.
+//! The connection moved writes nothing to the session's record and parks
+//! nothing (the session goes on elsewhere), so even one that ends late
+//! cannot undo what the new holder wrote. Clean sessions are stored
+//! nowhere, so a client id connected with one through two gateways is
+//! not found out.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
 use gateway_api::topic::Namespace;
 use gateway_api::{BackendError, Context, ExpectedVersion, MetadataStore};
+use tokio::task::JoinHandle;
 
 use crate::clients::{scoped, Clients};
 use crate::due;
@@ -30,10 +35,10 @@ const PREFIX: &str = "mqtt/takeovers/";
 const POLL: Duration = Duration::from_secs(1);
 
 /// How long a connection waits for the holder to let go of its session.
-pub(crate) const WAIT: Duration = Duration::from_secs(10);
+const WAIT: Duration = Duration::from_secs(10);
 
-/// How often the waiting connection reads the session's record.
-pub(crate) const RECHECK: Duration = Duration::from_millis(100);
+/// How often the waiting connection looks whether its request is gone.
+const RECHECK: Duration = Duration::from_millis(100);
 
 /// Where the requests to gateway `holder` live.
 fn requests_to(holder: &str) -> String {
@@ -41,8 +46,10 @@ fn requests_to(holder: &str) -> String {
 }
 
 /// Asks gateway `holder` to take its connection of `client_id` (of
-/// `namespace`) over; `from` is this gateway's id.
-pub(crate) async fn ask(
+/// `namespace`) over, `from` this gateway, and waits until it did (it
+/// deletes the request once that connection ended), at most [`WAIT`]: a
+/// request still there then is deleted here.
+pub(crate) async fn hand_over(
     store: &dyn MetadataStore,
     holder: &str,
     namespace: &Namespace,
@@ -50,14 +57,21 @@ pub(crate) async fn ask(
     from: &str,
 ) -> Result<(), BackendError> {
     let key = due::client_key(&requests_to(holder), namespace, client_id);
-    store
-        .put(
-            &key,
-            Bytes::copy_from_slice(from.as_bytes()),
-            ExpectedVersion::Any,
-        )
-        .await
-        .map(drop)
+    let from = Bytes::copy_from_slice(from.as_bytes());
+    store.put(&key, from, ExpectedVersion::Any).await?;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(RECHECK).await;
+        if store.get(&key).await?.is_none() {
+            return Ok(());
+        }
+    }
+    tracing::warn!(
+        client = client_id,
+        gateway = holder,
+        "the gateway holding the session did not let go in time"
+    );
+    store.delete(&key, ExpectedVersion::Any).await
 }
 
 /// Takes over, every [`POLL`] until the gateway stops, the connections of
@@ -67,6 +81,7 @@ pub(crate) async fn serve(ctx: Context, clients: Clients) {
     let prefix = requests_to(clients.gateways().id());
     let mut ticks = tokio::time::interval(POLL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut handling = HashMap::new();
     loop {
         tokio::select! {
             () = ctx.shutdown.cancelled() => return,
@@ -79,16 +94,44 @@ pub(crate) async fn serve(ctx: Context, clients: Clients) {
                 continue;
             }
         };
+        // A request is handled once: it stays listed until its
+        // connection ended.
+        handling.retain(|_, task: &mut JoinHandle<()>| !task.is_finished());
         for (key, versioned) in requests {
-            if let Some((namespace, client_id)) = due::parse_client_key(&prefix, &key) {
-                let asked_by = String::from_utf8_lossy(&versioned.value);
-                let found = clients.take_over(&scoped(&namespace, &client_id));
-                tracing::debug!(client = %client_id, gateway = %asked_by, found, "taken over through another gateway");
+            if handling.contains_key(&key) {
+                continue;
             }
-            let expected = ExpectedVersion::Exactly(versioned.version);
-            if let Err(e) = store.delete(&key, expected).await {
-                tracing::debug!(error = %e, key, "MQTT takeover request kept");
-            }
+            let Some((namespace, client_id)) = due::parse_client_key(&prefix, &key) else {
+                forget(&*store, &key, versioned.version).await;
+                continue;
+            };
+            let ended = clients.take_over(&scoped(&namespace, &client_id));
+            tracing::debug!(
+                client = %client_id,
+                gateway = %String::from_utf8_lossy(&versioned.value),
+                found = ended.is_some(),
+                "taken over through another gateway"
+            );
+            let store = store.clone();
+            let task = tokio::spawn({
+                let key = key.clone();
+                async move {
+                    if let Some(ended) = ended {
+                        // The asking gateway waits as long: past that it
+                        // deletes the request itself.
+                        let _ = tokio::time::timeout(WAIT, ended.notified()).await;
+                    }
+                    forget(&*store, &key, versioned.version).await;
+                }
+            });
+            handling.insert(key, task);
         }
+    }
+}
+
+/// Deletes the request under `key`, at `version` (a newer one stays).
+async fn forget(store: &dyn MetadataStore, key: &str, version: u64) {
+    if let Err(e) = store.delete(key, ExpectedVersion::Exactly(version)).await {
+        tracing::debug!(error = %e, key, "MQTT takeover request kept");
     }
 }

@@ -198,35 +198,21 @@ impl Sessions {
     }
 
     /// Asks `holder`, when it is a live gateway, to let go of the session
-    /// of `client_id` (`handover.rs`), and waits until the record names it
-    /// no more (at most `handover::WAIT`): whether it was asked.
-    async fn handed_over(&self, client_id: &str, holder: &Held, own: &str) -> bool {
-        let live = match gateways::read(&*self.store).await {
-            Ok(registered) => registered.gone_at(&holder.by, holder.since) > registered.now(),
-            Err(e) => {
-                tracing::warn!(client = client_id, error = %e, "MQTT gateways not read");
-                false
-            }
-        };
-        if !live {
+    /// of `client_id` and waits until it did (`handover.rs`): whether it
+    /// was asked.
+    async fn handed_over(
+        &self,
+        client_id: &str,
+        holder: &Held,
+        own: &str,
+    ) -> Result<bool, BackendError> {
+        let registered = gateways::read(&*self.store).await?;
+        if registered.gone_at(&holder.by, holder.since) <= registered.now() {
             // Gone: its sessions are taken as they are.
-            return false;
+            return Ok(false);
         }
-        let asked = handover::ask(&*self.store, &holder.by, &self.namespace, client_id, own);
-        if let Err(e) = asked.await {
-            tracing::warn!(client = client_id, error = %e, "the session's gateway not asked");
-            return false;
-        }
-        let deadline = tokio::time::Instant::now() + handover::WAIT;
-        while tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(handover::RECHECK).await;
-            match self.load_versioned(client_id).await {
-                Ok(Some((record, _))) if record.held.as_deref() == Some(holder) => {}
-                _ => return true,
-            }
-        }
-        tracing::warn!(client = client_id, gateway = %holder.by, "the session's gateway did not let go in time");
-        true
+        handover::hand_over(&*self.store, &holder.by, &self.namespace, client_id, own).await?;
+        Ok(true)
     }
 
     /// Stores `record` as the session of `client_id`.
@@ -265,7 +251,7 @@ impl Sessions {
             let elsewhere = record.held.as_deref().filter(|h| *h.by != *own);
             if let (Some(holder), false) = (elsewhere, asked) {
                 asked = true;
-                if self.handed_over(client_id, holder, own).await {
+                if self.handed_over(client_id, holder, own).await? {
                     continue;
                 }
             }
