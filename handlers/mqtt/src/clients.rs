@@ -11,14 +11,13 @@
 //! gateway's memory: a client that comes back through another gateway
 //! resumes its subscriptions (the backend's), not these.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gateway_api::topic::Namespace;
 use gateway_api::{MessageId, TopicName};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::gateways::Gateways;
@@ -32,6 +31,9 @@ struct Holder {
     connection: u64,
     /// Cancelled to take the client id over from it.
     takeover: CancellationToken,
+    /// Its connection is ending on its own: a takeover through another
+    /// gateway finds it ending, not moved ([`Registration::settle`]).
+    settled: bool,
 }
 
 /// What a persistent session keeps of its last connection while its
@@ -63,10 +65,11 @@ struct State {
     /// Connections taken over that have not ended yet, each with what
     /// tells the one taking over when it has. Only a takeover under way
     /// costs memory here, not each connection.
-    ending: HashMap<u64, Arc<Notify>>,
+    ending: HashMap<u64, CancellationToken>,
     /// Connections taken over for a connection through another gateway
-    /// (`handover.rs`): their sessions park nothing here.
-    moved: HashSet<u64>,
+    /// (`handover.rs`), each with whether that one starts clean (the
+    /// session ends).
+    moved: HashMap<u64, bool>,
 }
 
 #[derive(Default)]
@@ -112,6 +115,7 @@ impl Clients {
         let holder = Holder {
             connection,
             takeover: takeover.clone(),
+            settled: false,
         };
         // Registered first: dropped while it waits, it releases the id.
         let registration = Registration {
@@ -126,7 +130,7 @@ impl Clients {
             if let Some(p) = &previous {
                 // Its registration is still alive: its drop (which takes
                 // this lock) takes it out of `ending` again.
-                state.ending.insert(p.connection, Arc::default());
+                state.ending.entry(p.connection).or_default();
             }
             previous
         };
@@ -147,14 +151,17 @@ impl Clients {
 
     /// Takes the client id registered under `key` ([`scoped`]) over from
     /// its connection, for a connection through another gateway
-    /// (`handover.rs`): what tells when that connection ended, if one
-    /// held the id.
-    pub(crate) fn take_over(&self, key: &str) -> Option<Arc<Notify>> {
+    /// (`handover.rs`) that starts clean or not (`clean`): what is
+    /// cancelled once that connection ended, if one held the id. One
+    /// already ending on its own ends as it would have.
+    pub(crate) fn take_over(&self, key: &str, clean: bool) -> Option<CancellationToken> {
         let mut state = self.lock();
         let holder = state.held.get(key)?;
-        holder.takeover.cancel();
         let connection = holder.connection;
-        state.moved.insert(connection);
+        if !holder.settled {
+            holder.takeover.cancel();
+            state.moved.insert(connection, clean);
+        }
         Some(state.ending.entry(connection).or_default().clone())
     }
 
@@ -164,8 +171,7 @@ impl Clients {
         let Some(ended) = self.lock().ending.get(&connection).cloned() else {
             return;
         };
-        // `notify_one` keeps its permit for a wait that starts after it.
-        if tokio::time::timeout(TAKEOVER_WAIT, ended.notified())
+        if tokio::time::timeout(TAKEOVER_WAIT, ended.cancelled())
             .await
             .is_err()
         {
@@ -217,21 +223,24 @@ impl Registration {
         self.key.splitn(3, '/').nth(2).unwrap_or(&self.key)
     }
 
-    /// Whether the client id was taken over for a connection through
-    /// another gateway ([`Clients::take_over`]).
-    pub(crate) fn moved(&self) -> bool {
-        self.clients.lock().moved.contains(&self.connection)
+    /// The connection ends: whether its session moved to another
+    /// gateway ([`Clients::take_over`]), and if so whether it ends there
+    /// (a clean start). Decided once, under the registry's lock: a
+    /// takeover through another gateway after this finds the connection
+    /// ending on its own.
+    pub(crate) fn settle(&self) -> Option<bool> {
+        let mut state = self.clients.lock();
+        if let Some(holder) = state.held.get_mut(&self.key) {
+            if holder.connection == self.connection {
+                holder.settled = true;
+            }
+        }
+        state.moved.remove(&self.connection)
     }
 
-    /// Keeps `parked` for the session's next connection, unless the
-    /// session moved to another gateway ([`Clients::take_over`]): kept
-    /// here, it would be stale when the client comes back through this
-    /// gateway.
+    /// Keeps `parked` for the session's next connection.
     pub(crate) fn park(&self, parked: Parked) {
-        let mut state = self.clients.lock();
-        if !state.moved.remove(&self.connection) {
-            state.parked.insert(self.key.clone(), parked);
-        }
+        self.clients.lock().parked.insert(self.key.clone(), parked);
     }
 
     /// The registry, for timers that outlive the connection.
@@ -251,7 +260,7 @@ impl Drop for Registration {
             state.held.remove(&self.key);
         }
         if let Some(ended) = state.ending.remove(&self.connection) {
-            ended.notify_one();
+            ended.cancel();
         }
         state.moved.remove(&self.connection);
     }
@@ -318,27 +327,36 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_session_moved_to_another_gateway_parks_nothing_here() {
+    async fn a_takeover_through_another_gateway_moves_a_serving_connection_only() {
         let clients = Clients::default();
         let shutdown = CancellationToken::new();
         let key = "public/default/c";
         let (moved, _) = clients.register(key, &shutdown).await;
-        let ended = clients.take_over(key).expect("a connection of the client");
+        let ended = clients
+            .take_over(key, true)
+            .expect("a connection of the client");
         assert!(moved.takeover.is_cancelled());
-        assert!(moved.moved());
-        moved.park(Parked::default());
+        assert_eq!(moved.settle(), Some(true), "moved, to a clean start");
         drop(moved);
-        // Its end is told (`notify_one` keeps the permit).
-        ended.notified().await;
-        let (back, parked) = clients.register(key, &shutdown).await;
-        assert!(parked.is_none(), "nothing parked by the connection moved");
-        // One taken over here parks as before.
-        back.park(Parked::default());
-        drop(back);
-        let (_, parked) = clients.register(key, &shutdown).await;
-        assert!(parked.is_some());
+        ended.cancelled().await;
+        // A local takeover and one through another gateway both see the
+        // end of one connection.
+        let (ending, _) = clients.register(key, &shutdown).await;
+        assert_eq!(ending.settle(), None, "ending on its own");
+        let remote = clients.take_over(key, false).expect("still registered");
+        assert!(!ending.takeover.is_cancelled(), "one ending is not moved");
+        let local = tokio::spawn({
+            let clients = clients.clone();
+            let shutdown = shutdown.clone();
+            async move { clients.register(key, &shutdown).await }
+        });
+        tokio::task::yield_now().await;
+        drop(ending);
+        remote.cancelled().await;
+        let (last, _) = local.await.unwrap();
+        drop(last);
         assert!(clients.lock().moved.is_empty());
         assert!(clients.lock().ending.is_empty());
-        assert!(clients.take_over("public/default/nobody").is_none());
+        assert!(clients.take_over("public/default/nobody", false).is_none());
     }
 }

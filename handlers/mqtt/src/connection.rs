@@ -433,6 +433,8 @@ impl Connection {
         mut self: Box<Self>,
         ending: std::io::Result<Ending>,
     ) -> Result<(), HandlerError> {
+        // Moved to another gateway, or ending here: decided now, once.
+        let moved = self.registration.settle();
         let result = match &ending {
             Err(e) => Err(HandlerError::Io(std::io::Error::new(
                 e.kind(),
@@ -472,11 +474,12 @@ impl Connection {
             }
             return result;
         }
-        if self.registration.moved() {
+        if let Some(clean) = moved {
             // The session goes on through another gateway (`handover.rs`):
-            // nothing of it is kept or written here. A will without delay
-            // goes now; one with a delay does not, its client being back.
-            if let (Some(will), 0) = (will, will_delay) {
+            // nothing of it is kept or written here. Its will goes now
+            // when it has no delay or the new connection ends the session
+            // (a clean start); otherwise not, its client being back.
+            if let (Some(will), true) = (will, will_delay == 0 || clean) {
                 will::publish(&self.ctx, self.client_id(), will).await;
             }
             return result;

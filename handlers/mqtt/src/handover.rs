@@ -40,25 +40,33 @@ const WAIT: Duration = Duration::from_secs(10);
 /// How often the waiting connection looks whether its request is gone.
 const RECHECK: Duration = Duration::from_millis(100);
 
+/// How a request starts: the asking connection starts clean (the session
+/// ends, and a will waiting its delay goes now) or resumes it.
+const CLEAN: &str = "clean ";
+const RESUME: &str = "resume ";
+
 /// Where the requests to gateway `holder` live.
 fn requests_to(holder: &str) -> String {
     format!("{PREFIX}{holder}/")
 }
 
 /// Asks gateway `holder` to take its connection of `client_id` (of
-/// `namespace`) over, `from` this gateway, and waits until it did (it
-/// deletes the request once that connection ended), at most [`WAIT`]: a
-/// request still there then is deleted here.
+/// `namespace`) over for a connection `from` this gateway that starts
+/// `clean` or not, and waits until it did (it deletes the request once
+/// that connection ended). Past [`WAIT`] the request is deleted and the
+/// CONNECT fails: two gateways never serve one session.
 pub(crate) async fn hand_over(
     store: &dyn MetadataStore,
     holder: &str,
     namespace: &Namespace,
     client_id: &str,
     from: &str,
+    clean: bool,
 ) -> Result<(), BackendError> {
     let key = due::client_key(&requests_to(holder), namespace, client_id);
-    let from = Bytes::copy_from_slice(from.as_bytes());
-    store.put(&key, from, ExpectedVersion::Any).await?;
+    let start = if clean { CLEAN } else { RESUME };
+    let request = Bytes::from(format!("{start}{from}"));
+    store.put(&key, request, ExpectedVersion::Any).await?;
     let deadline = tokio::time::Instant::now() + WAIT;
     while tokio::time::Instant::now() < deadline {
         tokio::time::sleep(RECHECK).await;
@@ -66,12 +74,10 @@ pub(crate) async fn hand_over(
             return Ok(());
         }
     }
-    tracing::warn!(
-        client = client_id,
-        gateway = holder,
-        "the gateway holding the session did not let go in time"
-    );
-    store.delete(&key, ExpectedVersion::Any).await
+    store.delete(&key, ExpectedVersion::Any).await?;
+    Err(BackendError::Unavailable(format!(
+        "gateway {holder} did not let go of the session of {client_id} in time"
+    )))
 }
 
 /// Takes over, every [`POLL`] until the gateway stops, the connections of
@@ -87,6 +93,10 @@ pub(crate) async fn serve(ctx: Context, clients: Clients) {
             () = ctx.shutdown.cancelled() => return,
             _ = ticks.tick() => {}
         }
+        // A request is handled once: it stays listed until its
+        // connection ended (pruned before the scan, so one deleted after
+        // it is not taken for a new one).
+        handling.retain(|_, task: &mut JoinHandle<()>| !task.is_finished());
         let requests = match store.scan(&prefix).await {
             Ok(requests) => requests,
             Err(e) => {
@@ -94,9 +104,6 @@ pub(crate) async fn serve(ctx: Context, clients: Clients) {
                 continue;
             }
         };
-        // A request is handled once: it stays listed until its
-        // connection ended.
-        handling.retain(|_, task: &mut JoinHandle<()>| !task.is_finished());
         for (key, versioned) in requests {
             if handling.contains_key(&key) {
                 continue;
@@ -105,21 +112,20 @@ pub(crate) async fn serve(ctx: Context, clients: Clients) {
                 forget(&*store, &key, versioned.version).await;
                 continue;
             };
-            let ended = clients.take_over(&scoped(&namespace, &client_id));
-            tracing::debug!(
-                client = %client_id,
-                gateway = %String::from_utf8_lossy(&versioned.value),
-                found = ended.is_some(),
-                "taken over through another gateway"
-            );
+            let request = String::from_utf8_lossy(&versioned.value);
+            let clean = request.starts_with(CLEAN);
+            let ended = clients.take_over(&scoped(&namespace, &client_id), clean);
+            tracing::debug!(client = %client_id, %request, found = ended.is_some(), "taken over through another gateway");
             let store = store.clone();
+            let shutdown = ctx.shutdown.clone();
             let task = tokio::spawn({
                 let key = key.clone();
                 async move {
                     if let Some(ended) = ended {
-                        // The asking gateway waits as long: past that it
-                        // deletes the request itself.
-                        let _ = tokio::time::timeout(WAIT, ended.notified()).await;
+                        tokio::select! {
+                            () = ended.cancelled() => {}
+                            () = shutdown.cancelled() => return,
+                        }
                     }
                     forget(&*store, &key, versioned.version).await;
                 }

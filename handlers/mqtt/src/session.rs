@@ -198,20 +198,22 @@ impl Sessions {
     }
 
     /// Asks `holder`, when it is a live gateway, to let go of the session
-    /// of `client_id` and waits until it did (`handover.rs`): whether it
-    /// was asked.
+    /// of `client_id` for a connection that starts `clean` or not, and
+    /// waits until it did (`handover.rs`): whether it was asked.
     async fn handed_over(
         &self,
         client_id: &str,
         holder: &Held,
         own: &str,
+        clean: bool,
     ) -> Result<bool, BackendError> {
         let registered = gateways::read(&*self.store).await?;
         if registered.gone_at(&holder.by, holder.since) <= registered.now() {
             // Gone: its sessions are taken as they are.
             return Ok(false);
         }
-        handover::hand_over(&*self.store, &holder.by, &self.namespace, client_id, own).await?;
+        let namespace = &self.namespace;
+        handover::hand_over(&*self.store, &holder.by, namespace, client_id, own, clean).await?;
         Ok(true)
     }
 
@@ -251,7 +253,7 @@ impl Sessions {
             let elsewhere = record.held.as_deref().filter(|h| *h.by != *own);
             if let (Some(holder), false) = (elsewhere, asked) {
                 asked = true;
-                if self.handed_over(client_id, holder, own).await? {
+                if self.handed_over(client_id, holder, own, !resume).await? {
                     continue;
                 }
             }
