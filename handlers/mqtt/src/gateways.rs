@@ -151,9 +151,10 @@ pub(crate) async fn forget_gone(
 }
 
 impl Registered {
-    /// When the registrations were read (ms since the epoch).
-    pub(crate) fn now(&self) -> u64 {
-        self.now
+    /// Whether gateway `id`, holding a session since `since`, was gone
+    /// when the registrations were read ([`Registered::gone_at`]).
+    pub(crate) fn is_gone(&self, id: &str, since: u64) -> bool {
+        self.gone_at(id, since) <= self.now
     }
 
     /// Whether gateway `id` registered after `at` (ms since the epoch).

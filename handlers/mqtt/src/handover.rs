@@ -97,12 +97,8 @@ pub(crate) async fn serve(ctx: Context, clients: Clients) {
         // connection ended (pruned before the scan, so one deleted after
         // it is not taken for a new one).
         handling.retain(|_, task: &mut JoinHandle<()>| !task.is_finished());
-        let requests = match store.scan(&prefix).await {
-            Ok(requests) => requests,
-            Err(e) => {
-                tracing::debug!(error = %e, "MQTT takeover requests not read");
-                continue;
-            }
+        let Some(requests) = due::records(&ctx, &prefix).await else {
+            return;
         };
         for (key, versioned) in requests {
             if handling.contains_key(&key) {

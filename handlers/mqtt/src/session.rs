@@ -208,7 +208,7 @@ impl Sessions {
         clean: bool,
     ) -> Result<bool, BackendError> {
         let registered = gateways::read(&*self.store).await?;
-        if registered.gone_at(&holder.by, holder.since) <= registered.now() {
+        if registered.is_gone(&holder.by, holder.since) {
             // Gone: its sessions are taken as they are.
             return Ok(false);
         }
@@ -493,7 +493,7 @@ pub(crate) async fn expire_stored(ctx: Context) {
             if let (Some(held), None) = (&record.held, record.expires_at) {
                 let gone = registered
                     .as_ref()
-                    .is_some_and(|r| r.gone_at(&held.by, held.since) <= now);
+                    .is_some_and(|r| r.is_gone(&held.by, held.since));
                 if !gone {
                     let since = holders.entry(held.by.clone()).or_insert(held.since);
                     *since = (*since).min(held.since);
@@ -561,10 +561,9 @@ async fn until_next_reading(
             continue;
         }
         if let Ok(registered) = gateways::read(store).await {
-            let now = now_ms();
             if holders
                 .iter()
-                .any(|(by, &since)| registered.gone_at(by, since) <= now)
+                .any(|(by, &since)| registered.is_gone(by, since))
             {
                 return true;
             }
